@@ -1,0 +1,2 @@
+"""maskdm-sweeps."""
+__version__ = "0.1.0"

@@ -1,0 +1,25 @@
+"""The MaskDM method, pure torch: masks, the U-ViT backbone, diffusion. No I/O, no ray, mlflow or yaml."""
+
+from .diffusion import (
+    SAMPLERS,
+    SCHEDULES,
+    DDIMSampler,
+    DDPMSampler,
+    NoiseSchedule,
+    add_noise,
+    build_schedule,
+    cosine_schedule,
+    linear_schedule,
+    mdsm_loss,
+    sample_images,
+)
+from .masking import MASK_STRATEGIES, BlockMask, CropMask, PatchMask, build_mask, effective_mask_rate
+from .model import MODEL_PRESETS, UViT, UViTConfig, build_model, count_parameters, resolve_model_config
+from .patches import gather_tokens, patchify, unpatchify
+
+__all__ = [
+    "SAMPLERS", "SCHEDULES", "DDIMSampler", "DDPMSampler", "NoiseSchedule", "add_noise", "build_schedule",
+    "cosine_schedule", "linear_schedule", "mdsm_loss", "sample_images", "MASK_STRATEGIES", "BlockMask", "CropMask",
+    "PatchMask", "build_mask", "effective_mask_rate", "MODEL_PRESETS", "UViT", "UViTConfig", "build_model",
+    "count_parameters", "resolve_model_config", "gather_tokens", "patchify", "unpatchify",
+]
