@@ -1,0 +1,79 @@
+"""CIFAR-10 from the standard python-pickle files (``cifar-10-batches-py/``): 50k train / 10k test, 32x32 RGB.
+
+Each batch file is a pickled dict with ``b"data"``: ``(n, 3072)`` uint8 rows holding the red, green and blue
+planes one after another (CHW order, each plane row-major), and ``b"labels"``. Nothing is downloaded unless asked.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .convert import resize_uint8
+
+BATCHES_DIRNAME = "cifar-10-batches-py"
+"""The folder the official archive (and torchvision) extracts to."""
+
+NATIVE_SIZE = 32
+
+
+def _train_number(name: str) -> int | None:
+    match = re.fullmatch(r"data_batch_(\d+)", name)
+    return int(match.group(1)) if match else None
+
+
+def batch_files(batches_dir: Path, split: str) -> list[Path]:
+    """The batch files of ``split`` present in ``batches_dir``, in order (``data_batch_1..5`` or ``test_batch``).
+
+    Takes whichever ``data_batch_*`` exist rather than insisting on all five, so a trimmed copy still loads.
+    """
+    if not batches_dir.is_dir():
+        return []
+    if split == "test":
+        return [f for f in [batches_dir / "test_batch"] if f.is_file()]
+    numbered = [(_train_number(f.name), f) for f in batches_dir.iterdir() if f.is_file()]
+    return [f for n, f in sorted((n, f) for n, f in numbered if n is not None)]
+
+
+def find_batches_dir(path: Path, split: str) -> Path | None:
+    """``path`` itself or ``path/cifar-10-batches-py``, whichever holds batch files of ``split``; None if neither."""
+    for candidate in (path, path / BATCHES_DIRNAME):
+        if batch_files(candidate, split):
+            return candidate
+    return None
+
+
+def download_cifar10(root: Path) -> Path:
+    """Fetch and extract the archive into ``root/cifar-10-batches-py`` with torchvision (needs internet)."""
+    from torchvision.datasets import CIFAR10
+
+    root.mkdir(parents=True, exist_ok=True)
+    CIFAR10(root=str(root), train=True, download=True)
+    return root / BATCHES_DIRNAME
+
+
+def read_batch(file: Path) -> np.ndarray:
+    """One pickled batch as uint8 ``(n, 3, 32, 32)``."""
+    with open(file, "rb") as f:
+        batch = pickle.load(f, encoding="bytes")
+    data = np.asarray(batch[b"data"], dtype=np.uint8)  # (n, 3072): R plane, G plane, B plane
+    return data.reshape(-1, 3, NATIVE_SIZE, NATIVE_SIZE)
+
+
+def load_cifar10(path: Path, split: str = "train", image_size: int = NATIVE_SIZE, download: bool = False) -> torch.Tensor:
+    """CIFAR-10 ``split`` as uint8 ``(n, 3, S, S)``; ``path`` is the batches folder or the folder holding it.
+
+    ``image_size`` other than 32 resizes bilinearly (antialiased when shrinking). ``download=True`` fetches the
+    archive into ``path`` only when no batch files of ``split`` are found there.
+    """
+    batches_dir = find_batches_dir(path, split)
+    if batches_dir is None and download:
+        batches_dir = download_cifar10(path)
+    if batches_dir is None:
+        raise FileNotFoundError(f"no CIFAR-10 {split} batches in {path} or {path / BATCHES_DIRNAME}")
+    images = np.concatenate([read_batch(f) for f in batch_files(batches_dir, split)])
+    return resize_uint8(torch.from_numpy(images), image_size)
