@@ -1,0 +1,212 @@
+"""The resolved, typed configuration of one trial: every setting that decides what a stage run computes.
+
+Each field's description is its documentation (the README's field reference and the JSON Schema are generated from
+these models). ``extra="forbid"`` everywhere: a typo is an error, never a silently ignored key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ..data.config import DataConfig
+from ..maskdm import MODEL_PRESETS, UViTConfig, build_mask, resolve_model_config
+from ..maskdm.masking import MaskStrategy
+
+STAGES = ("pretrain", "finetune")
+Stage = Literal["pretrain", "finetune"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ----------------------------------------------------------------------------------------------------------- masks
+class PatchMaskConfig(_Strict):
+    """Patch-wise masking: ``int(rate * N)`` random patches are dropped."""
+
+    strategy: Literal["patch"] = Field("patch", description="Masking strategy: random patches.")
+    rate: float = Field(0.9, ge=0.0, lt=1.0, description="Nominal mask rate in [0, 1): the fraction of patches dropped.")
+
+
+class BlockMaskConfig(_Strict):
+    """Block-wise masking: ``int(rate * N) // block_size**2`` random blocks of patches are dropped."""
+
+    strategy: Literal["block"] = Field("block", description="Masking strategy: random square blocks of patches.")
+    rate: float = Field(0.9, ge=0.0, lt=1.0, description="Nominal mask rate in [0, 1); the effective rate is floored to whole blocks.")
+    block_size: int = Field(2, ge=1, description="Block side in patches; must divide the patch grid.")
+
+
+class CropMaskConfig(_Strict):
+    """Cropping: one random ``crop_size x crop_size`` window of patches stays visible."""
+
+    strategy: Literal["crop"] = Field("crop", description="Masking strategy: keep one random square window.")
+    crop_size: int = Field(..., ge=1, description="Window side in patches; the mask rate is 1 - crop_size^2 / N.")
+
+
+MaskConfig = Annotated[Union[PatchMaskConfig, BlockMaskConfig, CropMaskConfig], Field(discriminator="strategy")]
+
+
+def build_mask_from_config(mask: PatchMaskConfig | BlockMaskConfig | CropMaskConfig) -> MaskStrategy:
+    return build_mask(mask.strategy, **mask.model_dump(exclude={"strategy"}))
+
+
+# ----------------------------------------------------------------------------------------------------------- model
+class ModelConfig(_Strict):
+    """The U-ViT: a registered preset; image size and channels come from the data."""
+
+    preset: str = Field("uvit-s2-cifar32", description=f"Model preset, one of: {', '.join(MODEL_PRESETS)}.")
+    patch_size: int | None = Field(None, ge=1, description="Override the preset's patch size (pixels).")
+    time_mlp: bool = Field(False, description="U-ViT's optional MLP on the time embedding (MaskDM uses none).")
+    final_conv: bool = Field(False, description="U-ViT's final 3x3 conv (not in MaskDM; unusable while tokens are dropped).")
+
+    @model_validator(mode="after")
+    def _known_preset(self) -> "ModelConfig":
+        if self.preset not in MODEL_PRESETS:
+            raise ValueError(f"unknown model preset {self.preset!r}; choose one of {sorted(MODEL_PRESETS)}")
+        return self
+
+
+class DiffusionConfig(_Strict):
+    """The discrete DDPM forward process, shared by pre-training, fine-tuning and sampling."""
+
+    schedule: Literal["linear", "cosine"] = Field("linear", description="Beta schedule: linear (1e-4..0.02) or cosine (s=0.008).")
+    num_timesteps: int = Field(1000, ge=2, description="T, the number of diffusion steps.")
+
+
+# ----------------------------------------------------------------------------------------------------------- stages
+class _StageConfig(_Strict):
+    steps: int = Field(0, ge=0, description="Optimizer steps in this stage (0 skips the stage).")
+    batch_size: int = Field(128, ge=1, description="Global batch size (images per optimizer step, over all workers).")
+    lr: float = Field(2e-4, gt=0, description="Peak learning rate (constant after warmup).")
+    warmup_steps: int = Field(0, ge=0, description="Linear LR warmup from 0 over this many steps.")
+    grad_clip: float | None = Field(None, gt=0, description="Clip the global gradient norm to this value (None: no clipping).")
+    betas: tuple[float, float] = Field((0.99, 0.99), description="AdamW betas (the official configs use 0.99, 0.99).")
+    weight_decay: float = Field(0.03, ge=0, description="AdamW weight decay, on all parameters.")
+
+
+class PretrainConfig(_StageConfig):
+    """Masked pre-training (MDSM on the visible patches), with the trial's ``mask``."""
+
+    batch_size: int = Field(256, ge=1, description="Global batch size (images per optimizer step, over all workers).")
+
+
+class FinetuneConfig(_StageConfig):
+    """Denoising fine-tuning (DSM, all patches visible); from scratch when there is no pre-training: the DDPM baseline."""
+
+    steps: int = Field(1000, ge=1, description="Optimizer steps of fine-tuning (of training, for the baseline).")
+    init_from: Literal["online", "ema"] = Field("online", description="Which pre-trained weights to start from.")
+
+
+class EMAConfig(_Strict):
+    """Exponential moving average of the weights, updated every step."""
+
+    decay: float = Field(0.999, gt=0, lt=1, description="Target EMA decay (beta).")
+    warmup: bool = Field(
+        True,
+        description="ema-pytorch warmup: a plain copy for 100 steps, then min(decay, 1 - (k - 100)^(-2/3)); "
+        "False uses the plain decay from step 1.",
+    )
+
+
+class EvalConfig(_Strict):
+    """Periodic evaluation: samples, a PNG grid and FID, with the protocol recorded beside every number."""
+
+    every_steps: int = Field(0, ge=0, description="Evaluate every this many steps (0: only at the end of a stage).")
+    stages: list[Stage] = Field(["finetune"], description="Stages that are evaluated.")
+    num_samples: int = Field(10_000, ge=0, description="Samples per FID (0 disables FID; the grid is still drawn).")
+    batch_size: int = Field(500, ge=1, description="Sampling batch size.")
+    sampler: Literal["ddim", "ddpm"] = Field("ddim", description="Reverse process used for sampling.")
+    sampling_steps: int = Field(250, ge=1, description="Denoiser evaluations per sample.")
+    eta: float = Field(1.0, ge=0, description="DDIM eta (1: stochastic as in the official evaluation; 0: deterministic).")
+    weights: Literal["ema", "online"] = Field("ema", description="Which weights sample.")
+    backend: Literal["inception", "digits-classifier"] = Field(
+        "inception",
+        description="FID features: 'inception' (TF Inception-v3 pool3, the number papers quote) or "
+        "'digits-classifier' (in-domain features for the digits data; not comparable to Inception FID).",
+    )
+    fid_weights: Path | None = Field(None, description="Inception weights file (TorchScript or pytorch-fid state dict).")
+    grid_size: int = Field(64, ge=1, description="Images in the PNG sample grid.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "EvalConfig":
+        if self.num_samples == 1:
+            raise ValueError("num_samples must be 0 (no FID) or at least 2 (a covariance needs two samples)")
+        if self.backend == "inception" and self.num_samples > 0:
+            from ..metrics import resolve_inception_weights
+
+            resolve_inception_weights(self.fid_weights)  # fails now, not after hours of training
+        return self
+
+
+class RuntimeConfig(_Strict):
+    """Where and how the stage runs; none of these change what is learned (except precision)."""
+
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU; fp16 uses a loss scaler."
+    )
+    compile: bool = Field(False, description="torch.compile the model (static shapes: K is fixed per stage).")
+    log_every_steps: int = Field(50, ge=1, description="Report train/* metrics every this many steps (each report syncs).")
+    checkpoint_every_steps: int = Field(1000, ge=1, description="Write a checkpoint every this many steps.")
+    keep_checkpoints: int = Field(2, ge=1, description="How many most recent checkpoints to keep.")
+
+
+class TrialConfig(_Strict):
+    """One trial of a sweep: a pre-training stage (when ``pretrain.steps > 0``) then a fine-tuning stage."""
+
+    seed: int = Field(0, description="Seed of weights, data order, noise and masks.")
+    data: DataConfig = Field(default_factory=DataConfig, description="Training data.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The network.")
+    diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig, description="Noise schedule.")
+    mask: MaskConfig = Field(default_factory=PatchMaskConfig, description="Mask used by pre-training.")
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig, description="Masked pre-training stage.")
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig, description="Fine-tuning stage.")
+    ema: EMAConfig = Field(default_factory=EMAConfig, description="EMA of the weights.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation protocol.")
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="Device, precision, logging cadence.")
+
+    @model_validator(mode="after")
+    def _mask_fits_the_grid(self) -> "TrialConfig":
+        grid = self.model_config_resolved().grid
+        if self.pretrain.steps > 0:
+            try:
+                build_mask_from_config(self.mask).keep_count(grid)
+            except ValueError as err:
+                raise ValueError(f"mask: {err}") from None
+            if self.model.final_conv:
+                raise ValueError("model.final_conv cannot be used with masked pre-training (tokens are dropped)")
+        return self
+
+    # -------------------------------------------------------------------------------------- derived quantities
+    @property
+    def image_size(self) -> int:
+        return self.data.image_size  # DataConfig fills in the dataset's default
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.data.name == "digits" else 3
+
+    def model_config_resolved(self) -> UViTConfig:
+        overrides = dict(img_size=self.image_size, in_chans=self.channels, time_mlp=self.model.time_mlp,
+                         final_conv=self.model.final_conv)
+        if self.model.patch_size:
+            overrides["patch_size"] = self.model.patch_size
+        return resolve_model_config(self.model.preset, **overrides)
+
+    def stages(self) -> list[Stage]:
+        return ["pretrain", "finetune"] if self.pretrain.steps > 0 else ["finetune"]
+
+    def stage_hash(self, stage: Stage) -> str:
+        """A key of every setting that affects what ``stage`` computes (pre-trainings with equal keys are shared)."""
+        cfg = self.model_dump(mode="json")
+        if stage == "pretrain":
+            # fine-tuning and evaluation settings do not change the pre-trained weights
+            cfg = {k: v for k, v in cfg.items() if k not in ("finetune", "eval")}
+            cfg["runtime"] = {"precision": cfg["runtime"]["precision"]}
+        return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
+

@@ -1,0 +1,97 @@
+"""Periodic evaluation of a stage: samples from the reverse process, a PNG grid, and FID with its protocol."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..maskdm import SAMPLERS, NoiseSchedule, UViT, sample_images
+from ..metrics import FIDProtocol, StatsAccumulator, build_fid_backend, frechet_distance, reference_stats
+
+EVAL_NOISE_SEED = 20_231_109  # the same starting noise at every evaluation: curves compare weights, not luck
+
+
+@dataclass(frozen=True)
+class EvalOutcome:
+    step: int
+    fid: float | None
+    grid_path: Path
+
+
+def save_image_grid(images: torch.Tensor, path: Path, nrow: int = 8, upscale: int = 1) -> Path:
+    """Write ``(B, C, H, W)`` images in [-1, 1] as one PNG grid (nearest-neighbour ``upscale`` for tiny images)."""
+    from torchvision.utils import save_image
+
+    images = images.detach().float().cpu()
+    if upscale > 1:
+        images = torch.nn.functional.interpolate(images, scale_factor=upscale, mode="nearest")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image((images + 1) / 2, path, nrow=nrow, padding=2, pad_value=1.0)
+    return path
+
+
+def build_sampler(name: str, schedule: NoiseSchedule, steps: int, eta: float):
+    sampler = SAMPLERS[name](schedule, eta=eta) if name == "ddim" else SAMPLERS[name](schedule)
+    sampler.set_timesteps(steps)
+    return sampler
+
+
+class Evaluator:
+    """Draws ``max(num_samples, grid_size)`` samples per evaluation; FID against the training images' statistics."""
+
+    def __init__(self, config, data, device: torch.device, amp_dtype: torch.dtype | None):
+        self.cfg, self.data, self.device, self.amp_dtype = config.eval, data, device, amp_dtype
+        self.shape = (data.channels, data.image_size, data.image_size)
+        self.backend = build_fid_backend(self.cfg.backend, self.cfg.fid_weights, device) if self.cfg.num_samples else None
+        self._reference = None
+        self.protocol = None if self.backend is None else FIDProtocol(
+            num_samples=self.cfg.num_samples, sampler=self.cfg.sampler, sampling_steps=self.cfg.sampling_steps,
+            eta=self.cfg.eta if self.cfg.sampler == "ddim" else 1.0, weights=self.cfg.weights,
+            reference=f"{data.name}:{data.key}", backend=self.cfg.backend,
+        )
+
+    @property
+    def reference(self):
+        if self._reference is None:  # computed once per dataset and backend, cached on disk across trials
+            self._reference = reference_stats(self.data.images, self.data.key, self.backend)
+        return self._reference
+
+    def _denoiser(self, net: UViT):
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else contextlib.nullcontext()
+        )
+
+        def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            with autocast:
+                return net(x, t)
+
+        return eps
+
+    @torch.no_grad()
+    def evaluate(self, net: UViT, schedule: NoiseSchedule, step: int, out_dir: Path) -> EvalOutcome:
+        c = self.cfg
+        was_training = net.training
+        net.eval()
+        sampler = build_sampler(c.sampler, schedule, c.sampling_steps, c.eta)
+        gen = torch.Generator(device=self.device).manual_seed(EVAL_NOISE_SEED)
+        total = max(c.num_samples, c.grid_size)
+        stats, grid = StatsAccumulator(self.backend.dims) if self.backend else None, []
+        for start in range(0, total, c.batch_size):
+            n = min(c.batch_size, total - start)
+            x = sample_images(self._denoiser(net), sampler, (n, *self.shape), gen, self.device)  # (n, C, H, W)
+            if start < c.grid_size:
+                grid.append(x[: c.grid_size - start].cpu())
+            if self.backend is not None and start < c.num_samples:
+                stats.update(self.backend.features(x[: c.num_samples - start]))
+        net.train(was_training)
+        upscale = max(1, 64 // self.shape[-1])  # digits are 16 px: draw them 4x so a person can read them
+        grid_path = save_image_grid(torch.cat(grid), Path(out_dir) / f"step_{step:09d}.png", upscale=upscale)
+        fid = None
+        if self.backend is not None:
+            sample_stats, ref = stats.finalize(), self.reference
+            fid = frechet_distance(sample_stats.mean, sample_stats.cov, ref.mean, ref.cov)
+        return EvalOutcome(step=step, fid=fid, grid_path=grid_path)

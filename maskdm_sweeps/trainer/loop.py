@@ -1,0 +1,301 @@
+"""``fit``: one stage (pre-training or fine-tuning) of one trial, resumable step for step.
+
+Every random draw comes from two explicit generators that live in the checkpoint: a CPU one for the data order and
+one on the training device for timesteps, noise and masks. A stage resumed from a checkpoint therefore continues
+exactly as an uninterrupted run would (on the CPU: identical losses step for step).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from ..data import ImageBatches, load_dataset
+from ..maskdm import UViT, build_schedule, effective_mask_rate, mdsm_loss
+from .checkpoint import checkpoint_path, load_checkpoint, load_latest_checkpoint, save_checkpoint
+from .config import Stage, TrialConfig, build_mask_from_config
+from .ema import EMA
+from .evaluation import Evaluator
+from .reporter import NullReporter, Reporter
+
+CHECKPOINT_FORMAT = 1
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the stage stops with this reason."""
+
+
+class InjectedFault(RuntimeError):
+    """Raised by the test-only fault hook (``fit(..., fault_at_step=N)``) to simulate a crash."""
+
+
+@dataclass
+class StageResult:
+    """What a finished stage run reports, also written to ``<workdir>/result.json``."""
+
+    stage: str
+    steps: int
+    loss_final: float
+    fid: float | None
+    fid_best: float | None
+    effective_mask_rate: float
+    wall_seconds: float
+    checkpoint: str
+    stopped_early: bool = False
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def resolve_device(choice: str) -> torch.device:
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for a precision choice; None means plain fp32."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def stage_seed(seed: int, stage: Stage, stream: int) -> int:
+    """Distinct, reproducible seeds per (trial seed, stage, random stream)."""
+    return (seed * 1_000_003 + (0 if stage == "pretrain" else 500_000) + stream) % (2**63)
+
+
+def warmup_lr(step: int, lr: float, warmup_steps: int) -> float:
+    """Linear warmup from 0 at step 0 to ``lr`` at ``warmup_steps``, constant after."""
+    return lr if warmup_steps == 0 else lr * min(1.0, step / warmup_steps)
+
+
+def fit(
+    config: TrialConfig,
+    stage: Stage,
+    workdir: Path,
+    reporter: Reporter | None = None,
+    init_checkpoint: Path | None = None,
+    fault_at_step: int | None = None,
+) -> StageResult:
+    """Run ``stage`` of the trial described by ``config`` in ``workdir``; resume if it holds a checkpoint.
+
+    ``init_checkpoint``: for ``finetune``, the pre-training checkpoint to start from (None: the DDPM baseline).
+    ``fault_at_step``: test-only; raise :class:`InjectedFault` once when reaching that step.
+    """
+    run = _StageRun(config, stage, Path(workdir), reporter or NullReporter(), init_checkpoint)
+    return run.run(fault_at_step)
+
+
+class _StageRun:
+    def __init__(self, config: TrialConfig, stage: Stage, workdir: Path, reporter: Reporter, init_checkpoint):
+        self.config, self.stage, self.workdir, self.reporter = config, stage, workdir, reporter
+        self.stage_cfg = config.pretrain if stage == "pretrain" else config.finetune
+        self.device = resolve_device(config.runtime.device)
+        self.amp_dtype = autocast_dtype(config.runtime.precision, self.device)
+        self.schedule = build_schedule(config.diffusion.schedule, config.diffusion.num_timesteps)
+        self.abar = self.schedule.alphas_cumprod.float().to(self.device)
+        self.model_cfg = config.model_config_resolved()
+        self.mask = build_mask_from_config(config.mask) if stage == "pretrain" else None
+        self.effective_rate = effective_mask_rate(self.mask, self.model_cfg.grid) if self.mask else 0.0
+
+        data = load_dataset(config.data)
+        self.data = data
+        self.batches = ImageBatches(data.images, self.device, hflip=config.data.hflip)
+        self.data_gen = torch.Generator().manual_seed(stage_seed(config.seed, stage, 1))
+        self.noise_gen = torch.Generator(device=self.device).manual_seed(stage_seed(config.seed, stage, 2))
+
+        torch.manual_seed(stage_seed(config.seed, stage, 0))
+        self.model = UViT(self.model_cfg).to(self.device)
+        if init_checkpoint is not None:
+            self._load_initial_weights(Path(init_checkpoint))
+        self.ema = EMA(self.model, config.ema.decay, config.ema.warmup)
+        s = self.stage_cfg
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=warmup_lr(0, s.lr, s.warmup_steps), betas=s.betas,
+            weight_decay=s.weight_decay, fused=self.device.type == "cuda",
+        )
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.train_model = torch.compile(self.model) if config.runtime.compile else self.model
+        self.evaluator = Evaluator(config, data, self.device, self.amp_dtype) if stage in config.eval.stages else None
+        self.step = 0
+        self.fid_last: float | None = None
+        self.fid_best: float | None = None
+        self.loss_last = math.nan
+        self.wall_before = 0.0  # seconds spent in earlier attempts of this stage (restored from the checkpoint)
+        self.started = time.perf_counter()
+        self.init_checkpoint = str(init_checkpoint) if init_checkpoint else ""
+
+    # ------------------------------------------------------------------------------------------ state
+    def _load_initial_weights(self, path: Path) -> None:
+        """Fine-tuning starts from the pre-trained online (or EMA) weights, every tensor; nothing else is kept."""
+        state = load_checkpoint(path, map_location=self.device)
+        weights = state["model"] if self.config.finetune.init_from == "online" else state["ema"]["model"]
+        self.model.load_state_dict(weights)
+
+    def state_dict(self) -> dict:
+        rng = {"torch": torch.get_rng_state(), "data": self.data_gen.get_state(), "noise": self.noise_gen.get_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "stage": self.stage,
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng,
+            "config": self.config.model_dump(mode="json"),
+            "schedule": self.schedule.state_dict(),
+            "progress": {"fid_last": self.fid_last, "fid_best": self.fid_best, "loss_last": self.loss_last,
+                         "wall_seconds": self.wall_seconds()},
+            "init_checkpoint": self.init_checkpoint,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.data_gen.set_state(state["rng"]["data"])
+        self.noise_gen.set_state(state["rng"]["noise"])
+        if "cuda" in state["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        self.step = int(state["step"])
+        progress = state["progress"]
+        self.fid_last, self.fid_best, self.loss_last = progress["fid_last"], progress["fid_best"], progress["loss_last"]
+        self.wall_before = float(progress["wall_seconds"])
+
+    def wall_seconds(self) -> float:
+        """Wall-clock seconds of this stage over all its attempts."""
+        return self.wall_before + time.perf_counter() - self.started
+
+    def save(self) -> Path:
+        path = save_checkpoint(self.state_dict(), self.workdir / "checkpoints", self.step,
+                               keep=self.config.runtime.keep_checkpoints)
+        self.reporter.checkpoint(self.step, path)
+        return path
+
+    # ------------------------------------------------------------------------------------------ training
+    def train_step(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One optimizer step; returns the loss (a device scalar, no host sync) and the grad norm if clipped."""
+        s, b, dev = self.stage_cfg, self.stage_cfg.batch_size, self.device
+        x0 = self.batches.batch(b, self.data_gen)  # (B, C, H, W) in [-1, 1]
+        t = torch.randint(0, self.schedule.num_timesteps, (b,), generator=self.noise_gen, device=dev)  # (B,)
+        noise = torch.randn(x0.shape, generator=self.noise_gen, device=dev)  # (B, C, H, W)
+        keep = None if self.mask is None else self.mask.sample(b, self.model_cfg.grid, self.noise_gen, dev)  # (B, K)
+        xt = self._add_noise(x0, noise, t)  # (B, C, H, W)
+        with self._autocast():
+            pred = self.train_model(xt, t, keep)  # (B, K, p*p*C) or (B, C, H, W)
+        loss = mdsm_loss(pred, noise, self.model_cfg.patch_size, keep)
+        for group in self.optimizer.param_groups:
+            group["lr"] = warmup_lr(self.step + 1, s.lr, s.warmup_steps)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        grad_norm = None
+        if s.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.ema.update(self.model)
+        self.step += 1
+        return loss.detach(), grad_norm
+
+    def _add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """``add_noise`` with the float32 table already on the device (no per-step host->device copy)."""
+        abar = self.abar[t].view(-1, 1, 1, 1)
+        return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _grad_norm(self) -> float:
+        norms = [p.grad.detach().float().norm() for p in self.model.parameters() if p.grad is not None]
+        return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
+
+    def run(self, fault_at_step: int | None = None) -> StageResult:
+        s, rt = self.stage_cfg, self.config.runtime
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "config.json").write_text(json.dumps(self.config.model_dump(mode="json"), indent=2))
+        resumed = load_latest_checkpoint(self.workdir / "checkpoints", map_location=self.device)
+        if resumed is not None:
+            self.load_state_dict(resumed[0])
+        else:
+            self._report_params()
+        self.started = window_start = time.perf_counter()
+        window_steps = 0
+        loss_sum = torch.zeros((), device=self.device)
+        stopped = False
+        while self.step < s.steps:
+            if fault_at_step is not None and self.step == fault_at_step:
+                raise InjectedFault(f"injected fault at step {self.step}")
+            loss, _ = self.train_step()
+            loss_sum += loss
+            window_steps += 1
+            last = self.step == s.steps
+            if self.step % rt.log_every_steps == 0 or last:
+                elapsed = time.perf_counter() - window_start
+                self._report_train(loss_sum.item() / window_steps, window_steps * s.batch_size / max(elapsed, 1e-9))
+                loss_sum.zero_()
+                window_start, window_steps = time.perf_counter(), 0
+                stopped = self.reporter.should_stop() and not last
+            if self.evaluator and (last or stopped or self._periodic(self.config.eval.every_steps)):
+                self._evaluate()  # before the save, so the checkpoint holds the FID it reports
+            if self._periodic(rt.checkpoint_every_steps) or last or stopped:
+                self.save()
+            if stopped:
+                break
+        result = StageResult(
+            stage=self.stage, steps=self.step, loss_final=self.loss_last, fid=self.fid_last, fid_best=self.fid_best,
+            effective_mask_rate=self.effective_rate, wall_seconds=self.wall_seconds(),
+            checkpoint=str(checkpoint_path(self.workdir / "checkpoints", self.step)), stopped_early=stopped,
+        )
+        (self.workdir / "result.json").write_text(json.dumps(result.to_json(), indent=2))
+        return result
+
+    def _periodic(self, every: int) -> bool:
+        return every > 0 and self.step % every == 0
+
+    # ------------------------------------------------------------------------------------------ reporting
+    def _report_params(self) -> None:
+        params: dict[str, str | int | float] = {"effective_mask_rate": self.effective_rate, "stage": self.stage}
+        if self.evaluator and self.evaluator.protocol:
+            params.update(self.evaluator.protocol.as_params())
+        self.reporter.params(params)
+
+    def _report_train(self, loss: float, images_per_second: float) -> None:
+        if not math.isfinite(loss):
+            self.reporter.metrics(self.step, {"train/loss": loss})
+            raise TrainingDiverged(
+                f"{self.stage}: the training loss became {loss} by step {self.step} "
+                f"(lr {self.stage_cfg.lr}, precision {self.config.runtime.precision}); the stage is stopped"
+            )
+        self.loss_last = loss
+        self.reporter.metrics(self.step, {
+            "train/loss": loss,
+            "train/grad_norm": self._grad_norm(),
+            "train/lr": self.optimizer.param_groups[0]["lr"],
+            "train/images_per_second": images_per_second,
+            "train/effective_mask_rate": self.effective_rate,
+        })
+
+    def _evaluate(self) -> None:
+        net = self.ema.model if self.config.eval.weights == "ema" else self.model
+        outcome = self.evaluator.evaluate(net, self.schedule, self.step, self.workdir / "samples")
+        self._evaluated_step = self.step
+        self.reporter.artifact(self.step, outcome.grid_path)
+        if outcome.fid is not None:
+            self.fid_last = outcome.fid
+            self.fid_best = outcome.fid if self.fid_best is None else min(self.fid_best, outcome.fid)
+            self.reporter.metrics(self.step, {"eval/fid": outcome.fid, "eval/fid_best": self.fid_best})

@@ -1,0 +1,109 @@
+"""The seam between the trainer and the world: a small protocol that Ray Tune and MLflow implement elsewhere.
+
+The trainer calls ``metrics`` at a step, ``checkpoint`` after writing one, ``artifact`` for files such as sample
+grids, and asks ``should_stop`` between steps (an early-stopping scheduler answers it).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+
+@runtime_checkable
+class Reporter(Protocol):
+    def metrics(self, step: int, values: dict[str, float]) -> None:
+        """Scalar metrics at an optimizer step, names grouped with '/' (``train/loss``, ``eval/fid``)."""
+
+    def params(self, values: dict[str, str | int | float]) -> None:
+        """Settings that describe the run (e.g. the FID protocol), logged once."""
+
+    def checkpoint(self, step: int, path: Path) -> None:
+        """A checkpoint of the stage at ``step`` was written to ``path``."""
+
+    def artifact(self, step: int, path: Path) -> None:
+        """A file worth keeping was written (a sample grid, a config)."""
+
+    def should_stop(self) -> bool:
+        """True asks the trainer to end the stage now (after a checkpoint)."""
+
+
+class NullReporter:
+    """Reports nowhere and never stops the run."""
+
+    def metrics(self, step: int, values: dict[str, float]) -> None:
+        pass
+
+    def params(self, values: dict[str, str | int | float]) -> None:
+        pass
+
+    def checkpoint(self, step: int, path: Path) -> None:
+        pass
+
+    def artifact(self, step: int, path: Path) -> None:
+        pass
+
+    def should_stop(self) -> bool:
+        return False
+
+
+class JsonlReporter(NullReporter):
+    """Appends one JSON object per report to a file: ``{"time", "step", "kind", ...}``. Survives restarts."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def _write(self, record: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps({"time": time.time(), **record}) + "\n")
+
+    def metrics(self, step: int, values: dict[str, float]) -> None:
+        self._write({"step": step, "kind": "metrics", "values": values})
+
+    def params(self, values: dict[str, str | int | float]) -> None:
+        self._write({"step": 0, "kind": "params", "values": values})
+
+    def checkpoint(self, step: int, path: Path) -> None:
+        self._write({"step": step, "kind": "checkpoint", "path": str(path)})
+
+    def artifact(self, step: int, path: Path) -> None:
+        self._write({"step": step, "kind": "artifact", "path": str(path)})
+
+
+class MultiReporter(NullReporter):
+    """Fans every report out to several reporters; stops when any of them asks to."""
+
+    def __init__(self, *reporters: Reporter):
+        self.reporters = reporters
+
+    def metrics(self, step: int, values: dict[str, float]) -> None:
+        for r in self.reporters:
+            r.metrics(step, values)
+
+    def params(self, values: dict[str, str | int | float]) -> None:
+        for r in self.reporters:
+            r.params(values)
+
+    def checkpoint(self, step: int, path: Path) -> None:
+        for r in self.reporters:
+            r.checkpoint(step, path)
+
+    def artifact(self, step: int, path: Path) -> None:
+        for r in self.reporters:
+            r.artifact(step, path)
+
+    def should_stop(self) -> bool:
+        return any(r.should_stop() for r in self.reporters)
+
+
+def read_jsonl_metrics(path: Path) -> list[tuple[int, dict[str, float]]]:
+    """The ``(step, values)`` metric records of a :class:`JsonlReporter` file, in order."""
+    out = []
+    for line in Path(path).read_text().splitlines():
+        rec = json.loads(line)
+        if rec["kind"] == "metrics":
+            out.append((rec["step"], rec["values"]))
+    return out

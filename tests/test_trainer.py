@@ -1,0 +1,197 @@
+"""The shared trainer: resume, checkpoints, stages, EMA, failure reasons, and the ``train`` command."""
+
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from maskdm_sweeps.testing import tiny_trial_config
+from maskdm_sweeps.trainer import (
+    EMA,
+    InjectedFault,
+    JsonlReporter,
+    TrainingDiverged,
+    ema_decay,
+    fit,
+    list_checkpoints,
+    load_latest_checkpoint,
+    read_jsonl_metrics,
+    run_trial,
+)
+
+
+def losses(path: Path) -> dict[int, float]:
+    return {step: v["train/loss"] for step, v in read_jsonl_metrics(path) if "train/loss" in v}
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("MASKDM_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "finetune"])
+def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, stage):
+    cfg = tiny_trial_config(pretrain={"steps": 30}, finetune={"steps": 30})
+    whole = fit(cfg, stage, tmp_path / "whole", JsonlReporter(tmp_path / "whole.jsonl"))
+    with pytest.raises(InjectedFault):
+        fit(cfg, stage, tmp_path / "crash", JsonlReporter(tmp_path / "crash.jsonl"), fault_at_step=17)
+    assert [p.name for p in list_checkpoints(tmp_path / "crash" / "checkpoints")] == ["step_000000010.pt"]
+    resumed = fit(cfg, stage, tmp_path / "crash", JsonlReporter(tmp_path / "resumed.jsonl"))
+    expected, got = losses(tmp_path / "whole.jsonl"), losses(tmp_path / "resumed.jsonl")
+    assert sorted(got) == list(range(11, 31))  # continued from the step-10 checkpoint
+    assert [got[s] for s in got] == [expected[s] for s in got]  # bit-identical on the CPU
+    assert resumed.loss_final == whole.loss_final and resumed.steps == 30
+    a, b = (torch.load(Path(r.checkpoint), weights_only=True)["model"] for r in (whole, resumed))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_truncated_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    cfg = tiny_trial_config(finetune={"steps": 30}, runtime={"keep_checkpoints": 3})
+    fit(cfg, "finetune", tmp_path / "run")
+    ckpts = list_checkpoints(tmp_path / "run" / "checkpoints")
+    assert [p.name for p in ckpts] == ["step_000000010.pt", "step_000000020.pt", "step_000000030.pt"]
+    newest = ckpts[-1]
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    state, path = load_latest_checkpoint(tmp_path / "run" / "checkpoints")
+    assert path == ckpts[-2] and state["step"] == 20
+    # and the stage continues from it: 10 more steps are trained, step for step as the first time
+    result = fit(cfg, "finetune", tmp_path / "run", JsonlReporter(tmp_path / "again.jsonl"))
+    assert sorted(losses(tmp_path / "again.jsonl")) == list(range(21, 31)) and result.steps == 30
+
+
+def test_finetune_starts_from_the_pretrained_weights(tmp_path):
+    cfg = tiny_trial_config(pretrain={"steps": 150}, finetune={"steps": 1}, mask={"strategy": "patch", "rate": 0.25})
+    pre = fit(cfg, "pretrain", tmp_path / "pre")
+    fit(cfg, "finetune", tmp_path / "warm", JsonlReporter(tmp_path / "warm.jsonl"), init_checkpoint=Path(pre.checkpoint))
+    fit(cfg, "finetune", tmp_path / "cold", JsonlReporter(tmp_path / "cold.jsonl"))
+    warm, cold = losses(tmp_path / "warm.jsonl")[1], losses(tmp_path / "cold.jsonl")[1]
+    assert warm < 0.5 * cold, (warm, cold)  # the same first batch (same seeds), far lower loss
+
+
+def test_finetune_can_start_from_the_ema_weights(tmp_path):
+    cfg = tiny_trial_config(pretrain={"steps": 120}, finetune={"steps": 1, "init_from": "ema"})
+    pre = fit(cfg, "pretrain", tmp_path / "pre")
+    state = torch.load(pre.checkpoint, weights_only=True)
+    fit(cfg, "finetune", tmp_path / "ft", init_checkpoint=Path(pre.checkpoint))
+    ft = torch.load(next(iter(list_checkpoints(tmp_path / "ft" / "checkpoints"))), weights_only=True)
+    # after one step of EMA warmup (a plain copy) the fine-tune EMA holds the online weights of step 1, which
+    # started from the pre-trained EMA: the embedding moved by at most one AdamW step from it
+    delta = (ft["model"]["pos_embed"] - state["ema"]["model"]["pos_embed"]).abs().max()
+    assert delta < 3 * 2e-3 and not torch.equal(state["ema"]["model"]["pos_embed"], state["model"]["pos_embed"])
+
+
+def test_ema_decay_follows_the_ema_pytorch_warmup():
+    assert [ema_decay(k, 0.999) for k in (1, 50, 101)] == [0.0, 0.0, 0.0]
+    for k in (102, 500, 10_000):
+        assert ema_decay(k, 0.999) == pytest.approx(min(0.999, 1 - (1 + k - 101) ** (-2 / 3)))  # the method's rule
+    assert ema_decay(31_000, 0.999) < 0.999 <= ema_decay(31_800, 0.999)  # beta reached after ~31.6k steps
+    assert ema_decay(5, 0.99, warmup=False) == 0.99
+
+
+def test_ema_update_is_the_moving_average():
+    torch.manual_seed(0)
+    online = torch.nn.Linear(3, 2)
+    ema = EMA(online, beta=0.9, warmup=False)
+    before = ema.model.weight.clone()
+    with torch.no_grad():
+        online.weight.add_(1.0)
+    ema.update(online)
+    torch.testing.assert_close(ema.model.weight, 0.9 * before + 0.1 * online.weight)
+
+
+def test_nan_loss_stops_the_stage_with_a_reason(tmp_path):
+    cfg = tiny_trial_config(finetune={"steps": 50, "lr": 1e12})
+    with pytest.raises(TrainingDiverged, match=r"loss became (nan|inf)"):
+        fit(cfg, "finetune", tmp_path / "run")
+
+
+def test_two_stage_trial_evaluates_with_the_in_domain_fid(tmp_path):
+    cfg = tiny_trial_config(
+        pretrain={"steps": 20}, finetune={"steps": 20},
+        eval={"num_samples": 64, "every_steps": 10, "grid_size": 16},
+    )
+    reports = {}
+    results = run_trial(cfg, tmp_path, lambda stage: reports.setdefault(stage, JsonlReporter(tmp_path / f"{stage}.jsonl")))
+    assert set(results) == {"pretrain", "finetune"}
+    assert results["pretrain"].effective_mask_rate == 0.5 and results["pretrain"].fid is None
+    fids = [(s, v["eval/fid"]) for s, v in read_jsonl_metrics(tmp_path / "finetune.jsonl") if "eval/fid" in v]
+    assert [s for s, _ in fids] == [10, 20] and all(math.isfinite(f) and f > 0 for _, f in fids)
+    assert results["finetune"].fid == fids[-1][1] and results["finetune"].fid_best == min(f for _, f in fids)
+    assert sorted(p.name for p in (tmp_path / "finetune" / "samples").iterdir()) == ["step_000000010.png", "step_000000020.png"]
+    # re-running a finished trial trains nothing and returns the same results
+    again = run_trial(cfg, tmp_path)
+    assert again["finetune"].fid == results["finetune"].fid
+
+
+TRIAL_YAML = """\
+seed: 1
+data:
+  name: digits
+  image_size: 8
+model:
+  preset: tiny
+pretrain:
+  steps: 10
+  batch_size: 16
+mask:
+  strategy: block
+  rate: 0.5
+  block_size: 2
+finetune:
+  steps: 10
+  batch_size: 16
+eval:
+  num_samples: 32
+  batch_size: 32
+  grid_size: 16
+  sampling_steps: 4
+  backend: digits-classifier
+runtime:
+  device: cpu
+  log_every_steps: 5
+  checkpoint_every_steps: 5
+"""
+
+
+def maskdm_sweep(*args, cwd=None):
+    return subprocess.run([str(Path(sys.executable).with_name("maskdm-sweep")), *args], capture_output=True,
+                          text=True, cwd=cwd)
+
+
+def test_train_command_runs_both_stages_and_prints_its_outputs(tmp_path):
+    spec = tmp_path / "trial.yaml"
+    spec.write_text(TRIAL_YAML)
+    out = maskdm_sweep("train", str(spec), "--out", str(tmp_path / "out"), "--set", "finetune.steps=12")
+    assert out.returncode == 0, out.stderr
+    assert f"outputs: {tmp_path / 'out'}" in out.stdout
+    assert (tmp_path / "out" / "finetune" / "result.json").exists()
+    assert list_checkpoints(tmp_path / "out" / "finetune" / "checkpoints")[-1].name == "step_000000012.pt"
+
+
+@pytest.mark.parametrize(
+    "edit, field, line",
+    [
+        (lambda s: s.replace("  block_size: 2", "  blok_size: 2"), "mask.blok_size", 13),
+        (lambda s: s.replace("  name: digits\n", "  name: image_folder\n  path: /nonexistent/celeba\n"), "data", 2),
+        (lambda s: s.replace("backend: digits-classifier", "backend: inception\n  fid_weights: /nonexistent/inception.pt"), "eval", 17),
+        (lambda s: s.replace("  rate: 0.5", "  rate: 1.5"), "mask.rate", 12),
+        (lambda s: s.replace("  block_size: 2", "  block_size: 3"), "", None),
+    ],
+    ids=["typo", "missing-data-path", "missing-fid-weights", "rate-out-of-range", "block-does-not-divide"],
+)
+def test_bad_configs_fail_before_training_with_the_reason(tmp_path, edit, field, line):
+    spec = tmp_path / "trial.yaml"
+    spec.write_text(edit(TRIAL_YAML))
+    out = maskdm_sweep("train", str(spec), "--out", str(tmp_path / "out"))
+    assert out.returncode == 2
+    assert not (tmp_path / "out").exists()  # nothing started
+    if field:
+        assert f"{field}:" in out.stderr
+    if line:
+        assert f"trial.yaml:{line})" in out.stderr
+    if "nonexistent" in edit(TRIAL_YAML):
+        assert "/nonexistent/" in out.stderr
