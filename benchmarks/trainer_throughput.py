@@ -1,0 +1,77 @@
+"""Trainer images/s at mask rates 0, 0.5 and 0.9 for one preset and batch, and the ratios to mask 0.
+
+Runs the real trainer (``fit``) on the embedded digits (or random-sized data for larger presets is not needed: the
+step cost does not depend on pixel values), one stage per rate, and reads ``train/images_per_second`` from the
+second logging window so that the first steps (allocation, warm-up) are excluded.
+
+    python benchmarks/trainer_throughput.py --preset digits-small --batch 64 --steps 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+from datetime import date
+from pathlib import Path
+
+import torch
+
+from maskdm_sweeps.testing import tiny_trial_config
+from maskdm_sweeps.trainer import NullReporter, fit
+
+
+class _Collect(NullReporter):
+    def __init__(self):
+        self.rates: list[float] = []
+
+    def metrics(self, step, values):
+        if "train/images_per_second" in values:
+            self.rates.append(values["train/images_per_second"])
+
+
+def measure(preset: str, batch: int, steps: int, rate: float, device: str, image_size: int) -> float:
+    cfg = tiny_trial_config(
+        data={"name": "digits", "image_size": image_size},
+        model={"preset": preset},
+        mask={"strategy": "patch", "rate": rate},
+        pretrain={"steps": steps, "batch_size": batch},
+        runtime={"device": device, "log_every_steps": steps // 2, "checkpoint_every_steps": 10**9},
+    )
+    collect = _Collect()
+    with tempfile.TemporaryDirectory() as tmp:
+        fit(cfg, "pretrain", Path(tmp), collect)
+    return collect.rates[-1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="digits-small", help="model preset (default: %(default)s)")
+    parser.add_argument("--image-size", type=int, default=16, help="pixels on a side (default: %(default)s)")
+    parser.add_argument("--batch", type=int, default=64, help="images per step (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=40, help="steps per rate; the second half is timed")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    args = parser.parse_args()
+
+    rows = []
+    for rate in (0.0, 0.5, 0.9):
+        ips = measure(args.preset, args.batch, args.steps, rate, args.device, args.image_size)
+        rows.append({"mask_rate": rate, "images_per_second": round(ips, 1)})
+    base = rows[0]["images_per_second"]
+    device_name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu"
+    print(f"trainer throughput: preset {args.preset}, {args.image_size}px, batch {args.batch}, {args.device} ({device_name}),"
+          f" {torch.get_num_threads()} threads")
+    print(f"{'mask rate':>9}  {'images/s':>9}  {'vs mask 0':>9}")
+    for row in rows:
+        row["ratio_to_mask0"] = round(row["images_per_second"] / base, 2)
+        print(f"{row['mask_rate']:9.1f}  {row['images_per_second']:9.1f}  {row['ratio_to_mask0']:8.2f}x")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"date": date.today().isoformat(), "device": device_name, "preset": args.preset,
+                                        "image_size": args.image_size, "batch": args.batch, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
