@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test test-fast demo clean
+.PHONY: setup run test test-fast clean
 
 setup: $(STAMP)
 
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: setup
-	$(PY) -m maskdm_sweeps.demo --out results/demo
+	$(VENV)/bin/maskdm-sweep train experiments/trials/digits.yaml --out results/digits
 
 test: setup
 	$(PY) -m pytest

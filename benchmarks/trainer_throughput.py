@@ -4,7 +4,7 @@ Runs the real trainer (``fit``) on the embedded digits (or random-sized data for
 step cost does not depend on pixel values), one stage per rate, and reads ``train/images_per_second`` from the
 second logging window so that the first steps (allocation, warm-up) are excluded.
 
-    python benchmarks/trainer_throughput.py --preset digits-small --batch 64 --steps 40
+    python benchmarks/trainer_throughput.py --preset uvit-digits --batch 128 --steps 40
 """
 
 from __future__ import annotations
@@ -47,9 +47,9 @@ def measure(preset: str, batch: int, steps: int, rate: float, device: str, image
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="digits-small", help="model preset (default: %(default)s)")
-    parser.add_argument("--image-size", type=int, default=16, help="pixels on a side (default: %(default)s)")
-    parser.add_argument("--batch", type=int, default=64, help="images per step (default: %(default)s)")
+    parser.add_argument("--preset", default="uvit-digits", help="model preset (default: %(default)s)")
+    parser.add_argument("--image-size", type=int, default=8, help="pixels on a side (default: %(default)s)")
+    parser.add_argument("--batch", type=int, default=128, help="images per step (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=40, help="steps per rate; the second half is timed")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")

@@ -17,13 +17,6 @@ def _cmd_version(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from . import demo
-
-    demo.main(["--out", str(args.out)])
-    return 0
-
-
 def _cmd_train(args: argparse.Namespace) -> int:
     from .spec import SpecError, load_model
     from .trainer import TrialConfig
@@ -77,9 +70,6 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="output directory (default: results/train/<config name>)")
     train.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     train.set_defaults(func=_cmd_train)
-    demo = sub.add_parser("demo", help="a CPU tour of the method: pre-train, fine-tune, sample a PNG grid")
-    demo.add_argument("--out", default="results/demo", help="output directory (default: %(default)s)")
-    demo.set_defaults(func=_cmd_demo)
     return parser
 
 

@@ -16,7 +16,7 @@ def run(*args):
 def test_help_lists_the_subcommands():
     out = run("--help")
     assert out.returncode == 0
-    assert "version" in out.stdout and "demo" in out.stdout
+    assert "version" in out.stdout and "train" in out.stdout
 
 
 def test_version_subcommand_prints_the_package_version():

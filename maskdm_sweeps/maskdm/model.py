@@ -159,7 +159,7 @@ MODEL_PRESETS: dict[str, UViTConfig] = {
     "uvit-s2-cifar32": UViTConfig(img_size=32, patch_size=2, embed_dim=512, depth=13, num_heads=8),  # U-ViT-S/2
     "maskdm-b256": UViTConfig(img_size=256, patch_size=4, embed_dim=768, depth=12, num_heads=12),  # 102.4M
     # small presets for CPU runs on the embedded digits data
-    "digits-small": UViTConfig(img_size=16, patch_size=2, in_chans=1, embed_dim=128, depth=7, num_heads=4),
+    "uvit-digits": UViTConfig(img_size=8, patch_size=2, in_chans=1, embed_dim=64, depth=5, num_heads=4),  # 0.27M
     "tiny": UViTConfig(img_size=16, patch_size=2, in_chans=1, embed_dim=32, depth=3, num_heads=2),
     "tiny-rgb": UViTConfig(img_size=16, patch_size=4, in_chans=3, embed_dim=32, depth=2, num_heads=2),
 }
