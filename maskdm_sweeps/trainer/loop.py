@@ -89,7 +89,7 @@ def fit(
     ``init_checkpoint``: for ``finetune``, the pre-training checkpoint to start from (None: the DDPM baseline).
     ``fault_at_step``: test-only; raise :class:`InjectedFault` once when reaching that step.
     """
-    run = _StageRun(config, stage, Path(workdir), reporter or NullReporter(), init_checkpoint)
+    run = _StageRun(config, stage, Path(workdir).resolve(), reporter or NullReporter(), init_checkpoint)
     return run.run(fault_at_step)
 
 
