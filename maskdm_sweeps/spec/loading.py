@@ -168,3 +168,26 @@ def load_model(path: Path, model: type[M], overrides: list[str] = ()) -> M:
         raise SpecError([Problem("", "the file must hold a mapping of fields", 1, str(path))])
     data, touched = apply_overrides(data, list(overrides))
     return validate(model, data, lines, str(path), touched)
+
+
+def load_spec(path: Path, overrides: list[str] = (), smoke: bool = False):
+    """Read, override, (smoke-)shrink, validate and expand a sweep spec into a :class:`SweepPlan`.
+
+    Raises :class:`SpecError` (exit code 2 in the CLI) before anything starts.
+    """
+    import hashlib
+    import json
+
+    from .expand import build_plan
+    from .schema import SweepSpec
+    from .smoke import smoke_spec
+
+    data, lines = read_yaml(path)
+    if not isinstance(data, dict):
+        raise SpecError([Problem("", "the file must hold a mapping of fields", 1, str(path))])
+    data, touched = apply_overrides(data, list(overrides))
+    if smoke:
+        data = smoke_spec(data)
+    spec = validate(SweepSpec, data, lines, str(path), touched)
+    resolved = json.dumps(spec.model_dump(mode="json"), sort_keys=True)
+    return build_plan(spec, lines, str(path), hashlib.sha256(resolved.encode()).hexdigest()[:16])

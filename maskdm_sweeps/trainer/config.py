@@ -100,6 +100,10 @@ class FinetuneConfig(_StageConfig):
 
     steps: int = Field(1000, ge=1, description="Optimizer steps of fine-tuning (of training, for the baseline).")
     init_from: Literal["online", "ema"] = Field("online", description="Which pre-trained weights to start from.")
+    data: DataConfig | None = Field(
+        None, description="Fine-tune on other data than pre-training (transfer; same resolution and channels). "
+        "None: the trial's data."
+    )
 
 
 class EMAConfig(_Strict):
@@ -171,6 +175,13 @@ class TrialConfig(_Strict):
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="Device, precision, logging cadence.")
 
     @model_validator(mode="after")
+    def _finetune_data_matches(self) -> "TrialConfig":
+        other = self.finetune.data
+        if other is not None and (other.image_size, other.name == "digits") != (self.data.image_size, self.data.name == "digits"):
+            raise ValueError("finetune.data must have the resolution and channels of data (the same network trains on both)")
+        return self
+
+    @model_validator(mode="after")
     def _mask_fits_the_grid(self) -> "TrialConfig":
         grid = self.model_config_resolved().grid
         if self.pretrain.steps > 0:
@@ -198,15 +209,22 @@ class TrialConfig(_Strict):
             overrides["patch_size"] = self.model.patch_size
         return resolve_model_config(self.model.preset, **overrides)
 
+    def stage_data(self, stage: Stage) -> DataConfig:
+        return self.finetune.data if stage == "finetune" and self.finetune.data is not None else self.data
+
     def stages(self) -> list[Stage]:
         return ["pretrain", "finetune"] if self.pretrain.steps > 0 else ["finetune"]
 
     def stage_hash(self, stage: Stage) -> str:
-        """A key of every setting that affects what ``stage`` computes (pre-trainings with equal keys are shared)."""
-        cfg = self.model_dump(mode="json")
-        if stage == "pretrain":
-            # fine-tuning and evaluation settings do not change the pre-trained weights
-            cfg = {k: v for k, v in cfg.items() if k not in ("finetune", "eval")}
-            cfg["runtime"] = {"precision": cfg["runtime"]["precision"]}
-        return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
+        """A key of every setting that affects what ``stage`` computes.
 
+        Pre-trainings with equal keys are shared; fine-tuning keys include the pre-training settings (they start
+        from it), except for the baseline, which ignores mask and pre-training settings altogether.
+        """
+        cfg = self.model_dump(mode="json")
+        cfg["runtime"] = {"precision": cfg["runtime"]["precision"]}  # the rest changes speed, not results
+        if stage == "pretrain":
+            cfg = {k: v for k, v in cfg.items() if k not in ("finetune", "eval")}
+        elif self.pretrain.steps == 0:
+            cfg = {k: v for k, v in cfg.items() if k not in ("mask", "pretrain")}
+        return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]

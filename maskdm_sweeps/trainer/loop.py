@@ -105,9 +105,10 @@ class _StageRun:
         self.mask = build_mask_from_config(config.mask) if stage == "pretrain" else None
         self.effective_rate = effective_mask_rate(self.mask, self.model_cfg.grid) if self.mask else 0.0
 
-        data = load_dataset(config.data)
+        data_cfg = config.stage_data(stage)
+        data = load_dataset(data_cfg)
         self.data = data
-        self.batches = ImageBatches(data.images, self.device, hflip=config.data.hflip)
+        self.batches = ImageBatches(data.images, self.device, hflip=data_cfg.hflip)
         self.data_gen = torch.Generator().manual_seed(stage_seed(config.seed, stage, 1))
         self.noise_gen = torch.Generator(device=self.device).manual_seed(stage_seed(config.seed, stage, 2))
 

@@ -1,0 +1,206 @@
+"""Spec -> plan: every trial's resolved config, and the stage graph with shared pre-trainings.
+
+A trial is identified by the hash of every setting that affects what it computes (``t-<hash>``), so re-running a
+spec finds its finished trials, and a pre-training is identified by the hash of what affects pre-training only, so
+trials (and later sweeps) with equal pre-training settings share one run.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from ..trainer.config import TrialConfig
+from .loading import Problem, SpecError, problems_from_validation
+from .schema import SweepSpec
+
+PRETRAIN_ONLY_PREFIXES = ("mask", "pretrain")  # settings a baseline (no pre-training) ignores
+FINETUNE_ONLY_PREFIXES = ("finetune", "eval", "runtime")  # settings a pre-training ignores
+
+
+@dataclass(frozen=True)
+class TrialPlan:
+    trial_id: str  # "t-" + hash of every setting that affects the trial
+    label: str  # the axis values that make this trial, e.g. "mask.rate=0.9 seed=1"
+    assignments: dict[str, Any]  # axis key -> value
+    config: TrialConfig
+    pretrain_key: str | None  # None for the baseline
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.pretrain_key is None
+
+
+@dataclass
+class PretrainPlan:
+    key: str
+    config: TrialConfig  # the first trial's config; every sharing trial has the same pre-training settings
+    trial_ids: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SweepPlan:
+    spec: SweepSpec
+    trials: list[TrialPlan]
+    pretrains: dict[str, PretrainPlan]
+    spec_hash: str
+
+    @property
+    def sweep_dir(self) -> Path:
+        return (self.spec.output_dir / self.spec.name).resolve()
+
+    @property
+    def store_dir(self) -> Path:
+        """Shared across sweeps of one results root: finished pre-trainings are found here and reused."""
+        return (self.spec.output_dir / "_pretrain").resolve()
+
+    def pretrain_dir(self, key: str) -> Path:
+        return self.store_dir / key
+
+    def trial_dir(self, trial_id: str) -> Path:
+        return self.sweep_dir / "trials" / trial_id
+
+    def pretrain_finished(self, key: str) -> bool:
+        return (self.pretrain_dir(key) / "result.json").exists()
+
+
+# ----------------------------------------------------------------------------------------------------- keys
+def _models_in(annotation) -> list[type[BaseModel]]:
+    """The pydantic models an annotation can hold (through Optional, Union and Annotated)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+
+
+def is_known_key(key: str, model: type[BaseModel] = TrialConfig) -> bool:
+    """Whether a dotted key names a field of the trial config (``mask.rate``, ``finetune.lr``, ``mask``)."""
+    models = [model]
+    for part in key.split("."):
+        fields = [m.model_fields[part] for m in models if part in m.model_fields]
+        if not fields:
+            return False
+        models = [m for f in fields for m in _models_in(f.annotation)]
+    return True
+
+
+def affects_pretraining(key: str) -> bool:
+    return not key.split(".")[0] in FINETUNE_ONLY_PREFIXES or key.startswith("runtime.precision")
+
+
+def set_dotted(data: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[parts[-1]] = copy.deepcopy(value)
+
+
+def _label(assignments: dict[str, Any]) -> str:
+    def short(v):
+        if isinstance(v, dict):
+            return "/".join(f"{k}={x}" for k, x in v.items())
+        return str(v)
+
+    return " ".join(f"{k}={short(v)}" for k, v in assignments.items()) or "base"
+
+
+# ----------------------------------------------------------------------------------------------------- expansion
+def grid_points(spec: SweepSpec) -> list[dict[str, Any]]:
+    """Every combination of the grid axes, zipped lists and seeds (in that order), plus baseline arms."""
+    s = spec.sweep
+    dims: list[list[dict[str, Any]]] = [[{key: v} for v in values] for key, values in s.axes.items()]
+    if s.zip:
+        n = len(next(iter(s.zip.values())))
+        dims.append([{key: values[i] for key, values in s.zip.items()} for i in range(n)])
+    dims.append([{"seed": seed} for seed in s.seeds])
+    points = [dict(kv for part in combo for kv in part.items()) for combo in itertools.product(*dims)]
+    if s.baseline:
+        baselines = []
+        for p in points:
+            kept = {k: v for k, v in p.items() if not k.startswith(PRETRAIN_ONLY_PREFIXES)}
+            baselines.append({"baseline": True, **kept})
+        points += baselines
+    return points
+
+
+def _check_keys(spec: SweepSpec, lines: dict, source: str) -> None:
+    problems = []
+    for section in ("axes", "zip"):
+        for key in getattr(spec.sweep, section):
+            if not is_known_key(key):
+                path = ("sweep", section, key)
+                problems.append(Problem(".".join(path), "unknown trial-config field (check the spelling)",
+                                        lines.get(path), source))
+    for key in spec.sweep.search.space:
+        if not is_known_key(key):
+            path = ("sweep", "search", "space", key)
+            problems.append(Problem(".".join(path), "unknown trial-config field", lines.get(path), source))
+    if problems:
+        raise SpecError(problems)
+
+
+def _axis_line(key: str, spec: SweepSpec, lines: dict) -> tuple[tuple, int | None]:
+    for section in ("axes", "zip"):
+        if key in getattr(spec.sweep, section):
+            path = ("sweep", section, key)
+            return path, lines.get(path)
+    path = ("sweep", "seeds") if key == "seed" else ("sweep", "baseline")
+    return path, lines.get(path)
+
+
+def _culprit(problem: Problem, assignments: dict[str, Any]) -> str:
+    """The axis key most likely responsible for a validation problem of an expanded trial."""
+    path = problem.path or problem.message.split(":")[0]  # model-level errors start with the section name
+    related = [k for k in assignments if path == k or path.startswith(k + ".") or k.startswith(path + ".")]
+    return related[0] if related else next(iter(assignments), "seed")
+
+
+def resolve_trial(spec: SweepSpec, point: dict[str, Any], lines: dict, source: str) -> TrialPlan:
+    """One grid point -> a validated trial; errors point at the axis that produced the bad value."""
+    data = spec.base.model_dump(mode="json")
+    assignments = {k: v for k, v in point.items() if k != "baseline"}
+    for key, value in assignments.items():
+        set_dotted(data, key, value)
+    if point.get("baseline"):
+        set_dotted(data, "pretrain.steps", 0)
+    try:
+        config = TrialConfig.model_validate(data)
+    except ValidationError as err:
+        problems = []
+        for p in problems_from_validation(err, data, {}, source):
+            axis_path, line = _axis_line(_culprit(p, assignments), spec, lines)
+            value = assignments.get(axis_path[-1]) if axis_path[1] in ("axes", "zip") else point.get("seed")
+            problems.append(Problem(".".join(axis_path), f"value {value!r} gives an invalid trial: "
+                                    f"{p.path or 'config'}: {p.message}", line, source))
+        raise SpecError(problems) from None
+    pretrain_key = config.stage_hash("pretrain") if config.pretrain.steps > 0 else None
+    if point.get("baseline"):
+        assignments = {"baseline": True, **assignments}
+    return TrialPlan("t-" + config.stage_hash("finetune")[:10], _label(assignments), assignments, config, pretrain_key)
+
+
+def build_plan(spec: SweepSpec, lines: dict | None = None, source: str = "", spec_hash: str = "") -> SweepPlan:
+    """Expand a validated spec into trials and shared pre-trainings; raises :class:`SpecError` on bad axes."""
+    lines = lines or {}
+    _check_keys(spec, lines, source)
+    trials: dict[str, TrialPlan] = {}
+    for point in grid_points(spec):
+        trial = resolve_trial(spec, point, lines, source)
+        trials.setdefault(trial.trial_id, trial)  # e.g. baselines that several mask settings would repeat
+    pretrains: dict[str, PretrainPlan] = {}
+    for trial in trials.values():
+        if trial.pretrain_key:
+            pretrains.setdefault(trial.pretrain_key, PretrainPlan(trial.pretrain_key, trial.config)).trial_ids.append(
+                trial.trial_id
+            )
+    if not trials:
+        raise SpecError([Problem("sweep", "the sweep expands to no trials", lines.get(("sweep",)), source)])
+    return SweepPlan(spec, list(trials.values()), pretrains, spec_hash)

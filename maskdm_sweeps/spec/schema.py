@@ -1,0 +1,163 @@
+"""The sweep spec: a ``base`` trial config plus the question's axes, search, scheduler, resources and tracking.
+
+Every field carries a description: the README's field reference and ``spec.schema.json`` are generated from here.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ..trainer.config import TrialConfig
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Distribution(_Strict):
+    """One continuous or discrete knob of a random or Optuna search."""
+
+    type: Literal["uniform", "loguniform", "int", "choice"] = Field(..., description="Distribution family.")
+    low: float | None = Field(None, description="Lower bound (uniform, loguniform, int).")
+    high: float | None = Field(None, description="Upper bound (uniform, loguniform; inclusive for int).")
+    values: list[Any] | None = Field(None, description="The options of a 'choice'.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "Distribution":
+        if self.type == "choice":
+            if not self.values:
+                raise ValueError("a 'choice' needs a non-empty values list")
+        elif self.low is None or self.high is None or not self.low < self.high:
+            raise ValueError(f"a {self.type!r} distribution needs low < high")
+        elif self.type == "loguniform" and self.low <= 0:
+            raise ValueError("loguniform needs low > 0")
+        return self
+
+
+class SearchConfig(_Strict):
+    """How trials are chosen: the full grid, random samples, or Optuna's TPE."""
+
+    method: Literal["grid", "random", "optuna"] = Field(
+        "grid", description="grid: every combination of the axes; random: num_samples draws from space (times the "
+        "grid); optuna: num_samples trials proposed by a seeded TPE sampler (no grid axes)."
+    )
+    num_samples: int = Field(1, ge=1, description="Trials drawn by random or optuna search.")
+    seed: int = Field(0, description="Seed of the random or TPE sampler.")
+    metric: str = Field("eval/fid", description="Metric the search optimises (a reported metric name).")
+    mode: Literal["min", "max"] = Field("min", description="Whether the metric is minimised or maximised.")
+    space: dict[str, Distribution] = Field(
+        {}, description="Dotted trial-config keys (e.g. finetune.lr) mapped to their distributions."
+    )
+
+    @model_validator(mode="after")
+    def _space_matches_method(self) -> "SearchConfig":
+        if self.method == "grid" and self.space:
+            raise ValueError("a search space needs method 'random' or 'optuna' (grid search uses sweep.axes)")
+        if self.method != "grid" and not self.space:
+            raise ValueError(f"method {self.method!r} needs a non-empty space")
+        return self
+
+
+class SchedulerConfig(_Strict):
+    """Early stopping of the worse trials (ASHA), with the training step as its time."""
+
+    type: Literal["none", "asha"] = Field("none", description="none, or ASHA (asynchronous successive halving).")
+    metric: str = Field("eval/fid", description="Metric ASHA compares (eval/fid needs eval.every_steps > 0).")
+    mode: Literal["min", "max"] = Field("min", description="Whether lower or higher is better.")
+    grace_period: int = Field(100, ge=1, description="Steps every trial runs before it can be stopped.")
+    reduction_factor: float = Field(2.0, gt=1, description="Keep 1/reduction_factor of the trials at each rung.")
+
+
+class SweepConfig(_Strict):
+    """The axes of the question: a grid over dotted keys, zipped lists, seeds and the no-pre-training baseline."""
+
+    axes: dict[str, list[Any]] = Field(
+        {}, description="Grid axes: a dotted trial-config key (mask.rate, finetune.steps) or a whole section "
+        "(mask) mapped to its values; every combination becomes a trial."
+    )
+    zip: dict[str, list[Any]] = Field(
+        {}, description="Keys varied together (lists of equal length), e.g. pretrain.steps and finetune.steps "
+        "pairs at a fixed total; together they form one more grid axis."
+    )
+    seeds: list[int] = Field([0], description="Seeds; each combination is run once per seed.")
+    baseline: bool = Field(
+        False, description="Add the DDPM baseline (no pre-training, pretrain.steps = 0) for every combination "
+        "of the axes that do not concern pre-training."
+    )
+    search: SearchConfig = Field(default_factory=SearchConfig, description="Grid, random or Optuna search.")
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig, description="Early stopping.")
+
+    @field_validator("axes", "zip")
+    @classmethod
+    def _non_empty_lists(cls, value: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in value.items():
+            if not values:
+                raise ValueError(f"axis {key!r} has no values")
+        return value
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique_seeds(cls, seeds: list[int]) -> list[int]:
+        if not seeds or len(set(seeds)) != len(seeds):
+            raise ValueError("seeds must be a non-empty list without repeats")
+        return seeds
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "SweepConfig":
+        lengths = {len(v) for v in self.zip.values()}
+        if len(lengths) > 1:
+            raise ValueError(f"zip lists must have equal lengths, got {sorted(lengths)}")
+        keys = list(self.axes) + list(self.zip) + list(self.search.space) + (["seed"] if self.seeds != [0] else [])
+        for key in set(keys):
+            clashes = [k for k in keys if k == key or k.startswith(key + ".") or key.startswith(k + ".")]
+            if len(clashes) > 1:
+                raise ValueError(f"duplicate axes: {sorted(set(clashes))} set the same field more than once")
+        if self.search.method == "optuna" and (self.axes or self.zip or len(self.seeds) > 1 or self.baseline):
+            raise ValueError(
+                "an optuna search cannot be mixed with grid axes (axes, zip, several seeds, baseline): run one "
+                "spec per grid point, or use method 'random', which combines samples with the grid"
+            )
+        return self
+
+
+class ResourcesConfig(_Strict):
+    """What each trial gets, and how many run at once."""
+
+    gpus: float = Field(1.0, ge=0, description="GPUs per trial; fractions pack several trials on one GPU.")
+    cpus: float = Field(1.0, gt=0, description="CPU cores per trial.")
+    max_concurrent_trials: int = Field(0, ge=0, description="Upper bound on trials running at once (0: as "
+                                       "many as the resources allow).")
+    max_failures: int = Field(1, ge=0, description="Retries of a trial whose process fails, each from its last "
+                              "checkpoint.")
+
+
+class TrackingConfig(_Strict):
+    """Where runs are recorded."""
+
+    mlflow_uri: str | None = Field(None, description="MLflow tracking URI; default sqlite:///<output_dir>/mlflow.db "
+                                   "(absolute). An http:// server works the same.")
+    experiment: str | None = Field(None, description="MLflow experiment name; default: the sweep name.")
+
+
+class SweepSpec(_Strict):
+    """A declarative ablation: ``base`` is one trial; ``sweep`` says what varies."""
+
+    name: str = Field(..., description="Sweep name: results go to <output_dir>/<name>/ (letters, digits, _ and -).")
+    description: str = Field("", description="The question the sweep asks, for the report.")
+    output_dir: Path = Field(Path("results"), description="Results root (the MLflow store and shared "
+                             "pre-trainings live here too).")
+    base: TrialConfig = Field(..., description="The trial config every trial starts from.")
+    sweep: SweepConfig = Field(default_factory=SweepConfig, description="What varies.")
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig, description="Resources per trial.")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Experiment tracking.")
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, name: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+            raise ValueError(f"name {name!r} must be letters, digits, '_', '-' or '.' (it names a directory)")
+        return name

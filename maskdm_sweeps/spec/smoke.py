@@ -1,0 +1,77 @@
+"""``--smoke``: any spec, shrunk to a CPU run on the embedded digits in minutes, keeping its axes.
+
+The patch grid keeps its size (up to 16 x 16) so that mask settings (block sizes, crop windows) stay valid; budgets
+are scaled so the largest becomes a few dozen steps, and evaluation uses the in-domain digits FID.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from ..data.config import DEFAULT_IMAGE_SIZE
+from ..maskdm import MODEL_PRESETS
+
+SMOKE_PRETRAIN_STEPS = 30
+SMOKE_FINETUNE_STEPS = 40
+SMOKE_BATCH = 32
+BUDGET_KEYS = {"pretrain.steps": SMOKE_PRETRAIN_STEPS, "finetune.steps": SMOKE_FINETUNE_STEPS}
+
+
+def _base_grid(base: dict) -> int:
+    model = base.get("model") or {}
+    preset = MODEL_PRESETS.get(model.get("preset", "uvit-s2-cifar32"), MODEL_PRESETS["uvit-s2-cifar32"])
+    data = base.get("data") or {}
+    size = data.get("image_size") or DEFAULT_IMAGE_SIZE.get(data.get("name", "digits")) or preset.img_size
+    return max(1, size // (model.get("patch_size") or preset.patch_size))
+
+
+def _digits_like(data: dict | None, image_size: int) -> dict:
+    """Digits at ``image_size``, keeping the subset settings of ``data`` (fraction, max_images, seeds)."""
+    keep = {k: v for k, v in (data or {}).items() if k in ("fraction", "max_images", "subset_seed")}
+    return {"name": "digits", "image_size": image_size, **keep}
+
+
+def _scale(values: list, largest_smoke: int) -> list:
+    top = max((v for v in values if isinstance(v, (int, float))), default=0)
+    return [v if not isinstance(v, (int, float)) or v == 0 or top == 0 else max(1, round(v / top * largest_smoke))
+            for v in values]
+
+
+def smoke_spec(raw: dict[str, Any]) -> dict[str, Any]:
+    """Return a shrunk copy of a raw (unvalidated) spec mapping."""
+    spec = copy.deepcopy(raw)
+    base = spec.setdefault("base", {}) or {}
+    spec["base"] = base
+    grid = min(_base_grid(base), 16)
+    image_size = 16 if grid >= 8 else 8
+    base["data"] = _digits_like(base.get("data"), image_size)
+    base["model"] = {"preset": "tiny", "patch_size": image_size // grid}
+    for stage, steps in (("pretrain", SMOKE_PRETRAIN_STEPS), ("finetune", SMOKE_FINETUNE_STEPS)):
+        section = base.setdefault(stage, {}) or {}
+        base[stage] = section
+        if stage == "pretrain" and not section.get("steps"):
+            section["steps"] = 0
+        else:
+            section["steps"] = steps
+        section["batch_size"] = SMOKE_BATCH
+        section["warmup_steps"] = min(section.get("warmup_steps", 0), steps // 4)
+        if section.get("data"):
+            section["data"] = _digits_like(section["data"], image_size)
+    eval_cfg = base.get("eval") or {}
+    base["eval"] = {
+        **{k: v for k, v in eval_cfg.items() if k in ("sampler", "eta", "weights", "stages")},
+        "every_steps": SMOKE_FINETUNE_STEPS // 2 if eval_cfg.get("every_steps") else 0,
+        "num_samples": 64, "batch_size": 64, "sampling_steps": 10, "grid_size": 16, "backend": "digits-classifier",
+    }
+    base["runtime"] = {"device": "cpu", "log_every_steps": 5, "checkpoint_every_steps": 10}
+    sweep = spec.get("sweep") or {}
+    for section in ("axes", "zip"):
+        for key, values in (sweep.get(section) or {}).items():
+            if key in BUDGET_KEYS and isinstance(values, list):
+                sweep[section][key] = _scale(values, BUDGET_KEYS[key])
+    scheduler = sweep.get("scheduler") or {}
+    if scheduler.get("grace_period"):
+        scheduler["grace_period"] = min(scheduler["grace_period"], SMOKE_FINETUNE_STEPS // 4)
+    spec["resources"] = {**(spec.get("resources") or {}), "gpus": 0, "cpus": 1}
+    return spec
