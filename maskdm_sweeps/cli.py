@@ -50,6 +50,92 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_plan(args: argparse.Namespace):
+    """The plan of a spec, or None after printing why it is bad input (the caller exits with code 2)."""
+    from .spec import SpecError, load_spec
+
+    try:
+        return load_spec(args.spec, args.set, smoke=getattr(args, "smoke", False))
+    except SpecError as err:
+        print(f"error: {args.spec} is not a valid sweep spec:\n{err}", file=sys.stderr)
+        return None
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    plan = _load_plan(args)
+    if plan is None:
+        return 2
+    print(f"{args.spec}: valid; {len(plan.trials)} trials, {len(plan.pretrains)} shared pre-trainings "
+          f"(spec hash {plan.spec_hash})")
+    return 0
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    plan = _load_plan(args)
+    if plan is None:
+        return 2
+    from .sweep.plan_view import print_plan
+
+    print_plan(plan)
+    return 0
+
+
+def _execute(plan, address: str | None, resume: bool) -> int:
+    from .sweep import run_sweep
+    from .sweep.runner import ClusterTooSmall
+
+    try:
+        outcome = run_sweep(plan, address=address, resume=resume)
+    except ClusterTooSmall as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"sweep {plan.spec.name}: {len(outcome.finished)}/{len(plan.trials)} trials finished "
+          f"({len(outcome.reused)} were already finished); results in {outcome.sweep_dir}")
+    for ident, reason in outcome.failed.items():
+        print(f"FAILED {ident}: {reason}", file=sys.stderr)
+    if outcome.failed:
+        print(f"continue with: maskdm-sweep resume {outcome.sweep_dir}", file=sys.stderr)
+    return outcome.exit_code
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    plan = _load_plan(args)
+    if plan is None:
+        return 2
+    if args.dry_run:
+        from .sweep.plan_view import print_plan
+
+        print_plan(plan)
+        return 0
+    return _execute(plan, args.address, resume=False)
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    from .spec import SpecError, load_spec
+    from .sweep.runner import RESOLVED_SPEC
+
+    spec_path = Path(args.dir) / RESOLVED_SPEC
+    if not spec_path.exists():
+        print(f"error: {args.dir} holds no {RESOLVED_SPEC}: not a sweep directory", file=sys.stderr)
+        return 2
+    try:
+        plan = load_spec(spec_path)
+    except SpecError as err:
+        print(f"error: {spec_path}:\n{err}", file=sys.stderr)
+        return 2
+    return _execute(plan, args.address, resume=True)
+
+
+def _add_spec_args(p: argparse.ArgumentParser, smoke: bool = True) -> None:
+    p.add_argument("spec", type=Path, help="sweep spec YAML (see experiments/)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec field, e.g. --set base.finetune.steps=500 or --set sweep.seeds=[0,1] "
+                   "(repeatable; values are parsed as YAML)")
+    if smoke:
+        p.add_argument("--smoke", action="store_true",
+                       help="shrink the spec to a CPU run on the embedded digits with tiny budgets, keeping its axes")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="maskdm-sweep",
@@ -58,6 +144,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("version", help="print the package and torch versions").set_defaults(func=_cmd_version)
+    validate = sub.add_parser("validate", help="check a sweep spec (schema, data paths, FID weights, masks)",
+                              description="Exit 0 when the spec and every trial it expands to are valid, 2 "
+                              "otherwise, naming each bad field and its line.")
+    _add_spec_args(validate)
+    validate.set_defaults(func=_cmd_validate)
+    plan = sub.add_parser("plan", help="show the trials, shared and reused pre-trainings, and estimated GPU-hours")
+    _add_spec_args(plan)
+    plan.set_defaults(func=_cmd_plan)
+    run = sub.add_parser(
+        "run", help="run a sweep on Ray Tune (this machine, or a cluster with --address)",
+        description="Expand the spec into trials and run them on Ray Tune: shared pre-trainings first, then the "
+        "trials. Exit codes: 0 all trials finished, 1 some failed (listed), 2 bad input (nothing started).",
+    )
+    _add_spec_args(run)
+    run.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    run.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    run.set_defaults(func=_cmd_run)
+    resume = sub.add_parser("resume", help="continue an interrupted or partly failed sweep",
+                            description="Finished trials are kept, unfinished ones continue from their "
+                            "checkpoints, failed ones are retried.")
+    resume.add_argument("dir", type=Path, help="the sweep's results directory (results/<sweep name>)")
+    resume.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    resume.set_defaults(func=_cmd_resume)
     train = sub.add_parser(
         "train",
         help="run one trial (pre-training then fine-tuning) without Ray",

@@ -1,0 +1,49 @@
+"""Rough cost of a plan: training images/s per preset and mask rate on a reference GPU, hence GPU-hours.
+
+The table holds measured reference numbers (NVIDIA H200, bf16, batch 128; DESIGN.md's reference measurements);
+presets not in it are scaled from U-ViT-S/2 by their FLOPs per image (parameters x visible tokens). A plan's
+figure is an estimate for budgeting, not a measurement.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..maskdm import MODEL_PRESETS, UViTConfig, count_parameters
+from ..maskdm.model import UViT
+from ..trainer.config import TrialConfig
+
+REFERENCE_GPU = "NVIDIA H200"
+REFERENCE_IMAGES_PER_SECOND: dict[str, dict[float, float]] = {
+    "uvit-s2-cifar32": {0.0: 4203.0, 0.5: 4083.0, 0.9: 7292.0},
+    "maskdm-celeba64": {0.0: 2798.0, 0.5: 5030.0, 0.9: 4831.0},
+}
+_PARAMS: dict[UViTConfig, int] = {}
+
+
+def _flops_per_image(mc: UViTConfig, effective_rate: float) -> float:
+    """Training FLOPs per image, ~6 x parameters x tokens the network sees."""
+    if mc not in _PARAMS:
+        with torch.device("meta"):  # count without allocating
+            _PARAMS[mc] = count_parameters(UViT(mc))
+    tokens = 1 + mc.num_patches * (1 - effective_rate)
+    return 6.0 * _PARAMS[mc] * tokens
+
+
+def images_per_second(config: TrialConfig, effective_rate: float) -> float:
+    preset = config.model.preset
+    if preset in REFERENCE_IMAGES_PER_SECOND and config.model_config_resolved() == MODEL_PRESETS[preset]:
+        table = REFERENCE_IMAGES_PER_SECOND[preset]
+        rates = sorted(table)
+        return float(np.interp(effective_rate, rates, [table[r] for r in rates]))
+    ref = "uvit-s2-cifar32"
+    speedup = _flops_per_image(MODEL_PRESETS[ref], 0.0) / _flops_per_image(config.model_config_resolved(), effective_rate)
+    # small or heavily masked steps are launch-bound on a GPU: fewer FLOPs buy at most 2x (DESIGN.md: 10x -> 1.7x)
+    return REFERENCE_IMAGES_PER_SECOND[ref][0.0] * min(speedup, 2.0)
+
+
+def stage_gpu_hours(config: TrialConfig, stage: str, effective_rate: float) -> float:
+    s = config.pretrain if stage == "pretrain" else config.finetune
+    seconds = s.steps * s.batch_size / images_per_second(config, effective_rate)
+    return seconds / 3600.0

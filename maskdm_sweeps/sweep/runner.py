@@ -1,0 +1,233 @@
+"""Run a planned sweep on Ray Tune: phase 1 trains each shared pre-training once, phase 2 runs the trials.
+
+Both phases are Tune experiments under ``<sweep>/tune/``; ``resume`` restores them (finished trials are skipped,
+unfinished and errored ones continue from their checkpoints). Independently of Tune, a stage run whose directory
+holds ``result.json`` is never trained again, and one with checkpoints continues from the newest readable one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..spec.expand import SweepPlan, affects_pretraining
+from .events import append_event, read_events
+from .progress import LiveTable
+from .trainable import SweepContext, pretrain_trainable, trial_trainable
+
+INVOCATIONS = "invocations.json"
+RESOLVED_SPEC = "spec.resolved.yaml"
+FORWARDED_ENV = ("MASKDM_CACHE", "MASKDM_FID_WEIGHTS")
+
+
+@dataclass
+class SweepOutcome:
+    sweep_dir: Path
+    finished: list[str] = field(default_factory=list)  # trial ids finished by now (this or an earlier run)
+    reused: list[str] = field(default_factory=list)  # trial ids that were already finished before this run
+    failed: dict[str, str] = field(default_factory=dict)  # trial id -> reason
+    stopped: list[str] = field(default_factory=list)  # trial ids an early-stopping scheduler ended
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+
+def init_ray(address: str | None = None) -> None:
+    """Connect to ``address`` (or ``RAY_ADDRESS``), or start a local Ray; a running session is reused."""
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local runs need no token (DESIGN.md)
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our live table replaces Ray's own progress output
+    if ray.is_initialized():
+        return
+    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    env["RAY_AUTH_MODE"] = "disabled"
+    ray.init(address=address or os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=False,
+             configure_logging=False, runtime_env={"env_vars": env})
+
+
+class ClusterTooSmall(ValueError):
+    """The spec asks for resources no node of the Ray cluster has: nothing could ever start."""
+
+
+def check_resources(plan: SweepPlan) -> None:
+    import ray
+
+    r, total = plan.spec.resources, ray.cluster_resources()
+    if r.gpus > 0 and total.get("GPU", 0) == 0:
+        raise ClusterTooSmall(f"resources.gpus is {r.gpus} but the Ray cluster has no GPU; run with --smoke for a "
+                              "CPU run, or --set resources.gpus=0")
+    if r.gpus > total.get("GPU", 0) or r.cpus > total.get("CPU", 0):
+        raise ClusterTooSmall(f"a trial asks for {r.cpus} CPUs and {r.gpus} GPUs; the cluster has "
+                              f"{total.get('CPU', 0)} CPUs and {total.get('GPU', 0)} GPUs")
+
+
+def save_resolved_spec(plan: SweepPlan) -> Path:
+    """The spec as it ran (overrides and --smoke applied, output_dir absolute): what ``resume`` reloads."""
+    plan.sweep_dir.mkdir(parents=True, exist_ok=True)
+    data = plan.spec.model_dump(mode="json")
+    data["output_dir"] = str(plan.spec.output_dir.resolve())
+    path = plan.sweep_dir / RESOLVED_SPEC
+    path.write_text(f"# resolved spec of sweep {plan.spec.name} (hash {plan.spec_hash})\n"
+                    + yaml.safe_dump(data, sort_keys=False))
+    (plan.sweep_dir / "plan.json").write_text(json.dumps(plan_summary(plan), indent=2))
+    return path
+
+
+def plan_summary(plan: SweepPlan) -> dict[str, Any]:
+    return {
+        "sweep": plan.spec.name, "spec_hash": plan.spec_hash,
+        "trials": [{"trial_id": t.trial_id, "label": t.label, "assignments": t.assignments,
+                    "pretrain_key": t.pretrain_key} for t in plan.trials],
+        "pretrains": {k: {"trial_ids": p.trial_ids, "reused": plan.pretrain_finished(k)}
+                      for k, p in plan.pretrains.items()},
+    }
+
+
+def _trial_finished(plan: SweepPlan, trial_id: str) -> bool:
+    return (plan.trial_dir(trial_id) / "finetune" / "result.json").exists()
+
+
+def _invocations(plan: SweepPlan) -> list[dict]:
+    path = plan.sweep_dir / INVOCATIONS
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def _record_invocation(plan: SweepPlan, record: dict) -> None:
+    records = _invocations(plan) + [record]
+    (plan.sweep_dir / INVOCATIONS).write_text(json.dumps(records, indent=2))
+
+
+def _search_space(plan: SweepPlan) -> dict[str, Any]:
+    from ray import tune
+
+    make = {
+        "uniform": lambda d: tune.uniform(d.low, d.high),
+        "loguniform": lambda d: tune.loguniform(d.low, d.high),
+        "int": lambda d: tune.randint(int(d.low), int(d.high) + 1),
+        "choice": lambda d: tune.choice(d.values),
+    }
+    return {key: make[d.type](d) for key, d in plan.spec.sweep.search.space.items()}
+
+
+def _scheduler(plan: SweepPlan):
+    s = plan.spec.sweep.scheduler
+    if s.type == "none":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    max_t = max(t.config.finetune.steps for t in plan.trials)
+    return ASHAScheduler(time_attr="step", metric=s.metric, mode=s.mode, max_t=max_t,
+                         grace_period=min(s.grace_period, max_t), reduction_factor=s.reduction_factor)
+
+
+def _searcher(plan: SweepPlan):
+    search = plan.spec.sweep.search
+    if search.method == "optuna":
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
+
+        return OptunaSearch(metric=search.metric, mode=search.mode, sampler=optuna.samplers.TPESampler(seed=search.seed))
+    if search.method == "random":
+        from ray.tune.search import BasicVariantGenerator
+
+        return BasicVariantGenerator(random_state=search.seed)
+    return None
+
+
+def _run_phase(name: str, trainable, param_space: dict, ctx: SweepContext, resume_path: Path | None,
+               num_samples: int = 1, searcher=None, scheduler=None):
+    from ray import tune
+
+    spec = ctx.plan.spec
+    fn = tune.with_resources(tune.with_parameters(trainable, ctx=ctx), {"cpu": spec.resources.cpus,
+                                                                      "gpu": spec.resources.gpus})
+    labels = {t.trial_id: t.label for t in ctx.plan.trials}
+    if resume_path is not None and tune.Tuner.can_restore(str(resume_path)):
+        tuner = tune.Tuner.restore(str(resume_path), fn, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            fn,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(num_samples=num_samples, search_alg=searcher, scheduler=scheduler,
+                                        max_concurrent_trials=spec.resources.max_concurrent_trials or None),
+            run_config=tune.RunConfig(
+                name=name, storage_path=str(ctx.plan.sweep_dir / "tune"),
+                failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                callbacks=[LiveTable(f"{spec.name}: {name}", labels)], verbose=0,
+            ),
+        )
+    return tuner.fit()
+
+
+def _collect_errors(result_grid, outcome: SweepOutcome, key: str) -> None:
+    for result in result_grid:
+        if result.error is not None:
+            ident = result.config.get(key, "?")
+            outcome.failed[ident] = f"{type(result.error).__name__}: {str(result.error).strip().splitlines()[-1][:300]}"
+
+
+def run_sweep(plan: SweepPlan, address: str | None = None, resume: bool = False,
+              extra_reporters=None) -> SweepOutcome:
+    """Run (or resume) every unfinished stage run of ``plan``; returns what finished and what failed."""
+    init_ray(address)
+    check_resources(plan)
+    save_resolved_spec(plan)
+    sweep_dir = plan.sweep_dir
+    previous = _invocations(plan)
+    number = len(previous) + 1
+    last = previous[-1]["experiments"] if previous and resume else {}
+    experiments = {"pretrain": f"pretrain-{number}", "trials": f"trials-{number}"}
+    _record_invocation(plan, {"number": number, "resume": resume, "address": address, "experiments": experiments})
+    append_event(sweep_dir, "invocation", number=number, resume=resume)
+
+    ctx = SweepContext(plan, extra_reporters)
+    outcome = SweepOutcome(sweep_dir)
+    search = plan.spec.sweep.search
+    pretrain_inside = any(affects_pretraining(k) for k in search.space)
+    outcome.reused = [t.trial_id for t in plan.trials if _trial_finished(plan, t.trial_id)] if search.method == "grid" else []
+
+    pending_pretrains = [k for k in plan.pretrains if not plan.pretrain_finished(k)] if not pretrain_inside else []
+    if pending_pretrains:
+        resume_path = sweep_dir / "tune" / last["pretrain"] if "pretrain" in last else None
+        grid = _run_phase(experiments["pretrain"], pretrain_trainable,
+                          {"pretrain_key": _grid(pending_pretrains)}, ctx, resume_path)
+        _collect_errors(grid, outcome, "pretrain_key")
+
+    failed_pretrains = set(outcome.failed)
+    runnable = [t for t in plan.trials if t.pretrain_key not in failed_pretrains]
+    for t in plan.trials:
+        if t.pretrain_key in failed_pretrains:
+            outcome.failed[t.trial_id] = f"its pre-training {t.pretrain_key} failed"
+    for key in failed_pretrains:
+        outcome.failed.pop(key, None)
+        outcome.failed.setdefault(f"pretrain {key}", "failed")
+    if search.method == "grid":
+        todo = [t.trial_id for t in runnable if not _trial_finished(plan, t.trial_id)]
+        space, samples = ({"trial_id": _grid(todo)}, 1) if todo else (None, 0)
+    else:
+        todo = [t.trial_id for t in runnable]
+        space = {"trial_id": _grid(todo) if search.method == "random" else todo[0], **_search_space(plan)}
+        samples = search.num_samples
+    if space is not None and todo:
+        resume_path = sweep_dir / "tune" / last["trials"] if "trials" in last else None
+        grid = _run_phase(experiments["trials"], trial_trainable, space, ctx, resume_path, samples,
+                          _searcher(plan), _scheduler(plan))
+        _collect_errors(grid, outcome, "trial_id")
+    started = {e["trial_id"] for e in read_events(sweep_dir) if e["event"] == "stage_start" and e["stage"] == "finetune"}
+    outcome.finished = sorted(t for t in started | {t.trial_id for t in plan.trials} if _trial_finished(plan, t))
+    outcome.stopped = sorted(t for t in started if not _trial_finished(plan, t) and t not in outcome.failed)
+    return outcome
+
+
+def _grid(values: list[str]):
+    from ray import tune
+
+    return tune.grid_search(values)

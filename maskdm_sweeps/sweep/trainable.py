@@ -1,0 +1,135 @@
+"""The Ray Tune side of a trial: a function trainable that runs stage runs through the shared trainer.
+
+Only ``ray.tune.*`` is used inside (DESIGN.md: ``ray.train.report`` fails a Tune trial). Checkpoints reported to
+Tune are small pointer directories; the weights stay in the stage directory the trainer resumes from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ray import tune
+
+from ..spec.expand import SweepPlan, TrialPlan, set_dotted
+from ..trainer import InjectedFault, MultiReporter, NullReporter, Reporter, fit, load_latest_checkpoint
+from ..trainer.config import TrialConfig
+from .events import append_event
+
+FAULT_FILE = "test-fault"  # test-only: "<stage>:<step>" in <sweep dir>/test-fault kills each such stage run once
+
+
+class TuneReporter(NullReporter):
+    """Trainer reports -> ``tune.report``; the training step is the time ASHA sees."""
+
+    def __init__(self, trial_id: str, stage: str):
+        self.trial_id, self.stage = trial_id, stage
+        self.latest: dict[str, float] = {}
+
+    def _report(self, step: int, checkpoint: tune.Checkpoint | None = None) -> None:
+        tune.report({**self.latest, "step": step, "stage": self.stage, "maskdm_trial": self.trial_id},
+                    checkpoint=checkpoint)
+
+    def metrics(self, step: int, values: dict[str, float]) -> None:
+        self.latest.update(values)
+        self._report(step)
+
+    def checkpoint(self, step: int, path: Path) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            Path(tmp, "pointer.json").write_text(json.dumps({"stage": self.stage, "step": step, "path": str(path)}))
+            self._report(step, tune.Checkpoint.from_directory(tmp))
+
+
+@dataclass
+class SweepContext:
+    """Everything a trial process needs, shipped once through ``tune.with_parameters``."""
+
+    plan: SweepPlan
+    extra_reporters: Callable[[TrialPlan, str, Path], list[Reporter]] | None = None
+    trials: dict[str, TrialPlan] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.trials = {t.trial_id: t for t in self.plan.trials}
+
+    def trial_for(self, params: dict[str, Any]) -> TrialPlan:
+        """The trial of a Tune config: a planned trial id, plus sampled search values if any."""
+        base = self.trials[params["trial_id"]]
+        sampled = {k: v for k, v in params.items() if k != "trial_id"}
+        if not sampled:
+            return base
+        data = base.config.model_dump(mode="json")
+        for key, value in sampled.items():
+            set_dotted(data, key, value)
+        config = TrialConfig.model_validate(data)
+        pretrain_key = config.stage_hash("pretrain") if config.pretrain.steps > 0 else None
+        assignments = {**base.assignments, **sampled}
+        label = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in assignments.items())
+        return TrialPlan("t-" + config.stage_hash("finetune")[:10], label, assignments, config, pretrain_key)
+
+
+def _fault_step(sweep_dir: Path, stage: str, stage_dir: Path) -> int | None:
+    """The test-only fault hook: fire once per stage directory (a marker file remembers it fired)."""
+    path = sweep_dir / FAULT_FILE
+    if not path.exists() or (stage_dir / ".fault_fired").exists():
+        return None
+    spec = path.read_text().strip()
+    fault_stage, _, step = spec.partition(":")
+    return int(step) if fault_stage == stage else None
+
+
+def run_stage(ctx: SweepContext, trial: TrialPlan, stage: str, stage_dir: Path, init: Path | None,
+              key: str) -> Path:
+    """Run (or resume, or skip when finished) one stage run; returns its final checkpoint."""
+    done = stage_dir / "result.json"
+    if done.exists():
+        return Path(json.loads(done.read_text())["checkpoint"])
+    sweep_dir = ctx.plan.sweep_dir
+    resumed = load_latest_checkpoint(stage_dir / "checkpoints")
+    append_event(sweep_dir, "stage_start", stage=stage, trial_id=trial.trial_id, key=key,
+                 from_step=resumed[0]["step"] if resumed else 0, pid=os.getpid())
+    reporters: list[Reporter] = [TuneReporter(trial.trial_id, stage)]
+    if ctx.extra_reporters:
+        reporters += ctx.extra_reporters(trial, stage, stage_dir)
+    fault = _fault_step(sweep_dir, stage, stage_dir)
+    try:
+        result = fit(trial.config, stage, stage_dir, MultiReporter(*reporters), init_checkpoint=init, fault_at_step=fault)
+    except InjectedFault:
+        (stage_dir / ".fault_fired").touch()
+        os._exit(17)  # a real process death, as a crashed GPU worker would die
+    import ray
+
+    append_event(sweep_dir, "stage_done", stage=stage, trial_id=trial.trial_id, key=key,
+                 steps=result.steps, fid=result.fid, node_id=ray.get_runtime_context().get_node_id(),
+                 stopped_early=result.stopped_early)
+    return Path(result.checkpoint)
+
+
+def _limit_threads(ctx: SweepContext) -> None:
+    """As many torch threads as the trial has CPUs: packed trials must not fight over cores."""
+    import torch
+
+    torch.set_num_threads(max(1, int(ctx.plan.spec.resources.cpus)))
+
+
+def pretrain_trainable(params: dict[str, Any], ctx: SweepContext) -> None:
+    """Phase 1: one shared pre-training per key."""
+    _limit_threads(ctx)
+    plan = ctx.plan
+    pre = plan.pretrains[params["pretrain_key"]]
+    trial = ctx.trials[pre.trial_ids[0]]
+    run_stage(ctx, trial, "pretrain", plan.pretrain_dir(pre.key), None, pre.key)
+
+
+def trial_trainable(params: dict[str, Any], ctx: SweepContext) -> None:
+    """Phase 2: a trial's fine-tuning, from its (usually already finished) pre-training."""
+    _limit_threads(ctx)
+    plan = ctx.plan
+    trial = ctx.trial_for(params)
+    init = None
+    if trial.pretrain_key:
+        init = run_stage(ctx, trial, "pretrain", plan.pretrain_dir(trial.pretrain_key), None, trial.pretrain_key)
+    run_stage(ctx, trial, "finetune", plan.trial_dir(trial.trial_id) / "finetune", init, trial.trial_id)
