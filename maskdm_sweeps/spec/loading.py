@@ -145,6 +145,8 @@ def problems_from_validation(err: ValidationError, data: Any, lines: dict, sourc
     problems = []
     for e in err.errors():
         path = prefix + _yaml_path(tuple(e["loc"]), data)
+        if e["type"] == "union_tag_invalid":  # point at the tag itself (mask.strategy), not the section
+            path += (e["ctx"]["discriminator"].strip("'"),)
         message = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             message = "unknown field (check the spelling; see the field reference)"

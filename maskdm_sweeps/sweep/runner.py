@@ -44,6 +44,8 @@ def init_ray(address: str | None = None) -> None:
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local runs need no token (DESIGN.md)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our live table replaces Ray's own progress output
+    # pointer checkpoints are tiny and frequent: Tune's snapshot-frequency warning is noise here
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if ray.is_initialized():
         return
     env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
@@ -122,7 +124,8 @@ def _scheduler(plan: SweepPlan):
         return None
     from ray.tune.schedulers import ASHAScheduler
 
-    max_t = max(t.config.finetune.steps for t in plan.trials)
+    # ASHA stops any trial that reaches max_t: one past the last step lets the survivors finish (and save) themselves
+    max_t = max(t.config.finetune.steps for t in plan.trials) + 1
     return ASHAScheduler(time_attr="step", metric=s.metric, mode=s.mode, max_t=max_t,
                          grace_period=min(s.grace_period, max_t), reduction_factor=s.reduction_factor)
 

@@ -1,0 +1,94 @@
+"""Malformed specs: each exits with code 2 before anything starts, naming the field and the YAML line."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SPEC = """\
+name: bad-spec
+base:
+  data:
+    name: digits
+    image_size: 8
+  model:
+    preset: tiny
+  mask:
+    strategy: patch
+    rate: 0.5
+  pretrain:
+    steps: 10
+  finetune:
+    steps: 10
+  eval:
+    num_samples: 0
+    backend: digits-classifier
+sweep:
+  axes:
+    mask.rate: [0.25, 0.5]
+  seeds: [0, 1]
+resources:
+  gpus: 0
+"""
+
+CASES = {
+    # id: (edit of SPEC, dotted field named in the message, line named in the message)
+    "typo-in-a-key": (lambda s: s.replace("    steps: 10\n  finetune", "    stpes: 10\n  finetune"), "base.pretrain.stpes", 12),
+    "wrong-type": (lambda s: s.replace("    image_size: 8", "    image_size: large"), "base.data.image_size", 5),
+    "rate-of-1.5": (lambda s: s.replace("    rate: 0.5", "    rate: 1.5"), "base.mask.rate", 10),
+    "axis-rate-of-1.5": (lambda s: s.replace("[0.25, 0.5]", "[0.25, 1.5]"), "sweep.axes.mask.rate", 20),
+    "block-does-not-divide-the-grid": (
+        lambda s: s.replace("    mask.rate: [0.25, 0.5]", "    mask:\n      - {strategy: block, rate: 0.5, block_size: 3}"),
+        "sweep.axes.mask", 20),
+    "missing-dataset": (lambda s: s.replace("    name: digits\n", "    name: cifar10\n    path: /nonexistent/cifar\n"),
+                        "base.data", 3),
+    "optuna-plus-grid": (
+        lambda s: s.replace("  seeds: [0, 1]", "  search:\n    method: optuna\n    num_samples: 4\n"
+                            "    space:\n      finetune.lr: {type: loguniform, low: 1.0e-5, high: 1.0e-3}"),
+        "sweep", 18),
+    "duplicate-axes": (lambda s: s.replace("    mask.rate: [0.25, 0.5]", "    mask.rate: [0.25, 0.5]\n    mask: [{strategy: crop, crop_size: 2}]"),
+                       "sweep", 18),
+    "duplicate-yaml-key": (lambda s: s.replace("  seeds: [0, 1]", "  seeds: [0, 1]\n  seeds: [2]"), "", 22),
+    "empty-sweep-axis": (lambda s: s.replace("[0.25, 0.5]", "[]"), "sweep.axes", 19),
+    "bad-yaml-syntax": (lambda s: s.replace("    rate: 0.5", "    rate: [0.5"), "", 11),
+    "unknown-mask-strategy": (lambda s: s.replace("    strategy: patch", "    strategy: checkerboard"), "base.mask.strategy", 9),
+    "unknown-axis-key": (lambda s: s.replace("    mask.rate:", "    mask.rat:"), "sweep.axes.mask.rat", 20),
+    "unknown-preset": (lambda s: s.replace("    preset: tiny", "    preset: uvit-huge"), "base.model", 6),
+}
+
+
+def maskdm_sweep(*args, cwd):
+    exe = Path(sys.executable).with_name("maskdm-sweep")
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+def test_the_unedited_spec_is_valid(tmp_path):
+    (tmp_path / "spec.yaml").write_text(SPEC)
+    out = maskdm_sweep("validate", "spec.yaml", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "4 trials, 4 shared pre-trainings" in out.stdout  # the seed is part of pre-training
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_malformed_spec_exits_2_naming_field_and_line_and_starts_nothing(tmp_path, case, command):
+    edit, field, line = CASES[case]
+    text = edit(SPEC)
+    assert text != SPEC, "the edit must change the spec"
+    (tmp_path / "spec.yaml").write_text(text)
+    out = maskdm_sweep(command, "spec.yaml", cwd=tmp_path)
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    assert f"spec.yaml:{line})" in out.stderr, out.stderr
+    if field:
+        assert f"\n{field}: " in out.stderr or out.stderr.splitlines()[1].startswith(f"{field}: "), out.stderr
+    # nothing started: no sweep directory, no MLflow store, no Ray
+    assert not (tmp_path / "results").exists()
+    assert "Ray" not in out.stderr
+
+
+def test_set_overrides_are_validated_the_same_way(tmp_path):
+    (tmp_path / "spec.yaml").write_text(SPEC)
+    out = maskdm_sweep("validate", "spec.yaml", "--set", "base.finetune.lr=-1", cwd=tmp_path)
+    assert out.returncode == 2
+    assert "base.finetune.lr: " in out.stderr and "(--set)" in out.stderr

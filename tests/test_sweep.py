@@ -1,0 +1,126 @@
+"""Sweeps on a real Ray Tune (one local Ray session for the module, 2 CPUs): sharing, reuse, retries, ASHA, Optuna."""
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from maskdm_sweeps.spec import load_spec
+from maskdm_sweeps.sweep import read_events, run_sweep
+
+pytestmark = pytest.mark.slow
+
+BASE = {
+    "data": {"name": "digits", "image_size": 8},
+    "model": {"preset": "tiny"},
+    "mask": {"strategy": "patch", "rate": 0.5},
+    "pretrain": {"steps": 20, "batch_size": 16},
+    "finetune": {"steps": 20, "batch_size": 16},
+    "eval": {"num_samples": 0, "backend": "digits-classifier"},
+    "runtime": {"device": "cpu", "log_every_steps": 5, "checkpoint_every_steps": 5},
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_session(tmp_path_factory):
+    import os
+
+    import ray
+
+    os.environ["MASKDM_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    os.environ["TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S"] = "0"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+def plan_for(tmp_path: Path, name: str, sweep: dict, base_overrides: dict | None = None, resources=None):
+    base = json.loads(json.dumps(BASE))
+    for section, values in (base_overrides or {}).items():
+        base[section] = {**base.get(section, {}), **values}
+    spec = {"name": name, "output_dir": str(tmp_path / "results"), "base": base, "sweep": sweep,
+            "resources": {"gpus": 0, "cpus": 1, **(resources or {})}}
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return load_spec(path)
+
+
+def stage_counts(plan, invocation: int | None = None) -> Counter:
+    events, current = [], 0
+    for e in read_events(plan.sweep_dir):
+        if e["event"] == "invocation":
+            current = e["number"]
+        elif e["event"] == "stage_done" and (invocation is None or current == invocation):
+            events.append(e["stage"])
+    return Counter(events)
+
+
+def test_shared_pretrainings_run_once_and_are_reused_by_a_later_run(tmp_path):
+    sweep = {"axes": {"mask.rate": [0.25, 0.5, 0.75], "finetune.steps": [10, 20]}}
+    plan = plan_for(tmp_path, "share", sweep)
+    assert len(plan.trials) == 6 and len(plan.pretrains) == 3
+    outcome = run_sweep(plan)
+    assert outcome.exit_code == 0 and not outcome.failed
+    assert stage_counts(plan) == Counter({"pretrain": 3, "finetune": 6})
+    # the same question with one more fine-tuning budget: no pre-training runs again
+    plan2 = plan_for(tmp_path, "share", {"axes": {"mask.rate": [0.25, 0.5, 0.75], "finetune.steps": [10, 20, 30]}})
+    assert all(plan2.pretrain_finished(k) for k in plan2.pretrains)
+    outcome2 = run_sweep(plan2)
+    assert outcome2.exit_code == 0 and len(outcome2.finished) == 9 and len(outcome2.reused) == 6
+    assert stage_counts(plan2, invocation=2) == Counter({"finetune": 3})
+
+
+def test_a_trial_that_crashes_once_is_retried_from_its_checkpoint_with_identical_results(tmp_path):
+    sweep = {"axes": {"mask.rate": [0.5]}}
+    clean = plan_for(tmp_path / "clean", "fault", sweep, {"finetune": {"steps": 30}})
+    crashy = plan_for(tmp_path / "crashy", "fault", sweep, {"finetune": {"steps": 30}}, {"max_failures": 1})
+    crashy.sweep_dir.mkdir(parents=True)
+    (crashy.sweep_dir / "test-fault").write_text("finetune:17")  # the trial process dies once at step 17
+    assert run_sweep(clean).exit_code == 0
+    outcome = run_sweep(crashy)
+    assert outcome.exit_code == 0, outcome.failed
+    starts = [e for e in read_events(crashy.sweep_dir) if e["event"] == "stage_start" and e["stage"] == "finetune"]
+    assert [e["from_step"] for e in starts] == [0, 15]  # the retry resumed from the step-15 checkpoint
+    (trial,) = crashy.trials
+    a = json.loads((clean.trial_dir(trial.trial_id) / "finetune" / "result.json").read_text())
+    b = json.loads((crashy.trial_dir(trial.trial_id) / "finetune" / "result.json").read_text())
+    assert a["loss_final"] == b["loss_final"] and a["steps"] == b["steps"] == 30
+    wa, wb = (torch.load(r["checkpoint"], weights_only=True)["model"] for r in (a, b))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_asha_stops_the_worse_trials_of_a_search_early(tmp_path):
+    sweep = {
+        "search": {"method": "random", "num_samples": 6, "seed": 3,
+                   "space": {"finetune.lr": {"type": "loguniform", "low": 1e-6, "high": 3e-2}}},
+        "scheduler": {"type": "asha", "metric": "train/loss", "mode": "min", "grace_period": 10, "reduction_factor": 2},
+    }
+    plan = plan_for(tmp_path, "asha", sweep, {"pretrain": {"steps": 0}, "finetune": {"steps": 40}})
+    outcome = run_sweep(plan)
+    assert outcome.exit_code == 0, outcome.failed
+    assert outcome.stopped, "ASHA stopped no trial"
+    assert outcome.finished, "ASHA stopped every trial"
+    assert len(outcome.stopped) + len(outcome.finished) == 6
+
+
+def test_optuna_search_samples_with_the_seeded_tpe_sampler(tmp_path):
+    import optuna
+
+    space = {"finetune.lr": {"type": "loguniform", "low": 1e-5, "high": 1e-2}}
+    sweep = {"search": {"method": "optuna", "num_samples": 3, "seed": 7, "space": space, "metric": "train/loss"}}
+    plan = plan_for(tmp_path, "optuna", sweep, {"pretrain": {"steps": 0}, "finetune": {"steps": 10}},
+                    {"max_concurrent_trials": 1})
+    outcome = run_sweep(plan)
+    assert outcome.exit_code == 0 and len(outcome.finished) == 3
+    used = sorted(json.loads((plan.trial_dir(t) / "finetune" / "config.json").read_text())["finetune"]["lr"]
+                  for t in outcome.finished)
+    # independent: the same seeded sampler asked directly (TPE's first trials are its seeded random start-up)
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=7))
+    dist = {"finetune.lr": optuna.distributions.FloatDistribution(1e-5, 1e-2, log=True)}
+    expected = sorted(study.ask(dist).params["finetune.lr"] for _ in range(3))
+    assert used == pytest.approx(expected, rel=1e-9)

@@ -1,0 +1,253 @@
+"""``maskdm-sweep resume`` after the driver was killed with SIGKILL mid-run: nothing of the dead run keeps going,
+every trial finishes, no stage run finishes twice or starts again after finishing, and interrupted stage runs
+continue from their newest checkpoint instead of starting over.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+SWEEP = BIN / "maskdm-sweep"
+
+# More work than the cluster smoke spec, so that the run is still busy when it is killed. The plan order puts a short
+# and a long fine-tuning side by side (two CPUs, one per trial): when the short one finishes, the long one is part-way.
+SPEC = """\
+name: {name}
+base:
+  data: {{name: digits, image_size: 8}}
+  model: {{preset: tiny}}
+  mask: {{strategy: patch, rate: 0.5}}
+  pretrain: {{steps: 40, batch_size: 16}}
+  finetune: {{steps: 40, batch_size: 16}}
+  eval: {{num_samples: 0, backend: digits-classifier}}
+  runtime: {{device: cpu, log_every_steps: 5, checkpoint_every_steps: 5}}
+sweep:
+  axes:
+    mask.rate: [0.25, 0.5]
+    finetune.steps: [40, 120]
+resources: {{gpus: 0, cpus: 1}}
+"""
+
+CKPT = re.compile(r"^step_(\d+)\.pt$")
+
+pytestmark = pytest.mark.slow
+
+
+def _env(cache: Path, ray_tmp: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    # RAY_TMPDIR: this run's local Ray keeps its session (and sockets, < 107 bytes) apart from other Ray users'.
+    env.update(MASKDM_CACHE=str(cache), RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0",
+               RAY_TMPDIR=str(ray_tmp), PYTHONUNBUFFERED="1")
+    return env
+
+
+def _tail(path: Path, n: int = 6000) -> str:
+    try:
+        return path.read_text(errors="replace")[-n:]
+    except OSError as err:
+        return f"<{path}: {err}>"
+
+
+def _events(path: Path) -> list[dict]:
+    """Whole lines only: a line being appended right now is skipped."""
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie has stopped running; only its exit status is left for a parent to collect
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _ours(pid: int, marker: str) -> bool:
+    """Whether ``pid`` still is a process of this test's Ray session (pids are reused)."""
+    try:
+        return marker in Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+
+
+def _newest_checkpoint(directory: Path) -> int:
+    steps = [int(m.group(1)) for p in directory.glob("step_*.pt") if (m := CKPT.match(p.name))]
+    return max(steps, default=0)
+
+
+def _stage_dir(out_dir: Path, sweep_dir: Path, stage: str, key: str) -> Path:
+    return out_dir / "_pretrain" / key if stage == "pretrain" else sweep_dir / "trials" / key / "finetune"
+
+
+def test_resume_after_the_driver_is_killed_continues_and_runs_nothing_twice(tmp_path):
+    name = "resume-smoke"
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC.format(name=name))
+    out_dir = tmp_path / "out"
+    sweep_dir = out_dir / name
+    events_path = sweep_dir / "events.jsonl"
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
+    env = _env(tmp_path / "cache", ray_tmp)
+    first_log, resume_log = tmp_path / "run.log", tmp_path / "resume.log"
+    driver = None
+    worker_pids: set[int] = set()
+
+    def context() -> str:
+        return (f"\nevents:\n{_tail(events_path)}\n--- first run output tail:\n{_tail(first_log, 4000)}"
+                f"\n--- resume output tail:\n{_tail(resume_log, 4000)}")
+
+    try:
+        # 1. Run until one fine-tuning finished and another is part-way (a checkpoint on disk, >= 10 steps to go).
+        with open(first_log, "w") as log:
+            driver = subprocess.Popen([str(SWEEP), "run", str(spec), "--set", f"output_dir={out_dir}"],
+                                      stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        deadline = time.monotonic() + 420
+        planned: dict[str, int] = {}
+        while True:
+            if not planned and (sweep_dir / "plan.json").exists():
+                try:
+                    planned = {t["trial_id"]: t["assignments"]["finetune.steps"]
+                               for t in json.loads((sweep_dir / "plan.json").read_text())["trials"]}
+                except json.JSONDecodeError:  # being written
+                    pass
+            events = _events(events_path)
+            done = {(e["stage"], e["key"]) for e in events if e["event"] == "stage_done"}
+            running = {(e["stage"], e["key"]) for e in events if e["event"] == "stage_start"} - done
+            part_way = [k for k in running if k[0] == "finetune" and k[1] in planned
+                        and 0 < _newest_checkpoint(_stage_dir(out_dir, sweep_dir, *k) / "checkpoints")
+                        <= planned[k[1]] - 10]
+            if any(stage == "finetune" for stage, _ in done) and part_way:
+                break
+            assert driver.poll() is None, (
+                f"the first run ended (exit {driver.returncode}) before it could be killed mid-fine-tuning: give "
+                f"the spec more steps{context()}")
+            assert time.monotonic() < deadline, f"no finished + part-way fine-tuning within 420 s{context()}"
+            time.sleep(0.5)
+
+        marker = f"RAY_TMPDIR={ray_tmp}"
+        running_pids = {e["pid"] for e in events if e["event"] == "stage_start" and (e["stage"], e["key"]) in running}
+        assert any(_alive(p) and _ours(p, marker) for p in running_pids), \
+            f"no live trial process among {running_pids} carries {marker}: the liveness check below cannot work"
+        at_kill = {k: _newest_checkpoint(_stage_dir(out_dir, sweep_dir, *k) / "checkpoints") for k in part_way}
+        os.kill(driver.pid, signal.SIGKILL)  # the driver only: Ray's processes must die with it
+        killed_at = time.monotonic()
+        driver.wait(timeout=30)
+        first_events = _events(events_path)
+        worker_pids = {e["pid"] for e in first_events if e["event"] == "stage_start"}
+        assert worker_pids, f"stage_start events carry no pid{context()}"
+
+        # 2. Nothing of the killed run keeps running or writing.
+        deadline = time.monotonic() + 60
+        while (left := [p for p in worker_pids if _alive(p) and _ours(p, marker)]) and time.monotonic() < deadline:
+            time.sleep(1)
+        assert not left, f"trial processes {left} of the killed run are still alive 60 s after the driver died{context()}"
+        print(f"trial processes of the killed run gone {time.monotonic() - killed_at:.1f} s after the driver's SIGKILL")
+        time.sleep(3)
+        size = events_path.stat().st_size
+        ckpts = sorted(str(p) for p in out_dir.rglob("step_*.pt"))
+        time.sleep(10)
+        assert events_path.stat().st_size == size, f"the killed run still appends events{context()}"
+        assert sorted(str(p) for p in out_dir.rglob("step_*.pt")) == ckpts, "the killed run still writes checkpoints"
+
+        # What the dead run left: started stage runs, which of them finished, the newest checkpoint of the others.
+        assert not any(e["event"] == "invocation" and e.get("resume") for e in first_events)
+        done_before = {(e["stage"], e["key"]) for e in first_events if e["event"] == "stage_done"}
+        started_before = {(e["stage"], e["key"]) for e in first_events if e["event"] == "stage_start"}
+        interrupted = {k: _newest_checkpoint(_stage_dir(out_dir, sweep_dir, *k) / "checkpoints")
+                       for k in started_before - done_before}
+        print(f"killed part-way (stage, key) -> newest checkpoint step: at the kill {at_kill}, after {interrupted}")
+        for key, step in at_kill.items():
+            # Workers die a moment after the driver; one more checkpoint interval (5 steps) is all they may add.
+            assert step <= interrupted[key] <= step + 5, (
+                f"{key}: newest checkpoint step {step} at the kill, {interrupted[key]} once the run was dead: the "
+                f"killed run's trial kept training{context()}")
+            assert interrupted[key] < planned[key[1]], f"{key} finished training after the kill{context()}"
+
+        # 3. Resume.
+        with open(resume_log, "w") as log:
+            resumer = subprocess.Popen([str(SWEEP), "resume", str(sweep_dir)], stdout=log, stderr=subprocess.STDOUT,
+                                       env=env, start_new_session=True)
+            try:
+                code = resumer.wait(timeout=420)
+            except subprocess.TimeoutExpired:
+                os.killpg(resumer.pid, signal.SIGKILL)
+                resumer.wait(timeout=30)
+                code = None
+        assert code == 0, f"maskdm-sweep resume exited with {code}{context()}"
+
+        # 4. Every planned trial finished.
+        plan = json.loads((sweep_dir / "plan.json").read_text())
+        trial_ids = {t["trial_id"] for t in plan["trials"]}
+        pretrain_keys = set(plan["pretrains"])
+        assert len(trial_ids) == 4 and len(pretrain_keys) == 2, plan
+        missing = [t for t in trial_ids if not (sweep_dir / "trials" / t / "finetune" / "result.json").exists()]
+        assert not missing, f"trials without finetune/result.json after resume: {missing}{context()}"
+
+        # 5. None run twice: one stage_done per stage run, no start after its done.
+        events = _events(events_path)
+        invocations = [i for i, e in enumerate(events) if e["event"] == "invocation"]
+        assert len(invocations) == 2 and events[invocations[1]].get("resume") is True, \
+            f"expected the run and one resume invocation{context()}"
+        done_count = Counter((e["stage"], e["key"]) for e in events if e["event"] == "stage_done")
+        expected = Counter({("finetune", t): 1 for t in trial_ids} | {("pretrain", k): 1 for k in pretrain_keys})
+        assert done_count == expected, f"each stage run must finish exactly once: {dict(done_count)}{context()}"
+        done_at = {(e["stage"], e["key"]): i for i, e in enumerate(events) if e["event"] == "stage_done"}
+        restarted = [(i, e) for i, e in enumerate(events) if e["event"] == "stage_start"
+                     and i > done_at.get((e["stage"], e["key"]), len(events))]
+        assert not restarted, f"stage runs started again after they had finished: {restarted}{context()}"
+        steps = {e["key"]: e["steps"] for e in events if e["event"] == "stage_done" and e["stage"] == "finetune"}
+        planned = {t["trial_id"]: t["assignments"]["finetune.steps"] for t in plan["trials"]}
+        assert steps == planned, f"fine-tunings stopped at the wrong step: {steps} vs planned {planned}"
+
+        # 6. Interrupted stage runs continue from their newest checkpoint instead of starting over.
+        resumed_starts = [e for e in events[invocations[1]:] if e["event"] == "stage_start"]
+        for key, newest in interrupted.items():
+            starts = [e for e in resumed_starts if (e["stage"], e["key"]) == key]
+            assert starts, f"interrupted stage run {key} was not started again by resume{context()}"
+            if newest > 0:
+                bad = [e["from_step"] for e in starts if e["from_step"] != newest]
+                assert not bad, (f"{key} had checkpoints up to step {newest} when the run was killed, but resume "
+                                 f"started it from step(s) {bad}{context()}")
+        for e in resumed_starts:
+            key = (e["stage"], e["key"])
+            assert key not in done_before, f"resume started a finished stage run: {e}{context()}"
+            if key not in started_before:
+                assert e["from_step"] == 0, f"a stage run that never ran resumed from a checkpoint: {e}{context()}"
+    finally:
+        if driver is not None and driver.poll() is None:
+            driver.kill()
+        for pid in worker_pids:  # leftovers of the killed run (the test fails above if there are any)
+            if _alive(pid) and _ours(pid, f"RAY_TMPDIR={ray_tmp}"):
+                os.kill(pid, signal.SIGKILL)
+        if driver is not None:
+            try:
+                os.killpg(driver.pid, signal.SIGKILL)  # raylet, GCS and the rest of the killed run's group
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(ray_tmp, ignore_errors=True)
