@@ -50,12 +50,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_plan(args: argparse.Namespace):
+def _load_plan(args: argparse.Namespace, check_paths: bool = True):
     """The plan of a spec, or None after printing why it is bad input (the caller exits with code 2)."""
     from .spec import SpecError, load_spec
 
     try:
-        return load_spec(args.spec, args.set, smoke=getattr(args, "smoke", False))
+        return load_spec(args.spec, args.set, smoke=getattr(args, "smoke", False), check_paths=check_paths)
     except SpecError as err:
         print(f"error: {args.spec} is not a valid sweep spec:\n{err}", file=sys.stderr)
         return None
@@ -71,7 +71,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    plan = _load_plan(args)
+    plan = _load_plan(args, check_paths=False)  # plan away from the data; `validate` and `run` check paths
     if plan is None:
         return 2
     from .sweep.plan_view import print_plan

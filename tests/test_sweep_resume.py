@@ -96,6 +96,20 @@ def _ours(pid: int, marker: str) -> bool:
         return False
 
 
+def _session_processes(marker: str) -> list[str]:
+    """Live processes whose environment holds ``marker`` (what the killed run's Ray started), as "pid cmdline"."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and int(proc.name) != os.getpid() and _alive(int(proc.name)) \
+                and _ours(int(proc.name), marker):
+            try:
+                cmd = proc.joinpath("cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:150]
+            except OSError:
+                continue
+            found.append(f"{proc.name} {cmd}")
+    return found
+
+
 def _newest_checkpoint(directory: Path) -> int:
     steps = [int(m.group(1)) for p in directory.glob("step_*.pt") if (m := CKPT.match(p.name))]
     return max(steps, default=0)
@@ -168,6 +182,10 @@ def test_resume_after_the_driver_is_killed_continues_and_runs_nothing_twice(tmp_
             time.sleep(1)
         assert not left, f"trial processes {left} of the killed run are still alive 60 s after the driver died{context()}"
         print(f"trial processes of the killed run gone {time.monotonic() - killed_at:.1f} s after the driver's SIGKILL")
+        while (rest := _session_processes(marker)) and time.monotonic() < deadline:
+            time.sleep(1)
+        assert not rest, f"processes of the killed run's Ray are alive 60 s after the driver died: {rest}{context()}"
+        print(f"all processes of the killed run gone {time.monotonic() - killed_at:.1f} s after the driver's SIGKILL")
         time.sleep(3)
         size = events_path.stat().st_size
         ckpts = sorted(str(p) for p in out_dir.rglob("step_*.pt"))

@@ -163,7 +163,8 @@ def _culprit(problem: Problem, assignments: dict[str, Any]) -> str:
     return related[0] if related else next(iter(assignments), "seed")
 
 
-def resolve_trial(spec: SweepSpec, point: dict[str, Any], lines: dict, source: str) -> TrialPlan:
+def resolve_trial(spec: SweepSpec, point: dict[str, Any], lines: dict, source: str,
+                  check_paths: bool = True) -> TrialPlan:
     """One grid point -> a validated trial; errors point at the axis that produced the bad value."""
     data = spec.base.model_dump(mode="json")
     assignments = {k: v for k, v in point.items() if k != "baseline"}
@@ -172,7 +173,7 @@ def resolve_trial(spec: SweepSpec, point: dict[str, Any], lines: dict, source: s
     if point.get("baseline"):
         set_dotted(data, "pretrain.steps", 0)
     try:
-        config = TrialConfig.model_validate(data)
+        config = TrialConfig.model_validate(data, context={"check_paths": check_paths})
     except ValidationError as err:
         problems = []
         for p in problems_from_validation(err, data, {}, source):
@@ -187,13 +188,14 @@ def resolve_trial(spec: SweepSpec, point: dict[str, Any], lines: dict, source: s
     return TrialPlan("t-" + config.stage_hash("finetune")[:10], _label(assignments), assignments, config, pretrain_key)
 
 
-def build_plan(spec: SweepSpec, lines: dict | None = None, source: str = "", spec_hash: str = "") -> SweepPlan:
+def build_plan(spec: SweepSpec, lines: dict | None = None, source: str = "", spec_hash: str = "",
+               check_paths: bool = True) -> SweepPlan:
     """Expand a validated spec into trials and shared pre-trainings; raises :class:`SpecError` on bad axes."""
     lines = lines or {}
     _check_keys(spec, lines, source)
     trials: dict[str, TrialPlan] = {}
     for point in grid_points(spec):
-        trial = resolve_trial(spec, point, lines, source)
+        trial = resolve_trial(spec, point, lines, source, check_paths)
         trials.setdefault(trial.trial_id, trial)  # e.g. baselines that several mask settings would repeat
     pretrains: dict[str, PretrainPlan] = {}
     for trial in trials.values():

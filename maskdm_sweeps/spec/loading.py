@@ -156,9 +156,9 @@ def problems_from_validation(err: ValidationError, data: Any, lines: dict, sourc
     return problems
 
 
-def validate(model: type[M], data: Any, lines: dict, source: str, touched=frozenset()) -> M:
+def validate(model: type[M], data: Any, lines: dict, source: str, touched=frozenset(), check_paths: bool = True) -> M:
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, context={"check_paths": check_paths})
     except ValidationError as err:
         raise SpecError(problems_from_validation(err, data, lines, source, touched)) from None
 
@@ -172,9 +172,10 @@ def load_model(path: Path, model: type[M], overrides: list[str] = ()) -> M:
     return validate(model, data, lines, str(path), touched)
 
 
-def load_spec(path: Path, overrides: list[str] = (), smoke: bool = False):
+def load_spec(path: Path, overrides: list[str] = (), smoke: bool = False, check_paths: bool = True):
     """Read, override, (smoke-)shrink, validate and expand a sweep spec into a :class:`SweepPlan`.
 
+    ``check_paths=False`` skips the existence checks of dataset paths (for planning away from the data).
     Raises :class:`SpecError` (exit code 2 in the CLI) before anything starts.
     """
     import hashlib
@@ -190,6 +191,6 @@ def load_spec(path: Path, overrides: list[str] = (), smoke: bool = False):
     data, touched = apply_overrides(data, list(overrides))
     if smoke:
         data = smoke_spec(data)
-    spec = validate(SweepSpec, data, lines, str(path), touched)
+    spec = validate(SweepSpec, data, lines, str(path), touched, check_paths)
     resolved = json.dumps(spec.model_dump(mode="json"), sort_keys=True)
-    return build_plan(spec, lines, str(path), hashlib.sha256(resolved.encode()).hexdigest()[:16])
+    return build_plan(spec, lines, str(path), hashlib.sha256(resolved.encode()).hexdigest()[:16], check_paths)

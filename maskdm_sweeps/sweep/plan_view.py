@@ -71,6 +71,10 @@ def print_plan(plan: SweepPlan, console: Console | None = None) -> PlanTotals:
     if plan.pretrains:
         console.print(pre_table)
     console.print(trial_table)
+    missing = sorted({str(d.path) for t in plan.trials for d in (t.config.data, t.config.finetune.data)
+                      if d is not None and d.path is not None and not d.path.exists()})
+    for path in missing:
+        console.print(f"[yellow]note:[/] data path {path} does not exist here (`validate` and `run` require it)")
     tot = totals(plan)
     search = plan.spec.sweep.search
     extra = f" ({search.method} search: {search.num_samples} samples per grid point)" if search.method != "grid" else ""
