@@ -1,8 +1,8 @@
 """A sweep on a real two-node Ray cluster (both nodes on this machine): trials spread over the nodes, each stage once.
 
 The cluster is started the way DESIGN.md ("Environment facts") describes: two ``ray start --block`` child processes
-with ``RAY_AUTH_MODE=disabled``, a short ``--temp-dir`` per node, torn down with SIGTERM to their process groups
-(never ``ray stop``: it would stop every Ray process of the user).
+with ``RAY_AUTH_MODE=disabled``, a short ``--temp-dir`` per node, distinct ports per node; torn down with SIGTERM
+(then SIGKILL) to their own process groups only (never ``ray stop``: it would stop every Ray process of the user).
 """
 
 from __future__ import annotations
@@ -74,28 +74,35 @@ def _tail(path: Path, n: int = 6000) -> str:
         return f"<{path}: {err}>"
 
 
-def _kill_group(proc: subprocess.Popen, grace: float = 20.0) -> None:
-    """SIGTERM the process group ``proc`` leads (start_new_session=True), wait, then SIGKILL what is left."""
-    pgid = proc.pid
+def _group_alive(pgid: int) -> bool:
     try:
-        os.killpg(pgid, signal.SIGTERM)
+        os.killpg(pgid, 0)
+        return True
     except ProcessLookupError:
-        pass
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        pass
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:  # the group outlives its leader while a child (raylet, worker) lives
+        return False
+
+
+def _kill_group(proc: subprocess.Popen, grace: float = 40.0) -> None:
+    """Stop ``proc`` and the process group it leads (start_new_session=True): SIGTERM to the leader first (a
+    ``ray start --block`` then drains its node and stops its own processes: about 2 s), then SIGTERM and, after
+    a few seconds, SIGKILL to whatever is left in the group."""
+    pgid = proc.pid
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
         try:
-            os.killpg(pgid, 0)
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        if not _group_alive(pgid):
+            break
+        try:
+            os.killpg(pgid, sig)
         except ProcessLookupError:
             break
-        time.sleep(0.5)
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+        deadline = time.monotonic() + wait
+        while _group_alive(pgid) and time.monotonic() < deadline:
+            time.sleep(0.2)
     try:
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
@@ -163,7 +170,9 @@ class Cluster:
 
     def stop(self) -> None:
         for proc in reversed(self.procs):  # the worker node first, then the head
+            t0 = time.monotonic()
             _kill_group(proc)
+            print(f"stopped `{' '.join(proc.args[1:3])}` (exit {proc.returncode}) in {time.monotonic() - t0:.1f} s")
 
 
 @pytest.fixture

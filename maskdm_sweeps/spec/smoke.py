@@ -1,6 +1,7 @@
 """``--smoke``: any spec, shrunk to a CPU run on the embedded digits in minutes, keeping its axes.
 
-The patch grid keeps its size (up to 16 x 16) so that mask settings (block sizes, crop windows) stay valid; budgets
+The patch grid is the smallest (4, 8 or 16 on a side) on which the spec's mask settings (block sizes, crop windows)
+stay valid; budgets
 are scaled so the largest becomes a few dozen steps, and evaluation uses the in-domain digits FID.
 """
 
@@ -26,6 +27,35 @@ def _base_grid(base: dict) -> int:
     return max(1, size // (model.get("patch_size") or preset.patch_size))
 
 
+def _mask_settings(spec: dict) -> list[dict]:
+    """Every mask section the spec can produce: the base one and those of mask axes."""
+    base = (spec.get("base") or {}).get("mask") or {}
+    found = [base]
+    sweep = spec.get("sweep") or {}
+    for section in ("axes", "zip"):
+        for key, values in (sweep.get(section) or {}).items():
+            if key == "mask":
+                found += [v for v in values if isinstance(v, dict)]
+            elif key.startswith("mask.") and isinstance(values, list):
+                found += [{**base, key.split(".", 1)[1]: v} for v in values]
+    return found
+
+
+def smoke_grid(spec: dict) -> int:
+    """The smallest patch grid (4, 8 or 16 on a side) on which every mask setting of the spec stays meaningful.
+
+    Crop windows must fit, block sizes must divide the grid and leave at least two blocks per side. Patch masking
+    works on any grid, so a patch-only spec runs on 4 x 4 patches (17 tokens): cheap.
+    """
+    settings = _mask_settings(spec)
+    crops = [m["crop_size"] for m in settings if m.get("strategy") == "crop" and isinstance(m.get("crop_size"), int)]
+    blocks = [m["block_size"] for m in settings if m.get("strategy") == "block" and isinstance(m.get("block_size"), int)]
+    for grid in (4, 8, 16):
+        if all(c <= grid for c in crops) and all(grid % b == 0 and grid >= 2 * b for b in blocks):
+            return grid
+    return min(_base_grid(spec.get("base") or {}), 16)
+
+
 def _digits_like(data: dict | None, image_size: int) -> dict:
     """Digits at ``image_size``, keeping the subset settings of ``data`` (fraction, max_images, seeds)."""
     keep = {k: v for k, v in (data or {}).items() if k in ("fraction", "max_images", "subset_seed")}
@@ -43,7 +73,7 @@ def smoke_spec(raw: dict[str, Any]) -> dict[str, Any]:
     spec = copy.deepcopy(raw)
     base = spec.setdefault("base", {}) or {}
     spec["base"] = base
-    grid = min(_base_grid(base), 16)
+    grid = smoke_grid(spec)
     image_size = 16 if grid >= 8 else 8
     base["data"] = _digits_like(base.get("data"), image_size)
     base["model"] = {"preset": "tiny", "patch_size": image_size // grid}
