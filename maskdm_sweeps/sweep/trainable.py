@@ -16,7 +16,7 @@ from typing import Any, Callable
 from ray import tune
 
 from ..spec.expand import SweepPlan, TrialPlan, set_dotted
-from ..trainer import InjectedFault, MultiReporter, NullReporter, Reporter, fit, load_latest_checkpoint
+from ..trainer import InjectedFault, JsonlReporter, MultiReporter, NullReporter, Reporter, fit, load_latest_checkpoint
 from ..trainer.config import TrialConfig
 from .events import append_event
 
@@ -91,7 +91,9 @@ def run_stage(ctx: SweepContext, trial: TrialPlan, stage: str, stage_dir: Path, 
     resumed = load_latest_checkpoint(stage_dir / "checkpoints")
     append_event(sweep_dir, "stage_start", stage=stage, trial_id=trial.trial_id, key=key,
                  from_step=resumed[0]["step"] if resumed else 0, pid=os.getpid())
-    reporters: list[Reporter] = [TuneReporter(trial.trial_id, stage)]
+    # metrics.jsonl beside the checkpoints: the local record results/ reads (a resumed stage appends; the last
+    # record of a step wins)
+    reporters: list[Reporter] = [TuneReporter(trial.trial_id, stage), JsonlReporter(stage_dir / "metrics.jsonl")]
     if ctx.extra_reporters:
         reporters += ctx.extra_reporters(trial, stage, stage_dir)
     fault = _fault_step(sweep_dir, stage, stage_dir)
