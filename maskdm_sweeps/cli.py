@@ -126,6 +126,40 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     return _execute(plan, args.address, resume=True)
 
 
+def _cmd_sync(args: argparse.Namespace) -> int:
+    from .tracking import sync_buffers
+
+    left = sync_buffers(Path(args.dir))
+    if not left:
+        print(f"nothing buffered under {args.dir}")
+        return 0
+    for stage_dir, n in left.items():
+        print(f"{'sent' if n == 0 else f'{n} records still buffered (server unreachable)'}: {stage_dir}")
+    return 1 if any(left.values()) else 0
+
+
+def _cmd_ui(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from .tracking import default_tracking_uri
+
+    root = Path(args.dir)
+    if (root / "spec.resolved.yaml").exists():  # a sweep directory: its store is in the results root above it
+        root = root.parent
+    uri = default_tracking_uri(root)
+    if not (root / "mlflow.db").exists():
+        print(f"error: no MLflow store at {root / 'mlflow.db'}", file=sys.stderr)
+        return 2
+    print(f"MLflow UI for {uri}\n  open http://127.0.0.1:{args.port}  (Ctrl-C to stop)", flush=True)
+    cmd = [str(Path(sys.executable).with_name("mlflow")), "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
+           "--port", str(args.port), "--workers", "1"]
+    env = {**__import__("os").environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    try:
+        return subprocess.call(cmd, env=env)
+    except KeyboardInterrupt:
+        return 0
+
+
 def _add_spec_args(p: argparse.ArgumentParser, smoke: bool = True) -> None:
     p.add_argument("spec", type=Path, help="sweep spec YAML (see experiments/)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -167,6 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("dir", type=Path, help="the sweep's results directory (results/<sweep name>)")
     resume.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     resume.set_defaults(func=_cmd_resume)
+    sync = sub.add_parser("sync", help="replay MLflow records buffered while the tracking server was unreachable")
+    sync.add_argument("dir", type=Path, help="a results directory (every buffer below it is replayed)")
+    sync.set_defaults(func=_cmd_sync)
+    ui = sub.add_parser("ui", help="start the MLflow UI on a results store, bound to 127.0.0.1")
+    ui.add_argument("dir", type=Path, nargs="?", default=Path("results"),
+                    help="results root or sweep directory (default: %(default)s)")
+    ui.add_argument("--port", type=int, default=5000, help="port (default: %(default)s)")
+    ui.set_defaults(func=_cmd_ui)
     train = sub.add_parser(
         "train",
         help="run one trial (pre-training then fine-tuning) without Ray",

@@ -32,6 +32,7 @@ class SweepOutcome:
     reused: list[str] = field(default_factory=list)  # trial ids that were already finished before this run
     failed: dict[str, str] = field(default_factory=dict)  # trial id -> reason
     stopped: list[str] = field(default_factory=list)  # trial ids an early-stopping scheduler ended
+    artifacts: list[Path] = field(default_factory=list)  # parquet files, report and plots written afterwards
 
     @property
     def exit_code(self) -> int:
@@ -177,9 +178,11 @@ def _collect_errors(result_grid, outcome: SweepOutcome, key: str) -> None:
             outcome.failed[ident] = f"{type(result.error).__name__}: {str(result.error).strip().splitlines()[-1][:300]}"
 
 
-def run_sweep(plan: SweepPlan, address: str | None = None, resume: bool = False,
-              extra_reporters=None) -> SweepOutcome:
-    """Run (or resume) every unfinished stage run of ``plan``; returns what finished and what failed."""
+def run_sweep(plan: SweepPlan, address: str | None = None, resume: bool = False, track: bool = True) -> SweepOutcome:
+    """Run (or resume) every unfinished stage run of ``plan``; returns what finished and what failed.
+
+    ``track``: record a parent MLflow run for this invocation and a nested child run per stage run.
+    """
     init_ray(address)
     check_resources(plan)
     save_resolved_spec(plan)
@@ -191,7 +194,12 @@ def run_sweep(plan: SweepPlan, address: str | None = None, resume: bool = False,
     _record_invocation(plan, {"number": number, "resume": resume, "address": address, "experiments": experiments})
     append_event(sweep_dir, "invocation", number=number, resume=resume)
 
-    ctx = SweepContext(plan, extra_reporters)
+    tracking = None
+    if track:
+        from ..tracking import start_sweep_tracking
+
+        tracking = start_sweep_tracking(plan, number, resume)
+    ctx = SweepContext(plan, tracking.reporters if tracking else None)
     outcome = SweepOutcome(sweep_dir)
     search = plan.spec.sweep.search
     pretrain_inside = any(affects_pretraining(k) for k in search.space)
@@ -227,7 +235,21 @@ def run_sweep(plan: SweepPlan, address: str | None = None, resume: bool = False,
     started = {e["trial_id"] for e in read_events(sweep_dir) if e["event"] == "stage_start" and e["stage"] == "finetune"}
     outcome.finished = sorted(t for t in started | {t.trial_id for t in plan.trials} if _trial_finished(plan, t))
     outcome.stopped = sorted(t for t in started if not _trial_finished(plan, t) and t not in outcome.failed)
+    outcome.artifacts = _write_results(plan)
+    if tracking:
+        from ..tracking import finish_sweep_tracking
+
+        finish_sweep_tracking(tracking, bool(outcome.failed), outcome.artifacts)
     return outcome
+
+
+def _write_results(plan: SweepPlan) -> list[Path]:
+    """parquet, report and plots of the sweep (the results package), when there is anything to collect."""
+    try:
+        from ..results import write_all
+    except ImportError:
+        return []
+    return list(write_all(plan.sweep_dir).values())
 
 
 def _grid(values: list[str]):

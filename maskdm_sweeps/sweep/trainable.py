@@ -102,6 +102,12 @@ def run_stage(ctx: SweepContext, trial: TrialPlan, stage: str, stage_dir: Path, 
     except InjectedFault:
         (stage_dir / ".fault_fired").touch()
         os._exit(17)  # a real process death, as a crashed GPU worker would die
+    except Exception:
+        _finish(reporters, "FAILED")
+        raise
+    gpus = max(1.0, ctx.plan.spec.resources.gpus) if ctx.plan.spec.resources.gpus else 0.0
+    _finish(reporters, "FINISHED", {"cost/wall_seconds": result.wall_seconds,
+                                    "cost/gpu_hours": result.wall_seconds * gpus / 3600.0})
     import ray
 
     append_event(sweep_dir, "stage_done", stage=stage, trial_id=trial.trial_id, key=key,
@@ -115,6 +121,13 @@ def _limit_threads(ctx: SweepContext) -> None:
     import torch
 
     torch.set_num_threads(max(1, int(ctx.plan.spec.resources.cpus)))
+
+
+def _finish(reporters: list[Reporter], status: str, cost: dict[str, float] | None = None) -> None:
+    """Close the reporters that hold a run (MLflow); the others need nothing."""
+    for r in reporters:
+        if hasattr(r, "finish"):
+            r.finish(status, cost)
 
 
 def pretrain_trainable(params: dict[str, Any], ctx: SweepContext) -> None:

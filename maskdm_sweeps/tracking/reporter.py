@@ -1,0 +1,174 @@
+"""``MlflowReporter``: one nested MLflow run per stage run, re-attached on resume, buffered while a server is away.
+
+The run id lives in ``<stage dir>/mlflow_run.json`` beside the checkpoints, so a retried or resumed stage logs into
+the run it started (no duplicates, no split curves). Metrics are sent in batches; any record that cannot be sent
+is appended to ``<stage dir>/mlflow_buffer.jsonl`` and replayed, in order, before the next send (or by
+``maskdm-sweep sync``): nothing is lost.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from ..trainer.reporter import NullReporter
+from .store import client, flatten
+
+log = logging.getLogger(__name__)
+RUN_FILE = "mlflow_run.json"
+TARGET_FILE = "mlflow_target.json"
+BUFFER_FILE = "mlflow_buffer.jsonl"
+BATCH = 200  # metrics per log_batch call (MLflow accepts up to 1000)
+
+
+class MlflowReporter(NullReporter):
+    def __init__(self, uri: str, experiment_id: str, stage_dir: Path, run_name: str, parent_run_id: str | None,
+                 tags: dict[str, str], params: dict, flush_every: int = 50):
+        self.uri, self.experiment_id, self.stage_dir = uri, experiment_id, Path(stage_dir)
+        self.run_name, self.parent_run_id, self.tags, self.params = run_name, parent_run_id, tags, params
+        self.flush_every = flush_every
+        self.pending: list[dict] = []  # records not yet sent
+        self.stage_dir.mkdir(parents=True, exist_ok=True)
+        (self.stage_dir / TARGET_FILE).write_text(json.dumps({"uri": uri}))
+        self.run_id = self._existing_run_id()
+        # the create record carries everything needed to create the run later (replay, `maskdm-sweep sync`)
+        self._enqueue({"op": "create", "experiment_id": experiment_id, "run_name": run_name,
+                       "parent_run_id": parent_run_id, "tags": tags, "params": flatten(params)})
+        self._flush()
+
+    # ------------------------------------------------------------------------------------------ reporter
+    def metrics(self, step: int, values: dict[str, float]) -> None:
+        now = int(time.time() * 1000)
+        self._enqueue({"op": "metrics", "step": step, "time": now, "values": values})
+        if sum(r["op"] == "metrics" for r in self.pending) >= self.flush_every or "eval/fid" in values:
+            self._flush()
+
+    def params(self, values: dict) -> None:
+        self._enqueue({"op": "params", "values": {k: str(v) for k, v in values.items()}})
+
+    def checkpoint(self, step: int, path: Path) -> None:
+        self._enqueue({"op": "tags", "values": {"checkpoint": str(path)}})
+        self._flush()
+
+    def artifact(self, step: int, path: Path) -> None:
+        self._enqueue({"op": "artifact", "path": str(path), "dir": "samples"})
+        self._flush()
+
+    def finish(self, status: str = "FINISHED", cost: dict[str, float] | None = None) -> None:
+        if cost:
+            self._enqueue({"op": "metrics", "step": 0, "time": int(time.time() * 1000), "values": cost})
+        self._enqueue({"op": "end", "status": status})
+        self._flush()
+
+    # ------------------------------------------------------------------------------------------ plumbing
+    def _existing_run_id(self) -> str | None:
+        path = self.stage_dir / RUN_FILE
+        return json.loads(path.read_text())["run_id"] if path.exists() else None
+
+    def _enqueue(self, record: dict) -> None:
+        self.pending.append(record)
+
+    def _flush(self) -> None:
+        """Replay the on-disk buffer, then send what is pending; on failure keep everything on disk."""
+        buffer = self.stage_dir / BUFFER_FILE
+        records = [json.loads(line) for line in buffer.read_text().splitlines()] if buffer.exists() else []
+        records += self.pending
+        self.pending = []
+        try:
+            sent = send_records(self, records)
+        except Exception as err:  # an unreachable server: training goes on, records wait on disk
+            log.warning("MLflow unreachable (%s); buffering %d records in %s", type(err).__name__, len(records), buffer)
+            sent = getattr(err, "sent", 0)
+        remaining = records[sent:]
+        if remaining:
+            buffer.write_text("".join(json.dumps(r) + "\n" for r in remaining))
+        elif buffer.exists():
+            buffer.unlink()
+
+
+class BufferReplayer(MlflowReporter):
+    """Replays a stage directory's buffer without a training run (``maskdm-sweep sync``)."""
+
+    def __init__(self, stage_dir: Path):
+        self.stage_dir = Path(stage_dir)
+        self.uri = json.loads((self.stage_dir / TARGET_FILE).read_text())["uri"]
+        self.run_id = self._existing_run_id()
+        self.pending = []
+
+    def replay(self) -> int:
+        """Send every buffered record; returns how many are still buffered (0 when the server took them all)."""
+        self._flush()
+        buffer = self.stage_dir / BUFFER_FILE
+        return len(buffer.read_text().splitlines()) if buffer.exists() else 0
+
+
+def sync_buffers(root: Path) -> dict[Path, int]:
+    """Replay every ``mlflow_buffer.jsonl`` under ``root``; returns the records left per stage directory."""
+    return {p.parent: BufferReplayer(p.parent).replay() for p in sorted(Path(root).rglob(BUFFER_FILE))}
+
+
+class _Partial(Exception):
+    def __init__(self, sent: int, cause: Exception):
+        super().__init__(str(cause))
+        self.sent = sent
+
+
+def send_records(rep: MlflowReporter, records: list[dict]) -> int:
+    """Send records in order, consecutive metric records as batches; returns how many were sent.
+
+    On the first failure raises :class:`_Partial` carrying the count already sent, so the rest stays buffered.
+    """
+    from mlflow.entities import Metric
+
+    c = client(rep.uri)
+    i = 0
+    try:
+        while i < len(records):
+            if records[i]["op"] == "metrics":
+                j = i
+                while j < len(records) and records[j]["op"] == "metrics":
+                    j += 1
+                _send_metrics(c, rep.run_id, [Metric(k, float(v), r["time"], r["step"])
+                                              for r in records[i:j] for k, v in r["values"].items()])
+                i = j
+            else:
+                _send_one(c, rep, records[i])
+                i += 1
+        return i
+    except Exception as err:
+        raise _Partial(i, err) from err
+
+
+def _send_one(c, rep: MlflowReporter, record: dict) -> None:
+    from mlflow.entities import Param, RunTag
+
+    op = record["op"]
+    if op == "create":
+        if rep.run_id is not None:  # re-attached: the run goes on
+            c.update_run(rep.run_id, status="RUNNING")
+            return
+        tags = dict(record["tags"])
+        if record["parent_run_id"]:
+            tags["mlflow.parentRunId"] = record["parent_run_id"]
+        run = c.create_run(record["experiment_id"], tags=tags, run_name=record["run_name"])
+        rep.run_id = run.info.run_id
+        (rep.stage_dir / RUN_FILE).write_text(json.dumps({"run_id": rep.run_id, "uri": rep.uri}))
+        params = [Param(k, v[:6000]) for k, v in record["params"].items()]
+        for i in range(0, len(params), 100):
+            c.log_batch(rep.run_id, params=params[i : i + 100])
+    elif op == "params":
+        c.log_batch(rep.run_id, params=[Param(k, v) for k, v in record["values"].items()])
+    elif op == "tags":
+        c.log_batch(rep.run_id, tags=[RunTag(k, v) for k, v in record["values"].items()])
+    elif op == "artifact":
+        if Path(record["path"]).exists():
+            c.log_artifact(rep.run_id, record["path"], artifact_path=record["dir"])
+    elif op == "end":
+        c.set_terminated(rep.run_id, status=record["status"])
+
+
+def _send_metrics(c, run_id: str, metrics: list) -> None:
+    for i in range(0, len(metrics), BATCH):
+        c.log_batch(run_id, metrics=metrics[i : i + BATCH])

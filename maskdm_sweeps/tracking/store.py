@@ -1,0 +1,52 @@
+"""Where runs go: the tracking URI, the experiment, and fast failure when a server is away."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+# a tracking server that is down must not stall training for minutes of HTTP retries: fail fast, buffer, replay
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+
+
+def default_tracking_uri(results_root: Path) -> str:
+    """``sqlite:///<absolute results root>/mlflow.db`` (MLflow refuses the ./mlruns file store)."""
+    return f"sqlite:///{Path(results_root).resolve() / 'mlflow.db'}"
+
+
+def client(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def ensure_experiment(uri: str, name: str, results_root: Path) -> str:
+    """The id of experiment ``name``, created with artifacts under ``<results root>/mlartifacts`` for local stores."""
+    c = client(uri)
+    found = c.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    location = None if uri.startswith("http") else (Path(results_root).resolve() / "mlartifacts" / name).as_uri()
+    return c.create_experiment(name, artifact_location=location)
+
+
+def git_commit(cwd: Path | None = None) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=cwd, timeout=5)
+        return out.stdout.strip() if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+def flatten(config: dict, prefix: str = "") -> dict[str, str]:
+    """Nested config -> ``{"finetune.lr": "0.0002", ...}``: MLflow params are the flattened resolved config."""
+    out: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = "null" if value is None else str(value)
+    return out

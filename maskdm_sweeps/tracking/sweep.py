@@ -1,0 +1,77 @@
+"""Runs of a sweep: one parent run per ``run``/``resume`` invocation, one nested child run per stage run."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from .reporter import RUN_FILE, MlflowReporter
+from .store import client, default_tracking_uri, ensure_experiment, git_commit
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SweepTracking:
+    """Picklable: shipped to every trial process, where :meth:`reporters` attaches a child run to each stage run."""
+
+    uri: str
+    experiment_id: str
+    parent_run_id: str | None
+    sweep: str
+    spec_hash: str
+    commit: str
+    pretrain_store: str  # <results root>/_pretrain, where a fine-tuning finds the run of its pre-training
+
+    def reporters(self, trial, stage: str, stage_dir: Path) -> list[MlflowReporter]:
+        cfg = trial.config
+        mask = cfg.mask.model_dump()
+        tags = {
+            "sweep": self.sweep, "spec_hash": self.spec_hash, "git_commit": self.commit, "trial_id": trial.trial_id,
+            "stage": stage, "seed": str(cfg.seed), "arm": trial.label, "pretrain_key": trial.pretrain_key or "",
+            "mask_strategy": "none" if trial.is_baseline else mask["strategy"],
+            "mask_rate": "0" if trial.is_baseline else str(mask.get("rate", "")),
+        }
+        if stage == "finetune" and trial.pretrain_key:
+            pre_run = Path(self.pretrain_store) / trial.pretrain_key / RUN_FILE
+            if pre_run.exists():
+                tags["pretrain_run_id"] = json.loads(pre_run.read_text())["run_id"]
+        name = f"pretrain {trial.pretrain_key}" if stage == "pretrain" else f"{trial.trial_id} {trial.label}"
+        return [MlflowReporter(self.uri, self.experiment_id, stage_dir, name, self.parent_run_id, tags,
+                               cfg.model_dump(mode="json"))]
+
+
+def start_sweep_tracking(plan, invocation: int, resume: bool) -> SweepTracking:
+    """Create (or find) the experiment and open this invocation's parent run with the spec and plan attached."""
+    spec = plan.spec
+    uri = spec.tracking.mlflow_uri or default_tracking_uri(spec.output_dir)
+    name = spec.tracking.experiment or spec.name
+    commit = git_commit()
+    parent, exp = None, "0"
+    try:
+        exp = ensure_experiment(uri, name, spec.output_dir)
+        c = client(uri)
+        run = c.create_run(exp, run_name=f"{spec.name} #{invocation}{' (resume)' if resume else ''}",
+                           tags={"sweep": spec.name, "spec_hash": plan.spec_hash, "git_commit": commit,
+                                 "invocation": str(invocation), "kind": "sweep"})
+        parent = run.info.run_id
+        for file in ("spec.resolved.yaml", "plan.json"):
+            if (plan.sweep_dir / file).exists():
+                c.log_artifact(parent, str(plan.sweep_dir / file))
+    except Exception as err:  # training must not wait for a tracking server
+        log.warning("MLflow is unreachable at %s (%s): runs are buffered and replayed later", uri, err)
+    return SweepTracking(uri, exp, parent, spec.name, plan.spec_hash, commit, str(plan.store_dir))
+
+
+def finish_sweep_tracking(tracking: SweepTracking, failed: bool, artifacts: list[Path] = ()) -> None:
+    if tracking.parent_run_id is None:
+        return
+    try:
+        c = client(tracking.uri)
+        for path in artifacts:
+            c.log_artifact(tracking.parent_run_id, str(path), artifact_path="plots" if path.suffix == ".png" else None)
+        c.set_terminated(tracking.parent_run_id, status="FAILED" if failed else "FINISHED")
+    except Exception as err:
+        log.warning("could not close the MLflow parent run (%s)", err)
