@@ -245,10 +245,8 @@ def run_sweep(plan: SweepPlan, address: str | None = None, resume: bool = False,
 
 def _write_results(plan: SweepPlan) -> list[Path]:
     """parquet, report and plots of the sweep (the results package), when there is anything to collect."""
-    try:
-        from ..results import write_all
-    except ImportError:
-        return []
+    from ..results import write_all
+
     return list(write_all(plan.sweep_dir).values())
 
 

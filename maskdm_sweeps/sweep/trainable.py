@@ -102,7 +102,9 @@ def run_stage(ctx: SweepContext, trial: TrialPlan, stage: str, stage_dir: Path, 
     except InjectedFault:
         (stage_dir / ".fault_fired").touch()
         os._exit(17)  # a real process death, as a crashed GPU worker would die
-    except Exception:
+    except Exception as err:
+        append_event(sweep_dir, "stage_error", stage=stage, trial_id=trial.trial_id, key=key,
+                     error=f"{type(err).__name__}: {err}"[:500])
         _finish(reporters, "FAILED")
         raise
     gpus = max(1.0, ctx.plan.spec.resources.gpus) if ctx.plan.spec.resources.gpus else 0.0
@@ -144,6 +146,11 @@ def trial_trainable(params: dict[str, Any], ctx: SweepContext) -> None:
     _limit_threads(ctx)
     plan = ctx.plan
     trial = ctx.trial_for(params)
+    trial_dir = plan.trial_dir(trial.trial_id)
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    (trial_dir / "trial.json").write_text(json.dumps({  # what results/ needs for searched trials too
+        "trial_id": trial.trial_id, "label": trial.label, "assignments": trial.assignments,
+        "pretrain_key": trial.pretrain_key}, indent=2))
     init = None
     if trial.pretrain_key:
         init = run_stage(ctx, trial, "pretrain", plan.pretrain_dir(trial.pretrain_key), None, trial.pretrain_key)

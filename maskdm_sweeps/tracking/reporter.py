@@ -27,7 +27,6 @@ class MlflowReporter(NullReporter):
     def __init__(self, uri: str, experiment_id: str, stage_dir: Path, run_name: str, parent_run_id: str | None,
                  tags: dict[str, str], params: dict, flush_every: int = 50):
         self.uri, self.experiment_id, self.stage_dir = uri, experiment_id, Path(stage_dir)
-        self.run_name, self.parent_run_id, self.tags, self.params = run_name, parent_run_id, tags, params
         self.flush_every = flush_every
         self.pending: list[dict] = []  # records not yet sent
         self.stage_dir.mkdir(parents=True, exist_ok=True)

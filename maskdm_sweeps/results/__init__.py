@@ -1,0 +1,39 @@
+"""A sweep's results from the files it wrote: parquet tables, a markdown report and plots (no ray, no mlflow).
+
+    trials, curves = load("results/mask_rate")      # trials.parquet, curves.parquet (written first if missing)
+    paths = write_all("results/mask_rate")          # parquet + report.md + plots/*.png
+    print(comparison_table(trials))                 # FID by arm over seeds
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from .analysis import comparison_table, fid_at_budget, fid_by_step, fid_points
+from .collect import CURVE_COLUMNS, CURVES_FILE, TRIAL_COLUMNS, TRIALS_FILE, collect, load, write_results
+from .plots import write_plots
+from .report import markdown_table, write_report
+
+
+def write_all(sweep_dir: Path) -> dict[str, Path]:
+    """Write ``trials.parquet``, ``curves.parquet``, ``plots/*.png`` and ``report.md`` (which links the plots).
+
+    Returns name -> path: ``trials``, ``curves``, ``report`` and ``plot_<stem>`` per plot (``plot_curves``,
+    ``plot_fid_vs_mask_rate``, ``plot_fid_vs_gpu_hours``).
+    """
+    sweep_dir = Path(sweep_dir)
+    paths = write_results(sweep_dir)
+    trials, curves = (pd.read_parquet(paths[k], engine="pyarrow") for k in ("trials", "curves"))
+    for png in write_plots(sweep_dir, trials, curves):
+        paths[f"plot_{png.stem}"] = png
+    paths["report"] = write_report(sweep_dir, trials, curves)
+    return paths
+
+
+__all__ = [
+    "CURVE_COLUMNS", "CURVES_FILE", "TRIAL_COLUMNS", "TRIALS_FILE", "collect", "comparison_table", "fid_at_budget",
+    "fid_by_step", "fid_points", "load", "markdown_table", "write_all", "write_plots", "write_report",
+    "write_results",
+]

@@ -1,0 +1,152 @@
+"""Tables computed from ``trials`` and ``curves``: shared by the report, the plots and the CLI.
+
+FID statistics use finished trials only (a stopped or failed trial's last FID is from fewer steps).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from .collect import ARM_SORT, TRIAL_COLUMNS
+
+# settings that may be swept and then split an arm's rows (only when they vary within an arm)
+_SPLITTING = ("pretrain_steps", "finetune_steps", "fid_backend", "fid_num_samples")
+
+
+def group_keys(trials: pd.DataFrame) -> list[str]:
+    """``arm`` plus every swept setting besides the mask and the seed: the rows that average over seeds only."""
+    extra = [c for c in trials.columns if c not in TRIAL_COLUMNS]
+    for col in _SPLITTING:
+        if len(trials) and (trials.groupby("arm")[col].nunique(dropna=False) > 1).any():
+            extra.append(col)
+    return ["arm"] + extra
+
+
+def finished(trials: pd.DataFrame) -> pd.DataFrame:
+    return trials[(trials["status"] == "finished") & trials["fid"].notna()]
+
+
+def _ordered(df: pd.DataFrame, extra: list[str]) -> pd.DataFrame:
+    keyed = df.assign(_masked=df["mask_strategy"].notna())
+    cols = ["_masked"] + ARM_SORT + [c for c in extra if c in df.columns]
+    return keyed.sort_values(cols, na_position="first", kind="stable").drop(columns="_masked").reset_index(drop=True)
+
+
+def comparison_table(trials: pd.DataFrame) -> pd.DataFrame:
+    """FID by arm (and by any other swept setting), over seeds: one row per arm.
+
+    Columns: the group keys (``arm``, ...), ``mask_strategy``, ``mask_rate``, ``effective_mask_rate``, ``n_trials``
+    (all trials of the arm), ``n_seeds`` (finished ones, with a FID), ``fid_mean``, ``fid_std`` (sample standard
+    deviation, ddof=1; NaN for one seed), ``fid_min`` (the best seed's final FID), ``gpu_hours_mean``.
+    """
+    keys = group_keys(trials)
+    out_cols = keys + ["mask_strategy", "mask_rate", "mask_block_size", "mask_crop_size", "effective_mask_rate",
+                       "n_trials", "n_seeds", "fid_mean", "fid_std", "fid_min", "gpu_hours_mean"]
+    rows = []
+    for values, group in trials.groupby(keys, dropna=False, sort=False):
+        values = values if isinstance(values, tuple) else (values,)
+        done = finished(group)
+        fids = done["fid"].to_numpy(dtype=float)
+        first = group.iloc[0]
+        rows.append({
+            **dict(zip(keys, values)),
+            "mask_strategy": first["mask_strategy"],
+            "mask_rate": first["mask_rate"],
+            "mask_block_size": first["mask_block_size"],
+            "mask_crop_size": first["mask_crop_size"],
+            "effective_mask_rate": group["effective_mask_rate"].mean(),
+            "n_trials": len(group),
+            "n_seeds": len(fids),
+            "fid_mean": fids.mean() if len(fids) else math.nan,
+            "fid_std": fids.std(ddof=1) if len(fids) > 1 else math.nan,
+            "fid_min": fids.min() if len(fids) else math.nan,
+            "gpu_hours_mean": done["gpu_hours"].mean() if len(done) else math.nan,
+        })
+    if not rows:
+        return pd.DataFrame(columns=out_cols)
+    table = _ordered(pd.DataFrame(rows, columns=out_cols), keys[1:])
+    for col in ("arm", "mask_strategy"):
+        table[col] = table[col].astype("string")
+    for col in ("n_trials", "n_seeds"):
+        table[col] = table[col].astype("int64")
+    return table.drop(columns=["mask_block_size", "mask_crop_size"])
+
+
+def arm_order(trials: pd.DataFrame) -> list[str]:
+    """Arms in display order: baseline, then by strategy, block size, rate, crop size."""
+    if not len(trials):
+        return []
+    return list(dict.fromkeys(_ordered(trials, [])["arm"]))
+
+
+def fid_points(trials: pd.DataFrame, curves: pd.DataFrame, finished_only: bool = True) -> pd.DataFrame:
+    """Every FID of every (finished) trial's fine-tuning, with its cost: ``trial_id, arm, step, fid, gpu_hours``.
+
+    From the ``eval/fid`` curve, plus the final FID of ``trials`` (for runs that left no curve). The GPU-hours at a
+    step are the trial's pre-training share plus the fine-tuning time pro rata of steps (linear in steps).
+    """
+    done = finished(trials) if finished_only else trials[trials["steps_done"] > 0]
+    cols = ["trial_id", "arm", "step", "fid", "gpu_hours"]
+    if not len(done):
+        return pd.DataFrame(columns=cols)
+    evals = curves[(curves["stage"] == "finetune") & (curves["metric"] == "eval/fid")][["trial_id", "step", "value"]]
+    evals = evals.rename(columns={"value": "fid"})
+    fin = finished(done)  # an unfinished trial's last FID is from its last evaluation, which the curve holds
+    finals = pd.DataFrame({"trial_id": fin["trial_id"], "step": fin["steps_done"], "fid": fin["fid"]})
+    pts = pd.concat([evals.astype({"trial_id": "string"}), finals.astype({"trial_id": "string"})], ignore_index=True)
+    pts = pts.dropna(subset=["fid"]).drop_duplicates(["trial_id", "step"], keep="first")
+    info = done.set_index("trial_id")
+    pts = pts[pts["trial_id"].isin(info.index)].copy()
+    t = info.loc[pts["trial_id"]]
+    scale = t["gpus_per_trial"].to_numpy(dtype=float) / 3600.0
+    frac = pts["step"].to_numpy(dtype=float) / np.maximum(t["steps_done"].to_numpy(dtype=float), 1.0)
+    ft_wall = t["finetune_wall_seconds"].to_numpy(dtype=float)
+    wall = t["pretrain_wall_seconds_share"].to_numpy(dtype=float) + ft_wall * frac
+    pts["gpu_hours"] = wall * scale
+    pts["arm"] = t["arm"].to_numpy()
+    return pts[cols].sort_values(["trial_id", "step"]).reset_index(drop=True)
+
+
+def fid_by_step(trials: pd.DataFrame, curves: pd.DataFrame, counts: bool = False):
+    """Mean FID over seeds at each fine-tuning step (rows) for each arm (columns); with ``counts``, also how many
+    trials each mean is over (``(means, counts)``): fewer than the arm's finished seeds where some had no
+    evaluation at that step."""
+    pts = fid_points(trials, curves)
+    if not len(pts):
+        return (pd.DataFrame(), pd.DataFrame()) if counts else pd.DataFrame()
+    order = [a for a in arm_order(trials) if a in set(pts["arm"])]
+    means = pts.pivot_table(index="step", columns="arm", values="fid", aggfunc="mean")[order]
+    ns = pts.pivot_table(index="step", columns="arm", values="fid", aggfunc="count")[order].fillna(0).astype("int64")
+    means.columns.name = ns.columns.name = None
+    return (means, ns) if counts else means
+
+
+def fid_at_budget(trials: pd.DataFrame, curves: pd.DataFrame) -> tuple[float, pd.DataFrame]:
+    """FID at equal compute: the budget is the cheapest arm's mean GPU-hours; per arm, the mean over seeds of the
+    last FID each trial had measured within the budget (``n_reached`` trials had one).
+
+    Returns ``(budget, table)`` with columns ``arm, n_seeds, gpu_hours_mean, fid_mean, fid_at_budget, n_reached,
+    pareto`` (``pareto``: no other arm has both a lower mean FID and fewer mean GPU-hours).
+    """
+    cols = ["arm", "n_seeds", "gpu_hours_mean", "fid_mean", "fid_at_budget", "n_reached", "pareto"]
+    done = finished(trials)
+    if not len(done):
+        return math.nan, pd.DataFrame(columns=cols)
+    per_arm = done.groupby("arm", sort=False).agg(n_seeds=("fid", "size"), gpu_hours_mean=("gpu_hours", "mean"),
+                                                  fid_mean=("fid", "mean"))
+    per_arm = per_arm.reindex([a for a in arm_order(trials) if a in per_arm.index])
+    budget = float(per_arm["gpu_hours_mean"].min())
+    pts = fid_points(trials, curves)
+    within = pts[pts["gpu_hours"] <= budget * (1 + 1e-9)]
+    last = within.sort_values(["trial_id", "step"]).groupby("trial_id").tail(1)
+    at = last.groupby("arm").agg(fid_at_budget=("fid", "mean"), n_reached=("fid", "size"))
+    table = per_arm.join(at, how="left")
+    table["n_reached"] = table["n_reached"].fillna(0).astype("int64")
+    g, f = table["gpu_hours_mean"].to_numpy(), table["fid_mean"].to_numpy()
+    table["pareto"] = [not any((g[j] <= g[i] and f[j] < f[i]) or (g[j] < g[i] and f[j] <= f[i])
+                               for j in range(len(g)) if j != i) for i in range(len(g))]
+    table = table.reset_index().rename(columns={"index": "arm"})
+    return budget, table[cols]

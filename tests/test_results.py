@@ -1,0 +1,463 @@
+"""maskdm_sweeps.results: a sweep directory (written here by hand, in the formats the sweep writes) -> parquet
+tables, report.md and plots."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from maskdm_sweeps.results import (
+    CURVE_COLUMNS, TRIAL_COLUMNS, collect, comparison_table, load, write_all, write_plots, write_report,
+    write_results,
+)
+from maskdm_sweeps.results.report import markdown_table
+
+DESCRIPTION = "FID after fine-tuning, by the patch-masking rate of pre-training, against the baseline."
+PRE_STEPS, FT_STEPS = 30, 40
+BASE = {
+    "seed": 0,
+    "data": {"name": "digits", "path": None, "image_size": 16, "split": "train", "crop": "center", "fraction": 1.0,
+             "max_images": None, "subset_seed": 0, "hflip": False, "download": False},
+    "model": {"preset": "tiny", "patch_size": 1, "time_mlp": False, "final_conv": False},
+    "diffusion": {"schedule": "linear", "num_timesteps": 1000},
+    "mask": {"strategy": "patch", "rate": 0.9},
+    "pretrain": {"steps": PRE_STEPS, "batch_size": 32, "lr": 2e-4, "warmup_steps": 0, "grad_clip": None,
+                 "betas": [0.99, 0.99], "weight_decay": 0.03},
+    "finetune": {"steps": FT_STEPS, "batch_size": 32, "lr": 2e-4, "warmup_steps": 0, "grad_clip": None,
+                 "betas": [0.99, 0.99], "weight_decay": 0.03, "init_from": "online", "data": None},
+    "ema": {"decay": 0.999, "warmup": True},
+    "eval": {"every_steps": 20, "stages": ["finetune"], "num_samples": 64, "batch_size": 64, "sampler": "ddim",
+             "sampling_steps": 10, "eta": 1.0, "weights": "ema", "backend": "digits-classifier",
+             "fid_weights": None, "grid_size": 16},
+    "runtime": {"device": "cpu", "precision": "auto", "compile": False, "log_every_steps": 10,
+                "checkpoint_every_steps": 10, "keep_checkpoints": 2},
+}
+
+
+# ------------------------------------------------------------------------------------------------ the fake sweep
+def _set(data: dict, dotted: str, value) -> None:
+    *head, last = dotted.split(".")
+    for part in head:
+        data = data[part]
+    data[last] = value
+
+
+def _hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _pretrain_key(cfg: dict) -> str:
+    return _hash({k: v for k, v in cfg.items() if k not in ("finetune", "eval", "runtime")})
+
+
+def _jsonl(path: Path, records: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def fid_of(rate: float | None, seed: int, lr: float = 2e-4) -> float:
+    """The final FID the fake trial reports (baseline: rate None)."""
+    base = 60.0 if rate is None else 50.0 + 10.0 * (rate - 0.5) ** 2 * 4
+    return base + 1.7 * seed + (lr - 2e-4) * 1e4
+
+
+def _train_records(steps: int, rate: float, loss0: float, t0: float) -> list[dict]:
+    out = []
+    for step in range(10, steps + 1, 10):
+        out.append({"time": t0 + step, "step": step, "kind": "metrics", "values": {
+            "train/loss": loss0 / (1 + step / 20), "train/grad_norm": 1.0, "train/lr": 2e-4,
+            "train/images_per_second": 50.0, "train/effective_mask_rate": rate}})
+    return out
+
+
+def build_sweep(root: Path, name: str = "fake", rates=(0.5, 0.9), seeds=(0, 1), baseline: bool = True,
+                lrs=None, gpus: float = 1.0, method: str = "grid", pre_wall: float = 100.0, ft_wall: float = 50.0,
+                no_result: tuple = (), error_for: tuple = (), mlflow_for: tuple = (), dup_step: bool = True) -> dict:
+    """Write ``<root>/<name>/`` and ``<root>/_pretrain/`` as a finished sweep would; returns what was written.
+
+    ``lrs``: a finetune.lr axis (then each pre-training feeds one trial per lr). ``no_result``: (rate, seed[, lr])
+    points left without result.json; ``error_for``: those with a Tune error.txt too.
+    """
+    sweep = root / name
+    (sweep / "trials").mkdir(parents=True)
+    axes = {"mask.rate": list(rates)}
+    if lrs:
+        axes["finetune.lr"] = list(lrs)
+    spec = {"name": name, "description": DESCRIPTION, "output_dir": str(root), "base": BASE,
+            "sweep": {"axes": axes, "zip": {}, "seeds": list(seeds), "baseline": baseline,
+                      "search": {"method": method, "num_samples": 1, "seed": 0, "metric": "eval/fid", "mode": "min",
+                                 "space": {}},
+                      "scheduler": {"type": "none", "metric": "eval/fid", "mode": "min", "grace_period": 100,
+                                    "reduction_factor": 2.0}},
+            "resources": {"gpus": gpus, "cpus": 1.0, "max_concurrent_trials": 0, "max_failures": 2},
+            "tracking": {"mlflow_uri": None, "experiment": None}}
+    (sweep / "spec.resolved.yaml").write_text(f"# resolved spec of sweep {name} (hash abc)\n"
+                                              + yaml.safe_dump(spec, sort_keys=False))
+    points = [{"mask.rate": r, **({"finetune.lr": lr} if lrs else {}), "seed": s}
+              for r in rates for lr in (lrs or [None]) for s in seeds]
+    if baseline:
+        points += [{"baseline": True, **({"finetune.lr": lr} if lrs else {}), "seed": s}
+                   for lr in (lrs or [None]) for s in seeds]
+    trials, pretrains, events = [], {}, [{"time": 0.0, "event": "invocation", "number": 1, "resume": False}]
+    written = {"trials": {}, "pretrains": {}}
+    for i, point in enumerate(points):
+        cfg = copy.deepcopy(BASE)
+        for k, v in point.items():
+            if k != "baseline":
+                _set(cfg, k, v)
+        is_base = point.get("baseline", False)
+        if is_base:
+            cfg["pretrain"]["steps"] = 0
+        key = None if is_base else _pretrain_key(cfg)
+        tid = "t-" + _hash(cfg)[:10]
+        rate = None if is_base else point["mask.rate"]
+        lr = point.get("finetune.lr", 2e-4)
+        ident = (rate, point["seed"], lr) if lrs else (rate, point["seed"])
+        label = " ".join(f"{k}={v}" for k, v in point.items())
+        trials.append({"trial_id": tid, "label": label, "assignments": point, "pretrain_key": key})
+        if key is not None and key not in pretrains:
+            eff = round(rate * 256) / 256  # the tiny model's 16x16 grid floors the patch count
+            pre = root / "_pretrain" / key
+            pre.mkdir(parents=True)
+            (pre / "config.json").write_text(json.dumps(cfg, indent=2))
+            _jsonl(pre / "metrics.jsonl", [{"time": 1.0, "step": 0, "kind": "params",
+                                            "values": {"effective_mask_rate": eff, "stage": "pretrain"}}]
+                   + _train_records(PRE_STEPS, eff, 0.6, 1.0))
+            (pre / "result.json").write_text(json.dumps({
+                "stage": "pretrain", "steps": PRE_STEPS, "loss_final": 0.5, "fid": None, "fid_best": None,
+                "effective_mask_rate": eff, "wall_seconds": pre_wall, "checkpoint": str(pre / "c.pt"),
+                "stopped_early": False}))
+            events += [{"time": 1.0, "event": "stage_start", "stage": "pretrain", "trial_id": tid, "key": key,
+                        "from_step": 0, "pid": 1},
+                       {"time": 2.0, "event": "stage_done", "stage": "pretrain", "trial_id": tid, "key": key,
+                        "steps": PRE_STEPS, "fid": None, "node_id": "n", "stopped_early": False}]
+            pretrains[key] = {"trial_ids": [], "reused": False}
+            written["pretrains"][key] = {"effective_mask_rate": eff}
+        if key is not None:
+            pretrains[key]["trial_ids"].append(tid)
+
+        ft = sweep / "trials" / tid / "finetune"
+        ft.mkdir(parents=True)
+        (ft / "config.json").write_text(json.dumps(cfg, indent=2))
+        fid = fid_of(rate, point["seed"], lr)
+        finished = ident not in no_result
+        records = [{"time": 10.0, "step": 0, "kind": "params",
+                    "values": {"effective_mask_rate": 0.0, "stage": "finetune", "fid_num_samples": 64,
+                               "fid_backend": "digits-classifier", "fid_reference": "digits:0123"}}]
+        records += _train_records(FT_STEPS if finished else 20, 0.0, 0.5, 10.0)
+        records.append({"time": 30.0, "step": 20, "kind": "metrics", "values": {"eval/fid": fid + 5,
+                                                                               "eval/fid_best": fid + 5}})
+        records.append({"time": 30.5, "step": 20, "kind": "artifact", "path": str(ft / "samples/step_20.png")})
+        if finished:
+            records.append({"time": 50.0, "step": 40, "kind": "metrics", "values": {"eval/fid": fid,
+                                                                                   "eval/fid_best": fid}})
+            records.append({"time": 50.5, "step": 40, "kind": "checkpoint", "path": str(ft / "c.pt")})
+        if dup_step and i == 0:  # a resumed stage appends: step 20 again, the later record wins
+            records.append({"time": 60.0, "step": 20, "kind": "metrics", "values": {"train/loss": 0.123}})
+        _jsonl(ft / "metrics.jsonl", records)
+        events.append({"time": 3.0, "event": "stage_start", "stage": "finetune", "trial_id": tid, "key": tid,
+                       "from_step": 0, "pid": 2})
+        if finished:
+            (ft / "result.json").write_text(json.dumps({
+                "stage": "finetune", "steps": FT_STEPS, "loss_final": 0.25, "fid": fid, "fid_best": fid,
+                "effective_mask_rate": 0.0, "wall_seconds": ft_wall, "checkpoint": str(ft / "c.pt"),
+                "stopped_early": False}))
+            events.append({"time": 4.0, "event": "stage_done", "stage": "finetune", "trial_id": tid, "key": tid,
+                           "steps": FT_STEPS, "fid": fid, "node_id": "n", "stopped_early": False})
+        if ident in error_for:
+            err = sweep / "tune" / "trials-1" / f"trial_trainable_{i:05d}"
+            err.mkdir(parents=True)
+            (err / "params.json").write_text(json.dumps({"trial_id": tid}))
+            (err / "error.txt").write_text("Traceback ...\nRuntimeError: CUDA error: out of memory\n")
+        if ident in mlflow_for:
+            (ft / "mlflow_run.json").write_text(json.dumps({"run_id": f"run{i:03d}"}))
+        written["trials"][tid] = {"rate": rate, "seed": point["seed"], "lr": lr, "fid": fid, "finished": finished,
+                                  "pretrain_key": key, "dup": dup_step and i == 0}
+    plan = {"sweep": name, "spec_hash": "abc", "trials": trials, "pretrains": pretrains}
+    (sweep / "plan.json").write_text(json.dumps(plan, indent=2))
+    _jsonl(sweep / "events.jsonl", events)
+    written["dir"] = sweep
+    return written
+
+
+class Sweep:
+    def __init__(self, written: dict):
+        self.dir: Path = written["dir"]
+        self.info: dict = written["trials"]  # trial id -> rate, seed, lr, fid, finished, pretrain_key, dup
+        self.pretrains: dict = written["pretrains"]
+        self.paths: dict[str, Path] = {}
+        self.trials = self.curves = None
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> Sweep:
+    """2 mask rates x 2 seeds + a baseline over 2 seeds; (0.9, seed 1) failed at step 20; all outputs written."""
+    root = tmp_path_factory.mktemp("out")
+    s = Sweep(build_sweep(root, no_result=((0.9, 1),), error_for=((0.9, 1),), mlflow_for=((0.5, 0),)))
+    s.paths = write_all(s.dir)
+    s.trials, s.curves = load(s.dir)
+    return s
+
+
+def _png_pixels(path: Path) -> np.ndarray:
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return mpimg.imread(path)
+
+
+# ------------------------------------------------------------------------------------------------ trials.parquet
+PA_TYPES = {"string": (pa.string(), pa.large_string()), "float64": (pa.float64(),), "int64": (pa.int64(),),
+            "Int64": (pa.int64(),), "bool": (pa.bool_(),)}
+
+
+def _dtype_name(dtype) -> str:
+    return "string" if isinstance(dtype, pd.StringDtype) else str(dtype)
+
+
+def test_parquet_files_have_the_documented_types(sweep):
+    trials_schema = pq.read_schema(sweep.dir / "trials.parquet")
+    for col, dtype in TRIAL_COLUMNS.items():
+        assert trials_schema.field(col).type in PA_TYPES[dtype], (col, trials_schema.field(col).type)
+    curves_schema = pq.read_schema(sweep.dir / "curves.parquet")
+    assert curves_schema.names == list(CURVE_COLUMNS)
+    for col, dtype in CURVE_COLUMNS.items():
+        assert curves_schema.field(col).type in PA_TYPES[dtype], col
+
+    trials = pd.read_parquet(sweep.dir / "trials.parquet")
+    assert list(trials.columns) == list(TRIAL_COLUMNS)  # no swept setting beyond mask.rate and seed here
+    assert {c: _dtype_name(t) for c, t in trials.dtypes.items()} == TRIAL_COLUMNS
+    curves = pd.read_parquet(sweep.dir / "curves.parquet")
+    assert {c: _dtype_name(t) for c, t in curves.dtypes.items()} == CURVE_COLUMNS
+    # collect() gives the same frames as the files
+    fresh, fresh_curves = collect(sweep.dir)
+    pd.testing.assert_frame_equal(fresh, trials)
+    pd.testing.assert_frame_equal(fresh_curves, curves)
+
+
+def test_one_row_per_trial_with_its_numbers(sweep):
+    trials = sweep.trials.set_index("trial_id")
+    assert len(sweep.trials) == len(sweep.info) == 6 and trials.index.is_unique
+    assert set(trials.index) == set(sweep.info)
+    for tid, w in sweep.info.items():
+        row = trials.loc[tid]
+        assert row["sweep"] == "fake" and row["stage"] == "finetune"
+        assert row["seed"] == w["seed"]
+        assert row["pretrain_steps"] == (0 if w["rate"] is None else PRE_STEPS)
+        assert row["finetune_steps"] == FT_STEPS
+        assert row["fid_backend"] == "digits-classifier" and row["fid_num_samples"] == 64
+        if w["rate"] is None:
+            assert row["arm"] == "baseline" and pd.isna(row["mask_strategy"]) and math.isnan(row["mask_rate"])
+            assert row["effective_mask_rate"] == 0.0 and pd.isna(row["pretrain_trial_id"])
+            assert row["pretrain_wall_seconds_share"] == 0.0
+            assert row["gpu_hours"] == pytest.approx(50.0 / 3600)
+        else:
+            assert row["arm"] == f"patch r={w['rate']:g}" and row["mask_strategy"] == "patch"
+            assert row["mask_rate"] == w["rate"] and row["label"] == f"mask.rate={w['rate']} seed={w['seed']}"
+            assert row["effective_mask_rate"] == sweep.pretrains[w["pretrain_key"]]["effective_mask_rate"]
+            assert row["pretrain_trial_id"] == f"pre-{w['pretrain_key']}" and row["pretrain_key"] == w["pretrain_key"]
+            assert row["pretrain_shared_by"] == 1 and not row["pretrain_reused"]
+        if w["finished"]:
+            assert row["status"] == "finished" and row["fid"] == pytest.approx(w["fid"])
+            assert row["steps_done"] == FT_STEPS and pd.isna(row["error"])
+            if w["rate"] is not None:  # one pre-training per trial: all of its time
+                assert row["wall_seconds"] == pytest.approx(150.0)
+                assert row["gpu_hours"] == pytest.approx(150.0 / 3600)
+        else:  # no result.json and a Tune error.txt: failed, with the metrics metrics.jsonl holds
+            assert row["status"] == "failed" and "out of memory" in row["error"]
+            assert row["fid"] == pytest.approx(w["fid"] + 5) and row["steps_done"] == 20
+            assert row["loss_final"] == pytest.approx(0.5 / (1 + 20 / 20))
+    with_run = [tid for tid, w in sweep.info.items() if (w["rate"], w["seed"]) == (0.5, 0)]
+    assert trials.loc[with_run[0], "mlflow_run_id"].startswith("run")
+    assert trials["mlflow_run_id"].notna().sum() == 1
+
+
+def test_a_trial_without_result_or_error_is_incomplete_or_stopped(tmp_path):
+    w = build_sweep(tmp_path, rates=(0.5,), seeds=(0,), baseline=False, no_result=((0.5, 0),), dup_step=False)
+    trials, _ = collect(w["dir"])
+    assert trials["status"].tolist() == ["incomplete"]  # no scheduler: killed or still running
+    spec_path = w["dir"] / "spec.resolved.yaml"
+    spec = yaml.safe_load(spec_path.read_text())
+    spec["sweep"]["scheduler"]["type"] = "asha"
+    spec_path.write_text(yaml.safe_dump(spec))
+    trials, _ = collect(w["dir"])
+    assert trials["status"].tolist() == ["stopped"]  # ASHA ends trials without an error
+    # no result.json: the fine-tuning time is estimated as the span of its metrics.jsonl records (10 s .. 30.5 s)
+    assert trials["wall_seconds"].iloc[0] == pytest.approx(100.0 + (30.5 - 10.0))
+
+
+# ------------------------------------------------------------------------------------------------ curves.parquet
+def test_curves_are_deduplicated_the_last_record_wins(sweep):
+    curves = sweep.curves
+    assert not curves.duplicated(["trial_id", "stage", "step", "metric"]).any()
+    dup = next(tid for tid, w in sweep.info.items() if w["dup"])
+    loss = curves[(curves["trial_id"] == dup) & (curves["stage"] == "finetune") & (curves["metric"] == "train/loss")]
+    assert loss.set_index("step").loc[20, "value"] == pytest.approx(0.123)
+    assert loss["step"].tolist() == [10, 20, 30, 40]
+    # sorted: by trial, pre-training before fine-tuning, step, metric
+    for _, g in curves.groupby("trial_id"):
+        order = list(zip(g["stage"].map({"pretrain": 0, "finetune": 1}), g["step"], g["metric"]))
+        assert order == sorted(order)
+
+
+def test_curves_hold_the_pretraining_of_each_trial(sweep):
+    curves = sweep.curves
+    for tid, w in sweep.info.items():
+        stages = set(curves.loc[curves["trial_id"] == tid, "stage"])
+        assert stages == ({"finetune"} if w["rate"] is None else {"pretrain", "finetune"})
+        fid = curves[(curves["trial_id"] == tid) & (curves["metric"] == "eval/fid")].set_index("step")["value"]
+        assert fid.loc[20] == pytest.approx(w["fid"] + 5)
+        if w["finished"]:
+            assert fid.loc[40] == pytest.approx(w["fid"])
+    pre = curves[(curves["stage"] == "pretrain") & (curves["metric"] == "train/effective_mask_rate")]
+    assert set(pre["step"]) == {10, 20, 30}
+
+
+# ------------------------------------------------------------------------------------------------ GPU-hours
+def test_a_shared_pretraining_is_split_evenly(tmp_path):
+    w = build_sweep(tmp_path, rates=(0.9,), seeds=(0,), baseline=False, lrs=(1e-4, 3e-4), gpus=2.0,
+                    pre_wall=100.0, ft_wall=40.0, dup_step=False)
+    trials, _ = collect(w["dir"])
+    assert len(trials) == 2 and trials["pretrain_key"].nunique() == 1
+    assert (trials["pretrain_shared_by"] == 2).all()
+    assert trials["pretrain_wall_seconds_share"].tolist() == [50.0, 50.0]
+    assert trials["wall_seconds"].tolist() == [90.0, 90.0]
+    assert trials["gpu_hours"].to_numpy() == pytest.approx([90.0 * 2 / 3600] * 2)
+    # the swept fine-tuning lr has a column of its own and splits the arm in the comparison
+    assert trials["finetune_lr"].dtype == "float64" and sorted(trials["finetune_lr"]) == [1e-4, 3e-4]
+    table = comparison_table(trials)
+    assert len(table) == 2 and set(table["finetune_lr"]) == {1e-4, 3e-4}
+
+
+def test_a_pretraining_this_sweep_did_not_train_is_reused(tmp_path):
+    w = build_sweep(tmp_path, rates=(0.5,), seeds=(0, 1), baseline=False, dup_step=False)
+    events = w["dir"] / "events.jsonl"
+    first = next(iter(w["pretrains"]))
+    kept = [ln for ln in events.read_text().splitlines() if first not in ln]  # trained by an earlier sweep
+    events.write_text("\n".join(kept) + "\n")
+    trials, _ = collect(w["dir"])
+    assert dict(zip(trials["pretrain_key"], trials["pretrain_reused"])) == {k: k == first for k in w["pretrains"]}
+
+
+def test_searched_trials_missing_from_the_plan_are_found(tmp_path):
+    """A random search: trial ids plan.json does not list, sharing a planned pre-training (found by its config)."""
+    w = build_sweep(tmp_path, rates=(0.5,), seeds=(0,), baseline=False, method="random", dup_step=False)
+    (tid, info), = w["trials"].items()
+    src = w["dir"] / "trials" / tid
+    for new, lr in (("t-sampled001", 1e-4), ("t-sampled002", 3e-4)):
+        dst = w["dir"] / "trials" / new / "finetune"
+        dst.mkdir(parents=True)
+        for f in ("metrics.jsonl", "result.json"):
+            (dst / f).write_bytes((src / "finetune" / f).read_bytes())
+        cfg = json.loads((src / "finetune" / "config.json").read_text())
+        cfg["finetune"]["lr"] = lr
+        (dst / "config.json").write_text(json.dumps(cfg))
+    shutil.rmtree(src)  # a random search runs the sampled trials, not the planned one
+    trials, curves = collect(w["dir"])
+    assert sorted(trials["trial_id"]) == ["t-sampled001", "t-sampled002"]
+    assert (trials["pretrain_key"] == info["pretrain_key"]).all()
+    assert (trials["pretrain_shared_by"] == 2).all()  # counted from the trials found, not from the plan
+    assert trials["pretrain_wall_seconds_share"].tolist() == [50.0, 50.0]
+    assert set(trials["label"]) == {"mask.rate=0.5 seed=0"}
+    assert set(curves.loc[curves["trial_id"] == "t-sampled001", "stage"]) == {"pretrain", "finetune"}
+
+
+# ------------------------------------------------------------------------------------------------ report
+def test_comparison_table_is_mean_and_std_over_seeds(sweep):
+    table = comparison_table(sweep.trials)
+    assert table["arm"].tolist() == ["baseline", "patch r=0.5", "patch r=0.9"]  # one row per arm, baseline first
+    for _, row in table.iterrows():
+        rate = None if row["arm"] == "baseline" else float(row["arm"].split("=")[1])
+        everyone = [w for w in sweep.info.values() if w["rate"] == rate]
+        fids = np.array([w["fid"] for w in everyone if w["finished"]])
+        assert row["n_trials"] == len(everyone) and row["n_seeds"] == len(fids)
+        assert row["fid_mean"] == pytest.approx(fids.mean())
+        if len(fids) > 1:
+            assert row["fid_std"] == pytest.approx(np.std(fids, ddof=1))
+        else:
+            assert math.isnan(row["fid_std"])
+        assert row["fid_min"] == pytest.approx(fids.min())
+    assert table.loc[table["arm"] == "patch r=0.9", "n_seeds"].item() == 1  # the failed seed does not count
+
+
+def test_report_answers_the_question(sweep):
+    text = (sweep.dir / "report.md").read_text()
+    assert sweep.paths["report"] == sweep.dir / "report.md"
+    assert text.startswith("# Sweep `fake`") and DESCRIPTION in text.split("## ")[0]
+    for section in ("## FID by arm", "## Against the baseline at equal fine-tuning steps", "## At equal GPU-hours",
+                    "## Best trial", "## Trials that did not finish", "## Plots"):
+        assert section in text
+    table = comparison_table(sweep.trials)
+    r05 = table.set_index("arm").loc["patch r=0.5"]
+    assert f"| patch r=0.5 | 0.500 | 2 | 2 | {r05['fid_mean']:.2f} | {r05['fid_std']:.2f} |" in text
+    best = min((w["fid"], tid) for tid, w in sweep.info.items() if w["finished"])
+    assert f"`{best[1]}`" in text.split("## Best trial")[1]
+    # at equal steps: the evaluation at step 20 and the final one at 40, differences to the baseline
+    steps = text.split("## Against the baseline")[1].split("##")[0]
+    base = np.mean([fid_of(None, s) for s in (0, 1)])
+    r05 = np.mean([fid_of(0.5, s) for s in (0, 1)])
+    assert f"| 20 | {base + 5:.2f} | {r05 + 5:.2f} ({r05 - base:+.2f}) |" in steps
+    assert f"| 40 | {base:.2f} | {r05:.2f} ({r05 - base:+.2f}) |" in steps
+    assert "only baseline has a FID" in text and "Pareto-optimal arms: baseline, patch r=0.5." in text
+    assert "out of memory" in text.split("## Trials that did not finish")[1]
+
+
+def test_markdown_table_helper():
+    df = pd.DataFrame({"a": pd.Series(["x", None], dtype="string"), "b": [1.234, float("nan")], "c": [1, 2]})
+    assert markdown_table(df).splitlines() == ["| a | b | c |", "| --- | ---: | ---: |", "| x | 1.23 | 1 |",
+                                               "| – | – | 2 |"]
+
+
+# ------------------------------------------------------------------------------------------------ plots
+def test_plots_are_real_images(sweep):
+    names = {"plot_fid_vs_mask_rate", "plot_curves", "plot_fid_vs_gpu_hours"}
+    assert names <= set(sweep.paths)
+    for name in names:
+        path = sweep.paths[name]
+        assert path.parent == sweep.dir / "plots" and path.suffix == ".png"
+        pixels = _png_pixels(path)
+        assert pixels.shape[0] > 200 and pixels.shape[1] > 300 and pixels[..., :3].var() > 0.001
+
+
+def test_plots_of_a_one_trial_sweep(tmp_path):
+    w = build_sweep(tmp_path, rates=(), seeds=(0,), baseline=True, dup_step=False)
+    paths = write_plots(w["dir"])  # computes the parquet files first
+    assert (w["dir"] / "trials.parquet").exists()
+    assert [p.name for p in paths] == ["fid_vs_mask_rate.png", "curves.png", "fid_vs_gpu_hours.png"]
+    for p in paths:
+        assert _png_pixels(p)[..., :3].var() > 0.001
+    assert write_report(w["dir"]).read_text().count("| baseline |") >= 2
+
+
+def test_an_empty_sweep_gives_typed_empty_tables(tmp_path):
+    (tmp_path / "empty").mkdir()
+    paths = write_results(tmp_path / "empty")
+    trials = pd.read_parquet(paths["trials"])
+    assert len(trials) == 0 and {c: _dtype_name(t) for c, t in trials.dtypes.items()} == TRIAL_COLUMNS
+    assert len(pd.read_parquet(paths["curves"])) == 0
+    assert "trials: 0" in write_report(tmp_path / "empty").read_text()
+
+
+def test_load_recomputes_when_missing(tmp_path):
+    w = build_sweep(tmp_path, rates=(0.5,), seeds=(0,), baseline=False, dup_step=False)
+    trials, curves = load(w["dir"])
+    assert len(trials) == 1 and len(curves) > 0 and (w["dir"] / "curves.parquet").exists()
+
+
+def test_results_import_neither_ray_nor_mlflow():
+    code = ("import sys, maskdm_sweeps.results; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'ray', 'mlflow', 'torch'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"
