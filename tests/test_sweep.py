@@ -11,7 +11,7 @@ import yaml
 from maskdm_sweeps.spec import load_spec
 from maskdm_sweeps.sweep import read_events, run_sweep
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
 
 BASE = {
     "data": {"name": "digits", "image_size": 8},
@@ -22,20 +22,6 @@ BASE = {
     "eval": {"num_samples": 0, "backend": "digits-classifier"},
     "runtime": {"device": "cpu", "log_every_steps": 5, "checkpoint_every_steps": 5},
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_session(tmp_path_factory):
-    import os
-
-    import ray
-
-    os.environ["MASKDM_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    os.environ["TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S"] = "0"
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
 
 
 def plan_for(tmp_path: Path, name: str, sweep: dict, base_overrides: dict | None = None, resources=None):

@@ -10,7 +10,7 @@ from mlflow import MlflowClient
 from maskdm_sweeps.spec import load_spec
 from maskdm_sweeps.sweep import run_sweep
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
 
 BASE = {
     "data": {"name": "digits", "image_size": 8},
@@ -22,20 +22,6 @@ BASE = {
              "backend": "digits-classifier", "every_steps": 15},
     "runtime": {"device": "cpu", "log_every_steps": 5, "checkpoint_every_steps": 5},
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_session(tmp_path_factory):
-    import os
-
-    import ray
-
-    os.environ["MASKDM_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    os.environ["TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S"] = "0"
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
 
 
 def make_plan(tmp_path: Path, name: str, sweep: dict, resources=None):
