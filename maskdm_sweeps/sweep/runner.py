@@ -217,9 +217,8 @@ def run_sweep(plan: SweepPlan, address: str | None = None, resume: bool = False,
     for t in plan.trials:
         if t.pretrain_key in failed_pretrains:
             outcome.failed[t.trial_id] = f"its pre-training {t.pretrain_key} failed"
-    for key in failed_pretrains:
-        outcome.failed.pop(key, None)
-        outcome.failed.setdefault(f"pretrain {key}", "failed")
+    for key in failed_pretrains:  # name them as pre-trainings, keeping the reason
+        outcome.failed[f"pretrain {key}"] = outcome.failed.pop(key)
     if search.method == "grid":
         todo = [t.trial_id for t in runnable if not _trial_finished(plan, t.trial_id)]
         space, samples = ({"trial_id": _grid(todo)}, 1) if todo else (None, 0)
