@@ -294,7 +294,6 @@ class _StageRun:
     def _evaluate(self) -> None:
         net = self.ema.model if self.config.eval.weights == "ema" else self.model
         outcome = self.evaluator.evaluate(net, self.schedule, self.step, self.workdir / "samples")
-        self._evaluated_step = self.step
         self.reporter.artifact(self.step, outcome.grid_path)
         if outcome.fid is not None:
             self.fid_last = outcome.fid
