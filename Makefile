@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test test-fast clean
+.PHONY: setup browser run test test-fast clean
 
 setup: $(STAMP)
 
@@ -20,7 +20,16 @@ $(STAMP): pyproject.toml
 run: setup
 	$(VENV)/bin/maskdm-sweep train experiments/trials/digits.yaml --out results/digits
 
-test: setup
+# The MLflow UI test drives a real headless Chromium: Debian's chromium and chromium-driver, installed when missing.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing chromium and chromium-driver (apt-get)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    chromium chromium-driver >/dev/null; \
+	else echo "note: no chromium/chromedriver and no root apt-get: the MLflow UI browser test will be skipped"; fi
+
+test: setup browser
 	$(PY) -m pytest
 
 test-fast: setup

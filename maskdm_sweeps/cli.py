@@ -91,6 +91,10 @@ def _execute(plan, address: str | None, resume: bool) -> int:
         return 2
     print(f"sweep {plan.spec.name}: {len(outcome.finished)}/{len(plan.trials)} trials finished "
           f"({len(outcome.reused)} were already finished); results in {outcome.sweep_dir}")
+    if outcome.artifacts:
+        from .console import print_results_summary
+
+        print_results_summary(outcome.sweep_dir, outcome.artifacts, _tracking_uri(plan.spec))
     for ident, reason in outcome.failed.items():
         print(f"FAILED {ident}: {reason}", file=sys.stderr)
     if outcome.failed:
@@ -124,6 +128,31 @@ def _cmd_resume(args: argparse.Namespace) -> int:
         print(f"error: {spec_path}:\n{err}", file=sys.stderr)
         return 2
     return _execute(plan, args.address, resume=True)
+
+
+def _tracking_uri(spec) -> str:
+    from .tracking import default_tracking_uri
+
+    return spec.tracking.mlflow_uri or default_tracking_uri(spec.output_dir)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .console import print_results_summary
+    from .results import write_all
+    from .spec import SpecError, load_spec
+    from .sweep.runner import RESOLVED_SPEC
+
+    sweep_dir = Path(args.dir)
+    if not (sweep_dir / RESOLVED_SPEC).exists():
+        print(f"error: {sweep_dir} holds no {RESOLVED_SPEC}: not a sweep directory", file=sys.stderr)
+        return 2
+    paths = write_all(sweep_dir)
+    try:
+        uri = _tracking_uri(load_spec(sweep_dir / RESOLVED_SPEC, check_paths=False).spec)
+    except SpecError:
+        uri = None
+    print_results_summary(sweep_dir, paths, uri)
+    return 0
 
 
 def _cmd_sync(args: argparse.Namespace) -> int:
@@ -201,6 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("dir", type=Path, help="the sweep's results directory (results/<sweep name>)")
     resume.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     resume.set_defaults(func=_cmd_resume)
+    report = sub.add_parser("report", help="(re)write a sweep's parquet tables, report.md and plots, print the table",
+                            description="Collect the files a sweep wrote into trials.parquet and curves.parquet, "
+                            "write report.md and plots/*.png, and print FID by arm. Works on a partial sweep too.")
+    report.add_argument("dir", type=Path, help="the sweep's results directory (results/<sweep name>)")
+    report.set_defaults(func=_cmd_report)
     sync = sub.add_parser("sync", help="replay MLflow records buffered while the tracking server was unreachable")
     sync.add_argument("dir", type=Path, help="a results directory (every buffer below it is replayed)")
     sync.set_defaults(func=_cmd_sync)

@@ -45,3 +45,36 @@ class ProgressReporter(NullReporter):
 
     def artifact(self, step: int, path: Path) -> None:
         self.progress.update(self.task, completed=step)
+
+
+def print_results_summary(sweep_dir: Path, paths: dict[str, Path], tracking_uri: str | None) -> None:
+    """The comparison table (FID by arm over seeds), where the files are, and how to open the MLflow UI."""
+    import math
+
+    import pandas as pd
+    from rich.table import Table
+
+    from .results import comparison_table
+
+    out = Console()
+    trials_path = Path(sweep_dir) / "trials.parquet"
+    if trials_path.exists():
+        table = comparison_table(pd.read_parquet(trials_path))
+        view = Table(title=f"FID by arm ({Path(sweep_dir).name})")
+        for col in ("arm", "eff. mask rate", "seeds", "FID mean", "FID std", "GPU-h mean"):
+            view.add_column(col, justify="left" if col == "arm" else "right")
+
+        def num(v: float, fmt: str) -> str:
+            return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
+
+        for row in table.itertuples():
+            view.add_row(str(row.arm), num(row.effective_mask_rate, ".2f"), f"{row.n_seeds}/{row.n_trials}",
+                         num(row.fid_mean, ".2f"), num(row.fid_std, ".2f"), num(row.gpu_hours_mean, ".3g"))
+        out.print(view)
+    # plain print: paths must stay copyable, not wrapped to the terminal width
+    for name, path in sorted(paths.items(), key=lambda kv: (kv[1].suffix != ".parquet", kv[1].suffix, str(kv[1]))):
+        print(f"  {name.replace('plot_', 'plot: '):<24} {path}")
+    if tracking_uri and tracking_uri.startswith("sqlite:///"):
+        print(f"  {'MLflow UI':<24} maskdm-sweep ui {Path(sweep_dir)}")
+    elif tracking_uri:
+        print(f"  {'MLflow':<24} {tracking_uri}")

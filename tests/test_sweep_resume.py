@@ -1,6 +1,7 @@
 """``maskdm-sweep resume`` after the driver was killed with SIGKILL mid-run: nothing of the dead run keeps going,
-every trial finishes, no stage run finishes twice or starts again after finishing, and interrupted stage runs
-continue from their newest checkpoint instead of starting over.
+every trial finishes, no stage run finishes twice or starts again after finishing, interrupted stage runs
+continue from their newest checkpoint instead of starting over, and MLflow holds one run per stage run with an
+unbroken curve.
 """
 
 from __future__ import annotations
@@ -282,7 +283,27 @@ def test_resume_after_the_driver_is_killed_continues_and_runs_nothing_twice(tmp_
             if key not in started_before:
                 assert e["from_step"] == 0, f"a stage run that never ran resumed from a checkpoint: {e}{context()}"
 
-        # 7. By now (the resume took a while) Ray's agents of the killed session have gone too.
+        # 7. MLflow: one parent run per invocation, exactly one child run per stage run (re-attached, not
+        # duplicated), finished, with a continuous train/loss curve (every logged step, none missing).
+        from mlflow import MlflowClient
+
+        client = MlflowClient(f"sqlite:///{(out_dir / 'mlflow.db').resolve()}")
+        runs = client.search_runs([client.get_experiment_by_name(name).experiment_id], max_results=1000)
+        parents = {r.info.run_id for r in runs if r.data.tags.get("kind") == "sweep"}
+        assert len(parents) == 2, f"expected one parent run per invocation: {len(parents)}"
+        children = [r for r in runs if r.info.run_id not in parents]
+        assert all(r.data.tags.get("mlflow.parentRunId") in parents for r in children)
+        per_stage_run = Counter((r.data.tags["stage"], r.data.tags["trial_id"] if r.data.tags["stage"] == "finetune"
+                                 else r.data.tags["pretrain_key"]) for r in children)
+        assert per_stage_run == expected, f"one MLflow run per stage run: {dict(per_stage_run)}"
+        for run in children:
+            stage, tags = run.data.tags["stage"], run.data.tags
+            total = 40 if stage == "pretrain" else planned[tags["trial_id"]]
+            logged = sorted({m.step for m in client.get_metric_history(run.info.run_id, "train/loss")})
+            assert run.info.status == "FINISHED" and logged == list(range(5, total + 1, 5)), (
+                f"{run.info.run_name}: status {run.info.status}, train/loss at steps {logged}")
+
+        # 8. By now (the resume took a while) Ray's agents of the killed session have gone too.
         deadline = killed_at + 150
         while (rest := _session_processes(marker)) and time.monotonic() < deadline:
             time.sleep(1)

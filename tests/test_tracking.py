@@ -1,6 +1,14 @@
-"""MLflow tracking against a real SQLite store: nesting, params, tags, metric histories, re-attached retries."""
+"""MLflow tracking against a real SQLite store: nesting, params, tags, metric histories, re-attached retries; the
+``report`` and ``ui`` commands on the finished sweep, the UI checked in a real headless Chromium."""
 
 import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -38,9 +46,17 @@ def runs_of(plan):
     return c, c.search_runs([exp.experiment_id], max_results=1000)
 
 
-def test_parent_and_child_runs_nest_with_params_tags_metrics_and_artifacts(tmp_path):
-    plan = make_plan(tmp_path, "track", {"axes": {"mask.rate": [0.25, 0.5]}, "baseline": True})
+@pytest.fixture(scope="module")
+def tracked(tmp_path_factory, ray_session):
+    """A finished sweep: baseline plus two mask rates (two pre-trainings, three fine-tunings)."""
+    plan = make_plan(tmp_path_factory.mktemp("tracked"), "track",
+                     {"axes": {"mask.rate": [0.25, 0.5]}, "baseline": True})
     assert run_sweep(plan).exit_code == 0
+    return plan
+
+
+def test_parent_and_child_runs_nest_with_params_tags_metrics_and_artifacts(tracked):
+    plan = tracked
     c, runs = runs_of(plan)
     parents = [r for r in runs if r.data.tags.get("kind") == "sweep"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
@@ -78,3 +94,115 @@ def test_a_retried_trial_logs_into_the_run_it_started(tmp_path):
     history = c.get_metric_history(finetunes[0].info.run_id, "train/loss")
     steps = sorted({m.step for m in history})
     assert steps == list(range(5, 31, 5))  # continuous: no gap where the process died
+
+
+def test_report_command_rewrites_the_results_and_prints_fid_by_arm(tracked):
+    for name in ("trials.parquet", "report.md"):
+        (tracked.sweep_dir / name).unlink()
+    done = subprocess.run([str(Path(sys.executable).parent / "maskdm-sweep"), "report", str(tracked.sweep_dir)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert (tracked.sweep_dir / "trials.parquet").exists() and (tracked.sweep_dir / "report.md").exists()
+    rows = [line for line in done.stdout.splitlines() if line.startswith("│")]
+    assert [r.split("│")[1].strip() for r in rows] == ["baseline", "patch r=0.25", "patch r=0.5"]
+    assert f"maskdm-sweep ui {tracked.sweep_dir}" in done.stdout
+    assert str(tracked.sweep_dir / "plots" / "fid_vs_mask_rate.png") in done.stdout
+
+
+# ---- the MLflow UI in a real browser -------------------------------------------------------------------------------
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+# where the screenshots stay after the run (git-ignored)
+SCREENSHOTS = Path(os.environ.get("MASKDM_TEST_OUTPUT", Path(__file__).parents[1] / "test-output")) / "mlflow-ui"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ui_url(tracked, tmp_path):
+    """``maskdm-sweep ui <sweep dir> --port P`` running; yields its URL."""
+    port = _free_port()
+    log = tmp_path / "ui.log"
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "maskdm-sweep"), "ui", str(tracked.sweep_dir),
+                             "--port", str(port)], stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert proc.poll() is None and time.time() < deadline, f"the UI did not come up: {log.read_text()}"
+            time.sleep(0.5)
+        assert f"http://127.0.0.1:{port}" in log.read_text()  # the command prints its URL
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
+
+
+@pytest.fixture
+def browser():
+    if not (CHROMIUM and CHROMEDRIVER):
+        if os.environ.get("MASKDM_REQUIRE_BROWSER"):
+            pytest.fail("chromium and chromedriver are required (make test installs Debian's chromium)")
+        pytest.skip("no chromium/chromedriver on PATH (make test installs them with apt-get when it can)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1600,1000"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def test_mlflow_ui_shows_the_sweep_with_nested_runs_and_fid(tracked, ui_url, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    c, runs = runs_of(tracked)
+    parent = next(r for r in runs if r.data.tags.get("kind") == "sweep")
+    children = {r.info.run_name: r for r in runs if r is not parent}
+    wait = WebDriverWait(browser, 90)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+
+    # 1. The runs table: only the parent at first; its expander shows every child under it.
+    browser.get(f"{ui_url}/#/experiments/{parent.info.experiment_id}/runs")
+
+    def run_links() -> list[str]:
+        return [a.text for a in browser.find_elements(By.CSS_SELECTOR, "a[href*='/runs/']") if a.text]
+
+    wait.until(lambda _: parent.info.run_name in run_links())
+    assert not set(children) & set(run_links()), "children are listed before their parent is expanded"
+    expander = wait.until(ec.element_to_be_clickable(
+        (By.CSS_SELECTOR, "button[data-component-id$='runnamecellrenderer.tsx_46']")))
+    expander.click()
+    wait.until(lambda _: set(children) <= set(run_links()))
+    assert run_links()[0] == parent.info.run_name and set(run_links()[1:]) == set(children)
+    browser.save_screenshot(str(SCREENSHOTS / "runs-nested.png"))
+
+    # 2. A fine-tuning child: its page names the parent and shows eval/fid with the stored value.
+    child = next(r for r in children.values() if r.data.tags.get("mask_rate") == "0.5")
+    next(a for a in browser.find_elements(By.CSS_SELECTOR, "a[href*='/runs/']")
+         if a.text == child.info.run_name).click()
+    wait.until(lambda _: "eval/fid" in browser.find_element(By.TAG_NAME, "body").text)
+    body = browser.find_element(By.TAG_NAME, "body").text
+    assert child.info.run_id in browser.current_url
+    assert parent.info.run_name in body  # "Parent run"
+    fid = child.data.metrics["eval/fid"]
+    lines = body.splitlines()
+    shown = lines[lines.index("eval/fid") + 1]  # the metrics table: name, then value
+    assert abs(float(shown) - fid) < 1e-6 * max(1.0, fid), (shown, fid)
+    browser.save_screenshot(str(SCREENSHOTS / "finetune-run.png"))

@@ -32,7 +32,7 @@ class SweepOutcome:
     reused: list[str] = field(default_factory=list)  # trial ids that were already finished before this run
     failed: dict[str, str] = field(default_factory=dict)  # trial id -> reason
     stopped: list[str] = field(default_factory=list)  # trial ids an early-stopping scheduler ended
-    artifacts: list[Path] = field(default_factory=list)  # parquet files, report and plots written afterwards
+    artifacts: dict[str, Path] = field(default_factory=dict)  # name -> parquet files, report and plots written after
 
     @property
     def exit_code(self) -> int:
@@ -238,15 +238,15 @@ def run_sweep(plan: SweepPlan, address: str | None = None, resume: bool = False,
     if tracking:
         from ..tracking import finish_sweep_tracking
 
-        finish_sweep_tracking(tracking, bool(outcome.failed), outcome.artifacts)
+        finish_sweep_tracking(tracking, bool(outcome.failed), list(outcome.artifacts.values()))
     return outcome
 
 
-def _write_results(plan: SweepPlan) -> list[Path]:
-    """parquet, report and plots of the sweep (the results package), when there is anything to collect."""
+def _write_results(plan: SweepPlan) -> dict[str, Path]:
+    """parquet, report and plots of the sweep (the results package): name -> path."""
     from ..results import write_all
 
-    return list(write_all(plan.sweep_dir).values())
+    return write_all(plan.sweep_dir)
 
 
 def _grid(values: list[str]):
