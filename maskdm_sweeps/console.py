@@ -55,21 +55,25 @@ def print_results_summary(sweep_dir: Path, paths: dict[str, Path], tracking_uri:
     from rich.table import Table
 
     from .results import comparison_table
+    from .results.analysis import group_keys
 
     out = Console()
     trials_path = Path(sweep_dir) / "trials.parquet"
     if trials_path.exists():
-        table = comparison_table(pd.read_parquet(trials_path))
+        trials = pd.read_parquet(trials_path)
+        table = comparison_table(trials)
+        swept = group_keys(trials)[1:]  # other swept settings that split an arm (e.g. finetune_init_from)
         view = Table(title=f"FID by arm ({Path(sweep_dir).name})")
-        for col in ("arm", "eff. mask rate", "seeds", "FID mean", "FID std", "GPU-h mean"):
-            view.add_column(col, justify="left" if col == "arm" else "right")
+        for col in ("arm", *swept, "eff. mask rate", "seeds", "FID mean", "FID std", "GPU-h mean"):
+            view.add_column(col, justify="left" if col == "arm" or col in swept else "right")
 
         def num(v: float, fmt: str) -> str:
             return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
 
-        for row in table.itertuples():
-            view.add_row(str(row.arm), num(row.effective_mask_rate, ".2f"), f"{row.n_seeds}/{row.n_trials}",
-                         num(row.fid_mean, ".2f"), num(row.fid_std, ".2f"), num(row.gpu_hours_mean, ".3g"))
+        for _, row in table.iterrows():
+            view.add_row(str(row["arm"]), *(str(row[c]) for c in swept), num(row["effective_mask_rate"], ".2f"),
+                         f"{row['n_seeds']}/{row['n_trials']}", num(row["fid_mean"], ".2f"),
+                         num(row["fid_std"], ".2f"), num(row["gpu_hours_mean"], ".3g"))
         out.print(view)
     # plain print: paths must stay copyable, not wrapped to the terminal width
     for name, path in sorted(paths.items(), key=lambda kv: (kv[1].suffix != ".parquet", kv[1].suffix, str(kv[1]))):

@@ -1,4 +1,5 @@
-"""Every shipped spec plans (away from its data) and validates under --smoke; one runs under --smoke end to end."""
+"""Every shipped spec plans (away from its data) and validates under --smoke; the quickstart and mask_rate specs run
+under --smoke end to end, checked through what they leave: parquet, report, plots and MLflow runs."""
 
 import json
 import subprocess
@@ -7,39 +8,90 @@ from pathlib import Path
 
 import pytest
 
+from maskdm_sweeps.cli import main
+
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = sorted((ROOT / "experiments").glob("*.yaml"))
 EXE = str(Path(sys.executable).with_name("maskdm-sweep"))
+SHIPPED = {"mask_rate.yaml", "masking_strategy.yaml", "budget.yaml", "transfer.yaml", "lr_search.yaml",
+           "quickstart.yaml"}
 
 
 def test_experiments_are_shipped():
-    assert {p.name for p in SPECS} >= {"mask_rate.yaml"}
+    assert {p.name for p in SPECS} == SHIPPED
+
+
+def test_every_spec_says_what_it_asks_and_points_editors_to_the_schema():
+    for spec in SPECS:
+        lines = spec.read_text().splitlines()
+        assert lines[0] == "# yaml-language-server: $schema=./maskdm-sweep.schema.json", spec.name
+        assert lines[1].startswith("# ") and lines[1].rstrip().endswith("?"), f"{spec.name}: no question first"
+        assert any("maskdm-sweep run" in line for line in lines if line.startswith("#")), spec.name
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda p: p.name)
-def test_plan_prints_the_table_for_each_shipped_spec(spec, tmp_path):
-    out = subprocess.run([EXE, "plan", str(spec), "--set", f"output_dir={tmp_path}"], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert "trials" in out.stdout and "GPU-hours" in out.stdout
+def test_plan_prints_the_table_for_each_shipped_spec(spec, tmp_path, capsys):
+    assert main(["plan", str(spec), "--set", f"output_dir={tmp_path}"]) == 0
+    out = capsys.readouterr().out
+    assert "trials" in out and "GPU-hours" in out
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda p: p.name)
-def test_each_shipped_spec_is_valid_under_smoke(spec, tmp_path):
-    out = subprocess.run([EXE, "validate", str(spec), "--smoke", "--set", f"output_dir={tmp_path}"],
-                         capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
+def test_each_shipped_spec_is_valid_under_smoke(spec, tmp_path, capsys):
+    assert main(["validate", str(spec), "--smoke", "--set", f"output_dir={tmp_path}"]) == 0, capsys.readouterr().err
+
+
+def run_smoke(spec: str, tmp_path: Path, *overrides: str) -> str:
+    env = {"MASKDM_CACHE": str(tmp_path / "cache"), "RAY_AUTH_MODE": "disabled", "PATH": "/usr/bin:/bin",
+           "COLUMNS": "200"}
+    args = [EXE, "run", str(ROOT / "experiments" / spec), "--smoke", "--set", f"output_dir={tmp_path}"]
+    for item in overrides:
+        args += ["--set", item]
+    out = subprocess.run(args, capture_output=True, text=True, env=env, timeout=1500)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def check_results(out_dir: Path, name: str, n_trials: int, n_pretrains: int) -> None:
+    """Parquet rows per trial with a final FID, a report with the FID table, real plots, and the MLflow runs."""
+    from mlflow import MlflowClient
+
+    from maskdm_sweeps.results import load
+
+    sweep_dir = out_dir / name
+    trials, curves = load(sweep_dir)
+    assert len(trials) == n_trials and (trials["status"] == "finished").all() and trials["fid"].notna().all()
+    assert set(curves["trial_id"]) == set(trials["trial_id"]) and "eval/fid" in set(curves["metric"])
+    assert "## FID by arm" in (sweep_dir / "report.md").read_text()
+    for png in ("curves", "fid_vs_mask_rate", "fid_vs_gpu_hours"):
+        assert (sweep_dir / "plots" / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    client = MlflowClient(f"sqlite:///{out_dir / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name(name).experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("kind") == "sweep"]
+    assert len(parents) == 1 and len(runs) == 1 + n_trials + n_pretrains
+    assert all(r.info.status == "FINISHED" for r in runs)
+    by_id = {r.info.run_id: r for r in runs}
+    for row in trials.itertuples():
+        run = by_id[row.mlflow_run_id]
+        assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert run.data.metrics["eval/fid"] == pytest.approx(row.fid)
+
+
+@pytest.mark.slow
+def test_quickstart_runs_under_smoke_and_prints_the_table_and_paths(tmp_path):
+    out = run_smoke("quickstart.yaml", tmp_path)
+    check_results(tmp_path, "quickstart", n_trials=5, n_pretrains=2)  # baseline + 2 rates x {online, ema} init
+    rows = [line.split("│")[1].strip() for line in out.splitlines() if line.startswith("│ ")]
+    assert rows[-5:] == ["baseline", "patch r=0.5", "patch r=0.5", "patch r=0.9", "patch r=0.9"]
+    for path in ("trials.parquet", "curves.parquet", "report.md", "plots/fid_vs_mask_rate.png"):
+        assert str(tmp_path / "quickstart" / path) in out
+    assert f"maskdm-sweep ui {tmp_path / 'quickstart'}" in out
 
 
 @pytest.mark.slow
 def test_mask_rate_spec_runs_under_smoke(tmp_path):
-    env = {"MASKDM_CACHE": str(tmp_path / "cache"), "RAY_AUTH_MODE": "disabled", "PATH": "/usr/bin:/bin"}
-    # one seed keeps the suite short; the 3-seed smoke run is in the README's quickstart notes
-    out = subprocess.run([EXE, "run", str(ROOT / "experiments" / "mask_rate.yaml"), "--smoke",
-                          "--set", f"output_dir={tmp_path}", "--set", "sweep.seeds=[0]"],
-                         capture_output=True, text=True, env=env, timeout=1500)
-    assert out.returncode == 0, out.stderr[-3000:]
+    # one seed keeps the suite short
+    run_smoke("mask_rate.yaml", tmp_path, "sweep.seeds=[0]")
     plan = json.loads((tmp_path / "mask_rate" / "plan.json").read_text())
     assert len(plan["trials"]) == 6  # 5 rates + the baseline
-    for trial in plan["trials"]:
-        result = json.loads((tmp_path / "mask_rate" / "trials" / trial["trial_id"] / "finetune" / "result.json").read_text())
-        assert result["steps"] == 40 and result["fid"] is not None
+    check_results(tmp_path, "mask_rate", n_trials=6, n_pretrains=5)

@@ -15,6 +15,7 @@ Nothing here downloads: the Inception weights come from a path, ``MASKDM_FID_WEI
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.util
 import json
@@ -389,11 +390,16 @@ def train_digits_classifier() -> DigitsCNN:
 def digits_classifier_weights(cache: Path | None = None) -> Path:
     """The cached state dict of the recipe's classifier, trained and written (atomically) on first use."""
     path = (cache or cache_dir()) / f"digits_classifier-{digits_recipe_key()}.pt"
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save(train_digits_classifier().state_dict(), tmp)
-        os.replace(tmp, path)  # concurrent trials may train at once; each rename is whole
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Concurrent trials would each train it: the first one does, the others wait for its file.
+    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.is_file():
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            torch.save(train_digits_classifier().state_dict(), tmp)
+            os.replace(tmp, path)
     return path
 
 

@@ -29,8 +29,8 @@ class LiveTable(tune.Callback):
         return table
 
     def _update(self, trial, **fields) -> None:
-        row = self.rows.setdefault(trial.trial_id, {"trial": trial.config.get("trial_id") or
-                                                    "pre-" + trial.config.get("pretrain_key", "")[:10]})
+        unit = trial.config.get("trial_id") or trial.config.get("unit") or trial.config.get("pretrain_key", "")
+        row = self.rows.setdefault(trial.trial_id, {"trial": unit if unit.startswith("t-") else "pre-" + unit[:10]})
         row.update(fields)
         if self.live is not None:
             self.live.update(self._table())

@@ -18,7 +18,7 @@ import yaml
 from ..spec.expand import SweepPlan, affects_pretraining
 from .events import append_event, read_events
 from .progress import LiveTable
-from .trainable import SweepContext, pretrain_trainable, trial_trainable
+from .trainable import SweepContext, first_phase_trainable, trial_trainable
 
 INVOCATIONS = "invocations.json"
 RESOLVED_SPEC = "spec.resolved.yaml"
@@ -206,14 +206,18 @@ def run_sweep(plan: SweepPlan, address: str | None = None, resume: bool = False,
     outcome.reused = [t.trial_id for t in plan.trials if _trial_finished(plan, t.trial_id)] if search.method == "grid" else []
 
     pending_pretrains = [k for k in plan.pretrains if not plan.pretrain_finished(k)] if not pretrain_inside else []
+    # Trials without a pre-training (the baseline) run beside the pre-trainings, unless a search or a scheduler
+    # needs every trial in one Tune run.
+    alongside = [t.trial_id for t in plan.trials if not t.pretrain_key and not _trial_finished(plan, t.trial_id)] \
+        if pending_pretrains and search.method == "grid" and plan.spec.sweep.scheduler.type == "none" else []
     if pending_pretrains:
         resume_path = sweep_dir / "tune" / last["pretrain"] if "pretrain" in last else None
-        grid = _run_phase(experiments["pretrain"], pretrain_trainable,
-                          {"pretrain_key": _grid(pending_pretrains)}, ctx, resume_path)
-        _collect_errors(grid, outcome, "pretrain_key")
+        grid = _run_phase(experiments["pretrain"], first_phase_trainable,
+                          {"unit": _grid(pending_pretrains + alongside)}, ctx, resume_path)
+        _collect_errors(grid, outcome, "unit")
 
-    failed_pretrains = set(outcome.failed)
-    runnable = [t for t in plan.trials if t.pretrain_key not in failed_pretrains]
+    failed_pretrains = {k for k in outcome.failed if k in plan.pretrains}
+    runnable = [t for t in plan.trials if t.pretrain_key not in failed_pretrains and t.trial_id not in outcome.failed]
     for t in plan.trials:
         if t.pretrain_key in failed_pretrains:
             outcome.failed[t.trial_id] = f"its pre-training {t.pretrain_key} failed"

@@ -133,12 +133,22 @@ def _finish(reporters: list[Reporter], status: str, cost: dict[str, float] | Non
 
 
 def pretrain_trainable(params: dict[str, Any], ctx: SweepContext) -> None:
-    """Phase 1: one shared pre-training per key."""
+    """One shared pre-training per key."""
     _limit_threads(ctx)
     plan = ctx.plan
     pre = plan.pretrains[params["pretrain_key"]]
     trial = ctx.trials[pre.trial_ids[0]]
     run_stage(ctx, trial, "pretrain", plan.pretrain_dir(pre.key), None, pre.key)
+
+
+def first_phase_trainable(params: dict[str, Any], ctx: SweepContext) -> None:
+    """Phase 1: a shared pre-training (``unit``: its key) or, side by side with them, a trial that needs none
+    (``unit``: its trial id; the baseline), so that no worker idles while the pre-trainings run."""
+    unit = params["unit"]
+    if unit in ctx.plan.pretrains:
+        pretrain_trainable({"pretrain_key": unit}, ctx)
+    else:
+        trial_trainable({"trial_id": unit}, ctx)
 
 
 def trial_trainable(params: dict[str, Any], ctx: SweepContext) -> None:

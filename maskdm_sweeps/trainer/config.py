@@ -227,4 +227,5 @@ class TrialConfig(_Strict):
             cfg = {k: v for k, v in cfg.items() if k not in ("finetune", "eval")}
         elif self.pretrain.steps == 0:
             cfg = {k: v for k, v in cfg.items() if k not in ("mask", "pretrain")}
+            cfg["finetune"] = {k: v for k, v in cfg["finetune"].items() if k != "init_from"}  # nothing to init from
         return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
