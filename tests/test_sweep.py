@@ -24,11 +24,12 @@ BASE = {
 }
 
 
-def plan_for(tmp_path: Path, name: str, sweep: dict, base_overrides: dict | None = None, resources=None):
+def plan_for(tmp_path: Path, name: str, sweep: dict, base_overrides: dict | None = None, resources=None,
+             output_dir: str | None = None):
     base = json.loads(json.dumps(BASE))
     for section, values in (base_overrides or {}).items():
         base[section] = {**base.get(section, {}), **values}
-    spec = {"name": name, "output_dir": str(tmp_path / "results"), "base": base, "sweep": sweep,
+    spec = {"name": name, "output_dir": output_dir or str(tmp_path / "results"), "base": base, "sweep": sweep,
             "resources": {"gpus": 0, "cpus": 1, **(resources or {})}}
     tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / f"{name}.yaml"
@@ -46,9 +47,12 @@ def stage_counts(plan, invocation: int | None = None) -> Counter:
     return Counter(events)
 
 
-def test_shared_pretrainings_run_once_and_are_reused_by_a_later_run(tmp_path):
+def test_shared_pretrainings_run_once_and_are_reused_by_a_later_run(tmp_path, monkeypatch):
+    # a relative output_dir, as `make run` uses: relative to where the command runs, not to Tune's trial dirs
+    monkeypatch.chdir(tmp_path)
     sweep = {"axes": {"mask.rate": [0.25, 0.5, 0.75], "finetune.steps": [10, 20]}}
-    plan = plan_for(tmp_path, "share", sweep)
+    plan = plan_for(tmp_path, "share", sweep, output_dir="results")
+    assert plan.sweep_dir == tmp_path / "results" / "share"
     assert len(plan.trials) == 6 and len(plan.pretrains) == 3
     outcome = run_sweep(plan)
     assert outcome.exit_code == 0 and not outcome.failed

@@ -78,7 +78,8 @@ class DataConfig(BaseModel):
     @field_validator("path")
     @classmethod
     def _expand_user(cls, path: Path | None) -> Path | None:
-        return None if path is None else path.expanduser()
+        # absolute now: trial processes run in other working directories (Ray Tune's trial dirs)
+        return None if path is None else path.expanduser().absolute()
 
     @model_validator(mode="after")
     def _check_dataset(self, info: ValidationInfo) -> DataConfig:

@@ -155,6 +155,12 @@ class SweepSpec(_Strict):
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig, description="Resources per trial.")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Experiment tracking.")
 
+    @field_validator("output_dir")
+    @classmethod
+    def _absolute(cls, path: Path) -> Path:
+        # relative to where the command runs, not to a trial process's working directory (Ray Tune moves those)
+        return path.expanduser().absolute()
+
     @field_validator("name")
     @classmethod
     def _slug(cls, name: str) -> str:

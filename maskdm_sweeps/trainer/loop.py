@@ -123,7 +123,9 @@ class _StageRun:
             weight_decay=s.weight_decay, fused=self.device.type == "cuda",
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        self.train_model = torch.compile(self.model) if config.runtime.compile else self.model
+        self.graphed = config.runtime.compile and config.runtime.compile_mode == "reduce-overhead"
+        self.train_model = (torch.compile(self.model, mode=config.runtime.compile_mode, dynamic=False)
+                            if config.runtime.compile else self.model)
         self.evaluator = Evaluator(config, data, self.device, self.amp_dtype) if stage in config.eval.stages else None
         self.step = 0
         self.fid_last: float | None = None
@@ -189,6 +191,8 @@ class _StageRun:
     def train_step(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One optimizer step; returns the loss (a device scalar, no host sync) and the grad norm if clipped."""
         s, b, dev = self.stage_cfg, self.stage_cfg.batch_size, self.device
+        if self.graphed:  # a new iteration: the previous replay's outputs may be overwritten
+            torch.compiler.cudagraph_mark_step_begin()
         x0 = self.batches.batch(b, self.data_gen)  # (B, C, H, W) in [-1, 1]
         t = torch.randint(0, self.schedule.num_timesteps, (b,), generator=self.noise_gen, device=dev)  # (B,)
         noise = torch.randn(x0.shape, generator=self.noise_gen, device=dev)  # (B, C, H, W)
