@@ -95,3 +95,17 @@ def test_mask_rate_spec_runs_under_smoke(tmp_path):
     plan = json.loads((tmp_path / "mask_rate" / "plan.json").read_text())
     assert len(plan["trials"]) == 6  # 5 rates + the baseline
     check_results(tmp_path, "mask_rate", n_trials=6, n_pretrains=5)
+
+
+def test_relative_paths_are_made_absolute_where_the_command_runs(tmp_path, monkeypatch):
+    """Trial processes run in Ray Tune's trial directories: paths must not stay relative to their cwd."""
+    from maskdm_sweeps.spec import load_spec
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "faces").mkdir()
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: rel\nbase:\n  data: {name: image_folder, path: faces, image_size: 16}\n"
+                    "  model: {preset: tiny}\n  eval: {backend: digits-classifier}\n")
+    plan = load_spec(spec, check_paths=False)  # output_dir left at its default, "results"
+    assert plan.sweep_dir == tmp_path / "results" / "rel"
+    assert all(t.config.data.path == tmp_path / "faces" for t in plan.trials)

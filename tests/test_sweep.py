@@ -31,6 +31,8 @@ def plan_for(tmp_path: Path, name: str, sweep: dict, base_overrides: dict | None
         base[section] = {**base.get(section, {}), **values}
     spec = {"name": name, "output_dir": output_dir or str(tmp_path / "results"), "base": base, "sweep": sweep,
             "resources": {"gpus": 0, "cpus": 1, **(resources or {})}}
+    if output_dir == "results":
+        del spec["output_dir"]  # the default
     tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec))

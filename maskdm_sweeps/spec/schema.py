@@ -148,8 +148,8 @@ class SweepSpec(_Strict):
 
     name: str = Field(..., description="Sweep name: results go to <output_dir>/<name>/ (letters, digits, _ and -).")
     description: str = Field("", description="The question the sweep asks, for the report.")
-    output_dir: Path = Field(Path("results"), description="Results root (the MLflow store and shared "
-                             "pre-trainings live here too).")
+    output_dir: Path = Field(Path("results"), validate_default=True, description="Results root (the MLflow store "
+                             "and shared pre-trainings live here too), relative to where the command runs.")
     base: TrialConfig = Field(..., description="The trial config every trial starts from.")
     sweep: SweepConfig = Field(default_factory=SweepConfig, description="What varies.")
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig, description="Resources per trial.")
