@@ -107,5 +107,5 @@ def test_relative_paths_are_made_absolute_where_the_command_runs(tmp_path, monke
     spec.write_text("name: rel\nbase:\n  data: {name: image_folder, path: faces, image_size: 16}\n"
                     "  model: {preset: tiny}\n  eval: {backend: digits-classifier}\n")
     plan = load_spec(spec, check_paths=False)  # output_dir left at its default, "results"
-    assert plan.sweep_dir == tmp_path / "results" / "rel"
+    assert plan.spec.output_dir == tmp_path / "results"  # absolute in the spec that travels to the trials
     assert all(t.config.data.path == tmp_path / "faces" for t in plan.trials)
