@@ -37,6 +37,7 @@ class ImageBatches:
         nbytes = images.numel() * images.element_size()
         if nbytes <= max_device_bytes:
             self.images = images.to(self.device)
+            self.device = self.images.device  # "cuda" -> "cuda:0": on_device compares them
         elif torch.cuda.is_available():
             self.images = images.cpu().pin_memory()
         else:
