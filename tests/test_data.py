@@ -321,3 +321,13 @@ def test_large_sets_stay_in_pinned_host_memory_and_give_the_same_batches():
     a = on_gpu.batch(32, torch.Generator().manual_seed(3))
     b = pinned.batch(32, torch.Generator().manual_seed(3))
     assert a.device.type == "cuda" and b.device.type == "cuda" and torch.equal(a, b)
+
+
+def test_images_held_on_a_device_named_without_its_index_are_on_the_device():
+    """'cuda' and 'cuda:0' name one device: a batch store must take the on-device path for both (the GPU trainer
+    failed when it did not). 'cpu:0' vs 'cpu' shows the same comparison on any machine."""
+    from maskdm_sweeps.data import ImageBatches
+
+    store = ImageBatches(torch.zeros(4, 1, 8, 8, dtype=torch.uint8), device="cpu:0")
+    assert store.on_device
+    assert store.batch(3, torch.Generator().manual_seed(0)).shape == (3, 1, 8, 8)
