@@ -10,11 +10,12 @@ Sections (``--sections``, default all):
   ``FlopCounterMode`` over one forward + loss + backward of the same model (on the meta device: no compute);
   TFLOP/s = FLOPs per step x steps/s, MFU against a measured matmul ceiling (bf16 8192^3 on CUDA).
 * ``sampling``: DDIM-100 (eta 1, as the evaluation samples) with the package's sampler and ``sample_images``, bf16
-  autocast on CUDA, on a freshly built model (no EMA).
-* ``fid``: Inception features (the package's ``InceptionBackend``, TF-Inception TorchScript weights), plus the
-  estimate "DDIM-100 + Inception for 10,000 images".
-* ``packing``: 1, 2 and 4 (CPU: 1 and 2) concurrent small trials through Ray Tune fractional GPUs (CPU: CPUs);
-  aggregate images/s = sum of the trials' last-window rates, against one trial alone.
+  autocast on CUDA, on a freshly built model (no EMA); ``--sampling-compile`` adds a compiled denoiser.
+* ``fid``: Inception features (the package's ``InceptionBackend``, TF-Inception TorchScript weights; where none are
+  found, pytorch-fid's architecture with random weights), plus the estimate "DDIM-100 + Inception for 10,000 images".
+* ``packing``: 1, 2 and 4 (CPU: 1 and 2) concurrent small trials through Ray Tune fractional GPUs (CPU: CPUs), or
+  plain concurrent processes where Ray is not installed; aggregate images/s = sum of the trials' last-window rates,
+  against one trial alone.
 * ``reference``: runs ``gpu_anchor.py`` and ``gpu_masked_headroom.py`` (DESIGN.md, "Reference measurements") in this
   same call and prints ours / reference ratios.
 
@@ -344,38 +345,50 @@ def section_trainer(args, device: torch.device, workdir: Path, result: dict) -> 
 
 
 def section_sampling(args, device: torch.device, result: dict) -> None:
-    from maskdm_sweeps.trainer.evaluation import build_sampler
     from maskdm_sweeps.maskdm import sample_images
+    from maskdm_sweeps.trainer.evaluation import build_sampler
 
     cfg = MODEL_PRESETS[args.preset]
     torch.manual_seed(0)
     model = UViT(cfg).to(device).eval()
     schedule = build_schedule("linear", 1000)
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else contextlib.nullcontext
-
-    def denoiser(x, t):
-        with autocast():
-            return model(x, t)
-
     shape = (args.sample_batch, cfg.in_chans, cfg.img_size, cfg.img_size)
-    gen = torch.Generator(device=device).manual_seed(0)
-    sample_images(denoiser, build_sampler("ddim", schedule, 2, 1.0), shape, gen, device)  # warm-up
-    sync(device)
-    sampler = build_sampler("ddim", schedule, args.sampling_steps, 1.0)
-    t0 = time.perf_counter()
-    sample_images(denoiser, sampler, shape, gen, device)
-    sync(device)
-    dt = time.perf_counter() - t0
-    ips = args.sample_batch / dt
+    rows = []
+    variants = [("eager", model)] + ([("compiled", torch.compile(model, dynamic=False))] if args.sampling_compile else [])
+    for name, net in variants:
+
+        def denoiser(x, t, net=net):
+            with autocast():
+                return net(x, t)
+
+        gen = torch.Generator(device=device).manual_seed(0)
+        t0 = time.perf_counter()
+        sample_images(denoiser, build_sampler("ddim", schedule, 2, 1.0), shape, gen, device)  # warm-up / compile
+        sync(device)
+        warm = time.perf_counter() - t0
+        sampler = build_sampler("ddim", schedule, args.sampling_steps, 1.0)
+        t0 = time.perf_counter()
+        sample_images(denoiser, sampler, shape, gen, device)
+        sync(device)
+        dt = time.perf_counter() - t0
+        ips = args.sample_batch / dt
+        rows.append({"model": name, "seconds": dt, "images_per_second": ips,
+                     "denoiser_forwards_per_second": ips * args.sampling_steps, "warm_seconds": warm})
     result["sections"]["sampling"] = {
         "preset": args.preset, "sampler": "ddim", "eta": 1.0, "steps": args.sampling_steps, "batch": args.sample_batch,
-        "precision": "bf16 autocast" if device.type == "cuda" else "fp32", "seconds": dt, "images_per_second": ips,
-        "denoiser_forwards_per_second": ips * args.sampling_steps,
+        "precision": "bf16 autocast" if device.type == "cuda" else "fp32", "rows": rows,
+        "images_per_second": rows[0]["images_per_second"],  # the package's path: an eager denoiser
+        "images_per_second_compiled": rows[1]["images_per_second"] if len(rows) > 1 else None,
     }
     print_table(f"sampling: DDIM-{args.sampling_steps} (eta 1), {args.preset}, no EMA, {device_name(device)}",
-                ["batch", "seconds", "img/s", "forwards/s"],
-                [[args.sample_batch, fmt(dt, 2), sig(ips), sig(ips * args.sampling_steps)]])
-    del model
+                ["denoiser", "batch", "seconds", "img/s", "forwards/s", "warm s"],
+                [[r["model"], args.sample_batch, fmt(r["seconds"], 2), sig(r["images_per_second"]),
+                  sig(r["denoiser_forwards_per_second"]), fmt(r["warm_seconds"])] for r in rows],
+                [] if args.sampling_compile else ["--sampling-compile adds a torch.compile'd denoiser (not what the "
+                                                  "package's evaluation runs today)"])
+    del model, variants
+    torch._dynamo.reset()
     if device.type == "cuda":
         torch.cuda.empty_cache()
 
@@ -439,6 +452,10 @@ def section_fid(args, device: torch.device, workdir: Path, result: dict) -> None
         print(f"DDIM-{sampling['steps']} + Inception for {n:,} images: {s_sample + s_feat:,.1f} s "
               f"(sampling {s_sample:,.1f} s at batch {sampling['batch']} + features {s_feat:,.1f} s; "
               f"best chunk: {s_best:,.1f} s)", flush=True)
+        if sampling.get("images_per_second_compiled"):
+            s_comp = n / sampling["images_per_second_compiled"] + n / section["images_per_second_best"]
+            section["estimate_10k"]["total_seconds_compiled_denoiser_best_chunk"] = s_comp
+            print(f"  with a compiled denoiser and the best chunk: {s_comp:,.1f} s", flush=True)
 
 
 def _packing_trial(config: dict) -> dict:
@@ -548,7 +565,7 @@ def section_packing(args, device: torch.device, workdir: Path, result: dict) -> 
     def make_configs(n: int) -> list[dict]:
         barrier = workdir / f"barrier-{backend}-{n}"
         barrier.mkdir()
-        threads = None if cuda else max(1, cpus // n)
+        threads = None if cuda else 1 if args.quick else max(1, cpus // n)
         return [{"index": i, "n": n, "barrier": str(barrier), "threads": threads, "trial": cfg.model_dump(mode="json")}
                 for i in range(n)]
 
@@ -778,8 +795,10 @@ def parse_args(argv=None):
     p.add_argument("--skip-reference", action="store_true", help="leave out the reference section")
     p.add_argument("--sample-batch", type=int, help="DDIM batch (default: 1000 on CUDA, 32 on CPU, 4 with --quick)")
     p.add_argument("--sampling-steps", type=int, default=100, help="DDIM steps (default: %(default)s)")
+    p.add_argument("--sampling-compile", action="store_true",
+                   help="also time DDIM with a torch.compile'd denoiser (~30 s of compilation on a GPU)")
     p.add_argument("--fid-images", type=int, help="images through Inception (default: 2000 on CUDA, 8 on CPU, "
-                                                  "4 with --quick)")
+                                                  "2 with --quick)")
     p.add_argument("--fid-weights", help="Inception weights file (default: as the package resolves them; random "
                                           "pytorch-fid weights where none are found)")
     p.add_argument("--packing-backend", choices=("auto", "ray", "processes"), default="auto",
@@ -787,7 +806,7 @@ def parse_args(argv=None):
                         "installed)")
     p.add_argument("--packing-preset", help="preset of the packed trials (default: uvit-digits; tiny with --quick)")
     p.add_argument("--packing-batch", type=int, help="batch of the packed trials (default: 128; 64 on CPU; 16 quick)")
-    p.add_argument("--packing-steps", type=int, help="timed steps per packed trial (default: 300 on CUDA, 10 on CPU, "
+    p.add_argument("--packing-steps", type=int, help="timed steps per packed trial (default: 150 on CUDA, 10 on CPU, "
                                                      "5 with --quick)")
     p.add_argument("--packing-counts", default=None, help="concurrent trial counts (default: 1,2,4; CPU: up to the cores)")
     p.add_argument("--reference", help="folder holding gpu_anchor.py and gpu_masked_headroom.py (default: the first "
@@ -811,10 +830,10 @@ def parse_args(argv=None):
     args.batch_masked = args.batch_masked or (args.batch if q or not cuda else 256)
     args.steps = args.steps or (4 if q else 60 if cuda else 20)
     args.sample_batch = args.sample_batch or (4 if q else 1000 if cuda else 32)
-    args.fid_images = args.fid_images or (4 if q else 2000 if cuda else 8)
+    args.fid_images = args.fid_images or (2 if q else 2000 if cuda else 8)
     args.packing_preset = args.packing_preset or ("tiny" if q else "uvit-digits")
     args.packing_batch = args.packing_batch or (16 if q else 128 if cuda else 64)
-    args.packing_steps = args.packing_steps or (5 if q else 300 if cuda else 10)
+    args.packing_steps = args.packing_steps or (5 if q else 150 if cuda else 10)
     args.packing_counts = [int(n) for n in args.packing_counts.split(",")] if args.packing_counts else (
         [1, 2] if q else [1, 2, 4])
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
@@ -833,6 +852,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     # SIGTERM (a timeout) unwinds like Ctrl-C: temporary folders are removed and Ray is shut down
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if args.quick and args.device == "cpu":
+        torch.set_num_threads(1)  # a smoke run: on a busy 2-core machine, 2 spinning OpenMP threads crawl
     device = torch.device(args.device)
     args.out = args.out or str(default_out(args, device))
     if device.type == "cuda":

@@ -1,9 +1,11 @@
 """``MlflowReporter``: one nested MLflow run per stage run, re-attached on resume, buffered while a server is away.
 
 The run id lives in ``<stage dir>/mlflow_run.json`` beside the checkpoints, so a retried or resumed stage logs into
-the run it started (no duplicates, no split curves). Metrics are sent in batches; any record that cannot be sent
-is appended to ``<stage dir>/mlflow_buffer.jsonl`` and replayed, in order, before the next send (or by
-``maskdm-sweep sync``): nothing is lost.
+the run it started (no duplicates, no split curves). Every record is first appended to
+``<stage dir>/mlflow_buffer.jsonl`` (a write-ahead log), then sent in batches and dropped from the file once MLflow
+took it. Records of a process killed before it sent them, or that an unreachable server refused, stay in the file
+and are replayed, in order, by the next send of that stage (its retry or resume) or by ``maskdm-sweep sync``:
+nothing is lost, even when the checkpoint that a resume starts from was written after them.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ class MlflowReporter(NullReporter):
                  tags: dict[str, str], params: dict, flush_every: int = 50):
         self.uri, self.experiment_id, self.stage_dir = uri, experiment_id, Path(stage_dir)
         self.flush_every = flush_every
-        self.pending: list[dict] = []  # records not yet sent
+        self.unsent_metrics = 0  # metric records appended since the last send
         self.stage_dir.mkdir(parents=True, exist_ok=True)
         (self.stage_dir / TARGET_FILE).write_text(json.dumps({"uri": uri}))
         self.run_id = self._existing_run_id()
@@ -41,7 +43,8 @@ class MlflowReporter(NullReporter):
     def metrics(self, step: int, values: dict[str, float]) -> None:
         now = int(time.time() * 1000)
         self._enqueue({"op": "metrics", "step": step, "time": now, "values": values})
-        if sum(r["op"] == "metrics" for r in self.pending) >= self.flush_every or "eval/fid" in values:
+        self.unsent_metrics += 1
+        if self.unsent_metrics >= self.flush_every or "eval/fid" in values:
             self._flush()
 
     def params(self, values: dict) -> None:
@@ -67,14 +70,20 @@ class MlflowReporter(NullReporter):
         return json.loads(path.read_text())["run_id"] if path.exists() else None
 
     def _enqueue(self, record: dict) -> None:
-        self.pending.append(record)
+        """Append to the write-ahead buffer: a record survives the process from this moment on."""
+        with open(self.stage_dir / BUFFER_FILE, "a") as f:
+            f.write(json.dumps(record) + "\n")
 
     def _flush(self) -> None:
-        """Replay the on-disk buffer, then send what is pending; on failure keep everything on disk."""
+        """Send the buffer's records in order; keep on disk whatever was not sent."""
         buffer = self.stage_dir / BUFFER_FILE
-        records = [json.loads(line) for line in buffer.read_text().splitlines()] if buffer.exists() else []
-        records += self.pending
-        self.pending = []
+        records = []
+        for line in buffer.read_text().splitlines() if buffer.exists() else []:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut short by a kill mid-write
+                log.warning("skipping a truncated record in %s", buffer)
+        self.unsent_metrics = 0
         try:
             sent = send_records(self, records)
         except Exception as err:  # an unreachable server: training goes on, records wait on disk
@@ -82,7 +91,9 @@ class MlflowReporter(NullReporter):
             sent = getattr(err, "sent", 0)
         remaining = records[sent:]
         if remaining:
-            buffer.write_text("".join(json.dumps(r) + "\n" for r in remaining))
+            tmp = buffer.with_suffix(".tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in remaining))
+            tmp.replace(buffer)  # whole, even if killed here
         elif buffer.exists():
             buffer.unlink()
 
@@ -94,7 +105,7 @@ class BufferReplayer(MlflowReporter):
         self.stage_dir = Path(stage_dir)
         self.uri = json.loads((self.stage_dir / TARGET_FILE).read_text())["uri"]
         self.run_id = self._existing_run_id()
-        self.pending = []
+        self.unsent_metrics = 0
 
     def replay(self) -> int:
         """Send every buffered record; returns how many are still buffered (0 when the server took them all)."""
