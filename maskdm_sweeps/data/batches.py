@@ -48,6 +48,13 @@ class ImageBatches:
         """True when the images are stored on the training device (no host-to-device copy per batch)."""
         return self.images.device == self.device
 
+    def _to_device(self, small: torch.Tensor) -> torch.Tensor:
+        """A CPU tensor on the device without a host sync: a copy from pageable memory waits for the GPU, one from
+        pinned memory (PyTorch caches the pinned blocks) is queued behind the running kernels."""
+        if self.device.type != "cuda":
+            return small.to(self.device)
+        return small.pin_memory().to(self.device, non_blocking=True)
+
     def __len__(self) -> int:
         return self.images.shape[0]
 
@@ -61,7 +68,7 @@ class ImageBatches:
             raise ValueError(f"pass a CPU torch.Generator (its state is checkpointed), got one on {generator.device}")
         idx = torch.randint(0, len(self), (batch_size,), generator=generator)  # (B,) on the CPU
         if self.on_device:
-            x = self.images[idx.to(self.device)]
+            x = self.images[self._to_device(idx)]
         else:
             # gather into pinned memory (when the store is pinned) so the copy can overlap with compute
             picked = torch.empty((batch_size, *self.images.shape[1:]), dtype=torch.uint8,
@@ -69,6 +76,6 @@ class ImageBatches:
             torch.index_select(self.images, 0, idx, out=picked)
             x = picked.to(self.device, non_blocking=True)
         if self.hflip:
-            flip = (torch.rand(batch_size, generator=generator) < 0.5).to(self.device)  # (B,)
+            flip = self._to_device(torch.rand(batch_size, generator=generator) < 0.5)  # (B,)
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         return to_float(x)  # uint8 crossed the bus: 4x fewer bytes than float

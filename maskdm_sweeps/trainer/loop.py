@@ -104,6 +104,8 @@ class _StageRun:
         self.model_cfg = config.model_config_resolved()
         self.mask = build_mask_from_config(config.mask) if stage == "pretrain" else None
         self.effective_rate = effective_mask_rate(self.mask, self.model_cfg.grid) if self.mask else 0.0
+        if self.effective_rate == 0.0:  # every patch visible: no mask to draw, sort and gather every step
+            self.mask = None
 
         data_cfg = config.stage_data(stage)
         data = load_dataset(data_cfg)
@@ -250,8 +252,9 @@ class _StageRun:
             window_steps += 1
             last = self.step == s.steps
             if self.step % rt.log_every_steps == 0 or last:
+                loss_mean = loss_sum.item() / window_steps  # the window's one host sync: the clock reads after it
                 elapsed = time.perf_counter() - window_start
-                self._report_train(loss_sum.item() / window_steps, window_steps * s.batch_size / max(elapsed, 1e-9))
+                self._report_train(loss_mean, window_steps * s.batch_size / max(elapsed, 1e-9))
                 loss_sum.zero_()
                 window_start, window_steps = time.perf_counter(), 0
                 stopped = self.reporter.should_stop() and not last
