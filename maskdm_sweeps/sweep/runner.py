@@ -45,7 +45,7 @@ def init_ray(address: str | None = None) -> None:
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local runs need no token (DESIGN.md)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our live table replaces Ray's own progress output
-    # pointer checkpoints are tiny and frequent: Tune's snapshot-frequency warning is noise here
+    # many small reports make frequent experiment snapshots: Tune's snapshot-frequency warning is noise here
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if ray.is_initialized():
         return
@@ -164,7 +164,6 @@ def _run_phase(name: str, trainable, param_space: dict, ctx: SweepContext, resum
             run_config=tune.RunConfig(
                 name=name, storage_path=str(ctx.plan.sweep_dir / "tune"),
                 failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 callbacks=[LiveTable(f"{spec.name}: {name}", labels)], verbose=0,
             ),
         )

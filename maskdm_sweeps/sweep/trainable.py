@@ -1,14 +1,15 @@
 """The Ray Tune side of a trial: a function trainable that runs stage runs through the shared trainer.
 
-Only ``ray.tune.*`` is used inside (DESIGN.md: ``ray.train.report`` fails a Tune trial). Checkpoints reported to
-Tune are small pointer directories; the weights stay in the stage directory the trainer resumes from.
+Only ``ray.tune.*`` is used inside (DESIGN.md: ``ray.train.report`` fails a Tune trial). Nothing is checkpointed
+through Tune: a retried or resumed trial starts its function again, and each stage run resumes from the newest
+checkpoint in its own directory. (Tune checkpoints only added a way to fail: a restore from one that Tune had already
+rotated away errored the trial on resume.)
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -30,18 +31,9 @@ class TuneReporter(NullReporter):
         self.trial_id, self.stage = trial_id, stage
         self.latest: dict[str, float] = {}
 
-    def _report(self, step: int, checkpoint: tune.Checkpoint | None = None) -> None:
-        tune.report({**self.latest, "step": step, "stage": self.stage, "maskdm_trial": self.trial_id},
-                    checkpoint=checkpoint)
-
     def metrics(self, step: int, values: dict[str, float]) -> None:
         self.latest.update(values)
-        self._report(step)
-
-    def checkpoint(self, step: int, path: Path) -> None:
-        with tempfile.TemporaryDirectory() as tmp:
-            Path(tmp, "pointer.json").write_text(json.dumps({"stage": self.stage, "step": step, "path": str(path)}))
-            self._report(step, tune.Checkpoint.from_directory(tmp))
+        tune.report({**self.latest, "step": step, "stage": self.stage, "maskdm_trial": self.trial_id})
 
 
 @dataclass
