@@ -168,12 +168,14 @@ def _cmd_sync(args: argparse.Namespace) -> int:
 
 
 def _cmd_ui(args: argparse.Namespace) -> int:
+    import os
     import subprocess
 
+    from .sweep.runner import RESOLVED_SPEC
     from .tracking import default_tracking_uri
 
     root = Path(args.dir)
-    if (root / "spec.resolved.yaml").exists():  # a sweep directory: its store is in the results root above it
+    if (root / RESOLVED_SPEC).exists():  # a sweep directory: its store is in the results root above it
         root = root.parent
     uri = default_tracking_uri(root)
     if not (root / "mlflow.db").exists():
@@ -182,7 +184,7 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     print(f"MLflow UI for {uri}\n  open http://127.0.0.1:{args.port}  (Ctrl-C to stop)", flush=True)
     cmd = [str(Path(sys.executable).with_name("mlflow")), "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
            "--port", str(args.port), "--workers", "1"]
-    env = {**__import__("os").environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     try:
         return subprocess.call(cmd, env=env)
     except KeyboardInterrupt:
