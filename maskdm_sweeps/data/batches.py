@@ -58,15 +58,21 @@ class ImageBatches:
     def __len__(self) -> int:
         return self.images.shape[0]
 
-    def batch(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
-        """float32 ``(batch_size, C, H, W)`` in [-1, 1] on the device.
+    def batch(self, batch_size: int, generator: torch.Generator, rows: slice | None = None) -> torch.Tensor:
+        """float32 ``(batch_size, C, H, W)`` in [-1, 1] on the device; with ``rows``, only those rows of it.
 
         Indices, then flips (when ``hflip``), are drawn from ``generator``, which must be a CPU generator:
-        its state alone decides the batch, on any device.
+        its state alone decides the batch, on any device. ``rows`` is a data-parallel rank's share: all ranks draw
+        the same ``batch_size`` indices and each gathers only its rows.
         """
         if generator.device.type != "cpu":
             raise ValueError(f"pass a CPU torch.Generator (its state is checkpointed), got one on {generator.device}")
         idx = torch.randint(0, len(self), (batch_size,), generator=generator)  # (B,) on the CPU
+        flip = torch.rand(batch_size, generator=generator) < 0.5 if self.hflip else None  # (B,)
+        if rows is not None:
+            idx = idx[rows]  # (b,) this rank's rows
+            flip = None if flip is None else flip[rows]
+        batch_size = idx.shape[0]
         if self.on_device:
             x = self.images[self._to_device(idx)]
         else:
@@ -75,7 +81,7 @@ class ImageBatches:
                                  pin_memory=self.images.is_pinned())
             torch.index_select(self.images, 0, idx, out=picked)
             x = picked.to(self.device, non_blocking=True)
-        if self.hflip:
-            flip = self._to_device(torch.rand(batch_size, generator=generator) < 0.5)  # (B,)
+        if flip is not None:
+            flip = self._to_device(flip)  # (b,)
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         return to_float(x)  # uint8 crossed the bus: 4x fewer bytes than float

@@ -16,6 +16,7 @@ from .config import (
 )
 from .ema import EMA, ema_decay
 from .loop import InjectedFault, StageResult, TrainingDiverged, fit
+from .parallel import BatchDoesNotDivide, DataParallel, ReplicasDiverged
 from .reporter import JsonlReporter, MultiReporter, NullReporter, Reporter, read_jsonl_metrics
 from .trial import run_trial
 
@@ -24,5 +25,5 @@ __all__ = [
     "CropMaskConfig", "DiffusionConfig", "EMAConfig", "EvalConfig", "FinetuneConfig", "ModelConfig",
     "PatchMaskConfig", "PretrainConfig", "RuntimeConfig", "TrialConfig", "EMA", "ema_decay", "InjectedFault",
     "StageResult", "TrainingDiverged", "fit", "JsonlReporter", "MultiReporter", "NullReporter", "Reporter",
-    "read_jsonl_metrics", "run_trial",
+    "read_jsonl_metrics", "run_trial", "BatchDoesNotDivide", "DataParallel", "ReplicasDiverged",
 ]

@@ -3,6 +3,10 @@
 Every random draw comes from two explicit generators that live in the checkpoint: a CPU one for the data order and
 one on the training device for timesteps, noise and masks. A stage resumed from a checkpoint therefore continues
 exactly as an uninterrupted run would (on the CPU: identical losses step for step).
+
+With a data-parallel group (``parallel``, see :mod:`.parallel`) every rank runs this same loop on its rows of the
+global batch; rank 0 alone writes files and evaluates, and all ranks report the same metrics at the same steps
+(a reporter may be a collective, as ``ray.train.report`` is).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from .checkpoint import checkpoint_path, load_checkpoint, load_latest_checkpoint
 from .config import Stage, TrialConfig, build_mask_from_config
 from .ema import EMA
 from .evaluation import Evaluator
+from .parallel import DataParallel, check_replicas
 from .reporter import NullReporter, Reporter
 
 CHECKPOINT_FORMAT = 1
@@ -48,6 +53,8 @@ class StageResult:
     wall_seconds: float
     checkpoint: str
     stopped_early: bool = False
+    workers: int = 1
+    replica_checksums: list[float] | None = None  # every rank's weights checksum at the end (equal: in sync)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -83,20 +90,27 @@ def fit(
     reporter: Reporter | None = None,
     init_checkpoint: Path | None = None,
     fault_at_step: int | None = None,
+    parallel: DataParallel | None = None,
 ) -> StageResult:
     """Run ``stage`` of the trial described by ``config`` in ``workdir``; resume if it holds a checkpoint.
 
     ``init_checkpoint``: for ``finetune``, the pre-training checkpoint to start from (None: the DDPM baseline).
     ``fault_at_step``: test-only; raise :class:`InjectedFault` once when reaching that step.
+    ``parallel``: this process's rank in a data-parallel group (default: the initialised ``torch.distributed``
+    group, if any; else a lone process). Every rank of the group calls ``fit`` alike.
     """
-    run = _StageRun(config, stage, Path(workdir).resolve(), reporter or NullReporter(), init_checkpoint)
+    parallel = parallel or DataParallel.from_process_group()
+    run = _StageRun(config, stage, Path(workdir).resolve(), reporter or NullReporter(), init_checkpoint, parallel)
     return run.run(fault_at_step)
 
 
 class _StageRun:
-    def __init__(self, config: TrialConfig, stage: Stage, workdir: Path, reporter: Reporter, init_checkpoint):
+    def __init__(self, config: TrialConfig, stage: Stage, workdir: Path, reporter: Reporter, init_checkpoint,
+                 parallel: DataParallel):
         self.config, self.stage, self.workdir, self.reporter = config, stage, workdir, reporter
+        self.parallel = parallel
         self.stage_cfg = config.pretrain if stage == "pretrain" else config.finetune
+        self.rows = parallel.rows(self.stage_cfg.batch_size, f"{stage}.batch_size")  # this rank's rows of a batch
         self.device = resolve_device(config.runtime.device)
         self.amp_dtype = autocast_dtype(config.runtime.precision, self.device)
         self.schedule = build_schedule(config.diffusion.schedule, config.diffusion.num_timesteps)
@@ -126,9 +140,12 @@ class _StageRun:
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.graphed = config.runtime.compile and config.runtime.compile_mode == "reduce-overhead"
-        self.train_model = (torch.compile(self.model, mode=config.runtime.compile_mode, dynamic=False)
-                            if config.runtime.compile else self.model)
-        self.evaluator = Evaluator(config, data, self.device, self.amp_dtype) if stage in config.eval.stages else None
+        ddp = parallel.wrap(self.model, self.device)  # gradients averaged over ranks; self.model stays the module
+        self.train_model = (torch.compile(ddp, mode=config.runtime.compile_mode, dynamic=False)
+                            if config.runtime.compile else ddp)
+        self.evaluates = stage in config.eval.stages
+        self.evaluator = Evaluator(config, data, self.device, self.amp_dtype) \
+            if self.evaluates and parallel.is_main else None
         self.step = 0
         self.fid_last: float | None = None
         self.fid_best: float | None = None
@@ -183,25 +200,32 @@ class _StageRun:
         """Wall-clock seconds of this stage over all its attempts."""
         return self.wall_before + time.perf_counter() - self.started
 
-    def save(self) -> Path:
-        path = save_checkpoint(self.state_dict(), self.workdir / "checkpoints", self.step,
-                               keep=self.config.runtime.keep_checkpoints)
-        self.reporter.checkpoint(self.step, path)
-        return path
+    def save(self) -> list[float]:
+        """Rank 0 writes a checkpoint; first every rank's weights are compared (returns their checksums)."""
+        checksums = check_replicas(self.model, self.parallel) if self.parallel.enabled else None
+        if self.parallel.is_main:
+            path = save_checkpoint(self.state_dict(), self.workdir / "checkpoints", self.step,
+                                   keep=self.config.runtime.keep_checkpoints)
+            self.reporter.checkpoint(self.step, path)
+        return checksums
 
     # ------------------------------------------------------------------------------------------ training
     def train_step(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """One optimizer step; returns the loss (a device scalar, no host sync) and the grad norm if clipped."""
-        s, b, dev = self.stage_cfg, self.stage_cfg.batch_size, self.device
+        """One optimizer step; returns the loss (a device scalar, no host sync) and the grad norm if clipped.
+
+        B is the global batch and b = B / workers this rank's rows; alone, b = B. Every draw is of the global batch.
+        """
+        s, B, dev, rows = self.stage_cfg, self.stage_cfg.batch_size, self.device, self.rows
         if self.graphed:  # a new iteration: the previous replay's outputs may be overwritten
             torch.compiler.cudagraph_mark_step_begin()
-        x0 = self.batches.batch(b, self.data_gen)  # (B, C, H, W) in [-1, 1]
-        t = torch.randint(0, self.schedule.num_timesteps, (b,), generator=self.noise_gen, device=dev)  # (B,)
-        noise = torch.randn(x0.shape, generator=self.noise_gen, device=dev)  # (B, C, H, W)
-        keep = None if self.mask is None else self.mask.sample(b, self.model_cfg.grid, self.noise_gen, dev)  # (B, K)
-        xt = self._add_noise(x0, noise, t)  # (B, C, H, W)
+        x0 = self.batches.batch(B, self.data_gen, rows)  # (b, C, H, W) in [-1, 1]
+        t = torch.randint(0, self.schedule.num_timesteps, (B,), generator=self.noise_gen, device=dev)[rows]  # (b,)
+        noise = torch.randn((B, *x0.shape[1:]), generator=self.noise_gen, device=dev)[rows]  # (b, C, H, W)
+        keep = None if self.mask is None else \
+            self.mask.sample(B, self.model_cfg.grid, self.noise_gen, dev)[rows]  # (b, K)
+        xt = self._add_noise(x0, noise, t)  # (b, C, H, W)
         with self._autocast():
-            pred = self.train_model(xt, t, keep)  # (B, K, p*p*C) or (B, C, H, W)
+            pred = self.train_model(xt, t, keep)  # (b, K, p*p*C) or (b, C, H, W)
         loss = mdsm_loss(pred, noise, self.model_cfg.patch_size, keep)
         for group in self.optimizer.param_groups:
             group["lr"] = warmup_lr(self.step + 1, s.lr, s.warmup_steps)
@@ -232,18 +256,20 @@ class _StageRun:
         return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
 
     def run(self, fault_at_step: int | None = None) -> StageResult:
-        s, rt = self.stage_cfg, self.config.runtime
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        (self.workdir / "config.json").write_text(json.dumps(self.config.model_dump(mode="json"), indent=2))
-        resumed = load_latest_checkpoint(self.workdir / "checkpoints", map_location=self.device)
+        s, rt, main = self.stage_cfg, self.config.runtime, self.parallel.is_main
+        if main:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            (self.workdir / "config.json").write_text(json.dumps(self.config.model_dump(mode="json"), indent=2))
+        resumed = self._load_resume_state()
         if resumed is not None:
-            self.load_state_dict(resumed[0])
+            self.load_state_dict(resumed)
         else:
             self._report_params()
         self.started = window_start = time.perf_counter()
         window_steps = 0
         loss_sum = torch.zeros((), device=self.device)
         stopped = False
+        checksums = None
         while self.step < s.steps:
             if fault_at_step is not None and self.step == fault_at_step:
                 raise InjectedFault(f"injected fault at step {self.step}")
@@ -252,25 +278,37 @@ class _StageRun:
             window_steps += 1
             last = self.step == s.steps
             if self.step % rt.log_every_steps == 0 or last:
-                loss_mean = loss_sum.item() / window_steps  # the window's one host sync: the clock reads after it
+                # the window's one host sync (the mean over ranks: the global batch's loss); the clock reads after it
+                loss_mean = self.parallel.mean(loss_sum).item() / window_steps
                 elapsed = time.perf_counter() - window_start
-                self._report_train(loss_mean, window_steps * s.batch_size / max(elapsed, 1e-9))
+                self._report_train(loss_mean, window_steps * s.batch_size / max(elapsed, 1e-9))  # global images/s
                 loss_sum.zero_()
                 window_start, window_steps = time.perf_counter(), 0
-                stopped = self.reporter.should_stop() and not last
-            if self.evaluator and (last or stopped or self._periodic(self.config.eval.every_steps)):
+                stopped = self.parallel.broadcast(self.reporter.should_stop()) and not last  # all ranks stop alike
+            if self.evaluates and (last or stopped or self._periodic(self.config.eval.every_steps)):
                 self._evaluate()  # before the save, so the checkpoint holds the FID it reports
             if self._periodic(rt.checkpoint_every_steps) or last or stopped:
-                self.save()
+                checksums = self.save()
             if stopped:
                 break
         result = StageResult(
             stage=self.stage, steps=self.step, loss_final=self.loss_last, fid=self.fid_last, fid_best=self.fid_best,
             effective_mask_rate=self.effective_rate, wall_seconds=self.wall_seconds(),
             checkpoint=str(checkpoint_path(self.workdir / "checkpoints", self.step)), stopped_early=stopped,
+            workers=self.parallel.world_size, replica_checksums=checksums,
         )
-        (self.workdir / "result.json").write_text(json.dumps(result.to_json(), indent=2))
+        if main:
+            (self.workdir / "result.json").write_text(json.dumps(result.to_json(), indent=2))
         return result
+
+    def _load_resume_state(self) -> dict | None:
+        """The newest readable checkpoint; every rank loads the one rank 0 found (none of them writes meanwhile)."""
+        directory = self.workdir / "checkpoints"
+        found = load_latest_checkpoint(directory, map_location=self.device) if self.parallel.is_main else None
+        step = self.parallel.broadcast(None if found is None else int(found[0]["step"]))
+        if step is None:
+            return None
+        return found[0] if found is not None else load_checkpoint(checkpoint_path(directory, step), self.device)
 
     def _periodic(self, every: int) -> bool:
         return every > 0 and self.step % every == 0
@@ -278,6 +316,10 @@ class _StageRun:
     # ------------------------------------------------------------------------------------------ reporting
     def _report_params(self) -> None:
         params: dict[str, str | int | float] = {"effective_mask_rate": self.effective_rate, "stage": self.stage}
+        if self.parallel.enabled:  # the seeds are the same on every rank: each takes its rows of one global draw
+            params.update({"workers": self.parallel.world_size, "batch_per_worker": self.rows.stop - self.rows.start,
+                           "seed_data": stage_seed(self.config.seed, self.stage, 1),
+                           "seed_noise_and_masks": stage_seed(self.config.seed, self.stage, 2)})
         if self.evaluator and self.evaluator.protocol:
             params.update(self.evaluator.protocol.as_params())
         self.reporter.params(params)
@@ -299,10 +341,14 @@ class _StageRun:
         })
 
     def _evaluate(self) -> None:
-        net = self.ema.model if self.config.eval.weights == "ema" else self.model
-        outcome = self.evaluator.evaluate(net, self.schedule, self.step, self.workdir / "samples")
-        self.reporter.artifact(self.step, outcome.grid_path)
-        if outcome.fid is not None:
-            self.fid_last = outcome.fid
-            self.fid_best = outcome.fid if self.fid_best is None else min(self.fid_best, outcome.fid)
-            self.reporter.metrics(self.step, {"eval/fid": outcome.fid, "eval/fid_best": self.fid_best})
+        """Rank 0 samples and scores (the weights are the same everywhere); every rank reports its FID."""
+        outcome = None
+        if self.evaluator is not None:
+            net = self.ema.model if self.config.eval.weights == "ema" else self.model
+            outcome = self.evaluator.evaluate(net, self.schedule, self.step, self.workdir / "samples")
+            self.reporter.artifact(self.step, outcome.grid_path)
+        fid = self.parallel.broadcast(None if outcome is None else outcome.fid)
+        if fid is not None:
+            self.fid_last = fid
+            self.fid_best = fid if self.fid_best is None else min(self.fid_best, fid)
+            self.reporter.metrics(self.step, {"eval/fid": fid, "eval/fid_best": self.fid_best})
