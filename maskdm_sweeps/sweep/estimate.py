@@ -22,13 +22,18 @@ REFERENCE_IMAGES_PER_SECOND: dict[str, dict[float, float]] = {
 _PARAMS: dict[UViTConfig, int] = {}
 
 
-def _flops_per_image(mc: UViTConfig, effective_rate: float) -> float:
-    """Training FLOPs per image, ~6 x parameters x tokens the network sees."""
+def parameter_count(mc: UViTConfig) -> int:
+    """Parameters of the U-ViT ``mc`` (cached; built on the meta device, so nothing is allocated)."""
     if mc not in _PARAMS:
         with torch.device("meta"):  # count without allocating
             _PARAMS[mc] = count_parameters(UViT(mc))
+    return _PARAMS[mc]
+
+
+def flops_per_image(mc: UViTConfig, effective_rate: float) -> float:
+    """Training FLOPs per image (forward + backward), ~6 x parameters x tokens the network sees (1 + visible)."""
     tokens = 1 + mc.num_patches * (1 - effective_rate)
-    return 6.0 * _PARAMS[mc] * tokens
+    return 6.0 * parameter_count(mc) * tokens
 
 
 def images_per_second(config: TrialConfig, effective_rate: float) -> float:
@@ -38,7 +43,7 @@ def images_per_second(config: TrialConfig, effective_rate: float) -> float:
         rates = sorted(table)
         return float(np.interp(effective_rate, rates, [table[r] for r in rates]))
     ref = "uvit-s2-cifar32"
-    speedup = _flops_per_image(MODEL_PRESETS[ref], 0.0) / _flops_per_image(config.model_config_resolved(), effective_rate)
+    speedup = flops_per_image(MODEL_PRESETS[ref], 0.0) / flops_per_image(config.model_config_resolved(), effective_rate)
     # small or heavily masked steps are launch-bound on a GPU: fewer FLOPs buy at most 2x (DESIGN.md: 10x -> 1.7x)
     return REFERENCE_IMAGES_PER_SECOND[ref][0.0] * min(speedup, 2.0)
 

@@ -11,6 +11,8 @@ from ..maskdm import effective_mask_rate
 from ..spec.expand import SweepPlan
 from ..trainer.config import build_mask_from_config
 from .estimate import REFERENCE_GPU, stage_gpu_hours
+from .packing import (GIB, MEASURED_PACKING_GPU, MEMORY_HEADROOM, suggest_for_configs, trials_per_gpu_of,
+                      trials_the_work_allows)
 
 
 @dataclass
@@ -49,6 +51,36 @@ def totals(plan: SweepPlan) -> PlanTotals:
     return PlanTotals(len(plan.trials), len(plan.pretrains), reused, steps, hours)
 
 
+def packing_line(plan: SweepPlan) -> str | None:
+    """One line on packing trials per GPU (``sweep/packing.py``'s rules), or None when there is nothing to say.
+
+    Whole GPUs (or none, a CPU spec): the suggested ``resources.gpus`` when the trials are small enough to share a
+    card. Fractional GPUs: whether that many trials per card fit its memory.
+    """
+    gpus = plan.spec.resources.gpus
+    s = suggest_for_configs([t.config for t in plan.trials])
+    gflop, each, card = s.flops_per_step / 1e9, s.peak_bytes / GIB, s.card_memory_gib
+    if 0 < gpus < 1:
+        k = trials_per_gpu_of(gpus)
+        if k <= s.fit_in_memory:
+            return (f"packing: resources.gpus {gpus:g} puts {k} trials on a GPU; they fit in memory "
+                    f"({each:.1f} GiB each, {MEMORY_HEADROOM:.0%} of the card's {card:g} GiB holds {s.fit_in_memory})")
+        fix = f"use resources.gpus: {1 / s.fit_in_memory:.3g}" if s.fit_in_memory else "not even one fits"
+        return (f"[yellow]warning:[/] packing: resources.gpus {gpus:g} puts {k} trials on a GPU, {k} x {each:.1f} "
+                f"GiB exceeds {MEMORY_HEADROOM:.0%} of the card's {card:g} GiB; {fix} (benchmarks/README.md)")
+    if s.trials_per_gpu == 1:
+        if gpus == 0:
+            return None  # a CPU spec whose trials would fill a GPU anyway: nothing to suggest
+        why = ("their step fills a GPU" if trials_the_work_allows(s.flops_per_step) == 1 else
+               f"{each:.1f} GiB each leaves no room for a second in {card:g} GiB")
+        return f"packing: none, one trial per GPU ({gflop:,.1f} GFLOP per step; {why})"
+    where = "on GPUs, " if gpus == 0 else ""
+    return (f"packing: {where}these trials are small ({gflop:,.1f} GFLOP per step); {s.trials_per_gpu} per GPU "
+            f"(resources.gpus: {s.gpus_per_trial:g}) fit in memory ({each:.1f} GiB each) and gave "
+            f"{s.measured_speedup:.1f}x the throughput of one alone on an {MEASURED_PACKING_GPU} "
+            f"(benchmarks/README.md)")
+
+
 def print_plan(plan: SweepPlan, console: Console | None = None) -> PlanTotals:
     console = console or Console()
     trials = {t.trial_id: t for t in plan.trials}
@@ -83,4 +115,7 @@ def print_plan(plan: SweepPlan, console: Console | None = None) -> PlanTotals:
         f"{tot.steps:,} optimizer steps to run, about {tot.gpu_hours:.2f} GPU-hours on an {REFERENCE_GPU} "
         f"(estimated from reference throughput, evaluation not counted)"
     )
+    line = packing_line(plan)
+    if line:
+        console.print(line)
     return tot
