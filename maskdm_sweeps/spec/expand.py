@@ -188,6 +188,28 @@ def resolve_trial(spec: SweepSpec, point: dict[str, Any], lines: dict, source: s
     return TrialPlan("t-" + config.stage_hash("finetune")[:10], _label(assignments), assignments, config, pretrain_key)
 
 
+def _check_batches_split(spec: SweepSpec, trials: list[TrialPlan], lines: dict, source: str) -> None:
+    """Each stage's batch is global: with several workers it must split evenly (else no trial could start)."""
+    workers = spec.resources.workers
+    problems: dict[str, Problem] = {}
+    for trial in trials:
+        for stage in trial.config.stages():
+            batch = getattr(trial.config, stage).batch_size
+            if batch % workers == 0:
+                continue
+            key = f"{stage}.batch_size"
+            if key in trial.assignments:
+                path, line = _axis_line(key, spec, lines)
+            else:
+                path = ("base", stage, "batch_size")
+                line = lines.get(path) or lines.get(("resources", "workers"))
+            problems.setdefault(".".join(path), Problem(
+                ".".join(path), f"{key} {batch} does not split evenly over resources.workers = {workers}: the batch "
+                f"is the global batch of all workers; use a multiple of {workers}", line, source))
+    if problems:
+        raise SpecError(list(problems.values()))
+
+
 def build_plan(spec: SweepSpec, lines: dict | None = None, source: str = "", spec_hash: str = "",
                check_paths: bool = True) -> SweepPlan:
     """Expand a validated spec into trials and shared pre-trainings; raises :class:`SpecError` on bad axes."""
@@ -205,4 +227,5 @@ def build_plan(spec: SweepSpec, lines: dict | None = None, source: str = "", spe
             )
     if not trials:
         raise SpecError([Problem("sweep", "the sweep expands to no trials", lines.get(("sweep",)), source)])
+    _check_batches_split(spec, list(trials.values()), lines, source)
     return SweepPlan(spec, list(trials.values()), pretrains, spec_hash)

@@ -127,12 +127,33 @@ class SweepConfig(_Strict):
 class ResourcesConfig(_Strict):
     """What each trial gets, and how many run at once."""
 
-    gpus: float = Field(1.0, ge=0, description="GPUs per trial; fractions pack several trials on one GPU.")
-    cpus: float = Field(1.0, gt=0, description="CPU cores per trial.")
+    workers: int = Field(1, ge=1, description="Data-parallel workers per trial (Ray Train, PyTorch DDP: NCCL on "
+                         "GPUs, gloo on CPUs). The batch sizes stay global (split evenly over the workers, so they "
+                         "must divide by it); gpus and cpus are per worker.")
+    gpus: float = Field(1.0, ge=0, description="GPUs per trial (per worker when workers > 1: whole GPUs); "
+                        "fractions pack several trials on one GPU.")
+    cpus: float = Field(1.0, gt=0, description="CPU cores per trial (per worker when workers > 1).")
     max_concurrent_trials: int = Field(0, ge=0, description="Upper bound on trials running at once (0: as "
                                        "many as the resources allow).")
     max_failures: int = Field(1, ge=0, description="Retries of a trial whose process fails, each from its last "
-                              "checkpoint.")
+                              "checkpoint (with workers > 1: also restarts of the worker group after a worker dies).")
+
+    @model_validator(mode="after")
+    def _whole_gpus_per_worker(self) -> "ResourcesConfig":
+        if self.workers > 1 and self.gpus != int(self.gpus):
+            raise ValueError(f"gpus must be a whole number when workers > 1 (got {self.gpus}): NCCL cannot place "
+                             "two ranks of one trial on one GPU; pack single-worker trials instead")
+        return self
+
+    @property
+    def trial_gpus(self) -> float:
+        """GPUs a trial holds, all workers together."""
+        return self.workers * self.gpus
+
+    @property
+    def trial_cpus(self) -> float:
+        """CPUs a trial holds, all workers together."""
+        return self.workers * self.cpus
 
 
 class TrackingConfig(_Strict):

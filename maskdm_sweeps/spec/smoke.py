@@ -103,5 +103,8 @@ def smoke_spec(raw: dict[str, Any]) -> dict[str, Any]:
     scheduler = sweep.get("scheduler") or {}
     if scheduler.get("grace_period"):
         scheduler["grace_period"] = min(scheduler["grace_period"], SMOKE_FINETUNE_STEPS // 4)
-    spec["resources"] = {**(spec.get("resources") or {}), "gpus": 0, "cpus": 1}
+    # one CPU per trial in all, shared by its workers (gloo): a 2-worker smoke trial fits a laptop too
+    resources = spec.get("resources") or {}
+    workers = resources.get("workers", 1) if isinstance(resources.get("workers", 1), int) else 1
+    spec["resources"] = {**resources, "gpus": 0, "cpus": round(1 / max(1, workers), 4)}
     return spec

@@ -30,7 +30,10 @@ def _effective_rate(trial) -> float:
 
 
 def _gpus(plan: SweepPlan) -> float:
-    return max(1.0, plan.spec.resources.gpus)  # a fractional trial shares a GPU: count the whole GPU's hours
+    """GPU-hours per single-GPU hour of work: a trial's W workers each do 1/W of it (ideal data-parallel scaling)
+    while holding all W x gpus GPUs; a fractional trial shares a GPU: count the whole GPU's hours."""
+    r = plan.spec.resources
+    return r.workers * max(1.0, r.gpus) / r.workers  # = max(1, gpus): W workers x 1/W of the time
 
 
 def totals(plan: SweepPlan) -> PlanTotals:
@@ -58,6 +61,8 @@ def packing_line(plan: SweepPlan) -> str | None:
     card. Fractional GPUs: whether that many trials per card fit its memory.
     """
     gpus = plan.spec.resources.gpus
+    if plan.spec.resources.workers > 1:
+        return None  # data-parallel workers hold whole GPUs: nothing to pack
     s = suggest_for_configs([t.config for t in plan.trials])
     gflop, each, card = s.flops_per_step / 1e9, s.peak_bytes / GIB, s.card_memory_gib
     if 0 < gpus < 1:
@@ -115,6 +120,14 @@ def print_plan(plan: SweepPlan, console: Console | None = None) -> PlanTotals:
         f"{tot.steps:,} optimizer steps to run, about {tot.gpu_hours:.2f} GPU-hours on an {REFERENCE_GPU} "
         f"(estimated from reference throughput, evaluation not counted)"
     )
+    r = plan.spec.resources
+    if r.workers > 1:
+        batches = sorted({getattr(t.config, st).batch_size for t in plan.trials for st in t.config.stages()})
+        console.print(
+            f"each trial trains on {r.workers} data-parallel workers ({r.gpus:g} GPUs and {r.cpus:g} CPUs each); "
+            f"batch sizes are global: {', '.join(f'{b} = {r.workers} x {b // r.workers}' for b in batches)} images "
+            f"per step; GPU-hours count all {r.trial_gpus:g} GPUs of a trial, whose wall time is about 1/{r.workers} "
+            "of one GPU's (ideal scaling)")
     line = packing_line(plan)
     if line:
         console.print(line)

@@ -66,9 +66,34 @@ def check_resources(plan: SweepPlan) -> None:
     if r.gpus > 0 and total.get("GPU", 0) == 0:
         raise ClusterTooSmall(f"resources.gpus is {r.gpus} but the Ray cluster has no GPU; run with --smoke for a "
                               "CPU run, or --set resources.gpus=0")
-    if r.gpus > total.get("GPU", 0) or r.cpus > total.get("CPU", 0):
-        raise ClusterTooSmall(f"a trial asks for {r.cpus} CPUs and {r.gpus} GPUs; the cluster has "
-                              f"{total.get('CPU', 0)} CPUs and {total.get('GPU', 0)} GPUs")
+    if r.trial_gpus > total.get("GPU", 0) or r.trial_cpus > total.get("CPU", 0):
+        workers = f" ({r.workers} workers of {r.cpus} CPUs and {r.gpus} GPUs)" if r.workers > 1 else ""
+        raise ClusterTooSmall(f"a trial asks for {r.trial_cpus} CPUs and {r.trial_gpus} GPUs{workers}; the cluster "
+                              f"has {total.get('CPU', 0)} CPUs and {total.get('GPU', 0)} GPUs")
+
+
+# A Tune trial whose stage runs on Ray Train workers only drives them: it holds no CPU (Tune needs some resource in
+# its request: a token of memory)
+DRIVER_RESOURCES = {"cpu": 0, "gpu": 0, "memory": 2**20}
+
+
+def trial_resources(plan: SweepPlan) -> dict[str, float]:
+    """What one Tune trial process requests: the trial's resources, or a driver's token when workers > 1."""
+    r = plan.spec.resources
+    return dict(DRIVER_RESOURCES) if r.workers > 1 else {"cpu": r.cpus, "gpu": r.gpus}
+
+
+def max_concurrent_trials(plan: SweepPlan) -> int | None:
+    """``resources.max_concurrent_trials``, or (0) as many trials as the cluster holds at once when workers > 1:
+    a Train run starts only with all of its workers, so more drivers would only wait (Ray's advice)."""
+    r = plan.spec.resources
+    if r.max_concurrent_trials or r.workers == 1:
+        return r.max_concurrent_trials or None
+    import ray
+
+    total = ray.cluster_resources()
+    fits = [total.get("CPU", 0) // r.trial_cpus] + ([total.get("GPU", 0) // r.trial_gpus] if r.gpus else [])
+    return max(1, int(min(fits)))
 
 
 def save_resolved_spec(plan: SweepPlan) -> Path:
@@ -150,8 +175,7 @@ def _run_phase(name: str, trainable, param_space: dict, ctx: SweepContext, resum
     from ray import tune
 
     spec = ctx.plan.spec
-    fn = tune.with_resources(tune.with_parameters(trainable, ctx=ctx), {"cpu": spec.resources.cpus,
-                                                                      "gpu": spec.resources.gpus})
+    fn = tune.with_resources(tune.with_parameters(trainable, ctx=ctx), trial_resources(ctx.plan))
     labels = {t.trial_id: t.label for t in ctx.plan.trials}
     if resume_path is not None and tune.Tuner.can_restore(str(resume_path)):
         tuner = tune.Tuner.restore(str(resume_path), fn, resume_unfinished=True, resume_errored=True)
@@ -160,7 +184,7 @@ def _run_phase(name: str, trainable, param_space: dict, ctx: SweepContext, resum
             fn,
             param_space=param_space,
             tune_config=tune.TuneConfig(num_samples=num_samples, search_alg=searcher, scheduler=scheduler,
-                                        max_concurrent_trials=spec.resources.max_concurrent_trials or None),
+                                        max_concurrent_trials=max_concurrent_trials(ctx.plan)),
             run_config=tune.RunConfig(
                 name=name, storage_path=str(ctx.plan.sweep_dir / "tune"),
                 failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),

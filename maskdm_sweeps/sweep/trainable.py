@@ -21,19 +21,22 @@ from ..trainer import InjectedFault, JsonlReporter, MultiReporter, NullReporter,
 from ..trainer.config import TrialConfig
 from .events import append_event
 
-FAULT_FILE = "test-fault"  # test-only: "<stage>:<step>" in <sweep dir>/test-fault kills each such stage run once
+# test-only: "<stage>:<step>[:<rank>]" in <sweep dir>/test-fault kills each such stage run once (rank 0 by default)
+FAULT_FILE = "test-fault"
 
 
 class TuneReporter(NullReporter):
-    """Trainer reports -> ``tune.report``; the training step is the time ASHA sees."""
+    """Trainer reports -> ``tune.report`` (or, in a Ray Train worker, ``ray.train.report``, which a callback hands
+    to Tune); the training step is the time ASHA sees."""
 
-    def __init__(self, trial_id: str, stage: str):
+    def __init__(self, trial_id: str, stage: str, report: Callable[[dict], None] | None = None):
         self.trial_id, self.stage = trial_id, stage
+        self.report = report or tune.report
         self.latest: dict[str, float] = {}
 
     def metrics(self, step: int, values: dict[str, float]) -> None:
         self.latest.update(values)
-        tune.report({**self.latest, "step": step, "stage": self.stage, "maskdm_trial": self.trial_id})
+        self.report({**self.latest, "step": step, "stage": self.stage, "maskdm_trial": self.trial_id})
 
 
 @dataclass
@@ -63,14 +66,21 @@ class SweepContext:
         return TrialPlan("t-" + config.stage_hash("finetune")[:10], label, assignments, config, pretrain_key)
 
 
-def _fault_step(sweep_dir: Path, stage: str, stage_dir: Path) -> int | None:
-    """The test-only fault hook: fire once per stage directory (a marker file remembers it fired)."""
+def fault_for(sweep_dir: Path, stage: str, stage_dir: Path, rank: int = 0) -> int | None:
+    """The test-only fault hook: the step at which this rank dies, once per stage directory (a marker file
+    remembers it fired)."""
     path = sweep_dir / FAULT_FILE
     if not path.exists() or (stage_dir / ".fault_fired").exists():
         return None
-    spec = path.read_text().strip()
-    fault_stage, _, step = spec.partition(":")
-    return int(step) if fault_stage == stage else None
+    fault_stage, step, fault_rank = (path.read_text().strip().split(":") + ["0"])[:3]
+    return int(step) if fault_stage == stage and int(fault_rank) == rank else None
+
+
+def stage_cost(resources, wall_seconds: float) -> dict[str, float]:
+    """The cost metrics of a finished stage run: wall seconds, and GPU-hours over all of the trial's GPUs (a
+    fractional, packed trial is counted as a whole GPU)."""
+    gpus = resources.workers * max(1.0, resources.gpus) if resources.gpus else 0.0
+    return {"cost/wall_seconds": wall_seconds, "cost/gpu_hours": wall_seconds * gpus / 3600.0}
 
 
 def run_stage(ctx: SweepContext, trial: TrialPlan, stage: str, stage_dir: Path, init: Path | None,
@@ -83,12 +93,14 @@ def run_stage(ctx: SweepContext, trial: TrialPlan, stage: str, stage_dir: Path, 
     resumed = load_latest_checkpoint(stage_dir / "checkpoints")
     append_event(sweep_dir, "stage_start", stage=stage, trial_id=trial.trial_id, key=key,
                  from_step=resumed[0]["step"] if resumed else 0, pid=os.getpid())
+    if ctx.plan.spec.resources.workers > 1:
+        return _run_stage_on_workers(ctx, trial, stage, stage_dir, init, key)
     # metrics.jsonl beside the checkpoints: the local record results/ reads (a resumed stage appends; the last
     # record of a step wins)
     reporters: list[Reporter] = [TuneReporter(trial.trial_id, stage), JsonlReporter(stage_dir / "metrics.jsonl")]
     if ctx.extra_reporters:
         reporters += ctx.extra_reporters(trial, stage, stage_dir)
-    fault = _fault_step(sweep_dir, stage, stage_dir)
+    fault = fault_for(sweep_dir, stage, stage_dir)
     try:
         result = fit(trial.config, stage, stage_dir, MultiReporter(*reporters), init_checkpoint=init, fault_at_step=fault)
     except InjectedFault:
@@ -99,15 +111,33 @@ def run_stage(ctx: SweepContext, trial: TrialPlan, stage: str, stage_dir: Path, 
                      error=f"{type(err).__name__}: {err}"[:500])
         _finish(reporters, "FAILED")
         raise
-    gpus = max(1.0, ctx.plan.spec.resources.gpus) if ctx.plan.spec.resources.gpus else 0.0
-    _finish(reporters, "FINISHED", {"cost/wall_seconds": result.wall_seconds,
-                                    "cost/gpu_hours": result.wall_seconds * gpus / 3600.0})
+    _finish(reporters, "FINISHED", stage_cost(ctx.plan.spec.resources, result.wall_seconds))
+    _stage_done(ctx, trial, stage, key, result.to_json())
+    return Path(result.checkpoint)
+
+
+def _run_stage_on_workers(ctx: SweepContext, trial: TrialPlan, stage: str, stage_dir: Path, init: Path | None,
+                          key: str) -> Path:
+    """``run_stage`` for ``resources.workers > 1``: a Ray Train worker group trains the stage (see ``workers``)."""
+    from .workers import StageJob, run_stage_on_workers
+
+    try:
+        run_stage_on_workers(StageJob(ctx, trial, stage, stage_dir, init, key))
+    except Exception as err:
+        append_event(ctx.plan.sweep_dir, "stage_error", stage=stage, trial_id=trial.trial_id, key=key,
+                     error=f"{type(err).__name__}: {err}"[:500])
+        raise
+    result = json.loads((stage_dir / "result.json").read_text())  # written by rank 0
+    _stage_done(ctx, trial, stage, key, result)
+    return Path(result["checkpoint"])
+
+
+def _stage_done(ctx: SweepContext, trial: TrialPlan, stage: str, key: str, result: dict) -> None:
     import ray
 
-    append_event(sweep_dir, "stage_done", stage=stage, trial_id=trial.trial_id, key=key,
-                 steps=result.steps, fid=result.fid, node_id=ray.get_runtime_context().get_node_id(),
-                 stopped_early=result.stopped_early)
-    return Path(result.checkpoint)
+    append_event(ctx.plan.sweep_dir, "stage_done", stage=stage, trial_id=trial.trial_id, key=key,
+                 steps=result["steps"], fid=result["fid"], node_id=ray.get_runtime_context().get_node_id(),
+                 stopped_early=result["stopped_early"], workers=result.get("workers", 1))
 
 
 def _limit_threads(ctx: SweepContext) -> None:

@@ -1,0 +1,104 @@
+"""A stage run on several data-parallel workers: Ray Train's ``TorchTrainer``, launched from the Tune trial.
+
+This is Ray's documented Train-inside-Tune pattern (Ray Train V2): the Tune trial is a light driver that starts a
+``TorchTrainer`` and waits; the trainer places ``resources.workers`` workers (each with ``resources.gpus`` GPUs and
+``resources.cpus`` CPUs, anywhere in the cluster), sets up the process group (NCCL on GPUs, gloo on CPUs) and runs
+:func:`_stage_worker` on every one of them. Each worker calls the shared trainer's ``fit``, which trains its rows of
+the global batch under DDP (:mod:`maskdm_sweeps.trainer.parallel`).
+
+* Metrics: every rank reports the same metrics at the same steps through ``ray.train.report`` (a barrier);
+  ``TuneReportCallback`` hands rank 0's to the Tune trial, so ASHA and the live table see them as for one worker.
+  Rank 0 alone also writes ``metrics.jsonl`` and the MLflow run.
+* Failures: when a worker dies, Ray Train restarts the whole group (``FailureConfig(max_failures)``) and every
+  rank resumes from the newest checkpoint in the stage directory (written by rank 0). Nothing is checkpointed through
+  Ray: the stage directory is the one source of truth, as for one worker.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..trainer import InjectedFault, JsonlReporter, MultiReporter, Reporter, fit, list_checkpoints
+from .events import append_event
+
+PROCESS_GROUP_TIMEOUT_S = 4 * 3600  # the other ranks wait in a collective while rank 0 computes a (10k-sample) FID
+
+
+@dataclass
+class StageJob:
+    """What every worker of one stage run needs (shipped to the workers in ``train_loop_config``)."""
+
+    ctx: "SweepContext"  # noqa: F821 (trainable.SweepContext; a string keeps the import one-way)
+    trial: "TrialPlan"  # noqa: F821
+    stage: str
+    stage_dir: Path
+    init: Path | None
+    key: str
+
+
+def run_stage_on_workers(job: StageJob) -> None:
+    """Train one stage run on ``resources.workers`` Ray Train workers; returns when rank 0 has written its result.
+
+    Raises what ``TorchTrainer.fit`` raises once the group has failed more than ``resources.max_failures`` times.
+    """
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    r = job.ctx.plan.spec.resources
+    per_worker = {"CPU": r.cpus, **({"GPU": r.gpus} if r.gpus else {})}
+    trainer = TorchTrainer(
+        _stage_worker,
+        train_loop_config={"job": job},
+        torch_config=TorchConfig(backend="nccl" if r.gpus else "gloo", timeout_s=PROCESS_GROUP_TIMEOUT_S),
+        scaling_config=ScalingConfig(num_workers=r.workers, use_gpu=r.gpus > 0, resources_per_worker=per_worker),
+        run_config=RunConfig(
+            # one Train run per attempt of the Tune trial: a retried trial starts a fresh group, which resumes from
+            # the stage directory's checkpoints (Train's own run state holds nothing we need)
+            name=f"{job.stage}-{job.key[:16]}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
+            storage_path=str(job.ctx.plan.sweep_dir / "tune" / "train"),  # beside Tune's own state
+            failure_config=FailureConfig(max_failures=r.max_failures),
+            callbacks=[TuneReportCallback()],
+        ),
+    )
+    trainer.fit()
+
+
+def _stage_worker(config: dict) -> None:
+    """One rank of a stage run (runs inside a Ray Train worker, the process group already set up)."""
+    import ray.train
+    import torch
+
+    from .trainable import TuneReporter, _finish, _limit_threads, fault_for, stage_cost
+
+    job: StageJob = config["job"]
+    ctx, trial, stage = job.ctx, job.trial, job.stage
+    rank = ray.train.get_context().get_world_rank()
+    _limit_threads(ctx)
+    if ctx.plan.spec.resources.gpus:
+        torch.cuda.set_device(ray.train.torch.get_device())  # "cuda" below then means this worker's GPU
+    reporters: list[Reporter] = [TuneReporter(trial.trial_id, stage, report=ray.train.report)]
+    if rank == 0:
+        reporters.append(JsonlReporter(job.stage_dir / "metrics.jsonl"))
+        if ctx.extra_reporters:
+            reporters += ctx.extra_reporters(trial, stage, job.stage_dir)
+        newest = list_checkpoints(job.stage_dir / "checkpoints")
+        append_event(ctx.plan.sweep_dir, "worker_group_start", stage=stage, trial_id=trial.trial_id, key=job.key,
+                     workers=ctx.plan.spec.resources.workers, pid=os.getpid(),
+                     newest_checkpoint=newest[-1].name if newest else None)
+    fault = fault_for(ctx.plan.sweep_dir, stage, job.stage_dir, rank)
+    try:
+        result = fit(trial.config, stage, job.stage_dir, MultiReporter(*reporters), init_checkpoint=job.init,
+                     fault_at_step=fault)
+    except InjectedFault:
+        (job.stage_dir / ".fault_fired").touch()
+        os._exit(17)  # a real process death: Ray Train sees a dead worker and restarts the group
+    except Exception:
+        if rank == 0:
+            _finish(reporters, "FAILED")
+        raise
+    if rank == 0:
+        _finish(reporters, "FINISHED", stage_cost(ctx.plan.spec.resources, result.wall_seconds))
