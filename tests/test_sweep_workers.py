@@ -113,6 +113,9 @@ def test_two_workers_give_the_parquet_rows_of_one_worker(runs):
     assert list(t1["trial_id"]) == list(t2["trial_id"]) and len(t1) == 2
     for col in ("loss_final", "fid"):
         assert t2[col].to_numpy() == pytest.approx(t1[col].to_numpy(), rel=1e-2), col
+    assert list(t1["gpus_per_trial"]) == [1.0, 1.0] and list(t2["gpus_per_trial"]) == [2.0, 2.0]  # all its GPUs
+    for t, gpus in ((t1, 1), (t2, 2)):
+        assert (t["gpu_hours"] * 3600 / gpus).to_numpy() == pytest.approx(t["wall_seconds"].to_numpy())
     c1, c2 = (pd.read_parquet(runs[w].sweep_dir / "curves.parquet") for w in (1, 2))
     key = ["trial_id", "stage", "metric", "step"]
     assert sorted(map(tuple, c1[key].drop_duplicates().to_numpy())) == sorted(map(tuple, c2[key].drop_duplicates().to_numpy()))

@@ -344,7 +344,8 @@ def _trial_row(sweep: str, trial_id: str, ft: _Stage, pre: _Stage | None, planne
     pre_wall = pre.wall_seconds() if pre is not None else (0.0 if baseline else math.nan)
     share = 0.0 if baseline else pre_wall / max(1, shared_by)
     gpus = _float(_get(spec, "resources.gpus"))
-    gpus = max(1.0, gpus) if math.isfinite(gpus) else 1.0
+    # every GPU the trial holds: a packed (fractional) trial counts a whole one, data-parallel workers one each
+    gpus = (max(1.0, gpus) if math.isfinite(gpus) else 1.0) * int(_get(spec, "resources.workers", 1) or 1)
     wall = ft_wall + share
     run_json = _read_json(ft.path / "mlflow_run.json")
     params = ft.params()

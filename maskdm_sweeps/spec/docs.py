@@ -273,7 +273,7 @@ TRIAL_COLUMN_DOCS: dict[str, tuple[str, str]] = {
     "fid_best": ("FID", "lowest FID over fine-tuning's evaluations"),
     "loss_final": ("", "final fine-tuning training loss (eps-MSE)"),
     "gpu_hours": ("GPU-hours", "`wall_seconds` x `gpus_per_trial` / 3600"),
-    "gpus_per_trial": ("GPUs", "`resources.gpus`, counted as at least 1"),
+    "gpus_per_trial": ("GPUs", "`resources.gpus` (counted as at least 1) x `resources.workers`: every GPU a trial holds"),
     "wall_seconds": ("s", "fine-tuning wall time plus this trial's share of its pre-training"),
     "finetune_wall_seconds": ("s", "fine-tuning wall time"),
     "pretrain_wall_seconds_share": ("s", "pre-training wall time / `pretrain_shared_by` (0 for the baseline)"),
