@@ -195,3 +195,27 @@ def test_bad_configs_fail_before_training_with_the_reason(tmp_path, edit, field,
         assert f"trial.yaml:{line})" in out.stderr
     if "nonexistent" in edit(TRIAL_YAML):
         assert "/nonexistent/" in out.stderr
+
+
+def test_compiling_trials_sample_through_one_compiled_denoiser_with_the_same_images(tmp_path):
+    from maskdm_sweeps.data import load_dataset
+    from maskdm_sweeps.maskdm import UViT, build_schedule
+    from maskdm_sweeps.trainer.evaluation import Evaluator
+
+    plain_cfg = tiny_trial_config(eval={"num_samples": 0, "grid_size": 8, "batch_size": 8})
+    compiled_cfg = tiny_trial_config(eval={"num_samples": 0, "grid_size": 8, "batch_size": 8},
+                                     runtime={"compile": True})
+    data, device = load_dataset(plain_cfg.data), torch.device("cpu")
+    torch.manual_seed(0)
+    net = UViT(plain_cfg.model_config_resolved())
+    schedule = build_schedule("linear", 1000)
+    plain = Evaluator(plain_cfg, data, device, None)
+    compiled = Evaluator(compiled_cfg, data, device, None, compile_backend="eager")  # dynamo, not inductor's C++
+    assert plain.compiled(net) is net
+    fast = compiled.compiled(net)
+    assert fast is not net and compiled.compiled(net) is fast  # compiled once per network, then reused
+    a = plain.evaluate(net, schedule, 1, tmp_path / "plain")
+    b = compiled.evaluate(net, schedule, 1, tmp_path / "compiled")
+    from PIL import Image
+
+    assert list(Image.open(a.grid_path).getdata()) == list(Image.open(b.grid_path).getdata())
