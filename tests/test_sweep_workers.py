@@ -144,3 +144,27 @@ def test_a_batch_that_does_not_split_over_the_workers_is_refused_before_any_tria
     text = str(err.value)
     assert "pretrain.batch_size 16 does not split evenly over resources.workers = 3" in text
     assert f"{path}:" in text  # names the file and line
+
+
+def test_plan_counts_all_gpus_of_a_trial_and_says_how_the_batch_splits(tmp_path):
+    from rich.console import Console
+
+    from maskdm_sweeps.sweep.plan_view import print_plan, totals
+
+    spec = tmp_path / "gpu.yaml"
+    for workers in (1, 4):
+        data = json.loads(json.dumps(SPEC))
+        data["output_dir"] = str(tmp_path)
+        data["resources"].update({"workers": workers, "gpus": 1, "cpus": 4})
+        spec.write_text(yaml.safe_dump(data))
+        plan = load_spec(spec)
+        console = Console(record=True, width=400)
+        tot = print_plan(plan, console)
+        if workers == 1:
+            one_gpu_hours = tot.gpu_hours
+            continue
+    text = console.export_text()
+    assert "each trial trains on 4 data-parallel workers" in text and "16 = 4 x 4 images per step" in text
+    assert "count all 4 GPUs" in text and "packing" not in text  # workers hold whole GPUs
+    # 4 GPUs for a quarter of the time each (ideal data-parallel scaling): the same GPU-hours as one GPU
+    assert tot.gpu_hours == pytest.approx(one_gpu_hours) and tot.gpu_hours > 0

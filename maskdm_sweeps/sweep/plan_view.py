@@ -30,10 +30,11 @@ def _effective_rate(trial) -> float:
 
 
 def _gpus(plan: SweepPlan) -> float:
-    """GPU-hours per single-GPU hour of work: a trial's W workers each do 1/W of it (ideal data-parallel scaling)
-    while holding all W x gpus GPUs; a fractional trial shares a GPU: count the whole GPU's hours."""
+    """GPU-hours per hour of one GPU's work. A trial's W workers hold W x gpus GPUs for 1/W of the time (ideal
+    data-parallel scaling); a fractional trial shares a GPU but is counted as holding a whole one."""
     r = plan.spec.resources
-    return r.workers * max(1.0, r.gpus) / r.workers  # = max(1, gpus): W workers x 1/W of the time
+    wall_fraction = 1.0 / r.workers
+    return wall_fraction * r.workers * max(1.0, r.gpus)
 
 
 def totals(plan: SweepPlan) -> PlanTotals:
