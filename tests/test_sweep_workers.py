@@ -1,8 +1,9 @@
 """Trials on several data-parallel workers: Ray Train inside a real Ray Tune sweep, gloo on the CPU.
 
-The same smoke sweep (a shared pre-training, its fine-tuning and the baseline, tracked in MLflow) runs once with one
-worker per trial and once with two; in the two-worker run, worker 1 of the fine-tuning dies mid-stage. Both runs
-must end with the same files, MLflow runs and parquet rows, and the same trained weights within float tolerance.
+The same smoke sweep (one trial, evaluated with FID and tracked in MLflow) runs once with one worker per trial and
+once with two; in the two-worker run, worker 1 dies mid-stage. Both runs must end with the same files, MLflow runs and
+parquet rows, and the same trained weights within float tolerance. (A Ray Train worker group takes ~20 s to start on
+this 2-core machine, so the sweep is one stage run; masked pre-training under DDP is proven in test_data_parallel.py.)
 """
 
 from __future__ import annotations
@@ -28,16 +29,17 @@ SPEC = {
         "data": {"name": "digits", "image_size": 8},
         "model": {"preset": "tiny"},
         "mask": {"strategy": "patch", "rate": 0.5},
-        "pretrain": {"steps": 20, "batch_size": 16},
+        "pretrain": {"steps": 0, "batch_size": 16},
         "finetune": {"steps": 30, "batch_size": 16},
         "eval": {"num_samples": 32, "batch_size": 32, "sampling_steps": 5, "grid_size": 16,
                  "backend": "digits-classifier"},
         "runtime": {"device": "cpu", "log_every_steps": 5, "checkpoint_every_steps": 10},
     },
-    "sweep": {"axes": {"mask.rate": [0.5]}, "baseline": True},
+    "sweep": {"axes": {"finetune.lr": [1e-3]}},
     "resources": {"gpus": 0, "cpus": 1, "max_failures": 1},
 }
-IGNORED = {"tune", "events.jsonl", "invocations.json", "spec.resolved.yaml", "test-fault"}  # runner state, not results
+# runner state and the MLflow database, not results (the MLflow runs are compared through MLflow below)
+IGNORED = {"tune", "events.jsonl", "invocations.json", "spec.resolved.yaml", "test-fault", "mlflow.db"}
 
 
 def _write_spec(tmp_path: Path, workers: int) -> Path:
@@ -64,27 +66,35 @@ def runs(tmp_path_factory):
     return plans
 
 
-def _result_files(sweep_dir: Path) -> set[str]:
-    return {str(p.relative_to(sweep_dir)) for p in sweep_dir.rglob("*")
-            if p.is_file() and p.relative_to(sweep_dir).parts[0] not in IGNORED and not p.name.startswith(".")}
+def _result_files(output_dir: Path) -> Counter:
+    """Every file the sweep left under its output directory (shared pre-trainings too); MLflow run ids masked."""
+    names = Counter()
+    for p in output_dir.rglob("*"):
+        parts = list(p.relative_to(output_dir).parts)
+        if p.is_file() and not IGNORED & set(parts) and not p.name.startswith("."):
+            if parts[0] == "mlartifacts":
+                parts[2] = "<run id>"
+            names["/".join(parts)] += 1
+    return names
 
 
 def test_two_workers_write_the_files_of_one_worker(runs):
-    one, two = _result_files(runs[1].sweep_dir), _result_files(runs[2].sweep_dir)
+    one, two = (_result_files(runs[w].spec.output_dir) for w in (1, 2))
     assert one == two
-    assert "trials.parquet" in one and any(f.endswith("result.json") for f in one)
+    assert "workers/trials.parquet" in one and sum(f.endswith("/result.json") for f in one) == 1
 
 
 def test_two_workers_train_the_weights_of_one_worker(runs):
-    finetunes = sorted(runs[1].sweep_dir.rglob("finetune/checkpoints"))
-    assert len(finetunes) == 2  # the masked trial and the baseline
-    for ckpt_dir in finetunes:
-        rel = ckpt_dir.relative_to(runs[1].sweep_dir)
-        (s1, p1), (s2, p2) = load_latest_checkpoint(ckpt_dir), load_latest_checkpoint(runs[2].sweep_dir / rel)
+    out1, out2 = runs[1].spec.output_dir, runs[2].spec.output_dir
+    stages = sorted(out1.rglob("checkpoints"))
+    assert len(stages) == 1
+    for ckpt_dir in stages:
+        rel = ckpt_dir.relative_to(out1)
+        (s1, p1), (s2, p2) = load_latest_checkpoint(ckpt_dir), load_latest_checkpoint(out2 / rel)
         assert p1.name == p2.name == "step_000000030.pt"
         for key, w in s1["model"].items():
             torch.testing.assert_close(s2["model"][key], w, rtol=1e-3, atol=1e-4, msg=f"{rel}: {key}")
-        result = json.loads((runs[2].sweep_dir / rel.parent / "result.json").read_text())
+        result = json.loads((out2 / rel.parent / "result.json").read_text())
         assert result["workers"] == 2
         assert len(result["replica_checksums"]) == 2 and len(set(result["replica_checksums"])) == 1
 
@@ -93,10 +103,10 @@ def test_a_dead_worker_restarts_its_group_from_the_last_checkpoint(runs):
     events = read_events(runs[2].sweep_dir)
     groups = Counter((e["stage"], e["trial_id"]) for e in events if e["event"] == "worker_group_start")
     finetunes = {(e["stage"], e["trial_id"]) for e in events if e["event"] == "stage_done" and e["stage"] == "finetune"}
-    assert len(finetunes) == 2
+    assert len(finetunes) == 1
     assert all(groups[key] == 2 for key in finetunes), groups  # started, worker 1 died at 15, restarted
     restarts = [e["newest_checkpoint"] for e in events if e["event"] == "worker_group_start" and e["stage"] == "finetune"]
-    assert sorted(restarts, key=str) == sorted([None, None, "step_000000010.pt", "step_000000010.pt"], key=str)
+    assert restarts == [None, "step_000000010.pt"]
     assert all(e["workers"] == 2 for e in events if e["event"] == "stage_done")
     # the restarted group resumed from the step-10 checkpoint: no step is missing; 15 was reported before the death
     for metrics in runs[2].sweep_dir.rglob("finetune/metrics.jsonl"):
@@ -110,10 +120,10 @@ def test_two_workers_give_the_parquet_rows_of_one_worker(runs):
     t1, t2 = (pd.read_parquet(runs[w].sweep_dir / "trials.parquet").sort_values("trial_id").reset_index(drop=True)
               for w in (1, 2))
     assert list(t1.columns) == list(t2.columns)
-    assert list(t1["trial_id"]) == list(t2["trial_id"]) and len(t1) == 2
+    assert list(t1["trial_id"]) == list(t2["trial_id"]) and len(t1) == 1
     for col in ("loss_final", "fid"):
         assert t2[col].to_numpy() == pytest.approx(t1[col].to_numpy(), rel=1e-2), col
-    assert list(t1["gpus_per_trial"]) == [1.0, 1.0] and list(t2["gpus_per_trial"]) == [2.0, 2.0]  # all its GPUs
+    assert list(t1["gpus_per_trial"]) == [1.0] and list(t2["gpus_per_trial"]) == [2.0]  # all its GPUs
     for t, gpus in ((t1, 1), (t2, 2)):
         assert (t["gpu_hours"] * 3600 / gpus).to_numpy() == pytest.approx(t["wall_seconds"].to_numpy())
     c1, c2 = (pd.read_parquet(runs[w].sweep_dir / "curves.parquet") for w in (1, 2))
@@ -134,7 +144,8 @@ def test_two_workers_log_the_mlflow_runs_of_one_worker(runs):
 
     one, two = summary(runs[1]), summary(runs[2])
     assert one == two
-    assert Counter(s[0] for s in one) == Counter({"sweep": 1, "pretrain": 1, "finetune": 2})
+    assert Counter(s[0] for s in one) == Counter({"sweep": 1, "finetune": 1})
+    assert all("eval/fid" in s[4] for s in one if s[0] != "sweep")  # rank 0's FID reaches the run
 
 
 def test_a_batch_that_does_not_split_over_the_workers_is_refused_before_any_trial(tmp_path):
@@ -142,7 +153,7 @@ def test_a_batch_that_does_not_split_over_the_workers_is_refused_before_any_tria
     with pytest.raises(SpecError) as err:
         load_spec(path)
     text = str(err.value)
-    assert "pretrain.batch_size 16 does not split evenly over resources.workers = 3" in text
+    assert "finetune.batch_size 16 does not split evenly over resources.workers = 3" in text
     assert f"{path}:" in text  # names the file and line
 
 
