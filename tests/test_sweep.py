@@ -68,9 +68,9 @@ def test_shared_pretrainings_run_once_and_are_reused_by_a_later_run(tmp_path, mo
 
 
 def test_a_trial_that_crashes_once_is_retried_from_its_checkpoint_with_identical_results(tmp_path):
-    sweep = {"axes": {"mask.rate": [0.5]}}
-    clean = plan_for(tmp_path / "clean", "fault", sweep, {"finetune": {"steps": 30}})
-    crashy = plan_for(tmp_path / "crashy", "fault", sweep, {"finetune": {"steps": 30}}, {"max_failures": 1})
+    sweep, one_stage = {}, {"pretrain": {"steps": 0}, "finetune": {"steps": 30}}  # one stage run keeps it short
+    clean = plan_for(tmp_path / "clean", "fault", sweep, one_stage)
+    crashy = plan_for(tmp_path / "crashy", "fault", sweep, one_stage, {"max_failures": 1})
     crashy.sweep_dir.mkdir(parents=True)
     (crashy.sweep_dir / "test-fault").write_text("finetune:17")  # the trial process dies once at step 17
     assert run_sweep(clean).exit_code == 0
