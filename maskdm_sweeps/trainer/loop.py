@@ -136,7 +136,7 @@ class _StageRun:
         s = self.stage_cfg
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=warmup_lr(0, s.lr, s.warmup_steps), betas=s.betas,
-            weight_decay=s.weight_decay, fused=self.device.type == "cuda",
+            weight_decay=s.weight_decay, fused=True,  # one kernel group per step, CPU and CUDA
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.graphed = config.runtime.compile and config.runtime.compile_mode == "reduce-overhead"
