@@ -380,15 +380,15 @@ def section_sampling(args, device: torch.device, result: dict) -> None:
     result["sections"]["sampling"] = {
         "preset": args.preset, "sampler": "ddim", "eta": 1.0, "steps": args.sampling_steps, "batch": args.sample_batch,
         "precision": "bf16 autocast" if device.type == "cuda" else "fp32", "rows": rows,
-        "images_per_second": rows[0]["images_per_second"],  # the package's path: an eager denoiser
+        "images_per_second": rows[0]["images_per_second"],  # the package's path without runtime.compile: eager
         "images_per_second_compiled": rows[1]["images_per_second"] if len(rows) > 1 else None,
     }
     print_table(f"sampling: DDIM-{args.sampling_steps} (eta 1), {args.preset}, no EMA, {device_name(device)}",
                 ["denoiser", "batch", "seconds", "img/s", "forwards/s", "warm s"],
                 [[r["model"], args.sample_batch, fmt(r["seconds"], 2), sig(r["images_per_second"]),
                   sig(r["denoiser_forwards_per_second"]), fmt(r["warm_seconds"])] for r in rows],
-                [] if args.sampling_compile else ["--sampling-compile adds a torch.compile'd denoiser (not what the "
-                                                  "package's evaluation runs today)"])
+                [] if args.sampling_compile else ["--sampling-compile adds a torch.compile'd denoiser (what the "
+                                                  "package's evaluation runs when runtime.compile is on)"])
     del model, variants
     torch._dynamo.reset()
     if device.type == "cuda":
@@ -414,9 +414,11 @@ def inception_weights(args, workdir: Path) -> tuple[Path, str]:
 
 def section_fid(args, device: torch.device, workdir: Path, result: dict) -> None:
     from maskdm_sweeps.metrics import InceptionBackend
+    from maskdm_sweeps.metrics.backends import default_inception_chunk
 
     cfg = MODEL_PRESETS[args.preset]
-    chunks = [50] if args.quick or device.type != "cuda" else [50, 500]  # 50: the package's default chunk
+    package_chunk = default_inception_chunk(device)
+    chunks = [50] if args.quick or device.type != "cuda" else [50, 500]
     weights, origin = inception_weights(args, workdir)
     gen = torch.Generator(device=device).manual_seed(0)
     images = torch.rand(args.fid_images, 3, cfg.img_size, cfg.img_size, generator=gen, device=device) * 2 - 1
@@ -436,14 +438,16 @@ def section_fid(args, device: torch.device, workdir: Path, result: dict) -> None
     section = result["sections"]["fid"] = {
         "backend": "inception", "weights": str(backend.weights_path), "weights_origin": origin,
         "weights_format": backend.format, "image_size": cfg.img_size, "rows": rows,
-        "images_per_second": rows[0]["images_per_second"],
+        "package_chunk": package_chunk,
+        "images_per_second": next((r for r in rows if r["chunk"] == package_chunk), rows[0])["images_per_second"],
         "images_per_second_best": max(r["images_per_second"] for r in rows),
     }
     print_table(f"FID features: Inception ({backend.format}, {backend.weights_path.name}, {origin}), "
                 f"{cfg.img_size}px -> 299px, {device_name(device)}",
                 ["chunk", "images", "seconds", "img/s"],
                 [[r["chunk"], r["images"], fmt(r["seconds"], 2), sig(r["images_per_second"])] for r in rows],
-                ["chunk 50 is the package default (InceptionBackend(chunk=50)); the estimate below uses it"])
+                [f"chunk {package_chunk} is the package default on this device (InceptionBackend); the estimate below "
+                 "uses it"])
     sampling = result["sections"].get("sampling")
     if sampling and "images_per_second" in sampling:
         n = FID_TARGET_IMAGES
@@ -755,8 +759,11 @@ def compute_targets(args, device: torch.device, result: dict) -> dict:
         ro9["images_per_second"] / ro0["images_per_second"] if ro0 and ro9 else None,
         f"batch {args.batch_masked}, reduce-overhead" if ro0 and ro9 else "needs reduce-overhead rows (CUDA)")
     est = sections.get("fid", {}).get("estimate_10k")
-    put("ddim100_inception_10k_seconds", est["total_seconds"] if est else None,
-        f"sampling batch {sections['sampling']['batch']}, package Inception chunk 50" if est else
+    compiled = est.get("total_seconds_compiled_denoiser_best_chunk") if est else None
+    put("ddim100_inception_10k_seconds", (compiled or est["total_seconds"]) if est else None,
+        (f"compiled denoiser (a trial with runtime.compile), batch {sections['sampling']['batch']}, best Inception "
+         "chunk") if compiled else
+        f"sampling batch {sections['sampling']['batch']}, package Inception chunk {sections['fid'].get('package_chunk', 50)}" if est else
         "needs the sampling and fid sections")
     pack = {r["trials"]: r for r in sections.get("packing", {}).get("rows", [])}
     put("packing_4_over_1", pack[4]["vs_one_alone"] if 4 in pack else None,
