@@ -2,8 +2,8 @@
 
 The same smoke sweep (one trial, evaluated with FID and tracked in MLflow) runs once with one worker per trial and
 once with two; in the two-worker run, worker 1 dies mid-stage. Both runs must end with the same files, MLflow runs and
-parquet rows, and the same trained weights within float tolerance. (A Ray Train worker group takes ~20 s to start on
-this 2-core machine, so the sweep is one stage run; masked pre-training under DDP is proven in test_data_parallel.py.)
+parquet rows, and the same trained weights within float tolerance. (Each Ray Train worker group is slow to start on a
+2-core machine, so the sweep is one stage run; masked pre-training under DDP is proven in test_data_parallel.py.)
 """
 
 from __future__ import annotations

@@ -32,9 +32,7 @@ def _effective_rate(trial) -> float:
 def _gpus(plan: SweepPlan) -> float:
     """GPU-hours per hour of one GPU's work. A trial's W workers hold W x gpus GPUs for 1/W of the time (ideal
     data-parallel scaling); a fractional trial shares a GPU but is counted as holding a whole one."""
-    r = plan.spec.resources
-    wall_fraction = 1.0 / r.workers
-    return wall_fraction * r.workers * max(1.0, r.gpus)
+    return max(1.0, plan.spec.resources.gpus)  # (1 / workers of the time) x (workers x gpus GPUs)
 
 
 def totals(plan: SweepPlan) -> PlanTotals:

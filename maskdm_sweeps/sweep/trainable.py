@@ -17,7 +17,8 @@ from typing import Any, Callable
 from ray import tune
 
 from ..spec.expand import SweepPlan, TrialPlan, set_dotted
-from ..trainer import InjectedFault, JsonlReporter, MultiReporter, NullReporter, Reporter, fit, load_latest_checkpoint
+from ..trainer import (InjectedFault, JsonlReporter, MultiReporter, NullReporter, Reporter, StageResult, fit,
+                       load_latest_checkpoint)
 from ..trainer.config import TrialConfig
 from .events import append_event
 
@@ -85,7 +86,10 @@ def stage_cost(resources, wall_seconds: float) -> dict[str, float]:
 
 def run_stage(ctx: SweepContext, trial: TrialPlan, stage: str, stage_dir: Path, init: Path | None,
               key: str) -> Path:
-    """Run (or resume, or skip when finished) one stage run; returns its final checkpoint."""
+    """Run (or resume, or skip when finished) one stage run; returns its final checkpoint.
+
+    One worker trains in this process; several (``resources.workers > 1``) in a Ray Train group (see ``workers``).
+    """
     done = stage_dir / "result.json"
     if done.exists():
         return Path(json.loads(done.read_text())["checkpoint"])
@@ -93,43 +97,47 @@ def run_stage(ctx: SweepContext, trial: TrialPlan, stage: str, stage_dir: Path, 
     resumed = load_latest_checkpoint(stage_dir / "checkpoints")
     append_event(sweep_dir, "stage_start", stage=stage, trial_id=trial.trial_id, key=key,
                  from_step=resumed[0]["step"] if resumed else 0, pid=os.getpid())
-    if ctx.plan.spec.resources.workers > 1:
-        return _run_stage_on_workers(ctx, trial, stage, stage_dir, init, key)
-    # metrics.jsonl beside the checkpoints: the local record results/ reads (a resumed stage appends; the last
-    # record of a step wins)
-    reporters: list[Reporter] = [TuneReporter(trial.trial_id, stage), JsonlReporter(stage_dir / "metrics.jsonl")]
-    if ctx.extra_reporters:
-        reporters += ctx.extra_reporters(trial, stage, stage_dir)
-    fault = fault_for(sweep_dir, stage, stage_dir)
+    try:
+        if ctx.plan.spec.resources.workers > 1:
+            from .workers import StageJob, run_stage_on_workers
+
+            run_stage_on_workers(StageJob(ctx, trial, stage, stage_dir, init, key))
+            result = json.loads(done.read_text())  # written by rank 0
+        else:
+            result = train_stage(ctx, trial, stage, stage_dir, init).to_json()
+    except Exception as err:
+        append_event(sweep_dir, "stage_error", stage=stage, trial_id=trial.trial_id, key=key,
+                     error=f"{type(err).__name__}: {err}"[:500])
+        raise
+    _stage_done(ctx, trial, stage, key, result)
+    return Path(result["checkpoint"])
+
+
+def train_stage(ctx: SweepContext, trial: TrialPlan, stage: str, stage_dir: Path, init: Path | None, rank: int = 0,
+                report: Callable[[dict], None] | None = None) -> StageResult:
+    """One rank's part of a stage run through the shared trainer (rank 0 of one: the whole run).
+
+    Every rank reports to Tune (``report``: ``tune.report`` by default); rank 0 also writes ``metrics.jsonl`` and
+    the extra reporters' runs (MLflow), which it closes with the outcome and the cost.
+    """
+    reporters: list[Reporter] = [TuneReporter(trial.trial_id, stage, report)]
+    if rank == 0:
+        # metrics.jsonl beside the checkpoints: the local record results/ reads (a resumed stage appends; the last
+        # record of a step wins)
+        reporters.append(JsonlReporter(stage_dir / "metrics.jsonl"))
+        if ctx.extra_reporters:
+            reporters += ctx.extra_reporters(trial, stage, stage_dir)
+    fault = fault_for(ctx.plan.sweep_dir, stage, stage_dir, rank)
     try:
         result = fit(trial.config, stage, stage_dir, MultiReporter(*reporters), init_checkpoint=init, fault_at_step=fault)
     except InjectedFault:
         (stage_dir / ".fault_fired").touch()
-        os._exit(17)  # a real process death, as a crashed GPU worker would die
-    except Exception as err:
-        append_event(sweep_dir, "stage_error", stage=stage, trial_id=trial.trial_id, key=key,
-                     error=f"{type(err).__name__}: {err}"[:500])
+        os._exit(17)  # a real process death, as a crashed GPU worker would die (Ray Train restarts a group)
+    except Exception:
         _finish(reporters, "FAILED")
         raise
     _finish(reporters, "FINISHED", stage_cost(ctx.plan.spec.resources, result.wall_seconds))
-    _stage_done(ctx, trial, stage, key, result.to_json())
-    return Path(result.checkpoint)
-
-
-def _run_stage_on_workers(ctx: SweepContext, trial: TrialPlan, stage: str, stage_dir: Path, init: Path | None,
-                          key: str) -> Path:
-    """``run_stage`` for ``resources.workers > 1``: a Ray Train worker group trains the stage (see ``workers``)."""
-    from .workers import StageJob, run_stage_on_workers
-
-    try:
-        run_stage_on_workers(StageJob(ctx, trial, stage, stage_dir, init, key))
-    except Exception as err:
-        append_event(ctx.plan.sweep_dir, "stage_error", stage=stage, trial_id=trial.trial_id, key=key,
-                     error=f"{type(err).__name__}: {err}"[:500])
-        raise
-    result = json.loads((stage_dir / "result.json").read_text())  # written by rank 0
-    _stage_done(ctx, trial, stage, key, result)
-    return Path(result["checkpoint"])
+    return result
 
 
 def _stage_done(ctx: SweepContext, trial: TrialPlan, stage: str, key: str, result: dict) -> None:

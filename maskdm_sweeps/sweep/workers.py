@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..trainer import InjectedFault, JsonlReporter, MultiReporter, Reporter, fit, list_checkpoints
+from ..trainer import list_checkpoints
 from .events import append_event
 
 PROCESS_GROUP_TIMEOUT_S = 4 * 3600  # the other ranks wait in a collective while rank 0 computes a (10k-sample) FID
@@ -72,7 +72,7 @@ def _stage_worker(config: dict) -> None:
     import ray.train
     import torch
 
-    from .trainable import TuneReporter, _finish, _limit_threads, fault_for, stage_cost
+    from .trainable import _limit_threads, train_stage
 
     job: StageJob = config["job"]
     ctx, trial, stage = job.ctx, job.trial, job.stage
@@ -80,25 +80,9 @@ def _stage_worker(config: dict) -> None:
     _limit_threads(ctx)
     if ctx.plan.spec.resources.gpus:
         torch.cuda.set_device(ray.train.torch.get_device())  # "cuda" below then means this worker's GPU
-    reporters: list[Reporter] = [TuneReporter(trial.trial_id, stage, report=ray.train.report)]
     if rank == 0:
-        reporters.append(JsonlReporter(job.stage_dir / "metrics.jsonl"))
-        if ctx.extra_reporters:
-            reporters += ctx.extra_reporters(trial, stage, job.stage_dir)
         newest = list_checkpoints(job.stage_dir / "checkpoints")
         append_event(ctx.plan.sweep_dir, "worker_group_start", stage=stage, trial_id=trial.trial_id, key=job.key,
                      workers=ctx.plan.spec.resources.workers, pid=os.getpid(),
                      newest_checkpoint=newest[-1].name if newest else None)
-    fault = fault_for(ctx.plan.sweep_dir, stage, job.stage_dir, rank)
-    try:
-        result = fit(trial.config, stage, job.stage_dir, MultiReporter(*reporters), init_checkpoint=job.init,
-                     fault_at_step=fault)
-    except InjectedFault:
-        (job.stage_dir / ".fault_fired").touch()
-        os._exit(17)  # a real process death: Ray Train sees a dead worker and restarts the group
-    except Exception:
-        if rank == 0:
-            _finish(reporters, "FAILED")
-        raise
-    if rank == 0:
-        _finish(reporters, "FINISHED", stage_cost(ctx.plan.spec.resources, result.wall_seconds))
+    train_stage(ctx, trial, stage, job.stage_dir, job.init, rank, report=ray.train.report)

@@ -200,8 +200,9 @@ class _StageRun:
         """Wall-clock seconds of this stage over all its attempts."""
         return self.wall_before + time.perf_counter() - self.started
 
-    def save(self) -> list[float]:
-        """Rank 0 writes a checkpoint; first every rank's weights are compared (returns their checksums)."""
+    def save(self) -> list[float] | None:
+        """Rank 0 writes a checkpoint; first every rank's weights are compared (returns their checksums; None when
+        alone)."""
         checksums = check_replicas(self.model, self.parallel) if self.parallel.enabled else None
         if self.parallel.is_main:
             path = save_checkpoint(self.state_dict(), self.workdir / "checkpoints", self.step,
