@@ -18,9 +18,12 @@ def draw(mask, batch=32, grid=GRID, seed=0):
         (PatchMask(rate=0.9), 256 - 230, 230 / 256),  # int(0.9 * 256) = 230
         (PatchMask(rate=0.5), 128, 0.5),
         (PatchMask(rate=0.0), 256, 0.0),
+        (PatchMask(rate=0.1), 256 - 25, 25 / 256),  # int(25.6) = 25: the count is floored, never rounded
+        (PatchMask(rate=0.3), 256 - 76, 76 / 256),  # int(76.8) = 76
         (BlockMask(rate=0.9, block_size=4), 32, 0.875),  # 230 // 16 = 14 blocks = 224 patches
         (BlockMask(rate=0.1, block_size=4), 240, 0.0625),  # 25 // 16 = 1 block
         (BlockMask(rate=0.5, block_size=2), 128, 0.5),  # 128 // 4 = 32 blocks
+        (BlockMask(rate=0.295, block_size=2), 256 - 72, 72 / 256),  # int(75.52) // 4 = 18 blocks (rounding: 19)
         (CropMask(crop_size=15), 225, 1 - 225 / 256),  # 12.1%
         (CropMask(crop_size=11), 121, 1 - 121 / 256),  # 52.7%
         (CropMask(crop_size=5), 25, 1 - 25 / 256),  # 90.2%

@@ -130,7 +130,7 @@ def build_sweep(root: Path, name: str = "fake", rates=(0.5, 0.9), seeds=(0, 1), 
         label = " ".join(f"{k}={v}" for k, v in point.items())
         trials.append({"trial_id": tid, "label": label, "assignments": point, "pretrain_key": key})
         if key is not None and key not in pretrains:
-            eff = round(rate * 256) / 256  # the tiny model's 16x16 grid floors the patch count
+            eff = int(rate * 256) / 256  # the tiny model's 16x16 grid floors the patch count
             pre = root / "_pretrain" / key
             pre.mkdir(parents=True)
             (pre / "config.json").write_text(json.dumps(cfg, indent=2))

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from maskdm_sweeps.maskdm import UViT
 from maskdm_sweeps.testing import tiny_trial_config
 from maskdm_sweeps.trainer import (
     EMA,
@@ -33,9 +34,24 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("MASKDM_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
+# EMA without warmup and a fast decay, so that the EMA weights differ from the online ones within a few steps
+FAST_EMA = {"decay": 0.9, "warmup": False}
+
+
+def state_equal(a, b) -> bool:
+    """Whether two nested checkpoint states (dicts, lists, tensors, numbers) are exactly equal."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(state_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(state_equal(x, y) for x, y in zip(a, b))
+    return a == b
+
+
 @pytest.mark.parametrize("stage", ["pretrain", "finetune"])
 def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, stage):
-    cfg = tiny_trial_config(pretrain={"steps": 30}, finetune={"steps": 30})
+    cfg = tiny_trial_config(pretrain={"steps": 30}, finetune={"steps": 30}, ema=FAST_EMA)
     whole = fit(cfg, stage, tmp_path / "whole", JsonlReporter(tmp_path / "whole.jsonl"))
     with pytest.raises(InjectedFault):
         fit(cfg, stage, tmp_path / "crash", JsonlReporter(tmp_path / "crash.jsonl"), fault_at_step=17)
@@ -45,22 +61,26 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, stage):
     assert sorted(got) == list(range(11, 31))  # continued from the step-10 checkpoint
     assert [got[s] for s in got] == [expected[s] for s in got]  # bit-identical on the CPU
     assert resumed.loss_final == whole.loss_final and resumed.steps == 30
-    a, b = (torch.load(Path(r.checkpoint), weights_only=True)["model"] for r in (whole, resumed))
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    a, b = (torch.load(Path(r.checkpoint), weights_only=True) for r in (whole, resumed))
+    assert not state_equal(a["ema"]["model"], a["model"])  # the EMA is a state of its own...
+    for part in ("model", "ema", "optimizer", "rng"):  # ...restored exactly, as are the weights, Adam and the seeds
+        assert state_equal(a[part], b[part]), part
 
 
 def test_truncated_checkpoint_falls_back_to_the_previous_one(tmp_path):
     cfg = tiny_trial_config(finetune={"steps": 30}, runtime={"keep_checkpoints": 3})
-    fit(cfg, "finetune", tmp_path / "run")
+    fit(cfg, "finetune", tmp_path / "run", JsonlReporter(tmp_path / "first.jsonl"))
     ckpts = list_checkpoints(tmp_path / "run" / "checkpoints")
     assert [p.name for p in ckpts] == ["step_000000010.pt", "step_000000020.pt", "step_000000030.pt"]
     newest = ckpts[-1]
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
     state, path = load_latest_checkpoint(tmp_path / "run" / "checkpoints")
     assert path == ckpts[-2] and state["step"] == 20
-    # and the stage continues from it: 10 more steps are trained, step for step as the first time
+    # and the stage continues from it: steps 21-30 are trained again, with the losses of the first time
     result = fit(cfg, "finetune", tmp_path / "run", JsonlReporter(tmp_path / "again.jsonl"))
-    assert sorted(losses(tmp_path / "again.jsonl")) == list(range(21, 31)) and result.steps == 30
+    first, again = losses(tmp_path / "first.jsonl"), losses(tmp_path / "again.jsonl")
+    assert sorted(again) == list(range(21, 31)) and result.steps == 30
+    assert again == {step: first[step] for step in range(21, 31)}
 
 
 def test_finetune_starts_from_the_pretrained_weights(tmp_path):
@@ -72,16 +92,19 @@ def test_finetune_starts_from_the_pretrained_weights(tmp_path):
     assert warm < 0.5 * cold, (warm, cold)  # the same first batch (same seeds), far lower loss
 
 
-def test_finetune_can_start_from_the_ema_weights(tmp_path):
-    cfg = tiny_trial_config(pretrain={"steps": 120}, finetune={"steps": 1, "init_from": "ema"})
-    pre = fit(cfg, "pretrain", tmp_path / "pre")
-    state = torch.load(pre.checkpoint, weights_only=True)
-    fit(cfg, "finetune", tmp_path / "ft", init_checkpoint=Path(pre.checkpoint))
-    ft = torch.load(next(iter(list_checkpoints(tmp_path / "ft" / "checkpoints"))), weights_only=True)
-    # after one step of EMA warmup (a plain copy) the fine-tune EMA holds the online weights of step 1, which
-    # started from the pre-trained EMA: the embedding moved by at most one AdamW step from it
-    delta = (ft["model"]["pos_embed"] - state["ema"]["model"]["pos_embed"]).abs().max()
-    assert delta < 3 * 2e-3 and not torch.equal(state["ema"]["model"]["pos_embed"], state["model"]["pos_embed"])
+@pytest.mark.parametrize("init_from", ["online", "ema"])
+def test_finetune_starts_from_the_pretrained_weights_it_is_told_to(tmp_path, init_from):
+    cfg = tiny_trial_config(pretrain={"steps": 20}, ema=FAST_EMA,
+                            finetune={"steps": 1, "init_from": init_from, "lr": 1e-9})  # 1 step that moves ~nothing
+    pre_checkpoint = Path(fit(cfg, "pretrain", tmp_path / "pre").checkpoint)
+    pre = torch.load(pre_checkpoint, weights_only=True)
+    fit(cfg, "finetune", tmp_path / "ft", init_checkpoint=pre_checkpoint)
+    ft = torch.load(list_checkpoints(tmp_path / "ft" / "checkpoints")[-1], weights_only=True)["model"]
+    chosen = pre["model"] if init_from == "online" else pre["ema"]["model"]
+    other = pre["ema"]["model"] if init_from == "online" else pre["model"]
+    for name in ("pos_embed", "head.weight", "patch_embed.weight"):
+        assert (ft[name] - chosen[name]).abs().max() < 1e-6, name  # one AdamW step of lr 1e-9 from the chosen
+        assert (ft[name] - other[name]).abs().max() > 1e-4, name  # and far from the other weights
 
 
 def test_ema_decay_follows_the_ema_pytorch_warmup():
@@ -122,9 +145,82 @@ def test_two_stage_trial_evaluates_with_the_in_domain_fid(tmp_path):
     assert [s for s, _ in fids] == [10, 20] and all(math.isfinite(f) and f > 0 for _, f in fids)
     assert results["finetune"].fid == fids[-1][1] and results["finetune"].fid_best == min(f for _, f in fids)
     assert sorted(p.name for p in (tmp_path / "finetune" / "samples").iterdir()) == ["step_000000010.png", "step_000000020.png"]
-    # re-running a finished trial trains nothing and returns the same results
-    again = run_trial(cfg, tmp_path)
-    assert again["finetune"].fid == results["finetune"].fid
+    # re-running a finished trial reports no training step, rewrites no checkpoint and returns the same results
+    written = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.pt")}
+    again = run_trial(cfg, tmp_path, lambda stage: JsonlReporter(tmp_path / f"again-{stage}.jsonl"))
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.pt")} == written
+    assert not any(read_jsonl_metrics(tmp_path / f"again-{stage}.jsonl") for stage in ("pretrain", "finetune")
+                   if (tmp_path / f"again-{stage}.jsonl").exists())
+    assert again["finetune"].fid == results["finetune"].fid and again["finetune"].steps == 20
+
+
+def evaluate_checkpoint_weights(cfg, checkpoint: Path, which: str, out: Path) -> float:
+    """FID of a checkpoint's online or EMA weights, evaluated apart from the trainer by the public Evaluator."""
+    from maskdm_sweeps.data import load_dataset
+    from maskdm_sweeps.maskdm import UViT, build_schedule
+    from maskdm_sweeps.trainer.evaluation import Evaluator
+
+    state = torch.load(checkpoint, weights_only=True)
+    net = UViT(cfg.model_config_resolved())
+    net.load_state_dict(state["model"] if which == "online" else state["ema"]["model"])
+    evaluator = Evaluator(cfg, load_dataset(cfg.data), torch.device("cpu"), None)
+    return evaluator.evaluate(net, build_schedule(cfg.diffusion.schedule, cfg.diffusion.num_timesteps), 0, out).fid
+
+
+@pytest.mark.parametrize("weights", ["ema", "online"])
+def test_the_reported_fid_is_that_of_the_configured_weights(tmp_path, weights):
+    cfg = tiny_trial_config(finetune={"steps": 20}, ema=FAST_EMA, eval={"num_samples": 64, "weights": weights})
+    result = fit(cfg, "finetune", tmp_path / "run")
+    other = "online" if weights == "ema" else "ema"
+    assert result.fid == evaluate_checkpoint_weights(cfg, Path(result.checkpoint), weights, tmp_path / "a")
+    assert result.fid != evaluate_checkpoint_weights(cfg, Path(result.checkpoint), other, tmp_path / "b")
+
+
+class RecordingUViT(UViT):
+    """The trainer's U-ViT, recording its initial weights, the keep-indices it is given and the tokens it runs on."""
+
+    built: list["RecordingUViT"] = []
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.initial = {k: v.clone() for k, v in self.state_dict().items()}
+        self.keep_indices: list[torch.Tensor | None] = []
+        self.tokens_seen: list[int] = []
+        self.mid_block.register_forward_hook(lambda module, args, out: self.tokens_seen.append(out.shape[1]))
+        RecordingUViT.built.append(self)
+
+    def forward(self, x_t, t, keep_idx=None):
+        self.keep_indices.append(keep_idx)
+        return super().forward(x_t, t, keep_idx)
+
+
+def test_a_pretraining_step_runs_the_network_on_the_kept_patches_only(tmp_path, monkeypatch):
+    import maskdm_sweeps.trainer.loop as loop
+
+    monkeypatch.setattr(loop, "UViT", RecordingUViT)
+    RecordingUViT.built.clear()
+    # one image per step, no weight decay: a patch position that was masked gets no update at all
+    cfg = tiny_trial_config(pretrain={"steps": 1, "batch_size": 1, "weight_decay": 0.0},
+                            mask={"strategy": "patch", "rate": 0.5})
+    result = fit(cfg, "pretrain", tmp_path / "run")
+    net = RecordingUViT.built[0]
+    grid = cfg.model_config_resolved().grid  # 4 x 4 patches of the 8 x 8 digits
+    (keep,) = net.keep_indices
+    assert keep.shape == (1, grid * grid // 2)  # K = 8 of N = 16
+    assert net.tokens_seen == [1 + keep.shape[1]]  # the time token and the K kept patches, nothing else
+    after = torch.load(result.checkpoint, weights_only=True)["model"]["pos_embed"][0]  # (1 + N, D)
+    before = net.initial["pos_embed"][0]
+    moved = {i for i in range(grid * grid) if not torch.equal(after[1 + i], before[1 + i])}
+    assert moved == set(keep[0].tolist())  # only the positions of the visible patches were trained
+
+
+def test_a_masked_step_differs_from_an_unmasked_step_on_the_same_batch(tmp_path):
+    first = {}
+    for rate in (0.0, 0.5):  # the same seeds: the same images, timesteps and noise in step 1
+        cfg = tiny_trial_config(pretrain={"steps": 1}, mask={"strategy": "patch", "rate": rate})
+        fit(cfg, "pretrain", tmp_path / str(rate), JsonlReporter(tmp_path / f"{rate}.jsonl"))
+        first[rate] = losses(tmp_path / f"{rate}.jsonl")[1]
+    assert first[0.0] != first[0.5]
 
 
 TRIAL_YAML = """\
