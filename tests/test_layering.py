@@ -1,4 +1,5 @@
-"""The method and the trainer stay free of ray, mlflow and yaml (DESIGN.md, "Boundaries")."""
+"""Import boundaries: the method and the trainer stay free of ray, mlflow and yaml; no import circle anywhere; the
+planning commands never load Ray."""
 
 import ast
 import subprocess
@@ -44,3 +45,80 @@ def test_nothing_it_loads_of_ours_imports_them(sub):
     assert heavy == "[]"
     offenders = {f: imported_roots(Path(f)) & FORBIDDEN for f in ast.literal_eval(ours)}
     assert {f: m for f, m in offenders.items() if m} == {}
+
+
+# ------------------------------------------------------------------------------------------------ import graph
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of_ours(path: Path, modules: set[str]) -> set[str]:
+    """The package's modules that ``path`` imports, at any depth of the file (deferred imports in functions too).
+
+    ``from pkg import name`` is an edge to ``pkg.name`` when that is a module, else to ``pkg`` itself.
+    """
+    name, out = module_name(path), set()
+    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            out |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = ".".join(package[: len(package) - node.level + 1] + [node.module or ""]).strip(".") \
+                if node.level else node.module or ""
+            out |= {f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names}
+    return {m for m in out if m in modules and m != name}
+
+
+def import_graph() -> dict[str, set[str]]:
+    files = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    return {name: imports_of_ours(path, set(files)) for name, path in files.items()}
+
+
+def find_circle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import circle as a path ``[a, b, ..., a]``, or None (depth-first search, three colours)."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (found := visit(start)):
+            return found
+    return None
+
+
+def test_the_circle_finder_finds_a_planted_circle():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}
+    assert find_circle(graph) == ["a", "b", "c", "a"]
+    assert find_circle({"a": {"b"}, "b": set()}) is None
+
+
+def test_the_package_has_no_import_circle():
+    graph = import_graph()
+    assert "maskdm_sweeps.sweep.runner" in graph["maskdm_sweeps.sweep.trainable"] or \
+        "maskdm_sweeps.sweep.trainable" in graph["maskdm_sweeps.sweep.runner"]  # the graph holds real edges
+    assert find_circle(graph) is None, " -> ".join(find_circle(graph))
+
+
+@pytest.mark.parametrize("command", ["validate", "plan"])
+def test_validate_and_plan_never_load_ray(command, tmp_path):
+    spec = Path(__file__).resolve().parents[1] / "experiments" / "quickstart.yaml"
+    code = (
+        "import sys; from maskdm_sweeps.cli import main; "
+        f"code = main([{command!r}, {str(spec)!r}]); "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'ray', 'mlflow'})); sys.exit(code)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout

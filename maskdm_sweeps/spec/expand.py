@@ -8,7 +8,9 @@ trials (and later sweeps) with equal pre-training settings share one run.
 from __future__ import annotations
 
 import copy
+import hashlib
 import itertools
+import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +19,9 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from ..trainer.config import TrialConfig
-from .loading import Problem, SpecError, problems_from_validation
+from .loading import Problem, SpecError, problems_from_validation, read_mapping, validate
 from .schema import SweepSpec
+from .smoke import smoke_spec
 
 PRETRAIN_ONLY_PREFIXES = ("mask", "pretrain")  # settings a baseline (no pre-training) ignores
 FINETUNE_ONLY_PREFIXES = ("finetune", "eval", "runtime")  # settings a pre-training ignores
@@ -229,3 +232,17 @@ def build_plan(spec: SweepSpec, lines: dict | None = None, source: str = "", spe
         raise SpecError([Problem("sweep", "the sweep expands to no trials", lines.get(("sweep",)), source)])
     _check_batches_split(spec, list(trials.values()), lines, source)
     return SweepPlan(spec, list(trials.values()), pretrains, spec_hash)
+
+
+def load_spec(path: Path, overrides: list[str] = (), smoke: bool = False, check_paths: bool = True) -> SweepPlan:
+    """Read, override, (smoke-)shrink, validate and expand a sweep spec into a :class:`SweepPlan`.
+
+    ``check_paths=False`` skips the existence checks of dataset paths (for planning away from the data).
+    Raises :class:`SpecError` (exit code 2 in the CLI) before anything starts.
+    """
+    data, lines, touched = read_mapping(path, overrides)
+    if smoke:
+        data = smoke_spec(data)
+    spec = validate(SweepSpec, data, lines, str(path), touched, check_paths)
+    resolved = json.dumps(spec.model_dump(mode="json"), sort_keys=True)
+    return build_plan(spec, lines, str(path), hashlib.sha256(resolved.encode()).hexdigest()[:16], check_paths)

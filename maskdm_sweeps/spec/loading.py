@@ -163,34 +163,16 @@ def validate(model: type[M], data: Any, lines: dict, source: str, touched=frozen
         raise SpecError(problems_from_validation(err, data, lines, source, touched)) from None
 
 
+def read_mapping(path: Path, overrides: list[str] = ()) -> tuple[dict, dict[tuple, int], set[tuple]]:
+    """A YAML file that must hold a mapping, with ``--set`` overrides applied: ``(data, lines, paths set)``."""
+    data, lines = read_yaml(path)
+    if not isinstance(data, dict):
+        raise SpecError([Problem("", "the file must hold a mapping of fields", 1, str(path))])
+    data, touched = apply_overrides(data, list(overrides))
+    return data, lines, touched
+
+
 def load_model(path: Path, model: type[M], overrides: list[str] = ()) -> M:
     """Read, override and validate ``path`` as ``model``; raises :class:`SpecError` on any problem."""
-    data, lines = read_yaml(path)
-    if not isinstance(data, dict):
-        raise SpecError([Problem("", "the file must hold a mapping of fields", 1, str(path))])
-    data, touched = apply_overrides(data, list(overrides))
+    data, lines, touched = read_mapping(path, overrides)
     return validate(model, data, lines, str(path), touched)
-
-
-def load_spec(path: Path, overrides: list[str] = (), smoke: bool = False, check_paths: bool = True):
-    """Read, override, (smoke-)shrink, validate and expand a sweep spec into a :class:`SweepPlan`.
-
-    ``check_paths=False`` skips the existence checks of dataset paths (for planning away from the data).
-    Raises :class:`SpecError` (exit code 2 in the CLI) before anything starts.
-    """
-    import hashlib
-    import json
-
-    from .expand import build_plan
-    from .schema import SweepSpec
-    from .smoke import smoke_spec
-
-    data, lines = read_yaml(path)
-    if not isinstance(data, dict):
-        raise SpecError([Problem("", "the file must hold a mapping of fields", 1, str(path))])
-    data, touched = apply_overrides(data, list(overrides))
-    if smoke:
-        data = smoke_spec(data)
-    spec = validate(SweepSpec, data, lines, str(path), touched, check_paths)
-    resolved = json.dumps(spec.model_dump(mode="json"), sort_keys=True)
-    return build_plan(spec, lines, str(path), hashlib.sha256(resolved.encode()).hexdigest()[:16], check_paths)

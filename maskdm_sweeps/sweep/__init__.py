@@ -1,6 +1,24 @@
-"""Sweeps on Ray Tune: the trainable, phases with shared pre-trainings, schedulers, searchers, resume."""
+"""Sweeps on Ray Tune: the trainable, phases with shared pre-trainings, schedulers, searchers, resume.
 
-from .events import read_events
-from .runner import SweepOutcome, init_ray, run_sweep
+The names below load on first use (PEP 562), so that planning (``sweep.plan_view``, ``sweep.packing``) and reading
+events never import Ray.
+"""
 
-__all__ = ["read_events", "SweepOutcome", "init_ray", "run_sweep"]
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+_HOME = {"read_events": "events", "SweepOutcome": "runner", "init_ray": "runner", "run_sweep": "runner"}
+
+__all__ = list(_HOME)
+
+if TYPE_CHECKING:
+    from .events import read_events
+    from .runner import SweepOutcome, init_ray, run_sweep
+
+
+def __getattr__(name: str):
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)

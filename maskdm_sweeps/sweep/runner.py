@@ -18,7 +18,8 @@ import yaml
 from ..spec.expand import SweepPlan, affects_pretraining
 from .events import append_event, read_events
 from .progress import LiveTable
-from .trainable import SweepContext, first_phase_trainable, trial_trainable
+from .context import SweepContext
+from .trainable import first_phase_trainable, trial_trainable
 
 INVOCATIONS = "invocations.json"
 RESOLVED_SPEC = "spec.resolved.yaml"

@@ -21,8 +21,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..spec.expand import TrialPlan
 from ..trainer import list_checkpoints
+from .context import SweepContext
 from .events import append_event
+from .stage import limit_threads, train_stage
 
 PROCESS_GROUP_TIMEOUT_S = 4 * 3600  # the other ranks wait in a collective while rank 0 computes a (10k-sample) FID
 
@@ -31,8 +34,8 @@ PROCESS_GROUP_TIMEOUT_S = 4 * 3600  # the other ranks wait in a collective while
 class StageJob:
     """What every worker of one stage run needs (shipped to the workers in ``train_loop_config``)."""
 
-    ctx: "SweepContext"  # noqa: F821 (trainable.SweepContext; a string keeps the import one-way)
-    trial: "TrialPlan"  # noqa: F821
+    ctx: SweepContext
+    trial: TrialPlan
     stage: str
     stage_dir: Path
     init: Path | None
@@ -72,12 +75,10 @@ def _stage_worker(config: dict) -> None:
     import ray.train
     import torch
 
-    from .trainable import _limit_threads, train_stage
-
     job: StageJob = config["job"]
     ctx, trial, stage = job.ctx, job.trial, job.stage
     rank = ray.train.get_context().get_world_rank()
-    _limit_threads(ctx)
+    limit_threads(ctx)
     if ctx.plan.spec.resources.gpus:
         torch.cuda.set_device(ray.train.torch.get_device())  # "cuda" below then means this worker's GPU
     if rank == 0:

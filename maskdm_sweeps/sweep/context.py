@@ -1,0 +1,38 @@
+"""What every trial process of a sweep needs, shipped once through ``tune.with_parameters``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..spec.expand import SweepPlan, TrialPlan, set_dotted
+from ..trainer import Reporter
+from ..trainer.config import TrialConfig
+
+
+@dataclass
+class SweepContext:
+    """Everything a trial process needs, shipped once through ``tune.with_parameters``."""
+
+    plan: SweepPlan
+    extra_reporters: Callable[[TrialPlan, str, Path], list[Reporter]] | None = None
+    trials: dict[str, TrialPlan] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.trials = {t.trial_id: t for t in self.plan.trials}
+
+    def trial_for(self, params: dict[str, Any]) -> TrialPlan:
+        """The trial of a Tune config: a planned trial id, plus sampled search values if any."""
+        base = self.trials[params["trial_id"]]
+        sampled = {k: v for k, v in params.items() if k != "trial_id"}
+        if not sampled:
+            return base
+        data = base.config.model_dump(mode="json")
+        for key, value in sampled.items():
+            set_dotted(data, key, value)
+        config = TrialConfig.model_validate(data)
+        pretrain_key = config.stage_hash("pretrain") if config.pretrain.steps > 0 else None
+        assignments = {**base.assignments, **sampled}
+        label = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in assignments.items())
+        return TrialPlan("t-" + config.stage_hash("finetune")[:10], label, assignments, config, pretrain_key)

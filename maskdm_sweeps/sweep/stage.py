@@ -1,0 +1,93 @@
+"""One rank's part of a stage run: the shared trainer's ``fit`` with the sweep's reporters, outcome and cost.
+
+Used alike by a trial that trains in its own process (one worker) and by every Ray Train worker of a data-parallel
+stage run. Only ``ray.tune.*`` is used here: ``ray.train.report`` fails a plain Tune trial (a Ray Train worker passes
+its own ``report``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+from ray import tune
+
+from ..spec.expand import TrialPlan
+from ..trainer import InjectedFault, JsonlReporter, MultiReporter, NullReporter, Reporter, StageResult, fit
+from .context import SweepContext
+
+# test-only: "<stage>:<step>[:<rank>]" in <sweep dir>/test-fault kills each such stage run once (rank 0 by default)
+FAULT_FILE = "test-fault"
+
+
+class TuneReporter(NullReporter):
+    """Trainer reports -> ``tune.report`` (or, in a Ray Train worker, ``ray.train.report``, which a callback hands
+    to Tune); the training step is the time ASHA sees."""
+
+    def __init__(self, trial_id: str, stage: str, report: Callable[[dict], None] | None = None):
+        self.trial_id, self.stage = trial_id, stage
+        self.report = report or tune.report
+        self.latest: dict[str, float] = {}
+
+    def metrics(self, step: int, values: dict[str, float]) -> None:
+        self.latest.update(values)
+        self.report({**self.latest, "step": step, "stage": self.stage, "maskdm_trial": self.trial_id})
+
+
+def fault_for(sweep_dir: Path, stage: str, stage_dir: Path, rank: int = 0) -> int | None:
+    """The test-only fault hook: the step at which this rank dies, once per stage directory (a marker file
+    remembers it fired)."""
+    path = sweep_dir / FAULT_FILE
+    if not path.exists() or (stage_dir / ".fault_fired").exists():
+        return None
+    fault_stage, step, fault_rank = (path.read_text().strip().split(":") + ["0"])[:3]
+    return int(step) if fault_stage == stage and int(fault_rank) == rank else None
+
+
+def stage_cost(resources, wall_seconds: float) -> dict[str, float]:
+    """The cost metrics of a finished stage run: wall seconds, and GPU-hours over all of the trial's GPUs (a
+    fractional, packed trial is counted as a whole GPU)."""
+    gpus = resources.workers * max(1.0, resources.gpus) if resources.gpus else 0.0
+    return {"cost/wall_seconds": wall_seconds, "cost/gpu_hours": wall_seconds * gpus / 3600.0}
+
+
+def train_stage(ctx: SweepContext, trial: TrialPlan, stage: str, stage_dir: Path, init: Path | None, rank: int = 0,
+                report: Callable[[dict], None] | None = None) -> StageResult:
+    """One rank's part of a stage run through the shared trainer (rank 0 of one: the whole run).
+
+    Every rank reports to Tune (``report``: ``tune.report`` by default); rank 0 also writes ``metrics.jsonl`` and
+    the extra reporters' runs (MLflow), which it closes with the outcome and the cost.
+    """
+    reporters: list[Reporter] = [TuneReporter(trial.trial_id, stage, report)]
+    if rank == 0:
+        # metrics.jsonl beside the checkpoints: the local record results/ reads (a resumed stage appends; the last
+        # record of a step wins)
+        reporters.append(JsonlReporter(stage_dir / "metrics.jsonl"))
+        if ctx.extra_reporters:
+            reporters += ctx.extra_reporters(trial, stage, stage_dir)
+    fault = fault_for(ctx.plan.sweep_dir, stage, stage_dir, rank)
+    try:
+        result = fit(trial.config, stage, stage_dir, MultiReporter(*reporters), init_checkpoint=init, fault_at_step=fault)
+    except InjectedFault:
+        (stage_dir / ".fault_fired").touch()
+        os._exit(17)  # a real process death, as a crashed GPU worker would die (Ray Train restarts a group)
+    except Exception:
+        finish_reporters(reporters, "FAILED")
+        raise
+    finish_reporters(reporters, "FINISHED", stage_cost(ctx.plan.spec.resources, result.wall_seconds))
+    return result
+
+
+def limit_threads(ctx: SweepContext) -> None:
+    """As many torch threads as the trial has CPUs: packed trials must not fight over cores."""
+    import torch
+
+    torch.set_num_threads(max(1, int(ctx.plan.spec.resources.cpus)))
+
+
+def finish_reporters(reporters: list[Reporter], status: str, cost: dict[str, float] | None = None) -> None:
+    """Close the reporters that hold a run (MLflow); the others need nothing."""
+    for r in reporters:
+        if hasattr(r, "finish"):
+            r.finish(status, cost)
