@@ -1,8 +1,9 @@
 """Trainer images/s at mask rates 0, 0.5 and 0.9 for one preset and batch, and the ratios to mask 0.
 
-Runs the real trainer (``fit``) on the embedded digits (or random-sized data for larger presets is not needed: the
-step cost does not depend on pixel values), one stage per rate, and reads ``train/images_per_second`` from the
-second logging window so that the first steps (allocation, warm-up) are excluded.
+The first, smaller form of ``bench.py``'s ``trainer`` section, kept for its command and its earlier results: the same
+measurement (``bench_common.run_fit``: the real trainer, ``fit``, one pre-training stage per rate, the rate of the
+second logging window, so that allocation and warm-up are excluded), on the embedded digits at ``--image-size``, eager
+only, without FLOPs. ``bench.py --sections trainer`` adds FLOPs, MFU, compiled modes and CUDA graphs.
 
     python benchmarks/trainer_throughput.py --preset uvit-digits --batch 128 --steps 40
 """
@@ -12,37 +13,21 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import tempfile
+import sys
 from datetime import date
 from pathlib import Path
 
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from maskdm_sweeps.testing import tiny_trial_config
-from maskdm_sweeps.trainer import NullReporter, fit
+import torch  # noqa: E402
 
-
-class _Collect(NullReporter):
-    def __init__(self):
-        self.rates: list[float] = []
-
-    def metrics(self, step, values):
-        if "train/images_per_second" in values:
-            self.rates.append(values["train/images_per_second"])
+from bench_common import MASK_RATES, run_fit, trial_config  # noqa: E402
 
 
 def measure(preset: str, batch: int, steps: int, rate: float, device: str, image_size: int) -> float:
-    cfg = tiny_trial_config(
-        data={"name": "digits", "image_size": image_size},
-        model={"preset": preset},
-        mask={"strategy": "patch", "rate": rate},
-        pretrain={"steps": steps, "batch_size": batch},
-        runtime={"device": device, "log_every_steps": steps // 2, "checkpoint_every_steps": 10**9},
-    )
-    collect = _Collect()
-    with tempfile.TemporaryDirectory() as tmp:
-        fit(cfg, "pretrain", Path(tmp), collect)
-    return collect.rates[-1]
+    """Images/s of the second half of ``steps`` steps (two logging windows of ``steps // 2``)."""
+    data = {"name": "digits", "image_size": image_size}
+    return run_fit(trial_config(preset, data, batch, rate, max(1, steps // 2), device))["images_per_second"]
 
 
 def main() -> None:
@@ -56,7 +41,7 @@ def main() -> None:
     args = parser.parse_args()
 
     rows = []
-    for rate in (0.0, 0.5, 0.9):
+    for rate in MASK_RATES:
         ips = measure(args.preset, args.batch, args.steps, rate, args.device, args.image_size)
         rows.append({"mask_rate": rate, "images_per_second": round(ips, 1)})
     base = rows[0]["images_per_second"]
