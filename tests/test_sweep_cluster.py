@@ -1,6 +1,6 @@
 """A sweep on a real two-node Ray cluster (both nodes on this machine): trials spread over the nodes, each stage once.
 
-The cluster is started the way DESIGN.md ("Environment facts") describes: two ``ray start --block`` child processes
+The cluster is started the way docs/design.md ("Ray 2.60") describes: two ``ray start --block`` child processes
 with ``RAY_AUTH_MODE=disabled``, a short ``--temp-dir`` per node, distinct ports per node; torn down with SIGTERM
 (then SIGKILL) to their own process groups only (never ``ray stop``: it would stop every Ray process of the user).
 """

@@ -4,7 +4,7 @@ Every strategy turns a patch grid of ``grid x grid`` patches (``N = grid**2``, n
 *keep-indices* ``(B, K)``: the patches the network sees. ``K`` is the same for every sample of a batch (the token gather
 needs it), and each sample draws its own mask from the passed ``torch.Generator``.
 
-Counting rules follow the official code exactly (see ``shared/reference/maskdm-method.md``):
+Counting rules follow the official code exactly (see ``docs/method.md``, "Masks and how many patches they hide"):
 
 =========  ==================================  ==========================================================
 strategy   masked count                        note

@@ -154,7 +154,7 @@ class UViT(nn.Module):
 
 
 MODEL_PRESETS: dict[str, UViTConfig] = {
-    # the method's models (maskdm-method.md, "Sizes")
+    # the method's models (docs/method.md, "The network")
     "maskdm-celeba64": UViTConfig(img_size=64, patch_size=4, embed_dim=512, depth=13, num_heads=8),  # 44.3M
     "uvit-s2-cifar32": UViTConfig(img_size=32, patch_size=2, embed_dim=512, depth=13, num_heads=8),  # U-ViT-S/2
     "maskdm-b256": UViTConfig(img_size=256, patch_size=4, embed_dim=768, depth=12, num_heads=12),  # 102.4M

@@ -1,6 +1,6 @@
 """Rough cost of a plan: training images/s per preset and mask rate on a reference GPU, hence GPU-hours.
 
-The table holds measured reference numbers (NVIDIA H200, bf16, batch 128; DESIGN.md's reference measurements);
+The table holds measured reference numbers (NVIDIA H200, bf16, batch 128; docs/design.md, "Reference throughput");
 presets not in it are scaled from U-ViT-S/2 by their FLOPs per image (parameters x visible tokens). A plan's
 figure is an estimate for budgeting, not a measurement.
 """
@@ -44,7 +44,7 @@ def images_per_second(config: TrialConfig, effective_rate: float) -> float:
         return float(np.interp(effective_rate, rates, [table[r] for r in rates]))
     ref = "uvit-s2-cifar32"
     speedup = flops_per_image(MODEL_PRESETS[ref], 0.0) / flops_per_image(config.model_config_resolved(), effective_rate)
-    # small or heavily masked steps are launch-bound on a GPU: fewer FLOPs buy at most 2x (DESIGN.md: 10x -> 1.7x)
+    # small or heavily masked steps are launch-bound on a GPU: fewer FLOPs buy at most 2x (measured: 10x -> 1.7x)
     return REFERENCE_IMAGES_PER_SECOND[ref][0.0] * min(speedup, 2.0)
 
 

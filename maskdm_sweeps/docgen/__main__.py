@@ -1,0 +1,7 @@
+"""``python -m maskdm_sweeps.docgen [--check]``: rewrite (or check) the README's generated sections and the schema."""
+
+import sys
+
+from .readme import main
+
+sys.exit(main())

@@ -1,0 +1,71 @@
+"""The README's tables of the results files: every column of ``trials.parquet`` and ``curves.parquet`` with its pandas
+dtype (read from the results package), unit and meaning (written here; a column without one is an error)."""
+
+from __future__ import annotations
+
+from .markdown import md_table
+
+TRIAL_COLUMN_DOCS: dict[str, tuple[str, str]] = {
+    "sweep": ("", "sweep name"),
+    "trial_id": ("", "`t-` + a hash of every setting that affects the trial; the directory under `trials/`"),
+    "arm": ("", "`baseline`, `patch r=0.5`, `block b=4 r=0.9` or `crop c=11`: the seeds of one arm average"),
+    "label": ("", "the trial's axis values as text, e.g. `mask.rate=0.5 seed=1`"),
+    "stage": ("", "`finetune`: a row describes the trial's last stage"),
+    "status": ("", "`finished`, `stopped` (early stopping), `failed` or `incomplete` (killed, running, not resumed)"),
+    "error": ("", "why a failed trial failed (the last line of Ray Tune's error.txt); null otherwise"),
+    "mask_strategy": ("", "`patch`, `block` or `crop`; null for the baseline"),
+    "mask_rate": ("fraction", "nominal mask rate of pre-training; NaN for the baseline and for crop"),
+    "mask_block_size": ("patches", "block side (block strategy only)"),
+    "mask_crop_size": ("patches", "visible window side (crop strategy only)"),
+    "effective_mask_rate": ("fraction", "share of patches pre-training really dropped (counting rule); 0 for the "
+                            "baseline"),
+    "pretrain_steps": ("steps", "configured pre-training steps (0: baseline)"),
+    "finetune_steps": ("steps", "configured fine-tuning steps"),
+    "steps_done": ("steps", "fine-tuning steps completed"),
+    "seed": ("", "trial seed"),
+    "fid": ("FID", "final FID of fine-tuning (backend in `fid_backend`); NaN without one"),
+    "fid_best": ("FID", "lowest FID over fine-tuning's evaluations"),
+    "loss_final": ("", "final fine-tuning training loss (eps-MSE)"),
+    "gpu_hours": ("GPU-hours", "`wall_seconds` x `gpus_per_trial` / 3600"),
+    "gpus_per_trial": ("GPUs", "`resources.gpus` (counted as at least 1) x `resources.workers`: every GPU a trial holds"),
+    "wall_seconds": ("s", "fine-tuning wall time plus this trial's share of its pre-training"),
+    "finetune_wall_seconds": ("s", "fine-tuning wall time"),
+    "pretrain_wall_seconds_share": ("s", "pre-training wall time / `pretrain_shared_by` (0 for the baseline)"),
+    "mlflow_run_id": ("", "the fine-tuning stage's MLflow child run; null when not tracked"),
+    "pretrain_trial_id": ("", "`pre-<pretrain_key>`; null for the baseline"),
+    "pretrain_key": ("", "hash of the pre-training settings: `<output_dir>/_pretrain/<key>/`"),
+    "pretrain_reused": ("", "the pre-training was finished by an earlier sweep and reused"),
+    "pretrain_shared_by": ("trials", "how many trials the pre-training fed (0 for the baseline)"),
+    "fid_backend": ("", "`inception` or `digits-classifier` (never compare across them)"),
+    "fid_num_samples": ("samples", "samples per FID"),
+    "fid_reference": ("", "reference set of the FID, `<dataset>:<key>`"),
+}
+CURVE_COLUMN_DOCS: dict[str, tuple[str, str]] = {
+    "trial_id": ("", "the trial (a shared pre-training's curve appears under every trial it fed)"),
+    "stage": ("", "`pretrain` or `finetune` (steps restart at each stage)"),
+    "step": ("steps", "optimizer step of the stage"),
+    "metric": ("", "`train/loss`, `train/grad_norm`, `train/lr`, `train/images_per_second`, "
+               "`train/effective_mask_rate`, `eval/fid`, `eval/fid_best`"),
+    "value": ("", "the metric's value (FID for `eval/*`)"),
+}
+
+
+def _columns_table(columns: dict[str, str], docs: dict[str, tuple[str, str]], file: str) -> str:
+    """A column table (name, dtype, unit, meaning); every column needs an entry in ``docs``."""
+    missing = [c for c in columns if c not in docs]
+    if missing:
+        raise KeyError(f"{file} columns without a description in {__name__}: {missing}")
+    rows = [[f"`{c}`", f"`{dtype}`", docs[c][0] or "-", docs[c][1]] for c, dtype in columns.items()]
+    return md_table(["column", "dtype", "unit", "meaning"], rows)
+
+
+def results_columns_markdown() -> str:
+    """The columns of ``trials.parquet`` and ``curves.parquet`` with their pandas dtypes, units and meanings."""
+    from ..results import CURVE_COLUMNS, CURVES_FILE, TRIAL_COLUMNS, TRIALS_FILE
+
+    return "\n\n".join([
+        f"`{TRIALS_FILE}`, one row per trial (then one column per other swept key, dots become underscores):",
+        _columns_table(TRIAL_COLUMNS, TRIAL_COLUMN_DOCS, TRIALS_FILE),
+        f"`{CURVES_FILE}`, long format, one row per reported metric value:",
+        _columns_table(CURVE_COLUMNS, CURVE_COLUMN_DOCS, CURVES_FILE),
+    ])
