@@ -32,15 +32,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"stages: {', '.join(config.stages())}; outputs would go to {out}", file=sys.stderr)
         return 0
     from .console import ProgressReporter, stage_progress
+    from .layout import STAGE_CONFIG, STAGE_METRICS, write_json
     from .trainer import JsonlReporter, MultiReporter, run_trial
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(config.model_dump(mode="json"), indent=2))
+    write_json(out / STAGE_CONFIG, config.model_dump(mode="json"))
     steps = {"pretrain": config.pretrain.steps, "finetune": config.finetune.steps}
     with stage_progress() as progress:
         results = run_trial(
             config, out,
-            lambda stage: MultiReporter(JsonlReporter(out / stage / "metrics.jsonl"),
+            lambda stage: MultiReporter(JsonlReporter(out / stage / STAGE_METRICS),
                                         ProgressReporter(progress, stage, steps[stage])),
         )
     for stage, r in results.items():
@@ -116,7 +117,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_resume(args: argparse.Namespace) -> int:
     from .spec import SpecError, load_spec
-    from .sweep.runner import RESOLVED_SPEC
+    from .layout import RESOLVED_SPEC
 
     spec_path = Path(args.dir) / RESOLVED_SPEC
     if not spec_path.exists():
@@ -140,7 +141,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from .console import print_results_summary
     from .results import write_all
     from .spec import SpecError, load_spec
-    from .sweep.runner import RESOLVED_SPEC
+    from .layout import RESOLVED_SPEC
 
     sweep_dir = Path(args.dir)
     if not (sweep_dir / RESOLVED_SPEC).exists():
@@ -171,15 +172,15 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     import os
     import subprocess
 
-    from .sweep.runner import RESOLVED_SPEC
+    from .layout import MLFLOW_DB, RESOLVED_SPEC
     from .tracking import default_tracking_uri
 
     root = Path(args.dir)
     if (root / RESOLVED_SPEC).exists():  # a sweep directory: its store is in the results root above it
         root = root.parent
     uri = default_tracking_uri(root)
-    if not (root / "mlflow.db").exists():
-        print(f"error: no MLflow store at {root / 'mlflow.db'}", file=sys.stderr)
+    if not (root / MLFLOW_DB).exists():
+        print(f"error: no MLflow store at {root / MLFLOW_DB}", file=sys.stderr)
         return 2
     print(f"MLflow UI for {uri}\n  open http://127.0.0.1:{args.port}  (Ctrl-C to stop)", flush=True)
     cmd = [str(Path(sys.executable).with_name("mlflow")), "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",

@@ -54,17 +54,18 @@ def print_results_summary(sweep_dir: Path, paths: dict[str, Path], tracking_uri:
     import pandas as pd
     from rich.table import Table
 
+    from .layout import SweepDir
     from .results import comparison_table
-    from .results.analysis import group_keys
+    from .results.analysis import compute_unit, group_keys
 
     out = Console()
-    trials_path = Path(sweep_dir) / "trials.parquet"
+    trials_path = SweepDir.of(sweep_dir).trials_parquet
     if trials_path.exists():
         trials = pd.read_parquet(trials_path)
         table = comparison_table(trials)
         swept = group_keys(trials)[1:]  # other swept settings that split an arm (e.g. finetune_init_from)
         view = Table(title=f"FID by arm ({Path(sweep_dir).name})")
-        for col in ("arm", *swept, "eff. mask rate", "seeds", "FID mean", "FID std", "GPU-h mean"):
+        for col in ("arm", *swept, "eff. mask rate", "seeds", "FID mean", "FID std", f"{compute_unit(trials)[1]} mean"):
             view.add_column(col, justify="left" if col == "arm" or col in swept else "right")
 
         def num(v: float, fmt: str) -> str:
@@ -73,7 +74,7 @@ def print_results_summary(sweep_dir: Path, paths: dict[str, Path], tracking_uri:
         for _, row in table.iterrows():
             view.add_row(str(row["arm"]), *(str(row[c]) for c in swept), num(row["effective_mask_rate"], ".2f"),
                          f"{row['n_seeds']}/{row['n_trials']}", num(row["fid_mean"], ".2f"),
-                         num(row["fid_std"], ".2f"), num(row["gpu_hours_mean"], ".3g"))
+                         num(row["fid_std"], ".2f"), num(row["device_hours_mean"], ".3g"))
         out.print(view)
     # plain print: paths must stay copyable, not wrapped to the terminal width
     for name, path in sorted(paths.items(), key=lambda kv: (kv[1].suffix != ".parquet", kv[1].suffix, str(kv[1]))):

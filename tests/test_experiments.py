@@ -63,7 +63,7 @@ def check_results(out_dir: Path, name: str, n_trials: int, n_pretrains: int) -> 
     assert len(trials) == n_trials and (trials["status"] == "finished").all() and trials["fid"].notna().all()
     assert set(curves["trial_id"]) == set(trials["trial_id"]) and "eval/fid" in set(curves["metric"])
     assert "## FID by arm" in (sweep_dir / "report.md").read_text()
-    for png in ("curves", "fid_vs_mask_rate", "fid_vs_gpu_hours"):
+    for png in ("curves", "fid_vs_mask_rate", "fid_vs_device_hours"):
         assert (sweep_dir / "plots" / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     client = MlflowClient(f"sqlite:///{out_dir / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name(name).experiment_id], max_results=1000)

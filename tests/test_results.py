@@ -153,6 +153,12 @@ def build_sweep(root: Path, name: str = "fake", rates=(0.5, 0.9), seeds=(0, 1), 
         ft = sweep / "trials" / tid / "finetune"
         ft.mkdir(parents=True)
         (ft / "config.json").write_text(json.dumps(cfg, indent=2))
+        gpus_billed = max(1.0, gpus) if gpus > 0 else 0.0
+        (sweep / "trials" / tid / "trial.json").write_text(json.dumps({  # the manifest, as a starting trial writes it
+            "trial_id": tid, "label": label, "assignments": point, "pretrain_key": key,
+            "effective_mask_rate": 0.0 if key is None else int(rate * 256) / 256,
+            "resources": {"device": "gpu" if gpus > 0 else "cpu", "workers": 1, "gpus_billed": gpus_billed,
+                          "devices_billed": gpus_billed if gpus > 0 else 1.0}, "config": cfg}))
         fid = fid_of(rate, point["seed"], lr)
         finished = ident not in no_result
         records = [{"time": 10.0, "step": 0, "kind": "params",
@@ -351,8 +357,8 @@ def test_a_pretraining_this_sweep_did_not_train_is_reused(tmp_path):
     assert dict(zip(trials["pretrain_key"], trials["pretrain_reused"])) == {k: k == first for k in w["pretrains"]}
 
 
-def test_searched_trials_missing_from_the_plan_are_found(tmp_path):
-    """A random search: trial ids plan.json does not list, sharing a planned pre-training (found by its config)."""
+def test_searched_trials_missing_from_the_plan_are_found_by_their_manifests(tmp_path):
+    """A random search: trial ids plan.json does not list, sharing a planned pre-training (named by the manifest)."""
     w = build_sweep(tmp_path, rates=(0.5,), seeds=(0,), baseline=False, method="random", dup_step=False)
     (tid, info), = w["trials"].items()
     src = w["dir"] / "trials" / tid
@@ -364,13 +370,20 @@ def test_searched_trials_missing_from_the_plan_are_found(tmp_path):
         cfg = json.loads((src / "finetune" / "config.json").read_text())
         cfg["finetune"]["lr"] = lr
         (dst / "config.json").write_text(json.dumps(cfg))
+        manifest = json.loads((src / "trial.json").read_text())
+        assignments = {"mask.rate": 0.5, "finetune.lr": lr, "seed": 0}
+        manifest.update(trial_id=new, assignments=assignments, config=cfg,
+                        label=f"mask.rate=0.5 finetune.lr={lr:.3g} seed=0")
+        (dst.parent / "trial.json").write_text(json.dumps(manifest))
     shutil.rmtree(src)  # a random search runs the sampled trials, not the planned one
     trials, curves = collect(w["dir"])
     assert sorted(trials["trial_id"]) == ["t-sampled001", "t-sampled002"]
     assert (trials["pretrain_key"] == info["pretrain_key"]).all()
     assert (trials["pretrain_shared_by"] == 2).all()  # counted from the trials found, not from the plan
     assert trials["pretrain_wall_seconds_share"].tolist() == [50.0, 50.0]
-    assert set(trials["label"]) == {"mask.rate=0.5 seed=0"}
+    assert sorted(trials["label"]) == ["mask.rate=0.5 finetune.lr=0.0001 seed=0",
+                                       "mask.rate=0.5 finetune.lr=0.0003 seed=0"]
+    assert sorted(trials["finetune_lr"]) == [1e-4, 3e-4]  # the searched key gets a column of its own
     assert set(curves.loc[curves["trial_id"] == "t-sampled001", "stage"]) == {"pretrain", "finetune"}
 
 
@@ -422,7 +435,7 @@ def test_markdown_table_helper():
 
 # ------------------------------------------------------------------------------------------------ plots
 def test_plots_are_real_images(sweep):
-    names = {"plot_fid_vs_mask_rate", "plot_curves", "plot_fid_vs_gpu_hours"}
+    names = {"plot_fid_vs_mask_rate", "plot_curves", "plot_fid_vs_device_hours"}
     assert names <= set(sweep.paths)
     for name in names:
         path = sweep.paths[name]
@@ -435,7 +448,7 @@ def test_plots_of_a_one_trial_sweep(tmp_path):
     w = build_sweep(tmp_path, rates=(), seeds=(0,), baseline=True, dup_step=False)
     paths = write_plots(w["dir"])  # computes the parquet files first
     assert (w["dir"] / "trials.parquet").exists()
-    assert [p.name for p in paths] == ["fid_vs_mask_rate.png", "curves.png", "fid_vs_gpu_hours.png"]
+    assert [p.name for p in paths] == ["fid_vs_mask_rate.png", "curves.png", "fid_vs_device_hours.png"]
     for p in paths:
         assert _png_pixels(p)[..., :3].var() > 0.001
     assert write_report(w["dir"]).read_text().count("| baseline |") >= 2

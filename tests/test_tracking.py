@@ -83,6 +83,22 @@ def test_parent_and_child_runs_nest_with_params_tags_metrics_and_artifacts(track
             assert json.loads((trial_dir / "mlflow_run.json").read_text())["run_id"] == run.info.run_id
 
 
+def test_a_cpu_sweep_bills_no_gpu_alike_in_mlflow_and_in_trials_parquet(tracked):
+    from maskdm_sweeps.results import load
+
+    c, runs = runs_of(tracked)
+    trials, _ = load(tracked.sweep_dir)
+    by_run = {r.info.run_id: r.data.metrics for r in runs if r.data.tags.get("stage") == "finetune"}
+    assert len(by_run) == len(trials) == 3
+    for _, row in trials.iterrows():
+        cost = by_run[row["mlflow_run_id"]]
+        assert cost["cost/gpu_hours"] == row["gpu_hours"] == row["gpus_per_trial"] == 0.0  # no GPU was held
+        assert row["device"] == "cpu" and row["devices_per_trial"] == 1.0
+        # the fine-tuning's own device-hours: the same seconds and the same billing rule on both sides
+        assert cost["cost/device_hours"] == pytest.approx(row["finetune_wall_seconds"] / 3600.0, rel=1e-9)
+        assert row["device_hours"] == pytest.approx(row["wall_seconds"] / 3600.0, rel=1e-9)
+
+
 def test_a_retried_trial_logs_into_the_run_it_started(tmp_path):
     plan = make_plan(tmp_path, "retry", {"axes": {"mask.rate": [0.5]}}, {"max_failures": 1})
     plan.sweep_dir.mkdir(parents=True)

@@ -3,7 +3,8 @@ stage's next reporter (its retry or resume), in a real SQLite store."""
 
 from mlflow import MlflowClient
 
-from maskdm_sweeps.tracking.reporter import BUFFER_FILE, MlflowReporter
+from maskdm_sweeps.layout import MLFLOW_BUFFER_FILE as BUFFER_FILE
+from maskdm_sweeps.tracking.reporter import MlflowReporter
 from maskdm_sweeps.tracking.store import default_tracking_uri, ensure_experiment
 
 

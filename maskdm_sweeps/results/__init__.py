@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
-
 from .analysis import comparison_table, fid_at_budget, fid_by_step, fid_points
-from .collect import CURVE_COLUMNS, CURVES_FILE, TRIAL_COLUMNS, TRIALS_FILE, collect, load, write_results
+from .collect import CURVES_FILE, TRIALS_FILE, collect, load, write_results, write_tables
+from .columns import CURVE_COLUMNS, TRIAL_COLUMNS
 from .plots import write_plots
 from .report import markdown_table, write_report
 
@@ -21,11 +20,10 @@ def write_all(sweep_dir: Path) -> dict[str, Path]:
     """Write ``trials.parquet``, ``curves.parquet``, ``plots/*.png`` and ``report.md`` (which links the plots).
 
     Returns name -> path: ``trials``, ``curves``, ``report`` and ``plot_<stem>`` per plot (``plot_curves``,
-    ``plot_fid_vs_mask_rate``, ``plot_fid_vs_gpu_hours``).
+    ``plot_fid_vs_mask_rate``, ``plot_fid_vs_device_hours``).
     """
     sweep_dir = Path(sweep_dir)
-    paths = write_results(sweep_dir)
-    trials, curves = (pd.read_parquet(paths[k], engine="pyarrow") for k in ("trials", "curves"))
+    paths, trials, curves = write_tables(sweep_dir)
     for png in write_plots(sweep_dir, trials, curves):
         paths[f"plot_{png.stem}"] = png
     paths["report"] = write_report(sweep_dir, trials, curves)

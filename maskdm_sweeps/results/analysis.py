@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from .collect import ARM_SORT, TRIAL_COLUMNS
+from .columns import ARM_SORT, TRIAL_COLUMNS
 
 # settings that may be swept and then split an arm's rows (only when they vary within an arm)
 _SPLITTING = ("pretrain_steps", "finetune_steps", "fid_backend", "fid_num_samples")
@@ -40,11 +40,11 @@ def comparison_table(trials: pd.DataFrame) -> pd.DataFrame:
 
     Columns: the group keys (``arm``, ...), ``mask_strategy``, ``mask_rate``, ``effective_mask_rate``, ``n_trials``
     (all trials of the arm), ``n_seeds`` (finished ones, with a FID), ``fid_mean``, ``fid_std`` (sample standard
-    deviation, ddof=1; NaN for one seed), ``fid_min`` (the best seed's final FID), ``gpu_hours_mean``.
+    deviation, ddof=1; NaN for one seed), ``fid_min`` (the best seed's final FID), ``device_hours_mean``.
     """
     keys = group_keys(trials)
     out_cols = keys + ["mask_strategy", "mask_rate", "mask_block_size", "mask_crop_size", "effective_mask_rate",
-                       "n_trials", "n_seeds", "fid_mean", "fid_std", "fid_min", "gpu_hours_mean"]
+                       "n_trials", "n_seeds", "fid_mean", "fid_std", "fid_min", "device_hours_mean"]
     rows = []
     for values, group in trials.groupby(keys, dropna=False, sort=False):
         values = values if isinstance(values, tuple) else (values,)
@@ -63,7 +63,7 @@ def comparison_table(trials: pd.DataFrame) -> pd.DataFrame:
             "fid_mean": fids.mean() if len(fids) else math.nan,
             "fid_std": fids.std(ddof=1) if len(fids) > 1 else math.nan,
             "fid_min": fids.min() if len(fids) else math.nan,
-            "gpu_hours_mean": done["gpu_hours"].mean() if len(done) else math.nan,
+            "device_hours_mean": done["device_hours"].mean() if len(done) else math.nan,
         })
     if not rows:
         return pd.DataFrame(columns=out_cols)
@@ -82,14 +82,25 @@ def arm_order(trials: pd.DataFrame) -> list[str]:
     return list(dict.fromkeys(_ordered(trials, [])["arm"]))
 
 
-def fid_points(trials: pd.DataFrame, curves: pd.DataFrame, finished_only: bool = True) -> pd.DataFrame:
-    """Every FID of every (finished) trial's fine-tuning, with its cost: ``trial_id, arm, step, fid, gpu_hours``.
+def compute_unit(trials: pd.DataFrame) -> tuple[str, str]:
+    """The name of the ``device_hours`` unit of these trials, long and short: GPU-hours, or CPU-hours (worker
+    processes x wall-clock) for a CPU run, never GPU-hours that no GPU did."""
+    devices = set(trials["device"].dropna()) if "device" in trials else set()
+    if devices == {"cpu"}:
+        return "CPU-hours", "CPU-h"
+    if devices <= {"gpu"}:
+        return "GPU-hours", "GPU-h"
+    return "device-hours", "dev-h"
 
-    From the ``eval/fid`` curve, plus the final FID of ``trials`` (for runs that left no curve). The GPU-hours at a
+
+def fid_points(trials: pd.DataFrame, curves: pd.DataFrame, finished_only: bool = True) -> pd.DataFrame:
+    """Every FID of every (finished) trial's fine-tuning, with its cost: ``trial_id, arm, step, fid, device_hours``.
+
+    From the ``eval/fid`` curve, plus the final FID of ``trials`` (for runs that left no curve). The device-hours at a
     step are the trial's pre-training share plus the fine-tuning time pro rata of steps (linear in steps).
     """
     done = finished(trials) if finished_only else trials[trials["steps_done"] > 0]
-    cols = ["trial_id", "arm", "step", "fid", "gpu_hours"]
+    cols = ["trial_id", "arm", "step", "fid", "device_hours"]
     if not len(done):
         return pd.DataFrame(columns=cols)
     evals = curves[(curves["stage"] == "finetune") & (curves["metric"] == "eval/fid")][["trial_id", "step", "value"]]
@@ -101,11 +112,11 @@ def fid_points(trials: pd.DataFrame, curves: pd.DataFrame, finished_only: bool =
     info = done.set_index("trial_id")
     pts = pts[pts["trial_id"].isin(info.index)].copy()
     t = info.loc[pts["trial_id"]]
-    scale = t["gpus_per_trial"].to_numpy(dtype=float) / 3600.0
+    scale = t["devices_per_trial"].to_numpy(dtype=float) / 3600.0
     frac = pts["step"].to_numpy(dtype=float) / np.maximum(t["steps_done"].to_numpy(dtype=float), 1.0)
     ft_wall = t["finetune_wall_seconds"].to_numpy(dtype=float)
     wall = t["pretrain_wall_seconds_share"].to_numpy(dtype=float) + ft_wall * frac
-    pts["gpu_hours"] = wall * scale
+    pts["device_hours"] = wall * scale
     pts["arm"] = t["arm"].to_numpy()
     return pts[cols].sort_values(["trial_id", "step"]).reset_index(drop=True)
 
@@ -125,27 +136,27 @@ def fid_by_step(trials: pd.DataFrame, curves: pd.DataFrame, counts: bool = False
 
 
 def fid_at_budget(trials: pd.DataFrame, curves: pd.DataFrame) -> tuple[float, pd.DataFrame]:
-    """FID at equal compute: the budget is the cheapest arm's mean GPU-hours; per arm, the mean over seeds of the
+    """FID at equal compute: the budget is the cheapest arm's mean device-hours; per arm, the mean over seeds of the
     last FID each trial had measured within the budget (``n_reached`` trials had one).
 
-    Returns ``(budget, table)`` with columns ``arm, n_seeds, gpu_hours_mean, fid_mean, fid_at_budget, n_reached,
-    pareto`` (``pareto``: no other arm has both a lower mean FID and fewer mean GPU-hours).
+    Returns ``(budget, table)`` with columns ``arm, n_seeds, device_hours_mean, fid_mean, fid_at_budget, n_reached,
+    pareto`` (``pareto``: no other arm has both a lower mean FID and fewer mean device-hours).
     """
-    cols = ["arm", "n_seeds", "gpu_hours_mean", "fid_mean", "fid_at_budget", "n_reached", "pareto"]
+    cols = ["arm", "n_seeds", "device_hours_mean", "fid_mean", "fid_at_budget", "n_reached", "pareto"]
     done = finished(trials)
     if not len(done):
         return math.nan, pd.DataFrame(columns=cols)
-    per_arm = done.groupby("arm", sort=False).agg(n_seeds=("fid", "size"), gpu_hours_mean=("gpu_hours", "mean"),
+    per_arm = done.groupby("arm", sort=False).agg(n_seeds=("fid", "size"), device_hours_mean=("device_hours", "mean"),
                                                   fid_mean=("fid", "mean"))
     per_arm = per_arm.reindex([a for a in arm_order(trials) if a in per_arm.index])
-    budget = float(per_arm["gpu_hours_mean"].min())
+    budget = float(per_arm["device_hours_mean"].min())
     pts = fid_points(trials, curves)
-    within = pts[pts["gpu_hours"] <= budget * (1 + 1e-9)]
+    within = pts[pts["device_hours"] <= budget * (1 + 1e-9)]
     last = within.sort_values(["trial_id", "step"]).groupby("trial_id").tail(1)
     at = last.groupby("arm").agg(fid_at_budget=("fid", "mean"), n_reached=("fid", "size"))
     table = per_arm.join(at, how="left")
     table["n_reached"] = table["n_reached"].fillna(0).astype("int64")
-    g, f = table["gpu_hours_mean"].to_numpy(), table["fid_mean"].to_numpy()
+    g, f = table["device_hours_mean"].to_numpy(), table["fid_mean"].to_numpy()
     table["pareto"] = [not any((g[j] <= g[i] and f[j] < f[i]) or (g[j] < g[i] and f[j] <= f[i])
                                for j in range(len(g)) if j != i) for i in range(len(g))]
     table = table.reset_index().rename(columns={"index": "arm"})

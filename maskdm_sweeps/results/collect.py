@@ -1,17 +1,16 @@
 """A sweep directory -> two tables: ``trials.parquet`` (one row per trial) and ``curves.parquet`` (every metric).
 
-Only files are read (``plan.json``, ``spec.resolved.yaml``, ``events.jsonl``, each stage run's ``config.json``,
-``metrics.jsonl``, ``result.json``; Tune's ``error.txt`` files for failure reasons): no ray, no mlflow.
+Only files are read (no ray, no mlflow), all through :mod:`maskdm_sweeps.layout`: each trial's manifest
+(``trials/<id>/trial.json``: label, assignments, pre-training key, effective mask rate, the devices it holds),
+its stage runs' ``config.json``, ``metrics.jsonl`` and ``result.json``, the sweep's ``plan.json``,
+``spec.resolved.yaml`` and ``events.jsonl``, and Tune's ``error.txt`` files for failure reasons.
 
-Trials are discovered from ``<sweep>/trials/``, so searched trials (random, optuna), which ``plan.json`` does not
-list, are found too; ``plan.json`` gives labels and assignments where it lists the trial. Pre-trainings live in
-``<results root>/_pretrain/<key>/`` and may feed several trials: their metrics are attributed to every trial they
-fed, and their wall-clock time is split evenly over those trials.
+Pre-trainings live in ``<results root>/_pretrain/<key>/`` and may feed several trials: their metrics are attributed
+to every trial they fed, and their wall-clock time is split evenly over those trials.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -20,84 +19,19 @@ import numpy as np
 import pandas as pd
 import yaml
 
-TRIALS_FILE = "trials.parquet"
-CURVES_FILE = "curves.parquet"
+from ..layout import CURVES_PARQUET, TRIALS_PARQUET, StageRun, SweepDir, read_json, read_jsonl
+from .columns import (COVERED_BY_COLUMNS, CURVE_COLUMNS, TRIAL_COLUMNS, arm_name, assignment_value, column_dtype,
+                      sort_trials, typed_frame)
+
+TRIALS_FILE, CURVES_FILE = TRIALS_PARQUET, CURVES_PARQUET  # the names results users import
 STAGE_ORDER = {"pretrain": 0, "finetune": 1}
-STATUSES = ("finished", "stopped", "failed", "incomplete")
-
-# trials.parquet: the fixed columns and their dtypes (assignment columns of the sweep's axes follow them)
-TRIAL_COLUMNS: dict[str, str] = {
-    "sweep": "string",
-    "trial_id": "string",
-    "arm": "string",
-    "label": "string",
-    "stage": "string",
-    "status": "string",
-    "error": "string",
-    "mask_strategy": "string",
-    "mask_rate": "float64",
-    "mask_block_size": "Int64",
-    "mask_crop_size": "Int64",
-    "effective_mask_rate": "float64",
-    "pretrain_steps": "int64",
-    "finetune_steps": "int64",
-    "steps_done": "int64",
-    "seed": "int64",
-    "fid": "float64",
-    "fid_best": "float64",
-    "loss_final": "float64",
-    "gpu_hours": "float64",
-    "gpus_per_trial": "float64",
-    "wall_seconds": "float64",
-    "finetune_wall_seconds": "float64",
-    "pretrain_wall_seconds_share": "float64",
-    "mlflow_run_id": "string",
-    "pretrain_trial_id": "string",
-    "pretrain_key": "string",
-    "pretrain_reused": "bool",
-    "pretrain_shared_by": "int64",
-    "fid_backend": "string",
-    "fid_num_samples": "int64",
-    "fid_reference": "string",
-}
-CURVE_COLUMNS: dict[str, str] = {"trial_id": "string", "stage": "string", "step": "int64", "metric": "string",
-                                 "value": "float64"}
-
-# axis keys whose value already has a column of its own
-_COVERED = {"seed", "baseline", "mask", "mask.strategy", "mask.rate", "mask.block_size", "mask.crop_size",
-            "pretrain.steps", "finetune.steps", "eval.backend", "eval.num_samples"}
-
 
 # ------------------------------------------------------------------------------------------------------ reading
-def _read_json(path: Path) -> Any:
+def read_spec(sweep_dir: Path) -> dict:
+    """The sweep's resolved spec as plain data ({} when missing or unreadable)."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    """The whole lines of a JSON-lines file (a half-written last line of a killed process is skipped)."""
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(rec, dict):
-            out.append(rec)
-    return out
-
-
-def _read_spec(sweep_dir: Path) -> dict:
-    path = sweep_dir / "spec.resolved.yaml"
-    if not path.exists():
-        return {}
-    try:
-        return yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError:
+        return yaml.safe_load(SweepDir.of(sweep_dir).resolved_spec.read_text()) or {}
+    except (OSError, yaml.YAMLError):
         return {}
 
 
@@ -117,26 +51,14 @@ def _float(value: Any) -> float:
         return math.nan
 
 
-def store_dirs(sweep_dir: Path, spec: dict) -> list[Path]:
-    """Where the shared pre-trainings may be: beside the sweep (the usual layout) and the spec's output_dir."""
-    dirs = [sweep_dir.parent / "_pretrain"]
-    if spec.get("output_dir"):
-        dirs.append(Path(spec["output_dir"]) / "_pretrain")
-    return list(dict.fromkeys(dirs))
-
-
 class _Stage:
     """What one stage run directory holds."""
 
-    def __init__(self, path: Path):
-        self.path = path
-        self.config = _read_json(path / "config.json")
-        self.result = _read_json(path / "result.json")
-        self.records = _read_jsonl(path / "metrics.jsonl")
-
-    @property
-    def exists(self) -> bool:
-        return self.config is not None or self.result is not None or bool(self.records)
+    def __init__(self, run: StageRun):
+        self.run = run
+        self.config = read_json(run.config)
+        self.result = read_json(run.result)
+        self.records = read_jsonl(run.metrics)
 
     def metric_records(self) -> list[tuple[int, str, float, float]]:
         """(step, metric, value, time) of every metric report, in file order."""
@@ -176,85 +98,8 @@ class _Stage:
         times = [t for t in (_float(r.get("time")) for r in self.records) if math.isfinite(t)]
         return max(times) - min(times) if len(times) >= 2 else math.nan
 
-    def effective_mask_rate(self) -> float:
-        if self.result is not None and self.result.get("effective_mask_rate") is not None:
-            return _float(self.result["effective_mask_rate"])
-        if "effective_mask_rate" in self.params():
-            return _float(self.params()["effective_mask_rate"])
-        last = self.last_values().get("train/effective_mask_rate")
-        return last[1] if last else math.nan
-
 
 # ------------------------------------------------------------------------------------------------------ trials
-def _pretrain_projection(config: dict) -> str:
-    """The settings a pre-training depends on (as ``TrialConfig.stage_hash('pretrain')`` sees them)."""
-    cfg = {k: v for k, v in config.items() if k not in ("finetune", "eval")}
-    cfg["runtime"] = {"precision": _get(config, "runtime.precision")}
-    return json.dumps(cfg, sort_keys=True)
-
-
-def _find_pretrain(config: dict, stores: list[Path], cache: dict[Path, str | None]) -> str | None:
-    """The key of the stored pre-training a trial config starts from (for trials plan.json does not list)."""
-    if int(_get(config, "pretrain.steps", 0) or 0) == 0:
-        return None
-    want = _pretrain_projection(config)
-    for store in stores:
-        if not store.is_dir():
-            continue
-        for d in sorted(store.iterdir()):
-            if d not in cache:
-                cfg = _read_json(d / "config.json")
-                cache[d] = _pretrain_projection(cfg) if isinstance(cfg, dict) else None
-            if cache[d] == want:
-                return d.name
-    return None
-
-
-def _axis_keys(spec: dict) -> list[str]:
-    sweep = spec.get("sweep") or {}
-    keys = list((sweep.get("axes") or {})) + list((sweep.get("zip") or {}))
-    keys += list(((sweep.get("search") or {}).get("space") or {}))
-    return list(dict.fromkeys(keys)) + ["seed"]
-
-
-def _assignments_from_config(config: dict, spec: dict) -> dict[str, Any]:
-    """For a trial plan.json does not list (a searched one): the values of the sweep's axis keys."""
-    baseline = int(_get(config, "pretrain.steps", 0) or 0) == 0 and bool(_get(spec, "sweep.baseline", False))
-    out: dict[str, Any] = {"baseline": True} if baseline else {}
-    for key in _axis_keys(spec):
-        if baseline and key.split(".")[0] in ("mask", "pretrain"):
-            continue
-        value = _get(config, key, None)
-        if value is not None:
-            out[key] = value
-    return out
-
-
-def _label(assignments: dict[str, Any]) -> str:
-    def short(v):
-        if isinstance(v, dict):
-            return "/".join(f"{k}={x}" for k, x in v.items())
-        if isinstance(v, float):
-            return f"{v:.3g}"
-        return str(v)
-
-    return " ".join(f"{k}={short(v)}" for k, v in assignments.items()) or "base"
-
-
-def arm_name(strategy: str | None, rate: float | None = None, block_size: int | None = None,
-             crop_size: int | None = None) -> str:
-    """``baseline``, ``patch r=0.5``, ``block b=4 r=0.9``, ``crop c=11``."""
-    if strategy is None:
-        return "baseline"
-    if strategy == "patch":
-        return f"patch r={rate:g}"
-    if strategy == "block":
-        return f"block b={block_size} r={rate:g}"
-    if strategy == "crop":
-        return f"crop c={crop_size}"
-    return str(strategy)
-
-
 def _tune_errors(sweep_dir: Path) -> tuple[dict[str, str], dict[str, str]]:
     """Failure reasons Ray Tune left in ``<sweep>/tune/*/<trial>/error.txt``: by trial id and by pretrain key.
 
@@ -262,14 +107,14 @@ def _tune_errors(sweep_dir: Path) -> tuple[dict[str, str], dict[str, str]]:
     """
     by_trial: dict[str, str] = {}
     by_pretrain: dict[str, str] = {}
-    tune = sweep_dir / "tune"
+    tune = SweepDir.of(sweep_dir).tune
     if not tune.is_dir():
         return by_trial, by_pretrain
     for err in sorted(tune.glob("*/*/error.txt")):
         lines = [ln.strip() for ln in err.read_text(errors="replace").splitlines() if ln.strip()]
         reason = lines[-1][:300] if lines else "error"
-        params = _read_json(err.parent / "params.json") or {}
-        reported = [r.get("maskdm_trial") for r in _read_jsonl(err.parent / "result.json") if r.get("maskdm_trial")]
+        params = read_json(err.parent / "params.json") or {}
+        reported = [r.get("maskdm_trial") for r in read_jsonl(err.parent / "result.json") if r.get("maskdm_trial")]
         if reported:
             by_trial[reported[-1]] = reason
         elif params.get("trial_id") and len(params) == 1:  # a grid trial: its Tune config is the trial id
@@ -279,40 +124,10 @@ def _tune_errors(sweep_dir: Path) -> tuple[dict[str, str], dict[str, str]]:
     return by_trial, by_pretrain
 
 
-def _typed_frame(rows: list[dict], columns: dict[str, str]) -> pd.DataFrame:
-    df = pd.DataFrame(rows, columns=list(columns))
-    for col, dtype in columns.items():
-        if dtype in ("string", "Int64", "boolean") or len(df) == 0:
-            df[col] = df[col].astype(dtype)
-        elif dtype == "bool":
-            df[col] = df[col].astype(bool)
-        else:
-            df[col] = pd.to_numeric(df[col]).astype(dtype)
-    return df
-
-
-def _column_dtype(values: list[Any]) -> str:
-    present = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    nulls = len(present) < len(values)
-    if present and all(isinstance(v, bool) for v in present):
-        return "boolean"
-    if present and all(isinstance(v, int) and not isinstance(v, bool) for v in present):
-        return "Int64" if nulls else "int64"
-    if present and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
-        return "float64"
-    return "string"
-
-
-def _assignment_value(value: Any) -> Any:
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, sort_keys=True)
-    return value
-
-
-def _trial_row(sweep: str, trial_id: str, ft: _Stage, pre: _Stage | None, planned: dict | None, spec: dict,
-               pretrain_key: str | None, shared_by: int, reused: bool, errors: dict[str, str],
-               pretrain_errors: dict[str, str], scheduler: str) -> tuple[dict[str, Any], dict, dict]:
-    config = ft.config or {}
+def _trial_row(sweep: str, manifest: dict, ft: _Stage, pre: _Stage | None, shared_by: int, reused: bool,
+               errors: dict[str, str], pretrain_errors: dict[str, str], scheduler: str) -> tuple[dict, dict, dict]:
+    trial_id, pretrain_key = manifest["trial_id"], manifest.get("pretrain_key")
+    config = ft.config or manifest.get("config") or {}
     baseline = pretrain_key is None
     mask = config.get("mask") or {}
     strategy = None if baseline else mask.get("strategy")
@@ -343,25 +158,17 @@ def _trial_row(sweep: str, trial_id: str, ft: _Stage, pre: _Stage | None, planne
     ft_wall = ft.wall_seconds()
     pre_wall = pre.wall_seconds() if pre is not None else (0.0 if baseline else math.nan)
     share = 0.0 if baseline else pre_wall / max(1, shared_by)
-    gpus = _float(_get(spec, "resources.gpus"))
-    # every GPU the trial holds: a packed (fractional) trial counts a whole one, data-parallel workers one each
-    gpus = (max(1.0, gpus) if math.isfinite(gpus) else 1.0) * int(_get(spec, "resources.workers", 1) or 1)
     wall = ft_wall + share
-    run_json = _read_json(ft.path / "mlflow_run.json")
+    held = manifest.get("resources") or {}
+    run_json = read_json(ft.run.mlflow_run)
     params = ft.params()
-
-    if planned is not None:
-        assignments = dict(planned.get("assignments") or {})
-        label = planned.get("label") or _label(assignments)
-    else:
-        assignments = _assignments_from_config(config, spec)
-        label = _label(assignments)
+    assignments = dict(manifest.get("assignments") or {})
 
     row = {
         "sweep": sweep,
         "trial_id": trial_id,
         "arm": arm_name(strategy, rate, block, crop),
-        "label": label,
+        "label": manifest.get("label") or trial_id,
         "stage": "finetune",
         "status": status,
         "error": error,
@@ -369,7 +176,7 @@ def _trial_row(sweep: str, trial_id: str, ft: _Stage, pre: _Stage | None, planne
         "mask_rate": rate,
         "mask_block_size": block,
         "mask_crop_size": crop,
-        "effective_mask_rate": 0.0 if baseline else (pre.effective_mask_rate() if pre is not None else math.nan),
+        "effective_mask_rate": _float(manifest.get("effective_mask_rate")),
         "pretrain_steps": int(_get(config, "pretrain.steps", 0) or 0),
         "finetune_steps": int(_get(config, "finetune.steps", 0) or 0),
         "steps_done": ft.steps_done(),
@@ -377,8 +184,11 @@ def _trial_row(sweep: str, trial_id: str, ft: _Stage, pre: _Stage | None, planne
         "fid": fid,
         "fid_best": fid_best,
         "loss_final": loss,
-        "gpu_hours": wall * gpus / 3600.0,
-        "gpus_per_trial": gpus,
+        "device": held.get("device"),
+        "devices_per_trial": _float(held.get("devices_billed")),
+        "device_hours": wall * _float(held.get("devices_billed")) / 3600.0,
+        "gpu_hours": wall * _float(held.get("gpus_billed")) / 3600.0,
+        "gpus_per_trial": _float(held.get("gpus_billed")),
         "wall_seconds": wall,
         "finetune_wall_seconds": ft_wall,
         "pretrain_wall_seconds_share": share,
@@ -395,44 +205,30 @@ def _trial_row(sweep: str, trial_id: str, ft: _Stage, pre: _Stage | None, planne
 
 
 def collect(sweep_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``(trials, curves)`` of a sweep directory; see :data:`TRIAL_COLUMNS` and :data:`CURVE_COLUMNS`."""
-    sweep_dir = Path(sweep_dir).resolve()
-    plan = _read_json(sweep_dir / "plan.json") or {}
-    spec = _read_spec(sweep_dir)
-    sweep = plan.get("sweep") or spec.get("name") or sweep_dir.name
-    planned = {t["trial_id"]: t for t in plan.get("trials", []) if "trial_id" in t}
+    """``(trials, curves)`` of a sweep directory; see :data:`TRIAL_COLUMNS` and :data:`CURVE_COLUMNS`.
+
+    A trial is a row once it has a manifest and a fine-tuning stage run (a trial never started has neither: the
+    report lists the planned trials that are missing).
+    """
+    layout = SweepDir.of(sweep_dir)
+    plan = read_json(layout.plan_file) or {}
+    spec = read_spec(layout.path)
+    sweep = plan.get("sweep") or spec.get("name") or layout.name
     plan_pretrains = plan.get("pretrains") or {}
-    events = _read_jsonl(sweep_dir / "events.jsonl")
+    events = read_jsonl(layout.events)
     trained_here = {e.get("key") for e in events if e.get("event") == "stage_start" and e.get("stage") == "pretrain"}
-    errors, pretrain_errors = _tune_errors(sweep_dir)
-    stores = store_dirs(sweep_dir, spec)
+    errors, pretrain_errors = _tune_errors(layout.path)
     scheduler = _get(spec, "sweep.scheduler.type", "none")
     grid = _get(spec, "sweep.search.method", "grid") == "grid"
 
-    # every trial directory that holds a stage run (a trial never started has none: see report's note)
-    trials_root = sweep_dir / "trials"
-    found = sorted(d.name for d in trials_root.iterdir() if (d / "finetune").is_dir()) if trials_root.is_dir() else []
-    stages = {tid: _Stage(trials_root / tid / "finetune") for tid in found}
+    manifests = {tid: read_json(layout.manifest(tid)) for tid in layout.trial_ids()}
+    stages = {tid: _Stage(layout.finetune(tid)) for tid, m in manifests.items() if isinstance(m, dict)}
     stages = {tid: st for tid, st in stages.items() if st.config is not None}
-
-    probe_cache: dict[Path, str | None] = {}
-    keys: dict[str, str | None] = {}
-    for tid, st in stages.items():
-        if tid in planned:
-            keys[tid] = planned[tid].get("pretrain_key")
-        else:
-            keys[tid] = _find_pretrain(st.config, stores, probe_cache)
-
-    def pretrain_dir(key: str) -> Path | None:
-        for store in stores:
-            if (store / key).is_dir():
-                return store / key
-        return None
-
+    keys = {tid: manifests[tid].get("pretrain_key") for tid in stages}
     pretrains: dict[str, _Stage | None] = {}
     for key in {k for k in keys.values() if k}:
-        d = pretrain_dir(key)
-        pretrains[key] = _Stage(d) if d is not None else None
+        run = layout.pretrain(key)
+        pretrains[key] = _Stage(run) if run.path.is_dir() else None
 
     def consumers(key: str) -> int:
         listed = (plan_pretrains.get(key) or {}).get("trial_ids")
@@ -450,14 +246,14 @@ def collect(sweep_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     rows, assignment_of, config_of = [], {}, {}
     for tid, st in stages.items():
         key = keys[tid]
-        row, assignments, config = _trial_row(sweep, tid, st, pretrains.get(key) if key else None, planned.get(tid),
-                                              spec, key, consumers(key) if key else 0, reused(key), errors,
-                                              pretrain_errors, scheduler)
+        row, assignments, config = _trial_row(sweep, manifests[tid], st, pretrains.get(key) if key else None,
+                                              consumers(key) if key else 0, reused(key), errors, pretrain_errors,
+                                              scheduler)
         rows.append(row)
         assignment_of[tid], config_of[tid] = assignments, config
 
     # one column per axis key that has no column of its own (values from the trial's config: it is the truth)
-    axis = [k for k in dict.fromkeys(k for a in assignment_of.values() for k in a) if k not in _COVERED]
+    axis = [k for k in dict.fromkeys(k for a in assignment_of.values() for k in a) if k not in COVERED_BY_COLUMNS]
     columns = dict(TRIAL_COLUMNS)
     for key in axis:
         name = key.replace(".", "_")
@@ -467,27 +263,14 @@ def collect(sweep_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         for row in rows:
             baseline_only_pretrain = row["pretrain_key"] is None and key.split(".")[0] in ("mask", "pretrain")
             value = None if baseline_only_pretrain else _get(config_of[row["trial_id"]], key)
-            values.append(_assignment_value(value))
-        columns[name] = _column_dtype(values)
+            values.append(assignment_value(value))
+        columns[name] = column_dtype(values)
         for row, value in zip(rows, values):
             row[name] = value
-    trials = sort_trials(_typed_frame(rows, columns))
+    trials = sort_trials(typed_frame(rows, columns))
 
     curves = _curves(stages, keys, pretrains)
     return trials, curves
-
-
-ARM_SORT = ["mask_strategy", "mask_block_size", "mask_rate", "mask_crop_size"]
-
-
-def sort_trials(df: pd.DataFrame, extra: list[str] | None = None) -> pd.DataFrame:
-    """Baseline first, then by strategy, block size, rate, crop size, (extra columns,) seed and trial id."""
-    if not len(df):
-        return df.reset_index(drop=True)
-    cols = ARM_SORT + [c for c in (extra or []) if c in df.columns] + [c for c in ("seed", "trial_id") if c in df]
-    keyed = df.assign(_masked=df["mask_strategy"].notna())
-    return keyed.sort_values(["_masked"] + cols, na_position="first", kind="stable").drop(
-        columns="_masked").reset_index(drop=True)
 
 
 def _curves(stages: dict[str, _Stage], keys: dict[str, str | None],
@@ -506,7 +289,7 @@ def _curves(stages: dict[str, _Stage], keys: dict[str, str | None],
             if len(part):
                 frames.append(part.assign(trial_id=tid))
     if not frames:
-        return _typed_frame([], CURVE_COLUMNS)
+        return typed_frame([], CURVE_COLUMNS)
     df = pd.concat(frames, ignore_index=True)
     df = df.drop_duplicates(["trial_id", "stage", "step", "metric"], keep="last")  # a resumed stage appends
     df["_stage"] = df["stage"].map(STAGE_ORDER).fillna(len(STAGE_ORDER))
@@ -528,9 +311,9 @@ def _stage_frame(st: _Stage, stage: str) -> pd.DataFrame:
 def load(sweep_dir: Path, refresh: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(trials, curves)`` from the sweep's parquet files; they are (re)written first when missing, older than
     the sweep's ``events.jsonl`` (something ran since), or ``refresh`` is set."""
-    sweep_dir = Path(sweep_dir)
-    paths = [sweep_dir / TRIALS_FILE, sweep_dir / CURVES_FILE]
-    events = sweep_dir / "events.jsonl"
+    layout = SweepDir.of(sweep_dir)
+    paths = [layout.trials_parquet, layout.curves_parquet]
+    events = layout.events
     stale = refresh or not all(p.exists() for p in paths) or (
         events.exists() and events.stat().st_mtime > min(p.stat().st_mtime for p in paths))
     if stale:
@@ -538,13 +321,18 @@ def load(sweep_dir: Path, refresh: bool = False) -> tuple[pd.DataFrame, pd.DataF
     return tuple(pd.read_parquet(p, engine="pyarrow") for p in paths)  # type: ignore[return-value]
 
 
-def write_results(sweep_dir: Path) -> dict[str, Path]:
-    """Write ``trials.parquet`` and ``curves.parquet`` into the sweep directory; returns their paths."""
-    sweep_dir = Path(sweep_dir)
-    trials, curves = collect(sweep_dir)
-    paths = {"trials": sweep_dir / TRIALS_FILE, "curves": sweep_dir / CURVES_FILE}
+def write_tables(sweep_dir: Path) -> tuple[dict[str, Path], pd.DataFrame, pd.DataFrame]:
+    """Collect and write ``trials.parquet`` and ``curves.parquet``; returns their paths and the two tables."""
+    layout = SweepDir.of(sweep_dir)
+    trials, curves = collect(layout.path)
+    paths = {"trials": layout.trials_parquet, "curves": layout.curves_parquet}
     for df, path in ((trials, paths["trials"]), (curves, paths["curves"])):
         tmp = path.with_name(path.name + ".tmp")
         df.to_parquet(tmp, engine="pyarrow", index=False)
         tmp.replace(path)  # readers never see half a file
-    return paths
+    return paths, trials, curves
+
+
+def write_results(sweep_dir: Path) -> dict[str, Path]:
+    """Write ``trials.parquet`` and ``curves.parquet`` into the sweep directory; returns their paths."""
+    return write_tables(sweep_dir)[0]

@@ -1,4 +1,4 @@
-"""``plots/*.png`` of a sweep: FID against the mask rate, training curves, FID against GPU-hours.
+"""``plots/*.png`` of a sweep: FID against the mask rate, training curves, FID against device-hours.
 
 Figures are drawn on matplotlib's Agg canvas directly (no pyplot): the process-wide backend is left alone and no
 window ever opens, also on machines without a display.
@@ -15,10 +15,11 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .analysis import arm_order, comparison_table, fid_at_budget, fid_points, finished, group_keys
-from .collect import _read_spec, load
+from .analysis import (arm_order, comparison_table, compute_unit, fid_at_budget, fid_points, finished,
+                       group_keys)
+from ..layout import SweepDir
+from .collect import load, read_spec
 
-PLOTS_DIR = "plots"
 DPI = 120
 
 
@@ -42,11 +43,10 @@ def _fid_label(trials: pd.DataFrame) -> str:
     return f"FID ({backends}, {samples} samples; lower is better)"
 
 
-def _gpu_label(spec: dict) -> str:
-    gpus = (spec.get("resources") or {}).get("gpus")
-    if gpus is not None and float(gpus) == 0:
-        return "GPU-hours per trial (h; CPU run: worker wall-clock hours)"
-    return "GPU-hours per trial (h; incl. pre-training share)"
+def _compute_label(trials: pd.DataFrame) -> str:
+    unit, _ = compute_unit(trials)
+    how = "worker processes x wall-clock" if unit == "CPU-hours" else "incl. pre-training share"
+    return f"{unit} per trial (h; {how})"
 
 
 def _empty(ax, text: str) -> None:
@@ -170,7 +170,7 @@ def plot_curves(trials: pd.DataFrame, curves: pd.DataFrame, spec: dict, path: Pa
     return path
 
 
-def plot_fid_vs_gpu_hours(trials: pd.DataFrame, curves: pd.DataFrame, spec: dict, path: Path) -> Path:
+def plot_fid_vs_device_hours(trials: pd.DataFrame, curves: pd.DataFrame, spec: dict, path: Path) -> Path:
     fig = _figure(7, 4.5)
     ax = fig.subplots()
     arms = arm_order(trials)
@@ -179,7 +179,7 @@ def plot_fid_vs_gpu_hours(trials: pd.DataFrame, curves: pd.DataFrame, spec: dict
     done = set(finished(trials)["trial_id"])
     drew = False
     for arm in arms:
-        drew |= _draw_arm(ax, pts[pts["arm"] == arm], done, "gpu_hours", "fid", arm, colors[arm], marker="o")
+        drew |= _draw_arm(ax, pts[pts["arm"] == arm], done, "device_hours", "fid", arm, colors[arm], marker="o")
     if drew:
         budget, _ = fid_at_budget(trials, curves)
         if np.isfinite(budget):
@@ -187,7 +187,7 @@ def plot_fid_vs_gpu_hours(trials: pd.DataFrame, curves: pd.DataFrame, spec: dict
         ax.legend(fontsize=7, ncol=2 if len(arms) > 6 else 1)
     else:
         _empty(ax, "no finished trial with a FID")
-    ax.set_xlabel(_gpu_label(spec))
+    ax.set_xlabel(_compute_label(trials))
     ax.set_ylabel(_fid_label(trials))
     ax.grid(alpha=0.3)
     _title(fig, spec, trials, "FID vs compute (bold: mean over seeds; thin: each trial)")
@@ -197,15 +197,15 @@ def plot_fid_vs_gpu_hours(trials: pd.DataFrame, curves: pd.DataFrame, spec: dict
 
 
 def write_plots(sweep_dir: Path, trials: pd.DataFrame | None = None, curves: pd.DataFrame | None = None) -> list[Path]:
-    """Write ``plots/fid_vs_mask_rate.png``, ``plots/curves.png`` and ``plots/fid_vs_gpu_hours.png``."""
+    """Write ``plots/fid_vs_mask_rate.png``, ``plots/curves.png`` and ``plots/fid_vs_device_hours.png``."""
     sweep_dir = Path(sweep_dir)
     if trials is None or curves is None:
         trials, curves = load(sweep_dir)
-    spec = _read_spec(sweep_dir)
-    out = sweep_dir / PLOTS_DIR
+    spec = read_spec(sweep_dir)
+    out = SweepDir.of(sweep_dir).plots
     out.mkdir(parents=True, exist_ok=True)
     return [
         plot_fid_vs_mask_rate(trials, spec, out / "fid_vs_mask_rate.png"),
         plot_curves(trials, curves, spec, out / "curves.png"),
-        plot_fid_vs_gpu_hours(trials, curves, spec, out / "fid_vs_gpu_hours.png"),
+        plot_fid_vs_device_hours(trials, curves, spec, out / "fid_vs_device_hours.png"),
     ]

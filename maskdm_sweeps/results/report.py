@@ -1,5 +1,5 @@
 """``report.md``: the tables that answer a sweep's question (FID by arm, against the baseline at equal steps and at
-equal GPU-hours, the best trial)."""
+equal compute in device-hours, the best trial)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from typing import Any
 
 import pandas as pd
 
-from .analysis import comparison_table, fid_at_budget, fid_by_step, finished
-from .collect import STATUSES, _read_json, _read_spec, load
-
-REPORT_FILE = "report.md"
+from .analysis import comparison_table, compute_unit, fid_at_budget, fid_by_step, finished
+from ..layout import SweepDir, read_json
+from .collect import load, read_spec
+from .columns import STATUSES
 
 
 # ------------------------------------------------------------------------------------------------- markdown
@@ -62,22 +62,22 @@ def _header(sweep_dir: Path, spec: dict, trials: pd.DataFrame) -> list[str]:
         refs = sorted(set(trials["fid_reference"].dropna()))
         if refs:
             lines.append(f"- FID reference statistics: {', '.join(refs)}")
-    gpus = (spec.get("resources") or {}).get("gpus")
-    total = _total_gpu_hours(sweep_dir, trials)
-    lines.append(f"- compute: {total:.3g} GPU-hours in all (each pre-training counted once)")
-    if gpus is not None and float(gpus) == 0:
-        lines.append("- resources.gpus is 0 (a CPU run): \"GPU-hours\" below are wall-clock hours of one worker")
-    lines.append("- GPU-hours of a trial: its fine-tuning plus an even share of the pre-training it started from, "
-                 "wall-clock x max(1, resources.gpus)")
+    unit, _ = compute_unit(trials)
+    lines.append(f"- compute: {_total_device_hours(trials):.3g} {unit} in all (each pre-training counted once)")
+    if unit == "CPU-hours":
+        lines.append("- a CPU run (no GPU held, so `gpu_hours` is 0): CPU-hours are wall-clock hours x worker "
+                     "processes, and measure contention for the cores as much as cost")
+    lines.append(f"- {unit} of a trial: its fine-tuning plus an even share of the pre-training it started from, "
+                 "wall-clock x the devices it holds (a fractional GPU counts as a whole one)")
     return lines + [""]
 
 
-def _total_gpu_hours(sweep_dir: Path, trials: pd.DataFrame) -> float:
+def _total_device_hours(trials: pd.DataFrame) -> float:
     if not len(trials):
         return 0.0
-    ft = (trials["finetune_wall_seconds"].fillna(0) * trials["gpus_per_trial"]).sum()
+    ft = (trials["finetune_wall_seconds"].fillna(0) * trials["devices_per_trial"]).sum()
     pre = (trials["pretrain_wall_seconds_share"].fillna(0) * trials["pretrain_shared_by"].clip(lower=1)
-           * trials["gpus_per_trial"]).groupby(trials["pretrain_key"].fillna("")).first().sum()
+           * trials["devices_per_trial"]).groupby(trials["pretrain_key"].fillna("")).first().sum()
     return float(ft + pre) / 3600.0
 
 
@@ -89,8 +89,8 @@ def _by_arm(trials: pd.DataFrame) -> list[str]:
              "dropped.", ""]
     show = table.drop(columns=["mask_strategy", "mask_rate"]).rename(columns={
         "effective_mask_rate": "eff. mask rate", "n_trials": "trials", "n_seeds": "seeds", "fid_mean": "FID mean",
-        "fid_std": "FID std", "fid_min": "FID min", "gpu_hours_mean": "GPU-h mean"})
-    lines.append(markdown_table(show, {"eff. mask rate": ".3f", "GPU-h mean": ".3g"}))
+        "fid_std": "FID std", "fid_min": "FID min", "device_hours_mean": f"{compute_unit(trials)[1]} mean"})
+    lines.append(markdown_table(show, {"eff. mask rate": ".3f", f"{compute_unit(trials)[1]} mean": ".3g"}))
     return lines + [""]
 
 
@@ -134,28 +134,29 @@ def _vs_baseline(trials: pd.DataFrame, curves: pd.DataFrame) -> list[str]:
 
 def _equal_compute(trials: pd.DataFrame, curves: pd.DataFrame) -> list[str]:
     budget, table = fid_at_budget(trials, curves)
-    lines = ["## At equal GPU-hours", ""]
+    unit, short = compute_unit(trials)
+    lines = [f"## At equal {unit}", ""]
     if not len(table):
         return lines + ["No finished trial.", ""]
-    cheapest = table.loc[table["gpu_hours_mean"].idxmin(), "arm"]
-    lines += [f"Mean GPU-hours and mean FID per arm (finished trials). \"FID at budget\": each trial's last FID "
-              f"measured within {budget:.3g} GPU-hours (the mean cost of the cheapest arm, {cheapest}; fine-tuning "
+    cheapest = table.loc[table["device_hours_mean"].idxmin(), "arm"]
+    lines += [f"Mean {unit} and mean FID per arm (finished trials). \"FID at budget\": each trial's last FID "
+              f"measured within {budget:.3g} {unit} (the mean cost of the cheapest arm, {cheapest}; fine-tuning "
               "time taken as linear in steps), averaged over the seeds that had one (\"reached\"). Pareto: no other "
               "arm is both cheaper and better.", ""]
-    show = table.rename(columns={"n_seeds": "seeds", "gpu_hours_mean": "GPU-h mean", "fid_mean": "FID mean",
-                                 "fid_at_budget": f"FID at {budget:.3g} GPU-h", "n_reached": "reached"})
-    lines.append(markdown_table(show, {"GPU-h mean": ".3g"}))
+    show = table.rename(columns={"n_seeds": "seeds", "device_hours_mean": f"{short} mean", "fid_mean": "FID mean",
+                                 "fid_at_budget": f"FID at {budget:.3g} {short}", "n_reached": "reached"})
+    lines.append(markdown_table(show, {f"{short} mean": ".3g"}))
     best = table.loc[table["fid_mean"].idxmin()]
-    sentences = [f"Lowest mean FID: {best['arm']} ({best['fid_mean']:.2f} at {best['gpu_hours_mean']:.3g} "
-                 "GPU-hours per trial)."]
+    sentences = [f"Lowest mean FID: {best['arm']} ({best['fid_mean']:.2f} at {best['device_hours_mean']:.3g} "
+                 f"{unit} per trial)."]
     at = table.dropna(subset=["fid_at_budget"])
     if len(at):
         win = at.loc[at["fid_at_budget"].idxmin()]
         if len(at) == 1:
-            sentences.append(f"At equal compute ({budget:.3g} GPU-hours), only {win['arm']} has a FID "
+            sentences.append(f"At equal compute ({budget:.3g} {unit}), only {win['arm']} has a FID "
                              f"({win['fid_at_budget']:.2f}).")
         else:
-            sentences.append(f"At equal compute ({budget:.3g} GPU-hours), the lowest FID is reached by {win['arm']} "
+            sentences.append(f"At equal compute ({budget:.3g} {unit}), the lowest FID is reached by {win['arm']} "
                              f"({win['fid_at_budget']:.2f}).")
     missing = table.loc[table["n_reached"] == 0, "arm"].tolist()
     if missing:
@@ -172,7 +173,7 @@ def _best(trials: pd.DataFrame) -> list[str]:
     b = done.loc[done["fid"].idxmin()]
     rows = [("trial", f"`{b['trial_id']}`"), ("arm", b["arm"]), ("label", b["label"]), ("FID", f"{b['fid']:.2f}"),
             ("best FID during fine-tuning", _cell(b["fid_best"], ".2f")), ("seed", str(b["seed"])),
-            ("GPU-hours", f"{b['gpu_hours']:.3g}"), ("pre-training", _cell(b["pretrain_trial_id"], "")),
+            (compute_unit(trials)[0], f"{b['device_hours']:.3g}"), ("pre-training", _cell(b["pretrain_trial_id"], "")),
             ("MLflow run", _cell(b["mlflow_run_id"], ""))]
     return lines + [markdown_table(pd.DataFrame(rows, columns=["", "value"])), ""]
 
@@ -185,7 +186,7 @@ def _not_finished(sweep_dir: Path, trials: pd.DataFrame) -> list[str]:
                   "Their metrics in `trials.parquet` are the last ones `metrics.jsonl` recorded.", "",
                   markdown_table(rest[["trial_id", "arm", "label", "status", "steps_done", "finetune_steps",
                                        "error"]]), ""]
-    plan = _read_json(sweep_dir / "plan.json") or {}
+    plan = read_json(SweepDir.of(sweep_dir).plan_file) or {}
     missing = [t for t in plan.get("trials", []) if t.get("trial_id") not in set(trials["trial_id"])]
     if missing:
         lines += [f"{len(missing)} planned trials never started (no `trials/<id>/finetune/`): "
@@ -195,15 +196,15 @@ def _not_finished(sweep_dir: Path, trials: pd.DataFrame) -> list[str]:
 
 def render_report(sweep_dir: Path, trials: pd.DataFrame, curves: pd.DataFrame) -> str:
     sweep_dir = Path(sweep_dir)
-    spec = _read_spec(sweep_dir)
+    spec = read_spec(sweep_dir)
     lines = _header(sweep_dir, spec, trials)
     if len(trials):
         lines += _by_arm(trials) + _vs_baseline(trials, curves) + _equal_compute(trials, curves) + _best(trials)
     lines += _not_finished(sweep_dir, trials)
-    if (sweep_dir / "plots").is_dir():
-        pngs = sorted((sweep_dir / "plots").glob("*.png"))
-        if pngs:
-            lines += ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in pngs] + [""]
+    plots = SweepDir.of(sweep_dir).plots
+    pngs = sorted(plots.glob("*.png")) if plots.is_dir() else []
+    if pngs:
+        lines += ["## Plots", ""] + [f"![{p.stem}]({plots.name}/{p.name})" for p in pngs] + [""]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -212,7 +213,7 @@ def write_report(sweep_dir: Path, trials: pd.DataFrame | None = None, curves: pd
     sweep_dir = Path(sweep_dir)
     if trials is None or curves is None:
         trials, curves = load(sweep_dir)
-    path = sweep_dir / REPORT_FILE
+    path = SweepDir.of(sweep_dir).report
     path.write_text(render_report(sweep_dir, trials, curves))
     return path
 

@@ -18,13 +18,12 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from ..trainer.config import TrialConfig
+from ..layout import SweepDir
+from ..trainer.config import BASELINE_IGNORED_SECTIONS, TrialConfig
 from .loading import Problem, SpecError, problems_from_validation, read_mapping, validate
 from .schema import SweepSpec
 from .smoke import smoke_spec
 
-PRETRAIN_ONLY_PREFIXES = ("mask", "pretrain")  # settings a baseline (no pre-training) ignores
-FINETUNE_ONLY_PREFIXES = ("finetune", "eval", "runtime")  # settings a pre-training ignores
 
 
 @dataclass(frozen=True)
@@ -35,9 +34,27 @@ class TrialPlan:
     config: TrialConfig
     pretrain_key: str | None  # None for the baseline
 
+    @classmethod
+    def of(cls, config: TrialConfig, assignments: dict[str, Any]) -> "TrialPlan":
+        """The trial of a resolved config: its id and pre-training key from the config's stage hashes."""
+        pretrain_key = config.stage_hash("pretrain") if config.pretrain.steps > 0 else None
+        return cls("t-" + config.stage_hash("finetune")[:10], trial_label(assignments), assignments, config,
+                   pretrain_key)
+
     @property
     def is_baseline(self) -> bool:
         return self.pretrain_key is None
+
+    def manifest(self, resources) -> dict[str, Any]:
+        """What results need to know of this trial, written once to ``trials/<id>/trial.json`` when it starts:
+        its identity, its pre-training, the devices it holds (``resources``: the spec's), and its resolved config."""
+        return {
+            "trial_id": self.trial_id, "label": self.label, "assignments": self.assignments,
+            "pretrain_key": self.pretrain_key, "effective_mask_rate": self.config.effective_mask_rate,
+            "resources": {"device": resources.device, "workers": resources.workers,
+                          "gpus_billed": resources.gpus_billed, "devices_billed": resources.devices_billed},
+            "config": self.config.model_dump(mode="json"),
+        }
 
 
 @dataclass
@@ -55,22 +72,29 @@ class SweepPlan:
     spec_hash: str
 
     @property
+    def layout(self) -> SweepDir:
+        return SweepDir(self.spec.output_dir.resolve(), self.spec.name)
+
+    @property
     def sweep_dir(self) -> Path:
-        return (self.spec.output_dir / self.spec.name).resolve()
+        return self.layout.path
 
     @property
     def store_dir(self) -> Path:
         """Shared across sweeps of one results root: finished pre-trainings are found here and reused."""
-        return (self.spec.output_dir / "_pretrain").resolve()
+        return self.layout.store
 
     def pretrain_dir(self, key: str) -> Path:
-        return self.store_dir / key
+        return self.layout.pretrain(key).path
 
     def trial_dir(self, trial_id: str) -> Path:
-        return self.sweep_dir / "trials" / trial_id
+        return self.layout.trial_dir(trial_id)
 
     def pretrain_finished(self, key: str) -> bool:
-        return (self.pretrain_dir(key) / "result.json").exists()
+        return self.layout.pretrain(key).finished()
+
+    def trial_finished(self, trial_id: str) -> bool:
+        return self.layout.finetune(trial_id).finished()
 
 
 # ----------------------------------------------------------------------------------------------------- keys
@@ -92,10 +116,6 @@ def is_known_key(key: str, model: type[BaseModel] = TrialConfig) -> bool:
     return True
 
 
-def affects_pretraining(key: str) -> bool:
-    return not key.split(".")[0] in FINETUNE_ONLY_PREFIXES or key.startswith("runtime.precision")
-
-
 def set_dotted(data: dict, key: str, value: Any) -> None:
     parts = key.split(".")
     node = data
@@ -106,10 +126,16 @@ def set_dotted(data: dict, key: str, value: Any) -> None:
     node[parts[-1]] = copy.deepcopy(value)
 
 
-def _label(assignments: dict[str, Any]) -> str:
+def trial_label(assignments: dict[str, Any]) -> str:
+    """The one label format of a trial: its axis values, e.g. ``mask.rate=0.9 finetune.lr=0.0002 seed=1``.
+
+    Sections print as ``k=v/k=v``; sampled floats with 3 significant digits (``finetune.lr=0.000123``).
+    """
     def short(v):
         if isinstance(v, dict):
             return "/".join(f"{k}={x}" for k, x in v.items())
+        if isinstance(v, float):
+            return f"{v:.3g}"
         return str(v)
 
     return " ".join(f"{k}={short(v)}" for k, v in assignments.items()) or "base"
@@ -128,7 +154,7 @@ def grid_points(spec: SweepSpec) -> list[dict[str, Any]]:
     if s.baseline:
         baselines = []
         for p in points:
-            kept = {k: v for k, v in p.items() if not k.startswith(PRETRAIN_ONLY_PREFIXES)}
+            kept = {k: v for k, v in p.items() if k.split('.')[0] not in BASELINE_IGNORED_SECTIONS}
             baselines.append({"baseline": True, **kept})
         points += baselines
     return points
@@ -185,10 +211,9 @@ def resolve_trial(spec: SweepSpec, point: dict[str, Any], lines: dict, source: s
             problems.append(Problem(".".join(axis_path), f"value {value!r} gives an invalid trial: "
                                     f"{p.path or 'config'}: {p.message}", line, source))
         raise SpecError(problems) from None
-    pretrain_key = config.stage_hash("pretrain") if config.pretrain.steps > 0 else None
     if point.get("baseline"):
         assignments = {"baseline": True, **assignments}
-    return TrialPlan("t-" + config.stage_hash("finetune")[:10], _label(assignments), assignments, config, pretrain_key)
+    return TrialPlan.of(config, assignments)
 
 
 def _check_batches_split(spec: SweepSpec, trials: list[TrialPlan], lines: dict, source: str) -> None:

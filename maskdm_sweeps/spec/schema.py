@@ -151,6 +151,22 @@ class ResourcesConfig(_Strict):
         return self.workers * self.gpus
 
     @property
+    def gpus_billed(self) -> float:
+        """GPUs a trial is charged for (MLflow, parquet and ``plan`` alike): every GPU it holds, all workers together,
+        a fractional (packed) share counted as a whole GPU; 0 for a CPU trial, which holds none."""
+        return self.workers * max(1.0, self.gpus) if self.gpus > 0 else 0.0
+
+    @property
+    def device(self) -> str:
+        """``gpu`` or ``cpu``: what a trial's compute is counted in."""
+        return "gpu" if self.gpus > 0 else "cpu"
+
+    @property
+    def devices_billed(self) -> float:
+        """Devices a trial is charged for: :attr:`gpus_billed` on GPUs; on a CPU, one per worker process."""
+        return self.gpus_billed if self.gpus > 0 else float(self.workers)
+
+    @property
     def trial_cpus(self) -> float:
         """CPUs a trial holds, all workers together."""
         return self.workers * self.cpus

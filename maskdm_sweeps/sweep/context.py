@@ -31,8 +31,4 @@ class SweepContext:
         data = base.config.model_dump(mode="json")
         for key, value in sampled.items():
             set_dotted(data, key, value)
-        config = TrialConfig.model_validate(data)
-        pretrain_key = config.stage_hash("pretrain") if config.pretrain.steps > 0 else None
-        assignments = {**base.assignments, **sampled}
-        label = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in assignments.items())
-        return TrialPlan("t-" + config.stage_hash("finetune")[:10], label, assignments, config, pretrain_key)
+        return TrialPlan.of(TrialConfig.model_validate(data), {**base.assignments, **sampled})

@@ -19,8 +19,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..maskdm import MODEL_PRESETS, UViTConfig, effective_mask_rate
-from ..trainer.config import TrialConfig, build_mask_from_config
+from ..maskdm import MODEL_PRESETS, UViTConfig
+from ..trainer.config import TrialConfig
 from .estimate import flops_per_image, parameter_count
 
 GIB = 2**30
@@ -111,8 +111,7 @@ def trial_loads(config: TrialConfig) -> list[StageLoad]:
     """The stage runs of one trial: its masked pre-training (if any) and its fine-tuning on all tokens."""
     loads = []
     if config.pretrain.steps > 0:
-        rate = effective_mask_rate(build_mask_from_config(config.mask), config.model_config_resolved().grid)
-        loads.append(stage_load(config, "pretrain", rate))
+        loads.append(stage_load(config, "pretrain", config.effective_mask_rate))
     loads.append(stage_load(config, "finetune", 0.0))
     return loads
 

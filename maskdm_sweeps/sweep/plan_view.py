@@ -7,9 +7,7 @@ from dataclasses import dataclass
 from rich.console import Console
 from rich.table import Table
 
-from ..maskdm import effective_mask_rate
 from ..spec.expand import SweepPlan
-from ..trainer.config import build_mask_from_config
 from .estimate import REFERENCE_GPU, stage_gpu_hours
 from .packing import (GIB, MEASURED_PACKING_GPU, MEMORY_HEADROOM, suggest_for_configs, trials_per_gpu_of,
                       trials_the_work_allows)
@@ -24,15 +22,11 @@ class PlanTotals:
     gpu_hours: float
 
 
-def _effective_rate(trial) -> float:
-    cfg = trial.config
-    return effective_mask_rate(build_mask_from_config(cfg.mask), cfg.model_config_resolved().grid)
-
-
 def _gpus(plan: SweepPlan) -> float:
     """GPU-hours per hour of one GPU's work. A trial's W workers hold W x gpus GPUs for 1/W of the time (ideal
     data-parallel scaling); a fractional trial shares a GPU but is counted as holding a whole one."""
-    return max(1.0, plan.spec.resources.gpus)  # (1 / workers of the time) x (workers x gpus GPUs)
+    r = plan.spec.resources  # (1 / workers of the time) x (the GPUs billed); a CPU spec is estimated on one GPU
+    return max(1.0, r.gpus_billed / r.workers)
 
 
 def totals(plan: SweepPlan) -> PlanTotals:
@@ -44,9 +38,9 @@ def totals(plan: SweepPlan) -> PlanTotals:
             continue
         trial = trials[pre.trial_ids[0]]
         steps += trial.config.pretrain.steps
-        hours += stage_gpu_hours(trial.config, "pretrain", _effective_rate(trial)) * _gpus(plan)
+        hours += stage_gpu_hours(trial.config, "pretrain", trial.config.effective_mask_rate) * _gpus(plan)
     for t in plan.trials:
-        if (plan.trial_dir(t.trial_id) / "finetune" / "result.json").exists():
+        if plan.trial_finished(t.trial_id):
             continue
         steps += t.config.finetune.steps
         hours += stage_gpu_hours(t.config, "finetune", 0.0) * _gpus(plan)
@@ -94,14 +88,14 @@ def print_plan(plan: SweepPlan, console: Console | None = None) -> PlanTotals:
     for key, pre in plan.pretrains.items():
         t = trials[pre.trial_ids[0]]
         mask = t.config.mask.model_dump()
-        pre_table.add_row(key, " ".join(f"{k}={v}" for k, v in mask.items()), f"{_effective_rate(t):.1%}",
+        pre_table.add_row(key, " ".join(f"{k}={v}" for k, v in mask.items()), f"{t.config.effective_mask_rate:.1%}",
                           str(t.config.pretrain.steps), str(t.config.pretrain.batch_size), str(len(pre.trial_ids)),
                           "[green]reused (finished)" if plan.pretrain_finished(key) else "to train")
     trial_table = Table(title=f"{plan.spec.name}: trials", title_justify="left")
     for col in ("trial", "arm", "pre-training", "fine-tune steps", "status"):
         trial_table.add_column(col)
     for t in plan.trials:
-        done = (plan.trial_dir(t.trial_id) / "finetune" / "result.json").exists()
+        done = plan.trial_finished(t.trial_id)
         trial_table.add_row(t.trial_id, t.label, t.pretrain_key or "none (baseline)", str(t.config.finetune.steps),
                             "[green]finished" if done else "to run")
     if plan.pretrains:

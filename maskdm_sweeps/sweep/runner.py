@@ -7,7 +7,6 @@ holds ``result.json`` is never trained again, and one with checkpoints continues
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,14 +14,14 @@ from typing import Any
 
 import yaml
 
-from ..spec.expand import SweepPlan, affects_pretraining
+from ..layout import read_json, write_json
+from ..spec.expand import SweepPlan
+from ..trainer.config import affects_pretraining
 from .events import append_event, read_events
 from .progress import LiveTable
 from .context import SweepContext
 from .trainable import first_phase_trainable, trial_trainable
 
-INVOCATIONS = "invocations.json"
-RESOLVED_SPEC = "spec.resolved.yaml"
 FORWARDED_ENV = ("MASKDM_CACHE", "MASKDM_FID_WEIGHTS")
 
 
@@ -44,7 +43,7 @@ def init_ray(address: str | None = None) -> None:
     """Connect to ``address`` (or ``RAY_ADDRESS``), or start a local Ray; a running session is reused."""
     import ray
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local runs need no token (DESIGN.md)
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local runs need no token (docs/design.md, environment)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our live table replaces Ray's own progress output
     # many small reports make frequent experiment snapshots: Tune's snapshot-frequency warning is noise here
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -102,10 +101,10 @@ def save_resolved_spec(plan: SweepPlan) -> Path:
     plan.sweep_dir.mkdir(parents=True, exist_ok=True)
     data = plan.spec.model_dump(mode="json")
     data["output_dir"] = str(plan.spec.output_dir.resolve())
-    path = plan.sweep_dir / RESOLVED_SPEC
+    path = plan.layout.resolved_spec
     path.write_text(f"# resolved spec of sweep {plan.spec.name} (hash {plan.spec_hash})\n"
                     + yaml.safe_dump(data, sort_keys=False))
-    (plan.sweep_dir / "plan.json").write_text(json.dumps(plan_summary(plan), indent=2))
+    write_json(plan.layout.plan_file, plan_summary(plan))
     return path
 
 
@@ -119,18 +118,12 @@ def plan_summary(plan: SweepPlan) -> dict[str, Any]:
     }
 
 
-def _trial_finished(plan: SweepPlan, trial_id: str) -> bool:
-    return (plan.trial_dir(trial_id) / "finetune" / "result.json").exists()
-
-
 def _invocations(plan: SweepPlan) -> list[dict]:
-    path = plan.sweep_dir / INVOCATIONS
-    return json.loads(path.read_text()) if path.exists() else []
+    return read_json(plan.layout.invocations) or []
 
 
 def _record_invocation(plan: SweepPlan, record: dict) -> None:
-    records = _invocations(plan) + [record]
-    (plan.sweep_dir / INVOCATIONS).write_text(json.dumps(records, indent=2))
+    write_json(plan.layout.invocations, _invocations(plan) + [record])
 
 
 def _search_space(plan: SweepPlan) -> dict[str, Any]:
@@ -187,7 +180,7 @@ def _run_phase(name: str, trainable, param_space: dict, ctx: SweepContext, resum
             tune_config=tune.TuneConfig(num_samples=num_samples, search_alg=searcher, scheduler=scheduler,
                                         max_concurrent_trials=max_concurrent_trials(ctx.plan)),
             run_config=tune.RunConfig(
-                name=name, storage_path=str(ctx.plan.sweep_dir / "tune"),
+                name=name, storage_path=str(ctx.plan.layout.tune),
                 failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
                 callbacks=[LiveTable(f"{spec.name}: {name}", labels)], verbose=0,
             ),
@@ -227,15 +220,15 @@ def run_sweep(plan: SweepPlan, address: str | None = None, resume: bool = False,
     outcome = SweepOutcome(sweep_dir)
     search = plan.spec.sweep.search
     pretrain_inside = any(affects_pretraining(k) for k in search.space)
-    outcome.reused = [t.trial_id for t in plan.trials if _trial_finished(plan, t.trial_id)] if search.method == "grid" else []
+    outcome.reused = [t.trial_id for t in plan.trials if plan.trial_finished(t.trial_id)] if search.method == "grid" else []
 
     pending_pretrains = [k for k in plan.pretrains if not plan.pretrain_finished(k)] if not pretrain_inside else []
     # Trials without a pre-training (the baseline) run beside the pre-trainings, unless a search or a scheduler
     # needs every trial in one Tune run.
-    alongside = [t.trial_id for t in plan.trials if not t.pretrain_key and not _trial_finished(plan, t.trial_id)] \
+    alongside = [t.trial_id for t in plan.trials if not t.pretrain_key and not plan.trial_finished(t.trial_id)] \
         if pending_pretrains and search.method == "grid" and plan.spec.sweep.scheduler.type == "none" else []
     if pending_pretrains:
-        resume_path = sweep_dir / "tune" / last["pretrain"] if "pretrain" in last else None
+        resume_path = plan.layout.tune / last["pretrain"] if "pretrain" in last else None
         grid = _run_phase(experiments["pretrain"], first_phase_trainable,
                           {"unit": _grid(pending_pretrains + alongside)}, ctx, resume_path)
         _collect_errors(grid, outcome, "unit")
@@ -248,20 +241,20 @@ def run_sweep(plan: SweepPlan, address: str | None = None, resume: bool = False,
     for key in failed_pretrains:  # name them as pre-trainings, keeping the reason
         outcome.failed[f"pretrain {key}"] = outcome.failed.pop(key)
     if search.method == "grid":
-        todo = [t.trial_id for t in runnable if not _trial_finished(plan, t.trial_id)]
+        todo = [t.trial_id for t in runnable if not plan.trial_finished(t.trial_id)]
         space, samples = ({"trial_id": _grid(todo)}, 1) if todo else (None, 0)
     else:
         todo = [t.trial_id for t in runnable]
         space = {"trial_id": _grid(todo) if search.method == "random" else todo[0], **_search_space(plan)}
         samples = search.num_samples
     if space is not None and todo:
-        resume_path = sweep_dir / "tune" / last["trials"] if "trials" in last else None
+        resume_path = plan.layout.tune / last["trials"] if "trials" in last else None
         grid = _run_phase(experiments["trials"], trial_trainable, space, ctx, resume_path, samples,
                           _searcher(plan), _scheduler(plan))
         _collect_errors(grid, outcome, "trial_id")
     started = {e["trial_id"] for e in read_events(sweep_dir) if e["event"] == "stage_start" and e["stage"] == "finetune"}
-    outcome.finished = sorted(t for t in started | {t.trial_id for t in plan.trials} if _trial_finished(plan, t))
-    outcome.stopped = sorted(t for t in started if not _trial_finished(plan, t) and t not in outcome.failed)
+    outcome.finished = sorted(t for t in started | {t.trial_id for t in plan.trials} if plan.trial_finished(t))
+    outcome.stopped = sorted(t for t in started if not plan.trial_finished(t) and t not in outcome.failed)
     outcome.artifacts = _write_results(plan)
     if tracking:
         from ..tracking import finish_sweep_tracking

@@ -13,6 +13,7 @@ from typing import Callable
 
 from ray import tune
 
+from ..layout import StageRun
 from ..spec.expand import TrialPlan
 from ..trainer import InjectedFault, JsonlReporter, MultiReporter, NullReporter, Reporter, StageResult, fit
 from .context import SweepContext
@@ -46,10 +47,11 @@ def fault_for(sweep_dir: Path, stage: str, stage_dir: Path, rank: int = 0) -> in
 
 
 def stage_cost(resources, wall_seconds: float) -> dict[str, float]:
-    """The cost metrics of a finished stage run: wall seconds, and GPU-hours over all of the trial's GPUs (a
-    fractional, packed trial is counted as a whole GPU)."""
-    gpus = resources.workers * max(1.0, resources.gpus) if resources.gpus else 0.0
-    return {"cost/wall_seconds": wall_seconds, "cost/gpu_hours": wall_seconds * gpus / 3600.0}
+    """The cost metrics of a finished stage run: wall seconds, device-hours and GPU-hours (0 on a CPU), by the
+    spec's billing rule (``ResourcesConfig.gpus_billed`` / ``devices_billed``), as ``trials.parquet`` counts them."""
+    return {"cost/wall_seconds": wall_seconds,
+            "cost/device_hours": wall_seconds * resources.devices_billed / 3600.0,
+            "cost/gpu_hours": wall_seconds * resources.gpus_billed / 3600.0}
 
 
 def train_stage(ctx: SweepContext, trial: TrialPlan, stage: str, stage_dir: Path, init: Path | None, rank: int = 0,
@@ -63,7 +65,7 @@ def train_stage(ctx: SweepContext, trial: TrialPlan, stage: str, stage_dir: Path
     if rank == 0:
         # metrics.jsonl beside the checkpoints: the local record results/ reads (a resumed stage appends; the last
         # record of a step wins)
-        reporters.append(JsonlReporter(stage_dir / "metrics.jsonl"))
+        reporters.append(JsonlReporter(StageRun(stage_dir).metrics))
         if ctx.extra_reporters:
             reporters += ctx.extra_reporters(trial, stage, stage_dir)
     fault = fault_for(ctx.plan.sweep_dir, stage, stage_dir, rank)

@@ -8,11 +8,11 @@ rotated away errored the trial on resume.)
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
+from ..layout import StageRun, read_json, write_json
 from ..spec.expand import TrialPlan
 from ..trainer import load_latest_checkpoint
 from .context import SweepContext
@@ -26,17 +26,17 @@ def run_stage(ctx: SweepContext, trial: TrialPlan, stage: str, stage_dir: Path, 
 
     One worker trains in this process; several (``resources.workers > 1``) in a Ray Train group (see ``workers``).
     """
-    done = stage_dir / "result.json"
-    if done.exists():
-        return Path(json.loads(done.read_text())["checkpoint"])
+    run = StageRun(stage_dir)
+    if run.finished():
+        return Path(read_json(run.result)["checkpoint"])
     sweep_dir = ctx.plan.sweep_dir
-    resumed = load_latest_checkpoint(stage_dir / "checkpoints")
+    resumed = load_latest_checkpoint(run.checkpoints)
     append_event(sweep_dir, "stage_start", stage=stage, trial_id=trial.trial_id, key=key,
                  from_step=resumed[0]["step"] if resumed else 0, pid=os.getpid())
     try:
         if ctx.plan.spec.resources.workers > 1:
             run_stage_on_workers(StageJob(ctx, trial, stage, stage_dir, init, key))
-            result = json.loads(done.read_text())  # written by rank 0
+            result = read_json(run.result)  # written by rank 0
         else:
             result = train_stage(ctx, trial, stage, stage_dir, init).to_json()
     except Exception as err:
@@ -79,12 +79,10 @@ def trial_trainable(params: dict[str, Any], ctx: SweepContext) -> None:
     limit_threads(ctx)
     plan = ctx.plan
     trial = ctx.trial_for(params)
-    trial_dir = plan.trial_dir(trial.trial_id)
-    trial_dir.mkdir(parents=True, exist_ok=True)
-    (trial_dir / "trial.json").write_text(json.dumps({  # what results/ needs for searched trials too
-        "trial_id": trial.trial_id, "label": trial.label, "assignments": trial.assignments,
-        "pretrain_key": trial.pretrain_key}, indent=2))
+    layout = plan.layout
+    layout.trial_dir(trial.trial_id).mkdir(parents=True, exist_ok=True)
+    write_json(layout.manifest(trial.trial_id), trial.manifest(plan.spec.resources))  # what results/ reads
     init = None
     if trial.pretrain_key:
         init = run_stage(ctx, trial, "pretrain", plan.pretrain_dir(trial.pretrain_key), None, trial.pretrain_key)
-    run_stage(ctx, trial, "finetune", plan.trial_dir(trial.trial_id) / "finetune", init, trial.trial_id)
+    run_stage(ctx, trial, "finetune", layout.finetune(trial.trial_id).path, init, trial.trial_id)

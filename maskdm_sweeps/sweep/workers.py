@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..layout import StageRun
 from ..spec.expand import TrialPlan
 from ..trainer import list_checkpoints
 from .context import SweepContext
@@ -82,7 +83,7 @@ def _stage_worker(config: dict) -> None:
     if ctx.plan.spec.resources.gpus:
         torch.cuda.set_device(ray.train.torch.get_device())  # "cuda" below then means this worker's GPU
     if rank == 0:
-        newest = list_checkpoints(job.stage_dir / "checkpoints")
+        newest = list_checkpoints(StageRun(job.stage_dir).checkpoints)
         append_event(ctx.plan.sweep_dir, "worker_group_start", stage=stage, trial_id=trial.trial_id, key=job.key,
                      workers=ctx.plan.spec.resources.workers, pid=os.getpid(),
                      newest_checkpoint=newest[-1].name if newest else None)

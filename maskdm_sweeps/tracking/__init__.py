@@ -1,8 +1,8 @@
 """MLflow tracking on MlflowClient with explicit run ids: parent and nested child runs, batches, buffer, replay."""
 
-from .reporter import BUFFER_FILE, RUN_FILE, MlflowReporter, sync_buffers
+from .reporter import MlflowReporter, sync_buffers
 from .store import default_tracking_uri, ensure_experiment, flatten
 from .sweep import SweepTracking, finish_sweep_tracking, start_sweep_tracking
 
-__all__ = ["BUFFER_FILE", "RUN_FILE", "MlflowReporter", "sync_buffers", "default_tracking_uri", "ensure_experiment",
+__all__ = ["MlflowReporter", "sync_buffers", "default_tracking_uri", "ensure_experiment",
            "flatten", "SweepTracking", "finish_sweep_tracking", "start_sweep_tracking"]

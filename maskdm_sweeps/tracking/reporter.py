@@ -15,13 +15,12 @@ import logging
 import time
 from pathlib import Path
 
+from ..layout import (MLFLOW_BUFFER_FILE, MLFLOW_RUN_FILE, MLFLOW_TARGET_FILE, SAMPLES_DIR, append_jsonl, read_jsonl,
+                      write_json)
 from ..trainer.reporter import NullReporter
 from .store import client, flatten
 
 log = logging.getLogger(__name__)
-RUN_FILE = "mlflow_run.json"
-TARGET_FILE = "mlflow_target.json"
-BUFFER_FILE = "mlflow_buffer.jsonl"
 BATCH = 200  # metrics per log_batch call (MLflow accepts up to 1000)
 
 
@@ -32,7 +31,7 @@ class MlflowReporter(NullReporter):
         self.flush_every = flush_every
         self.unsent_metrics = 0  # metric records appended since the last send
         self.stage_dir.mkdir(parents=True, exist_ok=True)
-        (self.stage_dir / TARGET_FILE).write_text(json.dumps({"uri": uri}))
+        write_json(self.stage_dir / MLFLOW_TARGET_FILE, {"uri": uri})
         self.run_id = self._existing_run_id()
         # the create record carries everything needed to create the run later (replay, `maskdm-sweep sync`)
         self._enqueue({"op": "create", "experiment_id": experiment_id, "run_name": run_name,
@@ -55,7 +54,7 @@ class MlflowReporter(NullReporter):
         self._flush()
 
     def artifact(self, step: int, path: Path) -> None:
-        self._enqueue({"op": "artifact", "path": str(path), "dir": "samples"})
+        self._enqueue({"op": "artifact", "path": str(path), "dir": SAMPLES_DIR})
         self._flush()
 
     def finish(self, status: str = "FINISHED", cost: dict[str, float] | None = None) -> None:
@@ -66,23 +65,17 @@ class MlflowReporter(NullReporter):
 
     # ------------------------------------------------------------------------------------------ plumbing
     def _existing_run_id(self) -> str | None:
-        path = self.stage_dir / RUN_FILE
+        path = self.stage_dir / MLFLOW_RUN_FILE
         return json.loads(path.read_text())["run_id"] if path.exists() else None
 
     def _enqueue(self, record: dict) -> None:
         """Append to the write-ahead buffer: a record survives the process from this moment on."""
-        with open(self.stage_dir / BUFFER_FILE, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_jsonl(self.stage_dir / MLFLOW_BUFFER_FILE, record)
 
     def _flush(self) -> None:
         """Send the buffer's records in order; keep on disk whatever was not sent."""
-        buffer = self.stage_dir / BUFFER_FILE
-        records = []
-        for line in buffer.read_text().splitlines() if buffer.exists() else []:
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut short by a kill mid-write
-                log.warning("skipping a truncated record in %s", buffer)
+        buffer = self.stage_dir / MLFLOW_BUFFER_FILE
+        records = read_jsonl(buffer)  # a line cut short by a kill mid-write is skipped
         self.unsent_metrics = 0
         try:
             sent = send_records(self, records)
@@ -103,20 +96,20 @@ class BufferReplayer(MlflowReporter):
 
     def __init__(self, stage_dir: Path):
         self.stage_dir = Path(stage_dir)
-        self.uri = json.loads((self.stage_dir / TARGET_FILE).read_text())["uri"]
+        self.uri = json.loads((self.stage_dir / MLFLOW_TARGET_FILE).read_text())["uri"]
         self.run_id = self._existing_run_id()
         self.unsent_metrics = 0
 
     def replay(self) -> int:
         """Send every buffered record; returns how many are still buffered (0 when the server took them all)."""
         self._flush()
-        buffer = self.stage_dir / BUFFER_FILE
+        buffer = self.stage_dir / MLFLOW_BUFFER_FILE
         return len(buffer.read_text().splitlines()) if buffer.exists() else 0
 
 
 def sync_buffers(root: Path) -> dict[Path, int]:
     """Replay every ``mlflow_buffer.jsonl`` under ``root``; returns the records left per stage directory."""
-    return {p.parent: BufferReplayer(p.parent).replay() for p in sorted(Path(root).rglob(BUFFER_FILE))}
+    return {p.parent: BufferReplayer(p.parent).replay() for p in sorted(Path(root).rglob(MLFLOW_BUFFER_FILE))}
 
 
 class _Partial(Exception):
@@ -164,7 +157,7 @@ def _send_one(c, rep: MlflowReporter, record: dict) -> None:
             tags["mlflow.parentRunId"] = record["parent_run_id"]
         run = c.create_run(record["experiment_id"], tags=tags, run_name=record["run_name"])
         rep.run_id = run.info.run_id
-        (rep.stage_dir / RUN_FILE).write_text(json.dumps({"run_id": rep.run_id, "uri": rep.uri}))
+        write_json(rep.stage_dir / MLFLOW_RUN_FILE, {"run_id": rep.run_id, "uri": rep.uri})
         params = [Param(k, v[:6000]) for k, v in record["params"].items()]
         for i in range(0, len(params), 100):
             c.log_batch(rep.run_id, params=params[i : i + 100])

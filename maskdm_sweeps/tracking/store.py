@@ -6,6 +6,8 @@ import os
 import subprocess
 from pathlib import Path
 
+from ..layout import MLFLOW_DB
+
 # a tracking server that is down must not stall training for minutes of HTTP retries: fail fast, buffer, replay
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
@@ -13,7 +15,7 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
 
 def default_tracking_uri(results_root: Path) -> str:
     """``sqlite:///<absolute results root>/mlflow.db`` (MLflow refuses the ./mlruns file store)."""
-    return f"sqlite:///{Path(results_root).resolve() / 'mlflow.db'}"
+    return f"sqlite:///{Path(results_root).resolve() / MLFLOW_DB}"
 
 
 def client(uri: str):

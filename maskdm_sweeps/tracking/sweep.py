@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from .reporter import RUN_FILE, MlflowReporter
+from ..layout import MLFLOW_RUN_FILE, PLAN_FILE, RESOLVED_SPEC, read_json
+from .reporter import MlflowReporter
 from .store import client, default_tracking_uri, ensure_experiment, git_commit
 
 log = logging.getLogger(__name__)
@@ -35,9 +35,9 @@ class SweepTracking:
             "mask_rate": "0" if trial.is_baseline else str(mask.get("rate", "")),
         }
         if stage == "finetune" and trial.pretrain_key:
-            pre_run = Path(self.pretrain_store) / trial.pretrain_key / RUN_FILE
-            if pre_run.exists():
-                tags["pretrain_run_id"] = json.loads(pre_run.read_text())["run_id"]
+            pre_run = read_json(Path(self.pretrain_store) / trial.pretrain_key / MLFLOW_RUN_FILE)
+            if pre_run:
+                tags["pretrain_run_id"] = pre_run["run_id"]
         name = f"pretrain {trial.pretrain_key}" if stage == "pretrain" else f"{trial.trial_id} {trial.label}"
         return [MlflowReporter(self.uri, self.experiment_id, stage_dir, name, self.parent_run_id, tags,
                                cfg.model_dump(mode="json"))]
@@ -57,7 +57,7 @@ def start_sweep_tracking(plan, invocation: int, resume: bool) -> SweepTracking:
                            tags={"sweep": spec.name, "spec_hash": plan.spec_hash, "git_commit": commit,
                                  "invocation": str(invocation), "kind": "sweep"})
         parent = run.info.run_id
-        for file in ("spec.resolved.yaml", "plan.json"):
+        for file in (RESOLVED_SPEC, PLAN_FILE):
             if (plan.sweep_dir / file).exists():
                 c.log_artifact(parent, str(plan.sweep_dir / file))
     except Exception as err:  # training must not wait for a tracking server

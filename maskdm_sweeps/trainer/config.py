@@ -14,11 +14,27 @@ from typing import Annotated, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..data.config import DataConfig
-from ..maskdm import MODEL_PRESETS, UViTConfig, build_mask, resolve_model_config
+from ..maskdm import MODEL_PRESETS, UViTConfig, build_mask, effective_mask_rate, resolve_model_config
 from ..maskdm.masking import MaskStrategy
 
 STAGES = ("pretrain", "finetune")
 Stage = Literal["pretrain", "finetune"]
+
+# What a pre-training ignores, by top-level section: it ends before fine-tuning and evaluates nothing that changes its
+# weights, and runtime settings change speed, not results, except the numeric precision. The stage hash and the
+# sweep's search (does a searched key change the pre-training?) both read this table.
+PRETRAIN_IGNORED_SECTIONS = ("finetune", "eval", "runtime")
+RESULT_CHANGING_RUNTIME = ("precision",)
+# What a baseline (a trial without pre-training) ignores.
+BASELINE_IGNORED_SECTIONS = ("mask", "pretrain")
+
+
+def affects_pretraining(key: str) -> bool:
+    """Whether a dotted trial-config key (``mask.rate``, ``eval.num_samples``) changes what a pre-training computes."""
+    section, _, rest = key.partition(".")
+    if section == "runtime":
+        return rest.split(".")[0] in RESULT_CHANGING_RUNTIME
+    return section not in PRETRAIN_IGNORED_SECTIONS
 
 
 class _Strict(BaseModel):
@@ -210,6 +226,13 @@ class TrialConfig(_Strict):
     def channels(self) -> int:
         return 1 if self.data.name == "digits" else 3
 
+    @property
+    def effective_mask_rate(self) -> float:
+        """The share of patches pre-training really drops (the counting rule on this grid); 0 without pre-training."""
+        if self.pretrain.steps == 0:
+            return 0.0
+        return effective_mask_rate(build_mask_from_config(self.mask), self.model_config_resolved().grid)
+
     def model_config_resolved(self) -> UViTConfig:
         overrides = dict(img_size=self.image_size, in_chans=self.channels, time_mlp=self.model.time_mlp,
                          final_conv=self.model.final_conv)
@@ -230,10 +253,10 @@ class TrialConfig(_Strict):
         from it), except for the baseline, which ignores mask and pre-training settings altogether.
         """
         cfg = self.model_dump(mode="json")
-        cfg["runtime"] = {"precision": cfg["runtime"]["precision"]}  # the rest changes speed, not results
+        cfg["runtime"] = {k: cfg["runtime"][k] for k in RESULT_CHANGING_RUNTIME}  # the rest changes speed only
         if stage == "pretrain":
-            cfg = {k: v for k, v in cfg.items() if k not in ("finetune", "eval")}
+            cfg = {k: v for k, v in cfg.items() if k == "runtime" or k not in PRETRAIN_IGNORED_SECTIONS}
         elif self.pretrain.steps == 0:
-            cfg = {k: v for k, v in cfg.items() if k not in ("mask", "pretrain")}
+            cfg = {k: v for k, v in cfg.items() if k not in BASELINE_IGNORED_SECTIONS}
             cfg["finetune"] = {k: v for k, v in cfg["finetune"].items() if k != "init_from"}  # nothing to init from
         return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]

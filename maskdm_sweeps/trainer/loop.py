@@ -12,7 +12,6 @@ global batch; rank 0 alone writes files and evaluates, and all ranks report the 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -21,7 +20,8 @@ from pathlib import Path
 import torch
 
 from ..data import ImageBatches, load_dataset
-from ..maskdm import UViT, build_schedule, effective_mask_rate, mdsm_loss
+from ..layout import StageRun, write_json
+from ..maskdm import UViT, build_schedule, mdsm_loss
 from .checkpoint import checkpoint_path, load_checkpoint, load_latest_checkpoint, save_checkpoint
 from .config import Stage, TrialConfig, build_mask_from_config
 from .ema import EMA
@@ -108,6 +108,7 @@ class _StageRun:
     def __init__(self, config: TrialConfig, stage: Stage, workdir: Path, reporter: Reporter, init_checkpoint,
                  parallel: DataParallel):
         self.config, self.stage, self.workdir, self.reporter = config, stage, workdir, reporter
+        self.files = StageRun(workdir)
         self.parallel = parallel
         self.stage_cfg = config.pretrain if stage == "pretrain" else config.finetune
         self.rows = parallel.rows(self.stage_cfg.batch_size, f"{stage}.batch_size")  # this rank's rows of a batch
@@ -117,7 +118,7 @@ class _StageRun:
         self.abar = self.schedule.alphas_cumprod.float().to(self.device)
         self.model_cfg = config.model_config_resolved()
         self.mask = build_mask_from_config(config.mask) if stage == "pretrain" else None
-        self.effective_rate = effective_mask_rate(self.mask, self.model_cfg.grid) if self.mask else 0.0
+        self.effective_rate = config.effective_mask_rate if stage == "pretrain" else 0.0
         if self.effective_rate == 0.0:  # every patch visible: no mask to draw, sort and gather every step
             self.mask = None
 
@@ -205,7 +206,7 @@ class _StageRun:
         alone)."""
         checksums = check_replicas(self.model, self.parallel) if self.parallel.enabled else None
         if self.parallel.is_main:
-            path = save_checkpoint(self.state_dict(), self.workdir / "checkpoints", self.step,
+            path = save_checkpoint(self.state_dict(), self.files.checkpoints, self.step,
                                    keep=self.config.runtime.keep_checkpoints)
             self.reporter.checkpoint(self.step, path)
         return checksums
@@ -260,7 +261,7 @@ class _StageRun:
         s, rt, main = self.stage_cfg, self.config.runtime, self.parallel.is_main
         if main:
             self.workdir.mkdir(parents=True, exist_ok=True)
-            (self.workdir / "config.json").write_text(json.dumps(self.config.model_dump(mode="json"), indent=2))
+            write_json(self.files.config, self.config.model_dump(mode="json"))
         resumed = self._load_resume_state()
         if resumed is not None:
             self.load_state_dict(resumed)
@@ -295,16 +296,16 @@ class _StageRun:
         result = StageResult(
             stage=self.stage, steps=self.step, loss_final=self.loss_last, fid=self.fid_last, fid_best=self.fid_best,
             effective_mask_rate=self.effective_rate, wall_seconds=self.wall_seconds(),
-            checkpoint=str(checkpoint_path(self.workdir / "checkpoints", self.step)), stopped_early=stopped,
+            checkpoint=str(checkpoint_path(self.files.checkpoints, self.step)), stopped_early=stopped,
             workers=self.parallel.world_size, replica_checksums=checksums,
         )
         if main:
-            (self.workdir / "result.json").write_text(json.dumps(result.to_json(), indent=2))
+            write_json(self.files.result, result.to_json())  # last: the stage run is finished from here on
         return result
 
     def _load_resume_state(self) -> dict | None:
         """The newest readable checkpoint; every rank loads the one rank 0 found (none of them writes meanwhile)."""
-        directory = self.workdir / "checkpoints"
+        directory = self.files.checkpoints
         found = load_latest_checkpoint(directory, map_location=self.device) if self.parallel.is_main else None
         step = self.parallel.broadcast(None if found is None else int(found[0]["step"]))
         if step is None:
@@ -346,7 +347,7 @@ class _StageRun:
         outcome = None
         if self.evaluator is not None:
             net = self.ema.model if self.config.eval.weights == "ema" else self.model
-            outcome = self.evaluator.evaluate(net, self.schedule, self.step, self.workdir / "samples")
+            outcome = self.evaluator.evaluate(net, self.schedule, self.step, self.files.samples)
             self.reporter.artifact(self.step, outcome.grid_path)
         fid = self.parallel.broadcast(None if outcome is None else outcome.fid)
         if fid is not None:

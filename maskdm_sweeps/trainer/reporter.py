@@ -6,10 +6,11 @@ grids, and asks ``should_stop`` between steps (an early-stopping scheduler answe
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Protocol, runtime_checkable
+
+from ..layout import append_jsonl, read_jsonl
 
 
 @runtime_checkable
@@ -57,8 +58,7 @@ class JsonlReporter(NullReporter):
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def _write(self, record: dict) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps({"time": time.time(), **record}) + "\n")
+        append_jsonl(self.path, {"time": time.time(), **record})
 
     def metrics(self, step: int, values: dict[str, float]) -> None:
         self._write({"step": step, "kind": "metrics", "values": values})
@@ -101,9 +101,4 @@ class MultiReporter(NullReporter):
 
 def read_jsonl_metrics(path: Path) -> list[tuple[int, dict[str, float]]]:
     """The ``(step, values)`` metric records of a :class:`JsonlReporter` file, in order."""
-    out = []
-    for line in Path(path).read_text().splitlines():
-        rec = json.loads(line)
-        if rec["kind"] == "metrics":
-            out.append((rec["step"], rec["values"]))
-    return out
+    return [(rec["step"], rec["values"]) for rec in read_jsonl(path) if rec.get("kind") == "metrics"]

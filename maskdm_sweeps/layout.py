@@ -1,0 +1,208 @@
+"""The sweep directory on disk: every file name, every path, "is it finished", and how the files are written and read.
+
+One owner for the layout (standard library only, so the trainer may use it too); every other module asks here::
+
+    <output_dir>/                       results root (the spec's output_dir)
+      _pretrain/<key>/                  a shared pre-training: a stage run, reused by later sweeps of this root
+      <sweep name>/                     one sweep
+        spec.resolved.yaml  plan.json  invocations.json  events.jsonl
+        trials/<trial id>/trial.json    the trial's manifest (what it is, written when it starts)
+        trials/<trial id>/finetune/     the trial's fine-tuning: a stage run
+        tune/                           Ray Tune's own state (resume)
+        trials.parquet  curves.parquet  report.md  plots/*.png
+    <stage run>/                        config.json  metrics.jsonl  result.json  checkpoints/  samples/
+                                        mlflow_run.json  mlflow_target.json  mlflow_buffer.jsonl
+
+A stage run is finished exactly when its ``result.json`` exists (written last, atomically).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# ------------------------------------------------------------------------------------------------ file names
+STORE_DIR = "_pretrain"
+TRIALS_DIR = "trials"
+TUNE_DIR = "tune"
+RESOLVED_SPEC = "spec.resolved.yaml"
+PLAN_FILE = "plan.json"
+INVOCATIONS_FILE = "invocations.json"
+EVENTS_FILE = "events.jsonl"
+TRIAL_MANIFEST = "trial.json"
+FINETUNE_DIR = "finetune"
+
+STAGE_CONFIG = "config.json"
+STAGE_METRICS = "metrics.jsonl"
+STAGE_RESULT = "result.json"
+CHECKPOINTS_DIR = "checkpoints"
+SAMPLES_DIR = "samples"
+MLFLOW_RUN_FILE = "mlflow_run.json"
+MLFLOW_TARGET_FILE = "mlflow_target.json"
+MLFLOW_BUFFER_FILE = "mlflow_buffer.jsonl"
+
+MLFLOW_DB = "mlflow.db"  # the default MLflow store, in the results root
+
+TRIALS_PARQUET = "trials.parquet"
+CURVES_PARQUET = "curves.parquet"
+REPORT_FILE = "report.md"
+PLOTS_DIR = "plots"
+
+
+# ------------------------------------------------------------------------------------------------ paths
+@dataclass(frozen=True)
+class StageRun:
+    """The directory of one stage run (a pre-training or a trial's fine-tuning)."""
+
+    path: Path
+
+    @property
+    def config(self) -> Path:
+        return self.path / STAGE_CONFIG
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / STAGE_METRICS
+
+    @property
+    def result(self) -> Path:
+        return self.path / STAGE_RESULT
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / CHECKPOINTS_DIR
+
+    @property
+    def samples(self) -> Path:
+        return self.path / SAMPLES_DIR
+
+    @property
+    def mlflow_run(self) -> Path:
+        return self.path / MLFLOW_RUN_FILE
+
+    def finished(self) -> bool:
+        return self.result.exists()
+
+
+@dataclass(frozen=True)
+class SweepDir:
+    """The paths of one sweep under its results root."""
+
+    root: Path  # the results root: the spec's output_dir
+    name: str
+
+    @classmethod
+    def of(cls, sweep_path: Path) -> "SweepDir":
+        """The layout of an existing sweep directory (its results root is the folder above it)."""
+        path = Path(sweep_path).resolve()
+        return cls(path.parent, path.name)
+
+    @property
+    def path(self) -> Path:
+        return Path(self.root) / self.name
+
+    @property
+    def store(self) -> Path:
+        """Shared across the sweeps of one results root: finished pre-trainings are found here and reused."""
+        return Path(self.root) / STORE_DIR
+
+    def pretrain(self, key: str) -> StageRun:
+        return StageRun(self.store / key)
+
+    def trial_dir(self, trial_id: str) -> Path:
+        return self.path / TRIALS_DIR / trial_id
+
+    def manifest(self, trial_id: str) -> Path:
+        return self.trial_dir(trial_id) / TRIAL_MANIFEST
+
+    def finetune(self, trial_id: str) -> StageRun:
+        return StageRun(self.trial_dir(trial_id) / FINETUNE_DIR)
+
+    def trial_ids(self) -> list[str]:
+        """Every trial that has a directory, sorted."""
+        root = self.path / TRIALS_DIR
+        return sorted(d.name for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
+
+    @property
+    def resolved_spec(self) -> Path:
+        return self.path / RESOLVED_SPEC
+
+    @property
+    def plan_file(self) -> Path:
+        return self.path / PLAN_FILE
+
+    @property
+    def invocations(self) -> Path:
+        return self.path / INVOCATIONS_FILE
+
+    @property
+    def events(self) -> Path:
+        return self.path / EVENTS_FILE
+
+    @property
+    def tune(self) -> Path:
+        return self.path / TUNE_DIR
+
+    @property
+    def trials_parquet(self) -> Path:
+        return self.path / TRIALS_PARQUET
+
+    @property
+    def curves_parquet(self) -> Path:
+        return self.path / CURVES_PARQUET
+
+    @property
+    def report(self) -> Path:
+        return self.path / REPORT_FILE
+
+    @property
+    def plots(self) -> Path:
+        return self.path / PLOTS_DIR
+
+
+# ------------------------------------------------------------------------------------------------ writing and reading
+def write_json(path: Path, data: Any) -> Path:
+    """Write JSON whole or not at all: a reader (or a process killed mid-write) never sees half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
+    return path
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    """Append one JSON line with a single O_APPEND write: lines of concurrent processes stay whole."""
+    line = (json.dumps(record) + "\n").encode()
+    fd = os.open(Path(path), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+def read_json(path: Path) -> Any:
+    """The JSON in ``path``, or None when it is missing or unreadable."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The whole records of a JSON-lines file; a line cut short (a process killed mid-write) is skipped."""
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return []
+    records = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
