@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .trainer.config import TrialConfig
+from .trainer.reporter import NullReporter
 
 
 def _merge(base: dict, overrides: dict) -> dict:
@@ -31,3 +35,39 @@ def tiny_trial_config(**overrides: Any) -> TrialConfig:
         "runtime": {"device": "cpu", "log_every_steps": 1, "checkpoint_every_steps": 10},
     }
     return TrialConfig.model_validate(_merge(base, overrides))
+
+
+class InjectedFault(RuntimeError):
+    """What a :class:`CrashAt` reporter raises: a simulated crash of the training process."""
+
+
+class CrashAt(NullReporter):
+    """A reporter that crashes the stage at its first report at or after ``step`` (put it first in line, so no
+    other reporter sees that step). ``exit_process``: die as a crashed worker does (``os._exit(17)``) instead of
+    raising :class:`InjectedFault`. ``marker``: a file that, once written, disarms it (so a retry runs through)."""
+
+    def __init__(self, step: int, exit_process: bool = False, marker: Path | None = None):
+        self.step, self.exit_process, self.marker = step, exit_process, marker
+
+    def metrics(self, step: int, values: dict[str, float]) -> None:
+        if step < self.step or (self.marker is not None and self.marker.exists()):
+            return
+        if self.marker is not None:
+            self.marker.touch()
+        if self.exit_process:
+            os._exit(17)  # a real process death: no cleanup, no finally, as a killed GPU worker
+        raise InjectedFault(f"injected fault at step {step}")
+
+
+@dataclass(frozen=True)
+class crash_once:  # noqa: N801 (used like a function: run_sweep(plan, reporters=crash_once("finetune", 17)))
+    """``run_sweep``'s ``reporters`` that kill the process of each ``stage`` run once, at ``step``, on ``rank``."""
+
+    stage: str
+    step: int
+    rank: int = 0
+
+    def __call__(self, trial, stage: str, stage_dir: Path, rank: int) -> list:
+        if stage != self.stage or rank != self.rank:
+            return []
+        return [CrashAt(self.step, exit_process=True, marker=Path(stage_dir) / ".crashed_once")]

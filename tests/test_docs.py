@@ -17,7 +17,7 @@ from maskdm_sweeps.docgen import (
     GENERATED, README, REGENERATE, SCHEMA_FILE, cli_help_markdown, json_schema_text, main, readme_section,
     render_readme, spec_sections,
 )
-from test_results import build_sweep  # writes a finished sweep's files by hand: no training
+from fake_sweep import build_sweep  # writes a finished sweep's files by hand: no training
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = sorted((ROOT / "experiments").glob("*.yaml"))

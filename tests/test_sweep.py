@@ -10,6 +10,7 @@ import yaml
 
 from maskdm_sweeps.spec import load_spec
 from maskdm_sweeps.sweep import read_events, run_sweep
+from maskdm_sweeps.testing import crash_once
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
 
@@ -71,10 +72,8 @@ def test_a_trial_that_crashes_once_is_retried_from_its_checkpoint_with_identical
     sweep, one_stage = {}, {"pretrain": {"steps": 0}, "finetune": {"steps": 30}}  # one stage run keeps it short
     clean = plan_for(tmp_path / "clean", "fault", sweep, one_stage)
     crashy = plan_for(tmp_path / "crashy", "fault", sweep, one_stage, {"max_failures": 1})
-    crashy.sweep_dir.mkdir(parents=True)
-    (crashy.sweep_dir / "test-fault").write_text("finetune:17")  # the trial process dies once at step 17
     assert run_sweep(clean).exit_code == 0
-    outcome = run_sweep(crashy)
+    outcome = run_sweep(crashy, reporters=crash_once("finetune", 17))  # the trial process dies once at step 17
     assert outcome.exit_code == 0, outcome.failed
     starts = [e for e in read_events(crashy.sweep_dir) if e["event"] == "stage_start" and e["stage"] == "finetune"]
     assert [e["from_step"] for e in starts] == [0, 15]  # the retry resumed from the step-15 checkpoint

@@ -17,6 +17,7 @@ from mlflow import MlflowClient
 
 from maskdm_sweeps.spec import load_spec
 from maskdm_sweeps.sweep import run_sweep
+from maskdm_sweeps.testing import crash_once
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
 
@@ -101,9 +102,7 @@ def test_a_cpu_sweep_bills_no_gpu_alike_in_mlflow_and_in_trials_parquet(tracked)
 
 def test_a_retried_trial_logs_into_the_run_it_started(tmp_path):
     plan = make_plan(tmp_path, "retry", {"axes": {"mask.rate": [0.5]}}, {"max_failures": 1})
-    plan.sweep_dir.mkdir(parents=True)
-    (plan.sweep_dir / "test-fault").write_text("finetune:17")
-    assert run_sweep(plan).exit_code == 0
+    assert run_sweep(plan, reporters=crash_once("finetune", 17)).exit_code == 0
     c, runs = runs_of(plan)
     finetunes = [r for r in runs if r.data.tags.get("stage") == "finetune"]
     assert len(finetunes) == 1  # re-attached, not duplicated

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from maskdm_sweeps.maskdm import UViT
-from maskdm_sweeps.testing import tiny_trial_config
+from maskdm_sweeps.testing import CrashAt, InjectedFault, tiny_trial_config
 from maskdm_sweeps.trainer import (
     EMA,
-    InjectedFault,
     JsonlReporter,
+    MultiReporter,
     TrainingDiverged,
     ema_decay,
     fit,
@@ -54,7 +54,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, stage):
     cfg = tiny_trial_config(pretrain={"steps": 30}, finetune={"steps": 30}, ema=FAST_EMA)
     whole = fit(cfg, stage, tmp_path / "whole", JsonlReporter(tmp_path / "whole.jsonl"))
     with pytest.raises(InjectedFault):
-        fit(cfg, stage, tmp_path / "crash", JsonlReporter(tmp_path / "crash.jsonl"), fault_at_step=17)
+        fit(cfg, stage, tmp_path / "crash", MultiReporter(CrashAt(17), JsonlReporter(tmp_path / "crash.jsonl")))
     assert [p.name for p in list_checkpoints(tmp_path / "crash" / "checkpoints")] == ["step_000000010.pt"]
     resumed = fit(cfg, stage, tmp_path / "crash", JsonlReporter(tmp_path / "resumed.jsonl"))
     expected, got = losses(tmp_path / "whole.jsonl"), losses(tmp_path / "resumed.jsonl")

@@ -16,7 +16,8 @@ class SweepContext:
     """Everything a trial process needs, shipped once through ``tune.with_parameters``."""
 
     plan: SweepPlan
-    extra_reporters: Callable[[TrialPlan, str, Path], list[Reporter]] | None = None
+    extra_reporters: Callable[[TrialPlan, str, Path], list[Reporter]] | None = None  # rank 0's (MLflow)
+    rank_reporters: Callable[[TrialPlan, str, Path, int], list[Reporter]] | None = None  # every rank's, first
     trials: dict[str, TrialPlan] = field(init=False)
 
     def __post_init__(self) -> None:

@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
 from ..layout import read_json, write_json
-from ..spec.expand import SweepPlan
+from ..spec.expand import SweepPlan, TrialPlan
+from ..trainer import Reporter
 from ..trainer.config import affects_pretraining
 from .events import append_event, read_events
 from .progress import LiveTable
@@ -195,10 +196,13 @@ def _collect_errors(result_grid, outcome: SweepOutcome, key: str) -> None:
             outcome.failed[ident] = f"{type(result.error).__name__}: {str(result.error).strip().splitlines()[-1][:300]}"
 
 
-def run_sweep(plan: SweepPlan, address: str | None = None, resume: bool = False, track: bool = True) -> SweepOutcome:
+def run_sweep(plan: SweepPlan, address: str | None = None, resume: bool = False, track: bool = True,
+              reporters: Callable[[TrialPlan, str, Path, int], list[Reporter]] | None = None) -> SweepOutcome:
     """Run (or resume) every unfinished stage run of ``plan``; returns what finished and what failed.
 
     ``track``: record a parent MLflow run for this invocation and a nested child run per stage run.
+    ``reporters(trial, stage, stage_dir, rank)``: more reporters for every rank of every stage run, called first in
+    the trial's process (picklable: it travels to the trials), e.g. :func:`maskdm_sweeps.testing.crash_once`.
     """
     init_ray(address)
     check_resources(plan)
@@ -216,7 +220,7 @@ def run_sweep(plan: SweepPlan, address: str | None = None, resume: bool = False,
         from ..tracking import start_sweep_tracking
 
         tracking = start_sweep_tracking(plan, number, resume)
-    ctx = SweepContext(plan, tracking.reporters if tracking else None)
+    ctx = SweepContext(plan, tracking.reporters if tracking else None, reporters)
     outcome = SweepOutcome(sweep_dir)
     search = plan.spec.sweep.search
     pretrain_inside = any(affects_pretraining(k) for k in search.space)

@@ -7,7 +7,6 @@ its own ``report``).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Callable
 
@@ -15,12 +14,8 @@ from ray import tune
 
 from ..layout import StageRun
 from ..spec.expand import TrialPlan
-from ..trainer import InjectedFault, JsonlReporter, MultiReporter, NullReporter, Reporter, StageResult, fit
+from ..trainer import JsonlReporter, MultiReporter, NullReporter, Reporter, StageResult, fit
 from .context import SweepContext
-
-# test-only: "<stage>:<step>[:<rank>]" in <sweep dir>/test-fault kills each such stage run once (rank 0 by default)
-FAULT_FILE = "test-fault"
-
 
 class TuneReporter(NullReporter):
     """Trainer reports -> ``tune.report`` (or, in a Ray Train worker, ``ray.train.report``, which a callback hands
@@ -36,16 +31,6 @@ class TuneReporter(NullReporter):
         self.report({**self.latest, "step": step, "stage": self.stage, "maskdm_trial": self.trial_id})
 
 
-def fault_for(sweep_dir: Path, stage: str, stage_dir: Path, rank: int = 0) -> int | None:
-    """The test-only fault hook: the step at which this rank dies, once per stage directory (a marker file
-    remembers it fired)."""
-    path = sweep_dir / FAULT_FILE
-    if not path.exists() or (stage_dir / ".fault_fired").exists():
-        return None
-    fault_stage, step, fault_rank = (path.read_text().strip().split(":") + ["0"])[:3]
-    return int(step) if fault_stage == stage and int(fault_rank) == rank else None
-
-
 def stage_cost(resources, wall_seconds: float) -> dict[str, float]:
     """The cost metrics of a finished stage run: wall seconds, device-hours and GPU-hours (0 on a CPU), by the
     spec's billing rule (``ResourcesConfig.gpus_billed`` / ``devices_billed``), as ``trials.parquet`` counts them."""
@@ -58,22 +43,20 @@ def train_stage(ctx: SweepContext, trial: TrialPlan, stage: str, stage_dir: Path
                 report: Callable[[dict], None] | None = None) -> StageResult:
     """One rank's part of a stage run through the shared trainer (rank 0 of one: the whole run).
 
-    Every rank reports to Tune (``report``: ``tune.report`` by default); rank 0 also writes ``metrics.jsonl`` and
-    the extra reporters' runs (MLflow), which it closes with the outcome and the cost.
+    Every rank reports to the context's ``rank_reporters`` first (see :func:`~maskdm_sweeps.sweep.run_sweep`), then
+    to Tune (``report``: ``tune.report`` by default); rank 0 also writes ``metrics.jsonl`` and the extra reporters'
+    runs (MLflow), which it closes with the outcome and the cost.
     """
-    reporters: list[Reporter] = [TuneReporter(trial.trial_id, stage, report)]
+    reporters: list[Reporter] = ctx.rank_reporters(trial, stage, stage_dir, rank) if ctx.rank_reporters else []
+    reporters.append(TuneReporter(trial.trial_id, stage, report))
     if rank == 0:
         # metrics.jsonl beside the checkpoints: the local record results/ reads (a resumed stage appends; the last
         # record of a step wins)
         reporters.append(JsonlReporter(StageRun(stage_dir).metrics))
         if ctx.extra_reporters:
             reporters += ctx.extra_reporters(trial, stage, stage_dir)
-    fault = fault_for(ctx.plan.sweep_dir, stage, stage_dir, rank)
     try:
-        result = fit(trial.config, stage, stage_dir, MultiReporter(*reporters), init_checkpoint=init, fault_at_step=fault)
-    except InjectedFault:
-        (stage_dir / ".fault_fired").touch()
-        os._exit(17)  # a real process death, as a crashed GPU worker would die (Ray Train restarts a group)
+        result = fit(trial.config, stage, stage_dir, MultiReporter(*reporters), init_checkpoint=init)
     except Exception:
         finish_reporters(reporters, "FAILED")
         raise

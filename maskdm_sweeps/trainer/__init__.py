@@ -15,7 +15,7 @@ from .config import (
     TrialConfig,
 )
 from .ema import EMA, ema_decay
-from .loop import InjectedFault, StageResult, TrainingDiverged, fit
+from .loop import StageResult, TrainingDiverged, fit
 from .parallel import BatchDoesNotDivide, DataParallel, ReplicasDiverged
 from .reporter import JsonlReporter, MultiReporter, NullReporter, Reporter, read_jsonl_metrics
 from .trial import run_trial
@@ -23,7 +23,7 @@ from .trial import run_trial
 __all__ = [
     "CheckpointError", "list_checkpoints", "load_latest_checkpoint", "save_checkpoint", "BlockMaskConfig",
     "CropMaskConfig", "DiffusionConfig", "EMAConfig", "EvalConfig", "FinetuneConfig", "ModelConfig",
-    "PatchMaskConfig", "PretrainConfig", "RuntimeConfig", "TrialConfig", "EMA", "ema_decay", "InjectedFault",
+    "PatchMaskConfig", "PretrainConfig", "RuntimeConfig", "TrialConfig", "EMA", "ema_decay",
     "StageResult", "TrainingDiverged", "fit", "JsonlReporter", "MultiReporter", "NullReporter", "Reporter",
     "read_jsonl_metrics", "run_trial", "BatchDoesNotDivide", "DataParallel", "ReplicasDiverged",
 ]

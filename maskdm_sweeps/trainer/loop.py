@@ -36,10 +36,6 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the stage stops with this reason."""
 
 
-class InjectedFault(RuntimeError):
-    """Raised by the test-only fault hook (``fit(..., fault_at_step=N)``) to simulate a crash."""
-
-
 @dataclass
 class StageResult:
     """What a finished stage run reports, also written to ``<workdir>/result.json``."""
@@ -89,19 +85,17 @@ def fit(
     workdir: Path,
     reporter: Reporter | None = None,
     init_checkpoint: Path | None = None,
-    fault_at_step: int | None = None,
     parallel: DataParallel | None = None,
 ) -> StageResult:
     """Run ``stage`` of the trial described by ``config`` in ``workdir``; resume if it holds a checkpoint.
 
     ``init_checkpoint``: for ``finetune``, the pre-training checkpoint to start from (None: the DDPM baseline).
-    ``fault_at_step``: test-only; raise :class:`InjectedFault` once when reaching that step.
     ``parallel``: this process's rank in a data-parallel group (default: the initialised ``torch.distributed``
     group, if any; else a lone process). Every rank of the group calls ``fit`` alike.
     """
     parallel = parallel or DataParallel.from_process_group()
     run = _StageRun(config, stage, Path(workdir).resolve(), reporter or NullReporter(), init_checkpoint, parallel)
-    return run.run(fault_at_step)
+    return run.run()
 
 
 class _StageRun:
@@ -257,7 +251,7 @@ class _StageRun:
         norms = [p.grad.detach().float().norm() for p in self.model.parameters() if p.grad is not None]
         return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
 
-    def run(self, fault_at_step: int | None = None) -> StageResult:
+    def run(self) -> StageResult:
         s, rt, main = self.stage_cfg, self.config.runtime, self.parallel.is_main
         if main:
             self.workdir.mkdir(parents=True, exist_ok=True)
@@ -273,8 +267,6 @@ class _StageRun:
         stopped = False
         checksums = None
         while self.step < s.steps:
-            if fault_at_step is not None and self.step == fault_at_step:
-                raise InjectedFault(f"injected fault at step {self.step}")
             loss, _ = self.train_step()
             loss_sum += loss
             window_steps += 1
