@@ -15,8 +15,8 @@ import logging
 import time
 from pathlib import Path
 
-from ..layout import (MLFLOW_BUFFER_FILE, MLFLOW_RUN_FILE, MLFLOW_TARGET_FILE, SAMPLES_DIR, append_jsonl, read_jsonl,
-                      write_json)
+from ..layout import (MLFLOW_BUFFER_FILE, MLFLOW_RUN_FILE, MLFLOW_TARGET_FILE, SAMPLES_DIR, append_jsonl, read_json,
+                      read_jsonl, write_json)
 from ..trainer.reporter import NullReporter
 from .store import client, flatten
 
@@ -65,8 +65,8 @@ class MlflowReporter(NullReporter):
 
     # ------------------------------------------------------------------------------------------ plumbing
     def _existing_run_id(self) -> str | None:
-        path = self.stage_dir / MLFLOW_RUN_FILE
-        return json.loads(path.read_text())["run_id"] if path.exists() else None
+        record = read_json(self.stage_dir / MLFLOW_RUN_FILE)
+        return record["run_id"] if record else None
 
     def _enqueue(self, record: dict) -> None:
         """Append to the write-ahead buffer: a record survives the process from this moment on."""
@@ -96,7 +96,7 @@ class BufferReplayer(MlflowReporter):
 
     def __init__(self, stage_dir: Path):
         self.stage_dir = Path(stage_dir)
-        self.uri = json.loads((self.stage_dir / MLFLOW_TARGET_FILE).read_text())["uri"]
+        self.uri = read_json(self.stage_dir / MLFLOW_TARGET_FILE)["uri"]
         self.run_id = self._existing_run_id()
         self.unsent_metrics = 0
 
