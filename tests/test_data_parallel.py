@@ -36,13 +36,14 @@ def _join_group(rank: int, world: int, port: int) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
 
 
-def _train_rank(rank: int, world: int, port: int, config_json: str, workdir: str) -> None:
+def _train_rank(rank: int, world: int, port: int, config_json: str, workdirs: list[str], reports: str) -> None:
+    """One rank of a stage run in ``workdirs[rank]``; what the rank reports and returns goes to ``reports``."""
     _join_group(rank, world, port)
     try:
         config = TrialConfig.model_validate_json(config_json)
-        reporter = JsonlReporter(Path(workdir) / f"metrics-rank{rank}.jsonl")
-        result = fit(config, "pretrain", Path(workdir), reporter)
-        (Path(workdir) / f"result-rank{rank}.json").write_text(json.dumps(result.to_json()))
+        reporter = JsonlReporter(Path(reports) / f"metrics-rank{rank}.jsonl")
+        result = fit(config, "pretrain", Path(workdirs[rank]), reporter)
+        (Path(reports) / f"result-rank{rank}.json").write_text(json.dumps(result.to_json()))
     finally:
         dist.destroy_process_group()
 
@@ -77,19 +78,26 @@ def _config():
 
 @pytest.fixture(scope="module")
 def one_and_two_workers(tmp_path_factory):
+    """``(one, two)``: the stage dir of one worker, and a folder holding the two ranks' stage dirs ``rank0`` and
+    ``rank1`` and what each rank reported and returned (``metrics-rank<r>.jsonl``, ``result-rank<r>.json``).
+
+    The ranks train in stage dirs of their own (on one machine a sweep gives them the same one), so that whatever
+    rank 1 writes is seen.
+    """
     config = _config()
     one = tmp_path_factory.mktemp("one-worker")
     torch.set_num_threads(1)
     fit(config, "pretrain", one, JsonlReporter(one / "metrics.jsonl"))
     two = tmp_path_factory.mktemp("two-workers")
-    mp.start_processes(_train_rank, args=(2, _free_port(), config.model_dump_json(), str(two)), nprocs=2,
+    workdirs = [str(two / f"rank{r}") for r in (0, 1)]
+    mp.start_processes(_train_rank, args=(2, _free_port(), config.model_dump_json(), workdirs, str(two)), nprocs=2,
                        start_method="spawn", join=True)
     return one, two
 
 
 def test_two_gloo_workers_train_the_weights_of_one_worker_with_the_same_global_batch(one_and_two_workers):
     one, two = one_and_two_workers
-    (state1, path1), (state2, path2) = load_latest_checkpoint(one / "checkpoints"), load_latest_checkpoint(two / "checkpoints")
+    (state1, path1), (state2, path2) = (load_latest_checkpoint(d / "checkpoints") for d in (one, two / "rank0"))
     assert path1.name == path2.name == f"step_{STEPS:09d}.pt"
     for name in ("model", "ema"):
         w1 = state1[name] if name == "model" else state1["ema"]["model"]
@@ -114,14 +122,22 @@ def test_both_ranks_hold_identical_weights_and_only_rank_0_writes(one_and_two_wo
         checksums = result["replica_checksums"]
         assert len(checksums) == 2 and checksums[0] == checksums[1]
     assert results[0]["loss_final"] == results[1]["loss_final"]
-    written = json.loads((two / "result.json").read_text())
-    assert written["workers"] == 2 and written["steps"] == STEPS
+    # rank 0 writes the stage's files: config, checkpoints, result; rank 1 writes nothing at all
+    rank0, rank1 = two / "rank0", two / "rank1"
+    written = json.loads((rank0 / "result.json").read_text())
+    assert written == results[0] and written["workers"] == 2 and written["steps"] == STEPS
+    assert json.loads((rank0 / "config.json").read_text()) == _config().model_dump(mode="json")
+    assert sorted(p.name for p in (rank0 / "checkpoints").glob("step_*.pt")) == \
+        [f"step_{s:09d}.pt" for s in range(6, STEPS + 1, 6)]
+    assert not rank1.exists() or not [p for p in rank1.rglob("*") if p.is_file()], sorted(rank1.rglob("*"))
     params = [v for v in map(json.loads, (two / "metrics-rank0.jsonl").read_text().splitlines()) if v["kind"] == "params"]
     assert params[0]["values"]["workers"] == 2 and params[0]["values"]["batch_per_worker"] == 16
     # every rank reports the same metrics at the same steps (ray.train.report is a barrier); only clocks differ
-    rank0, rank1 = (read_jsonl_metrics(two / f"metrics-rank{r}.jsonl") for r in (0, 1))
-    assert [(step, sorted(v)) for step, v in rank1] == [(step, sorted(v)) for step, v in rank0]
-    assert [v["train/loss"] for _, v in rank1] == [v["train/loss"] for _, v in rank0]
+    reported = [read_jsonl_metrics(two / f"metrics-rank{r}.jsonl") for r in (0, 1)]
+    assert [(step, sorted(v)) for step, v in reported[1]] == [(step, sorted(v)) for step, v in reported[0]]
+    clocks = {"train/images_per_second"}
+    assert [{k: x for k, x in v.items() if k not in clocks} for _, v in reported[1]] == \
+        [{k: x for k, x in v.items() if k not in clocks} for _, v in reported[0]]
 
 
 def test_replica_check_catches_ranks_whose_weights_differ(tmp_path):

@@ -182,7 +182,7 @@ def test_resume_after_the_driver_is_killed_continues_and_runs_nothing_twice(tmp_
                 f"the first run ended (exit {driver.returncode}) before it could be killed mid-fine-tuning: give "
                 f"the spec more steps{context()}")
             assert time.monotonic() < deadline, f"no finished + part-way fine-tuning within 420 s{context()}"
-            time.sleep(0.5)
+            time.sleep(0.2)
 
         running_pids = {e["pid"] for e in events if e["event"] == "stage_start" and (e["stage"], e["key"]) in running}
         assert any(_alive(p) and _ours(p, marker) for p in running_pids), \
@@ -191,16 +191,16 @@ def test_resume_after_the_driver_is_killed_continues_and_runs_nothing_twice(tmp_
         os.kill(driver.pid, signal.SIGKILL)  # the driver only: Ray's processes must die with it
         killed_at = time.monotonic()
         driver.wait(timeout=30)
-        first_events = _events(events_path)
-        worker_pids = {e["pid"] for e in first_events if e["event"] == "stage_start"}
+        worker_pids = {e["pid"] for e in _events(events_path) if e["event"] == "stage_start"}
         assert worker_pids, f"stage_start events carry no pid{context()}"
 
         # 2. Nothing of the killed run keeps running or writing: its trial processes, raylet, GCS and workers die
-        # with the driver (Ray's agents a minute later: checked after the resume).
-        deadline = time.monotonic() + 60
+        # with the driver (Ray's agents a minute later: checked after the resume). How many steps a trial process
+        # still trains before it notices is up to the machine's speed: not asserted. (Timeouts: liveness only.)
+        deadline = time.monotonic() + 120
         while (left := [p for p in worker_pids if _alive(p) and _ours(p, marker)]) and time.monotonic() < deadline:
             time.sleep(1)
-        assert not left, f"trial processes {left} of the killed run still live 60 s after the driver died{context()}"
+        assert not left, f"trial processes {left} of the killed run still live 120 s after the driver died{context()}"
         print(f"trial processes of the killed run gone {time.monotonic() - killed_at:.1f} s after the driver's SIGKILL")
 
         def core() -> dict[int, str]:
@@ -208,7 +208,7 @@ def test_resume_after_the_driver_is_killed_continues_and_runs_nothing_twice(tmp_
 
         while (rest := core()) and time.monotonic() < deadline:
             time.sleep(1)
-        assert not rest, f"processes of the killed run's Ray are alive 60 s after the driver died: {rest}{context()}"
+        assert not rest, f"processes of the killed run's Ray are alive 120 s after the driver died: {rest}{context()}"
         print(f"the killed run's Ray processes (but its agents) gone {time.monotonic() - killed_at:.1f} s after the "
               "driver's SIGKILL")
         time.sleep(3)
@@ -218,19 +218,22 @@ def test_resume_after_the_driver_is_killed_continues_and_runs_nothing_twice(tmp_
         assert events_path.stat().st_size == size, f"the killed run still appends events{context()}"
         assert sorted(str(p) for p in out_dir.rglob("step_*.pt")) == ckpts, "the killed run still writes checkpoints"
 
-        # What the dead run left: started stage runs, which of them finished, the newest checkpoint of the others.
+        # What the dead run left, read once all of it is gone (whatever its processes did after the kill counts):
+        # started stage runs, which of them finished, the newest checkpoint of the others.
+        first_events = _events(events_path)
         assert not any(e["event"] == "invocation" and e.get("resume") for e in first_events)
         done_before = {(e["stage"], e["key"]) for e in first_events if e["event"] == "stage_done"}
         started_before = {(e["stage"], e["key"]) for e in first_events if e["event"] == "stage_start"}
         interrupted = {k: _newest_checkpoint(_stage_dir(out_dir, sweep_dir, *k) / "checkpoints")
                        for k in started_before - done_before}
-        print(f"killed part-way (stage, key) -> newest checkpoint step: at the kill {at_kill}, after {interrupted}")
+        print(f"killed part-way (stage, key) -> newest checkpoint step: at the kill {at_kill}, after {interrupted}; "
+              f"finished by the dying run: {sorted(set(at_kill) & done_before)}")
         for key, step in at_kill.items():
-            # Workers die a moment after the driver; one more checkpoint interval (5 steps) is all they may add.
-            assert step <= interrupted[key] <= step + 5, (
-                f"{key}: newest checkpoint step {step} at the kill, {interrupted[key]} once the run was dead: the "
-                f"killed run's trial kept training{context()}")
-            assert interrupted[key] < planned[key[1]], f"{key} finished training after the kill{context()}"
+            # checkpoints are never lost: the newest one is at least the one on disk at the kill (or the stage
+            # run finished before its process died; resume must not train it again: checked below)
+            assert key in done_before or interrupted[key] >= step, (
+                f"{key}: newest checkpoint step {step} at the kill, {interrupted[key]} once the run was dead"
+                f"{context()}")
 
         # 3. Resume.
         with open(resume_log, "w") as log:
@@ -268,15 +271,16 @@ def test_resume_after_the_driver_is_killed_continues_and_runs_nothing_twice(tmp_
         planned = {t["trial_id"]: t["assignments"]["finetune.steps"] for t in plan["trials"]}
         assert steps == planned, f"fine-tunings stopped at the wrong step: {steps} vs planned {planned}"
 
-        # 6. Interrupted stage runs continue from their newest checkpoint instead of starting over.
+        # 6. Interrupted stage runs continue from the newest checkpoint they wrote instead of starting over (one
+        # without a checkpoint from step 0).
         resumed_starts = [e for e in events[invocations[1]:] if e["event"] == "stage_start"]
         for key, newest in interrupted.items():
             starts = [e for e in resumed_starts if (e["stage"], e["key"]) == key]
             assert starts, f"interrupted stage run {key} was not started again by resume{context()}"
-            if newest > 0:
-                bad = [e["from_step"] for e in starts if e["from_step"] != newest]
-                assert not bad, (f"{key} had checkpoints up to step {newest} when the run was killed, but resume "
-                                 f"started it from step(s) {bad}{context()}")
+            bad = [e["from_step"] for e in starts if e["from_step"] != newest]
+            assert not bad, (f"{key} had checkpoints up to step {newest} when the killed run was gone, but resume "
+                             f"started it from step(s) {bad}{context()}")
+        print("resumed from a checkpoint (stage, key) -> step:", {k: s for k, s in interrupted.items() if s})
         for e in resumed_starts:
             key = (e["stage"], e["key"])
             assert key not in done_before, f"resume started a finished stage run: {e}{context()}"
@@ -284,7 +288,8 @@ def test_resume_after_the_driver_is_killed_continues_and_runs_nothing_twice(tmp_
                 assert e["from_step"] == 0, f"a stage run that never ran resumed from a checkpoint: {e}{context()}"
 
         # 7. MLflow: one parent run per invocation, exactly one child run per stage run (re-attached, not
-        # duplicated), finished, with a continuous train/loss curve (every logged step, none missing).
+        # duplicated), finished, with a continuous train/loss curve (every logged step, none missing, none trained
+        # twice).
         from mlflow import MlflowClient
 
         client = MlflowClient(f"sqlite:///{(out_dir / 'mlflow.db').resolve()}")
@@ -298,13 +303,21 @@ def test_resume_after_the_driver_is_killed_continues_and_runs_nothing_twice(tmp_
         assert per_stage_run == expected, f"one MLflow run per stage run: {dict(per_stage_run)}"
         for run in children:
             stage, tags = run.data.tags["stage"], run.data.tags
+            key = (stage, tags["trial_id"] if stage == "finetune" else tags["pretrain_key"])
             total = 40 if stage == "pretrain" else planned[tags["trial_id"]]
-            logged = sorted({m.step for m in client.get_metric_history(run.info.run_id, "train/loss")})
+            history = Counter(m.step for m in client.get_metric_history(run.info.run_id, "train/loss"))
+            logged = sorted(history)
             assert run.info.status == "FINISHED" and logged == list(range(5, total + 1, 5)), (
                 f"{run.info.run_name}: status {run.info.status}, train/loss at steps {logged}")
+            # nothing trained twice: a step is logged again only past the checkpoint its stage run resumed from
+            # (the killed run may have logged it before it could write the next checkpoint)
+            again = sorted(step for step, n in history.items() if n > 1)
+            assert all(step > interrupted.get(key, total) for step in again) and max(history.values()) <= 2, (
+                f"{run.info.run_name}: train/loss logged more than once at steps {again} (resumed from step "
+                f"{interrupted.get(key)})")
 
         # 8. By now (the resume took a while) Ray's agents of the killed session have gone too.
-        deadline = killed_at + 150
+        deadline = killed_at + 240
         while (rest := _session_processes(marker)) and time.monotonic() < deadline:
             time.sleep(1)
         assert not rest, f"processes of the killed run are alive {time.monotonic() - killed_at:.0f} s after: {rest}"

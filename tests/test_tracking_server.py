@@ -14,8 +14,12 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
+from maskdm_sweeps.trainer import read_jsonl_metrics
+
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
+BUFFER_FILE = "mlflow_buffer.jsonl"  # a stage run's write-ahead buffer of MLflow records
+LOG_EVERY, CHECKPOINT_EVERY = 5, 10  # steps; every checkpoint sends the buffer (MlflowReporter)
 
 
 def free_port() -> int:
@@ -25,7 +29,7 @@ def free_port() -> int:
 
 
 def start_server(tmp: Path, port: int) -> subprocess.Popen:
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # 2 processes instead of 15 (DESIGN.md)
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # 2 processes instead of 15 (docs/design.md)
     proc = subprocess.Popen(
         [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{tmp / 'server.db'}",
          "--artifacts-destination", str(tmp / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
@@ -44,11 +48,56 @@ def start_server(tmp: Path, port: int) -> subprocess.Popen:
 
 
 def stop_server(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:  # stopped already
+        return
     try:
         proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+
+def buffered_metrics(root: Path, since_ms: int) -> dict[tuple[Path, int, tuple[str, ...]], dict[str, float]]:
+    """The metric records in the write-ahead buffers under ``root`` stamped at or after ``since_ms``:
+    (stage dir, step, keys) -> values."""
+    found = {}
+    for buffer in root.rglob(BUFFER_FILE):
+        try:
+            lines = buffer.read_text().splitlines()
+        except FileNotFoundError:  # sent and removed meanwhile
+            continue
+        for line in lines:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:  # being appended right now
+                continue
+            if rec["op"] == "metrics" and rec["time"] >= since_ms:
+                found[(buffer.parent, rec["step"], tuple(sorted(rec["values"])))] = rec["values"]
+    return found
+
+
+def spans_a_failed_send(records: dict) -> bool:
+    """Whether one stage buffered, during the outage, records more than a checkpoint interval apart: a checkpoint
+    in between tried to send the older ones (the newer one was appended after that send returned) and kept them."""
+    steps: dict[Path, list[int]] = {}
+    for stage_dir, step, _ in records:
+        steps.setdefault(stage_dir, []).append(step)
+    return any(max(s) - min(s) >= CHECKPOINT_EVERY + LOG_EVERY for s in steps.values())
+
+
+def on_server_approx(values: list[float]) -> list:
+    """For ``x in on_server_approx(values)``: x is one of the values, up to float rounding."""
+    return [pytest.approx(v) for v in values]
+
+
+def server_history(c: MlflowClient, run_id: str, key: str) -> dict[int, list[float]]:
+    """A run's points of one metric on the server: step -> values."""
+    history: dict[int, list[float]] = {}
+    for m in c.get_metric_history(run_id, key):
+        history.setdefault(m.step, []).append(m.value)
+    return history
 
 
 def test_server_stopped_and_restarted_mid_sweep_loses_no_metric(tmp_path):
@@ -59,7 +108,8 @@ def test_server_stopped_and_restarted_mid_sweep_loses_no_metric(tmp_path):
                  "mask": {"strategy": "patch", "rate": 0.5}, "pretrain": {"steps": 30, "batch_size": 16},
                  "finetune": {"steps": 60, "batch_size": 16},
                  "eval": {"num_samples": 0, "backend": "digits-classifier"},
-                 "runtime": {"device": "cpu", "log_every_steps": 5, "checkpoint_every_steps": 10}},
+                 "runtime": {"device": "cpu", "log_every_steps": LOG_EVERY,
+                             "checkpoint_every_steps": CHECKPOINT_EVERY}},
         "sweep": {"axes": {"mask.rate": [0.25, 0.5]}, "baseline": True},
         "resources": {"gpus": 0, "cpus": 1},
         "tracking": {"mlflow_uri": f"http://127.0.0.1:{port}"},
@@ -70,34 +120,59 @@ def test_server_stopped_and_restarted_mid_sweep_loses_no_metric(tmp_path):
     sweep = subprocess.Popen([str(BIN / "maskdm-sweep"), "run", str(tmp_path / "spec.yaml")], env=env,
                              stdout=open(tmp_path / "sweep.log", "wb"), stderr=subprocess.STDOUT)
     events = tmp_path / "results" / "server" / "events.jsonl"
+    results = tmp_path / "results"
     try:
         while not (events.exists() and "stage_done" in events.read_text()):  # some runs exist on the server
             assert sweep.poll() is None, (tmp_path / "sweep.log").read_text()[-3000:]
-            time.sleep(1)
+            time.sleep(0.2)
         stop_server(server)
-        buffered, deadline = False, time.time() + 20
-        while time.time() < deadline:  # training goes on while the server is away, buffering what it cannot send
-            buffered = buffered or bool(list((tmp_path / "results").rglob("mlflow_buffer.jsonl")))
-            time.sleep(0.5)
-        assert buffered, "no record was buffered while the server was down"
+        down_since = int(time.time() * 1000)  # records stamped from now on were written while the server was down
+        # Training goes on while the server is away, buffering what it cannot send. The server stays down until a
+        # send during the outage failed and kept its records (or the sweep ended: all its last sends failed).
+        outage: dict = {}  # every record seen in the buffers, written while the server was down
+        deadline = time.monotonic() + 600  # liveness only
+        while True:
+            buffered = buffered_metrics(results, down_since)  # the buffers' content now
+            outage.update(buffered)
+            if spans_a_failed_send(buffered) or sweep.poll() is not None or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert spans_a_failed_send(buffered), (
+            f"no stage kept records over a checkpoint in its buffer while the server was down: {sorted(buffered)}\n"
+            + (tmp_path / "sweep.log").read_text()[-3000:])
+        print(f"{len(outage)} metric records written while the server was down, in "
+              f"{len({d for d, _, _ in outage})} stage runs")
         server = start_server(tmp_path, port)
         assert sweep.wait(timeout=900) == 0, (tmp_path / "sweep.log").read_text()[-3000:]
-        sync = subprocess.run([str(BIN / "maskdm-sweep"), "sync", str(tmp_path / "results")],
+        sync = subprocess.run([str(BIN / "maskdm-sweep"), "sync", str(results)],
                               capture_output=True, text=True, env=env)
         assert sync.returncode == 0, sync.stdout + sync.stderr
-        assert not list((tmp_path / "results").rglob("mlflow_buffer.jsonl"))
+        assert not list(results.rglob(BUFFER_FILE))
         c = MlflowClient(f"http://127.0.0.1:{port}")
-        stage_dirs = [p.parent for p in (tmp_path / "results").rglob("metrics.jsonl")]
+
+        def run_id(stage_dir: Path) -> str:
+            path = stage_dir / "mlflow_run.json"
+            assert path.exists(), f"{stage_dir} has no MLflow run"
+            return json.loads(path.read_text())["run_id"]
+
+        # what was written while the server was down reached it, each value at its step
+        for (stage_dir, step, keys), values in sorted(outage.items()):
+            for key in keys:
+                on_server = server_history(c, run_id(stage_dir), key).get(step, [])
+                assert values[key] in on_server_approx(on_server), (stage_dir, step, key, values[key], on_server)
+        # every metric point of every stage run is on the server with its value (the run may hold more: cost/*)
+        stage_dirs = [p.parent for p in results.rglob("metrics.jsonl")]
         assert len(stage_dirs) == 5  # 2 pre-trainings, 3 fine-tunings
         for stage_dir in stage_dirs:
-            local = {}
-            for line in (stage_dir / "metrics.jsonl").read_text().splitlines():
-                rec = json.loads(line)
-                if rec["kind"] == "metrics" and "train/loss" in rec["values"]:
-                    local[rec["step"]] = rec["values"]["train/loss"]
-            run_id = json.loads((stage_dir / "mlflow_run.json").read_text())["run_id"]
-            remote = {m.step: m.value for m in c.get_metric_history(run_id, "train/loss")}
-            assert remote == pytest.approx(local), stage_dir
+            local = read_jsonl_metrics(stage_dir / "metrics.jsonl")
+            assert {"train/loss", "train/lr", "train/grad_norm"} <= {k for _, values in local for k in values}
+            histories: dict[str, dict[int, list[float]]] = {}
+            for step, values in local:
+                for key, value in values.items():
+                    if key not in histories:
+                        histories[key] = server_history(c, run_id(stage_dir), key)
+                    on_server = histories[key].get(step, [])
+                    assert value in on_server_approx(on_server), (stage_dir, step, key, value, on_server)
     finally:
         if sweep.poll() is None:
             sweep.kill()
