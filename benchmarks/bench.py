@@ -188,7 +188,7 @@ def main(argv=None) -> int:
     run_timer.mark(0)
     result["total_seconds"] = run_timer.first_seconds
     write_json(args, result)
-    print_table("targets (issue 7)", ["target", "value", "goal", "met", "how"],
+    print_table("targets", ["target", "value", "goal", "met", "how"],
                 [[k, fmt(t["value"], 2), f"{t['op']} {t['target']:g}", {True: "yes", False: "NO", None: "-"}[t["met"]],
                   t["note"]] for k, t in result["targets"].items()])
     print(f"\nwrote {args.out} ({result['total_seconds']:.0f} s)", flush=True)

@@ -18,7 +18,7 @@ def _cmd_version(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .spec import SpecError, load_model
+    from .sweepspec import SpecError, load_model
     from .trainer import TrialConfig
 
     try:
@@ -53,7 +53,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _load_plan(args: argparse.Namespace, check_paths: bool = True):
     """The plan of a spec, or None after printing why it is bad input (the caller exits with code 2)."""
-    from .spec import SpecError, load_spec
+    from .sweepspec import SpecError, load_spec
 
     try:
         return load_spec(args.spec, args.set, smoke=getattr(args, "smoke", False), check_paths=check_paths)
@@ -116,7 +116,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
-    from .spec import SpecError, load_spec
+    from .sweepspec import SpecError, load_spec
     from .layout import RESOLVED_SPEC
 
     spec_path = Path(args.dir) / RESOLVED_SPEC
@@ -140,7 +140,7 @@ def _tracking_uri(spec) -> str:
 def _cmd_report(args: argparse.Namespace) -> int:
     from .console import print_results_summary
     from .results import write_all
-    from .spec import SpecError, load_spec
+    from .sweepspec import SpecError, load_spec
     from .layout import RESOLVED_SPEC
 
     sweep_dir = Path(args.dir)

@@ -73,7 +73,7 @@ def test_bench_quick_prints_every_section_and_writes_json(tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     text = out.stdout
     for title in ("== trainer:", "== sampling: DDIM-100", "== FID features: Inception", "== reference:",
-                  "== targets (issue 7)"):
+                  "== targets"):
         assert title in text, text
     rates = re.findall(r"^\s*eager\s+16\s+(0\.[059])\s+\d+\s+[\d.,]+\s+[\d.]+\s+([\d.]+)x", text, flags=re.M)
     assert [r for r, _ in rates] == ["0.0", "0.5", "0.9"] and rates[0][1] == "1.00", text

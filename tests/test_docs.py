@@ -12,7 +12,7 @@ import jsonschema
 import pytest
 import yaml
 
-from maskdm_sweeps.spec import SweepSpec, load_spec
+from maskdm_sweeps.sweepspec import SweepSpec, load_spec
 from maskdm_sweeps.docgen import (
     GENERATED, README, REGENERATE, SCHEMA_FILE, cli_help_markdown, json_schema_text, main, readme_section,
     render_readme, spec_sections,

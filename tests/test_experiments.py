@@ -99,7 +99,7 @@ def test_mask_rate_spec_runs_under_smoke(tmp_path):
 
 def test_relative_paths_are_made_absolute_where_the_command_runs(tmp_path, monkeypatch):
     """Trial processes run in Ray Tune's trial directories: paths must not stay relative to their cwd."""
-    from maskdm_sweeps.spec import load_spec
+    from maskdm_sweeps.sweepspec import load_spec
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "faces").mkdir()

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from maskdm_sweeps.maskdm import MODEL_PRESETS, build_model
-from maskdm_sweeps.spec import load_spec
+from maskdm_sweeps.sweepspec import load_spec
 from maskdm_sweeps.sweep.packing import (
     BYTES_PER_PARAMETER,
     GIB,

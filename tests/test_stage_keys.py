@@ -2,7 +2,7 @@
 
 import pytest
 
-from maskdm_sweeps.spec import SweepSpec, build_plan
+from maskdm_sweeps.sweepspec import SweepSpec, build_plan
 from maskdm_sweeps.testing import tiny_trial_config
 from maskdm_sweeps.trainer.config import EvalConfig, RuntimeConfig
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from maskdm_sweeps.spec import load_spec
+from maskdm_sweeps.sweepspec import load_spec
 from maskdm_sweeps.sweep import read_events, run_sweep
 from maskdm_sweeps.testing import crash_once
 

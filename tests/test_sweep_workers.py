@@ -21,7 +21,7 @@ import pytest
 import torch
 import yaml
 
-from maskdm_sweeps.spec import SpecError, load_spec
+from maskdm_sweeps.sweepspec import SpecError, load_spec
 from maskdm_sweeps.sweep import read_events, run_sweep
 from maskdm_sweeps.testing import crash_once
 from maskdm_sweeps.trainer import load_latest_checkpoint

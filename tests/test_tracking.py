@@ -15,7 +15,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from maskdm_sweeps.spec import load_spec
+from maskdm_sweeps.sweepspec import load_spec
 from maskdm_sweeps.sweep import run_sweep
 from maskdm_sweeps.testing import crash_once
 

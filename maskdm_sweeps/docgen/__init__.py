@@ -1,7 +1,7 @@
 """Generated documentation: the README's spec field reference, CLI help and parquet columns, and the JSON Schema.
 
 The pydantic models (``SweepSpec``, ``TrialConfig``), ``cli.build_parser()`` and the results' column dtypes are the
-sources. It sits beside ``cli`` rather than inside ``spec/``, since it reads the CLI and the results package too::
+sources. It sits beside ``cli`` rather than inside ``sweepspec/``, since it reads the CLI and the results package too::
 
     python -m maskdm_sweeps.docgen           # rewrite README.md's generated sections and the JSON Schema
     python -m maskdm_sweeps.docgen --check   # exit 1 naming what is stale (tests/test_docs.py does the same)

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined, to_jsonable_python
 
-from ..spec.schema import SweepSpec
+from ..sweepspec.schema import SweepSpec
 from .markdown import first_paragraph, md_table, md_text
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..spec.expand import SweepPlan, TrialPlan, set_dotted
+from ..sweepspec.expand import SweepPlan, TrialPlan, set_dotted
 from ..trainer import Reporter
 from ..trainer.config import TrialConfig
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from rich.console import Console
 from rich.table import Table
 
-from ..spec.expand import SweepPlan
+from ..sweepspec.expand import SweepPlan
 from .estimate import REFERENCE_GPU, stage_gpu_hours
 from .packing import (GIB, MEASURED_PACKING_GPU, MEMORY_HEADROOM, suggest_for_configs, trials_per_gpu_of,
                       trials_the_work_allows)

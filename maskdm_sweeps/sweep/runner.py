@@ -15,7 +15,7 @@ from typing import Any, Callable
 import yaml
 
 from ..layout import read_json, write_json
-from ..spec.expand import SweepPlan, TrialPlan
+from ..sweepspec.expand import SweepPlan, TrialPlan
 from ..trainer import Reporter
 from ..trainer.config import affects_pretraining
 from .events import append_event, read_events

@@ -13,7 +13,7 @@ from typing import Callable
 from ray import tune
 
 from ..layout import StageRun
-from ..spec.expand import TrialPlan
+from ..sweepspec.expand import TrialPlan
 from ..trainer import JsonlReporter, MultiReporter, NullReporter, Reporter, StageResult, fit
 from .context import SweepContext
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..layout import StageRun, read_json, write_json
-from ..spec.expand import TrialPlan
+from ..sweepspec.expand import TrialPlan
 from ..trainer import load_latest_checkpoint
 from .context import SweepContext
 from .events import append_event

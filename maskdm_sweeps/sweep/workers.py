@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..layout import StageRun
-from ..spec.expand import TrialPlan
+from ..sweepspec.expand import TrialPlan
 from ..trainer import list_checkpoints
 from .context import SweepContext
 from .events import append_event
