@@ -17,6 +17,7 @@ from ..sweepspec.expand import TrialPlan
 from ..trainer import JsonlReporter, MultiReporter, NullReporter, Reporter, StageResult, fit
 from .context import SweepContext
 
+
 class TuneReporter(NullReporter):
     """Trainer reports -> ``tune.report`` (or, in a Ray Train worker, ``ray.train.report``, which a callback hands
     to Tune); the training step is the time ASHA sees."""
