@@ -300,6 +300,7 @@ def test_fid_protocol_params_are_prefixed_and_validated():
     assert protocol.as_params() == {
         "fid_num_samples": 10_000, "fid_sampler": "ddim", "fid_sampling_steps": 250, "fid_eta": 1.0,
         "fid_weights": "ema", "fid_reference": "celeba64:train", "fid_backend": "inception",
+        "fid_timestep_spacing": "trailing", "fid_eps_after_clip": "raw",
     }
     with pytest.raises(ValueError, match="weights"):
         FIDProtocol(num_samples=10, sampler="ddim", sampling_steps=10, eta=0.0, weights="best",

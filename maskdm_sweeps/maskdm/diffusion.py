@@ -130,7 +130,10 @@ class _ScheduleSampler:
         return 1.0 if t < 0 else float(self.alphas_cumprod[t])
 
     def _predict_x0(self, eps: torch.Tensor, t: int, sample: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x0 from eps (Ho et al. eq. 15), optionally clipped to [-1, 1]; eps recomputed to stay consistent."""
+        """x0 from eps (Ho et al. eq. 15), optionally clipped to [-1, 1], and eps recomputed from the clipped x0.
+
+        DDPM uses only x0; DDIM uses the recomputed eps or the raw one (its ``eps_after_clip``).
+        """
         abar = self._abar(t)
         x0 = (sample - math.sqrt(1 - abar) * eps) / math.sqrt(abar)
         if self.clip_sample:
@@ -175,34 +178,77 @@ class DDPMSampler(_ScheduleSampler):
         return mean + math.sqrt(self.posterior_variance(t)) * self._noise_like(sample, generator)
 
 
+TIMESTEP_SPACINGS = ("trailing", "leading")
+EPS_AFTER_CLIP = ("raw", "recomputed")
+
+
 class DDIMSampler(_ScheduleSampler):
     """DDIM (Song et al. 2021, eq. 12) with any step count and ``eta``; eta=1 over every step is DDPM.
 
-    ``sigma_t(eta) = eta * sqrt((1 - abar_prev) / (1 - abar_t)) * sqrt(1 - abar_t / abar_prev)`` (eq. 16).
-    Timesteps are evenly spaced, "leading" as in diffusers: ``t_i = i * (T // k)``.
+    ``sigma_t(eta) = eta * sqrt((1 - abar_prev) / (1 - abar_t)) * sqrt(1 - abar_t / abar_prev)`` (eq. 16), where
+    ``prev`` is the next timestep of this sampler's own list (``-1``, with ``abar = 1``, after the last one).
+
+    ``spacing`` picks the ``k`` timesteps out of ``T``:
+
+    - ``"trailing"`` (default; the official MaskDM evaluation): ``torch.linspace(-1, T - 1, k + 1)`` in float32, cast
+      to int (truncation toward zero, so ``-1`` stays ``-1``), reversed; the ``-1`` is not a step but the previous
+      timestep of the last one. T = 1000, k = 250: 999, 995, ..., 3. The gaps are ``T / k`` rounded down or up, so
+      they differ by one when ``k`` does not divide ``T`` (k = 3: 999, 665, 332, gaps 334, 333, 333).
+    - ``"leading"`` (diffusers' default): ``t_i = i * (T // k)``, i.e. 996, ..., 0 for T = 1000, k = 250.
+
+    ``eps_after_clip`` decides the ``eps`` of the direction term once ``x0`` has been clipped to [-1, 1]: ``"raw"``
+    (default; the official MaskDM evaluation) keeps the network's output, ``"recomputed"`` derives it again from the
+    clipped ``x0`` and ``x_t``. The two agree whenever clipping changes nothing (or ``clip_sample=False``).
     """
 
-    def __init__(self, schedule: NoiseSchedule, eta: float = 0.0, clip_sample: bool = True):
+    def __init__(self, schedule: NoiseSchedule, eta: float = 0.0, clip_sample: bool = True,
+                 spacing: str = "trailing", eps_after_clip: str = "raw"):
         super().__init__(schedule, clip_sample)
         if eta < 0:
             raise ValueError(f"eta must be >= 0, got {eta}")
+        if spacing not in TIMESTEP_SPACINGS:
+            raise ValueError(f"spacing must be one of {TIMESTEP_SPACINGS}, got {spacing!r}")
+        if eps_after_clip not in EPS_AFTER_CLIP:
+            raise ValueError(f"eps_after_clip must be one of {EPS_AFTER_CLIP}, got {eps_after_clip!r}")
         self.eta = eta
+        self.spacing = spacing
+        self.eps_after_clip = eps_after_clip
         self.set_timesteps(self.num_train_timesteps)
 
     def set_timesteps(self, num_inference_steps: int) -> None:
-        if not 1 <= num_inference_steps <= self.num_train_timesteps:
-            raise ValueError(f"num_inference_steps must be in [1, {self.num_train_timesteps}], got {num_inference_steps}")
-        self._stride = self.num_train_timesteps // num_inference_steps
-        self.timesteps = torch.arange(num_inference_steps - 1, -1, -1) * self._stride
+        k, T = num_inference_steps, self.num_train_timesteps
+        if not 1 <= k <= T:
+            raise ValueError(f"num_inference_steps must be in [1, {T}], got {k}")
+        if self.spacing == "trailing":
+            # float32 as in the official code, so the truncation lands on the same integers
+            chain = torch.linspace(-1, T - 1, k + 1, dtype=torch.float32).long().flip(0)  # (k + 1,): T-1, ..., -1
+        else:
+            chain = torch.cat([torch.arange(k - 1, -1, -1) * (T // k), torch.tensor([-1])])
+        if not torch.all(chain[:-1] > chain[1:]) or chain[-1] != -1:
+            raise ValueError(f"{self.spacing} spacing of {k} steps over T = {T} gives no strictly decreasing chain")
+        self.timesteps = chain[:-1]
+        self._prev_of = dict(zip(chain[:-1].tolist(), chain[1:].tolist()))
+
+    def prev_timestep(self, t: int) -> int:
+        """The timestep after ``t`` in this sampler's list; -1 (clean data, ``abar = 1``) after the last step."""
+        try:
+            return self._prev_of[int(t)]
+        except KeyError:
+            raise ValueError(f"t = {t} is not one of this sampler's timesteps (call set_timesteps first)") from None
 
     def sigma(self, t: int) -> float:
-        abar, abar_prev = self._abar(t), self._abar(t - self._stride)
+        abar, abar_prev = self._abar(t), self._abar(self.prev_timestep(t))
         return self.eta * math.sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev))
 
     def step(self, model_output, t, sample, generator=None):
         t = int(t)
-        abar_prev = self._abar(t - self._stride)
+        prev_t = self.prev_timestep(t)
         x0, eps = self._predict_x0(model_output, t, sample)
+        if prev_t < 0:  # the last step returns the (clipped) x0 itself, as the official loop does
+            return x0
+        if self.eps_after_clip == "raw":
+            eps = model_output
+        abar_prev = self._abar(prev_t)
         sigma = self.sigma(t)
         direction = math.sqrt(max(1 - abar_prev - sigma**2, 0.0)) * eps
         prev = math.sqrt(abar_prev) * x0 + direction

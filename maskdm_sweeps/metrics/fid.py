@@ -99,10 +99,18 @@ class FIDProtocol:
     weights: str  # "ema" or "online"
     reference: str  # dataset key or description of the reference set / statistics
     backend: str  # "inception" or "digits-classifier" (the latter is not a paper FID)
+    # the sampler's timestep rule and eps-after-clipping rule ("trailing" and "raw": the official MaskDM evaluation);
+    # DDPM samples as DDIM with eta 1, leading spacing and recomputed eps would, and is recorded so
+    timestep_spacing: str = "trailing"
+    eps_after_clip: str = "raw"
 
     def __post_init__(self) -> None:
         if self.weights not in WEIGHT_KINDS:
             raise ValueError(f"weights must be one of {WEIGHT_KINDS}, got {self.weights!r}")
+        if self.timestep_spacing not in ("trailing", "leading"):
+            raise ValueError(f"timestep_spacing must be 'trailing' or 'leading', got {self.timestep_spacing!r}")
+        if self.eps_after_clip not in ("raw", "recomputed"):
+            raise ValueError(f"eps_after_clip must be 'raw' or 'recomputed', got {self.eps_after_clip!r}")
         if self.num_samples < 2:
             raise ValueError(f"num_samples must be >= 2 for a covariance, got {self.num_samples}")
         if self.sampling_steps < 1:

@@ -143,6 +143,17 @@ class EvalConfig(_Strict):
     sampler: Literal["ddim", "ddpm"] = Field("ddim", description="Reverse process used for sampling.")
     sampling_steps: int = Field(250, ge=1, description="Denoiser evaluations per sample.")
     eta: float = Field(1.0, ge=0, description="DDIM eta (1: stochastic as in the official evaluation; 0: deterministic).")
+    timestep_spacing: Literal["trailing", "leading"] = Field(
+        "trailing",
+        description="DDIM timesteps: 'trailing' (the official MaskDM evaluation: int(linspace(-1, T-1, steps+1)) "
+        "reversed, e.g. 999, 995, ..., 3 for 250 of 1000) or 'leading' (i * (T // steps), e.g. 996, ..., 0). "
+        "The DDPM sampler ignores it.",
+    )
+    eps_after_clip: Literal["raw", "recomputed"] = Field(
+        "raw",
+        description="DDIM direction term after the predicted x0 is clipped to [-1, 1]: 'raw' keeps the network's "
+        "eps (the official MaskDM evaluation), 'recomputed' derives eps from the clipped x0. The DDPM sampler ignores it.",
+    )
     weights: Literal["ema", "online"] = Field("ema", description="Which weights sample.")
     backend: Literal["inception", "digits-classifier"] = Field(
         "inception",

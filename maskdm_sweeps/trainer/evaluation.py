@@ -34,8 +34,13 @@ def save_image_grid(images: torch.Tensor, path: Path, nrow: int = 8, upscale: in
     return path
 
 
-def build_sampler(name: str, schedule: NoiseSchedule, steps: int, eta: float):
-    sampler = SAMPLERS[name](schedule, eta=eta) if name == "ddim" else SAMPLERS[name](schedule)
+def build_sampler(name: str, schedule: NoiseSchedule, steps: int, eta: float, timestep_spacing: str = "trailing",
+                  eps_after_clip: str = "raw"):
+    """The ``eval.sampler`` over ``steps`` timesteps; ``eta``, the spacing and the eps rule apply to DDIM only."""
+    if name == "ddim":
+        sampler = SAMPLERS[name](schedule, eta=eta, spacing=timestep_spacing, eps_after_clip=eps_after_clip)
+    else:
+        sampler = SAMPLERS[name](schedule)
     sampler.set_timesteps(steps)
     return sampler
 
@@ -61,7 +66,20 @@ class Evaluator:
             num_samples=self.cfg.num_samples, sampler=self.cfg.sampler, sampling_steps=self.cfg.sampling_steps,
             eta=self.cfg.eta if self.cfg.sampler == "ddim" else 1.0, weights=self.cfg.weights,
             reference=f"{data.name}:{data.key}", backend=self.cfg.backend,
+            **self.sampler_rule(self.cfg),
         )
+
+    @staticmethod
+    def sampler_rule(cfg) -> dict[str, str]:
+        """The timestep spacing and eps-after-clip rule the protocol records.
+
+        DDIM follows ``eval``; the DDPM sampler ignores both settings: its strided chain is leading-spaced and its
+        posterior mean from the clipped x0 is DDIM's eta-1 step with eps recomputed, so that is what is recorded
+        (as its ``eta`` is recorded as 1).
+        """
+        if cfg.sampler != "ddim":
+            return {"timestep_spacing": "leading", "eps_after_clip": "recomputed"}
+        return {"timestep_spacing": cfg.timestep_spacing, "eps_after_clip": cfg.eps_after_clip}
 
     @property
     def reference(self):
@@ -100,7 +118,7 @@ class Evaluator:
         c = self.cfg
         was_training = net.training
         net.eval()
-        sampler = build_sampler(c.sampler, schedule, c.sampling_steps, c.eta)
+        sampler = build_sampler(c.sampler, schedule, c.sampling_steps, c.eta, c.timestep_spacing, c.eps_after_clip)
         gen = torch.Generator(device=self.device).manual_seed(EVAL_NOISE_SEED)
         total = max(c.num_samples, c.grid_size)
         stats, grid = StatsAccumulator(self.backend.dims) if self.backend else None, []
