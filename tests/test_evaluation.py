@@ -1,9 +1,10 @@
 """The evaluator's FID has the right value: sampling -> features -> reference statistics, checked against known models.
 
 A denoiser that knows the training set exactly (the posterior mean of the empirical distribution) samples training
-digits, so its FID must sit at the floor that real held-out digits reach under the same protocol; an untrained
-U-ViT and pure noise must score far above it. Protocol of every number here: the digits-classifier features, 256
-samples, DDIM with 20 steps and eta 1 (the ``tiny_trial_config`` evaluation), against the 1437 training digits.
+digits, so its FID must sit near the floor that real held-out digits reach under the same protocol (20 DDIM steps
+stop short of the data: within 2x the floor); an untrained U-ViT and pure noise must score far above it. Protocol of
+every number here: the digits-classifier features, 256 samples, DDIM with 20 steps, eta 1, trailing spacing, raw eps
+after clipping (the ``tiny_trial_config`` evaluation), against the 1437 training digits.
 """
 
 from pathlib import Path
@@ -60,16 +61,16 @@ def fid_of_images(evaluator: Evaluator, images: torch.Tensor) -> float:
     return frechet_distance(s.mean, s.cov, ref.mean, ref.cov)
 
 
-def test_fid_of_a_perfect_denoiser_is_at_the_real_data_floor_and_far_below_untrained_and_noise(evaluator, tmp_path):
+def test_fid_of_a_perfect_denoiser_is_near_the_real_data_floor_and_far_below_untrained_and_noise(evaluator, tmp_path):
     ev, data = evaluator
     schedule = build_schedule("linear", 1000)
     held_out = load_digits_uint8(data.image_size, "test")[:NUM_SAMPLES].float() / 127.5 - 1  # (256, 1, 8, 8)
     floor = fid_of_images(ev, held_out)  # measured 4.6
     noise = fid_of_images(ev, torch.randn(held_out.shape, generator=torch.Generator().manual_seed(0)).clamp(-1, 1))
     perfect = ev.evaluate(EmpiricalDenoiser(data.images.float() / 127.5 - 1, schedule.alphas_cumprod), schedule, 0,
-                          tmp_path).fid  # measured 4.6
+                          tmp_path).fid  # measured 6.4 (trailing DDIM spacing ends at t = 49)
     torch.manual_seed(0)
-    untrained = ev.evaluate(UViT(tiny_trial_config().model_config_resolved()), schedule, 0, tmp_path).fid  # ~200
+    untrained = ev.evaluate(UViT(tiny_trial_config().model_config_resolved()), schedule, 0, tmp_path).fid  # ~250
     assert perfect < 2 * floor + 2, (perfect, floor)
     assert untrained > 20 * perfect and untrained > 100, (untrained, perfect)
     assert noise > 20 * perfect and noise > 100, (noise, perfect)
