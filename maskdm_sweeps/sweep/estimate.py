@@ -1,8 +1,8 @@
 """Rough cost of a plan: training images/s per preset and mask rate on a reference GPU, hence GPU-hours.
 
 The table holds measured reference numbers (NVIDIA H200, bf16, batch 128; docs/design.md, "Reference throughput");
-presets not in it are scaled from U-ViT-S/2 by their FLOPs per image (parameters x visible tokens). A plan's
-figure is an estimate for budgeting, not a measurement.
+presets not in it are scaled from U-ViT-S/2 by their training FLOPs per image, counted exactly from the model's
+shapes (``maskdm.flops``). A plan's figure is an estimate for budgeting, not a measurement.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..maskdm import MODEL_PRESETS, UViTConfig, count_parameters
+from ..maskdm import MODEL_PRESETS, UViTConfig, count_parameters, train_flops_per_image
 from ..maskdm.model import UViT
 from ..trainer.config import TrialConfig
 
@@ -30,10 +30,17 @@ def parameter_count(mc: UViTConfig) -> int:
     return _PARAMS[mc]
 
 
+def kept_patches(mc: UViTConfig, effective_rate: float) -> int:
+    """Visible patches K of ``mc`` at an effective mask rate, which is exactly ``1 - K / N``."""
+    return round(mc.num_patches * (1 - effective_rate))
+
+
 def flops_per_image(mc: UViTConfig, effective_rate: float) -> float:
-    """Training FLOPs per image (forward + backward), ~6 x parameters x tokens the network sees (1 + visible)."""
-    tokens = 1 + mc.num_patches * (1 - effective_rate)
-    return 6.0 * parameter_count(mc) * tokens
+    """Training FLOPs per image (forward + backward = 3 x forward), counted exactly from the shapes of ``mc``.
+
+    See ``maskdm.flops.train_flops_per_image``: the network sees the time token and the visible patches.
+    """
+    return float(train_flops_per_image(mc, kept_patches(mc, effective_rate)))
 
 
 def images_per_second(config: TrialConfig, effective_rate: float) -> float:
