@@ -10,7 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from .analysis import comparison_table, fid_at_budget, fid_by_step, fid_points
-from .collect import CURVES_FILE, TRIALS_FILE, collect, load, write_results, write_tables
+from ..layout import CURVES_PARQUET as CURVES_FILE  # the names results users import, owned by the layout
+from ..layout import TRIALS_PARQUET as TRIALS_FILE
+from .collect import collect, load, write_results, write_tables
 from .columns import CURVE_COLUMNS, TRIAL_COLUMNS
 from .plots import write_plots
 from .report import markdown_table, write_report

@@ -19,11 +19,10 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from ..layout import CURVES_PARQUET, TRIALS_PARQUET, StageRun, SweepDir, read_json, read_jsonl
+from ..layout import StageRun, SweepDir, read_json, read_jsonl
 from .columns import (COVERED_BY_COLUMNS, CURVE_COLUMNS, TRIAL_COLUMNS, arm_name, assignment_value, column_dtype,
                       sort_trials, typed_frame)
 
-TRIALS_FILE, CURVES_FILE = TRIALS_PARQUET, CURVES_PARQUET  # the names results users import
 STAGE_ORDER = {"pretrain": 0, "finetune": 1}
 
 # ------------------------------------------------------------------------------------------------------ reading

@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..layout import MLFLOW_RUN_FILE, PLAN_FILE, RESOLVED_SPEC, read_json
+from ..layout import PLAN_FILE, RESOLVED_SPEC, StageRun, read_json
 from .reporter import MlflowReporter
 from .store import client, default_tracking_uri, ensure_experiment, git_commit
 
@@ -35,7 +35,7 @@ class SweepTracking:
             "mask_rate": "0" if trial.is_baseline else str(mask.get("rate", "")),
         }
         if stage == "finetune" and trial.pretrain_key:
-            pre_run = read_json(Path(self.pretrain_store) / trial.pretrain_key / MLFLOW_RUN_FILE)
+            pre_run = read_json(StageRun(Path(self.pretrain_store) / trial.pretrain_key).mlflow_run)
             if pre_run:
                 tags["pretrain_run_id"] = pre_run["run_id"]
         name = f"pretrain {trial.pretrain_key}" if stage == "pretrain" else f"{trial.trial_id} {trial.label}"
