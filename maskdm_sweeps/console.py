@@ -65,7 +65,9 @@ def print_results_summary(sweep_dir: Path, paths: dict[str, Path], tracking_uri:
         table = comparison_table(trials)
         swept = group_keys(trials)[1:]  # other swept settings that split an arm (e.g. finetune_init_from)
         view = Table(title=f"FID by arm ({Path(sweep_dir).name})")
-        for col in ("arm", *swept, "eff. mask rate", "seeds", "FID mean", "FID std", f"{compute_unit(trials)[1]} mean"):
+        digits = table["recognisable_mean"].notna().any()
+        for col in ("arm", *swept, "eff. mask rate", "seeds", "FID mean", "FID std", "TFLOPs",
+                    f"{compute_unit(trials)[1]} mean", *(["recognisable"] if digits else [])):
             view.add_column(col, justify="left" if col == "arm" or col in swept else "right")
 
         def num(v: float, fmt: str) -> str:
@@ -74,8 +76,15 @@ def print_results_summary(sweep_dir: Path, paths: dict[str, Path], tracking_uri:
         for _, row in table.iterrows():
             view.add_row(str(row["arm"]), *(str(row[c]) for c in swept), num(row["effective_mask_rate"], ".2f"),
                          f"{row['n_seeds']}/{row['n_trials']}", num(row["fid_mean"], ".2f"),
-                         num(row["fid_std"], ".2f"), num(row["device_hours_mean"], ".3g"))
+                         num(row["fid_std"], ".2f"), num(row["train_tflops_mean"], ".4g"),
+                         num(row["device_hours_mean"], ".3g"),
+                         *([num(row["recognisable_mean"], ".2f")] if digits else []))
         out.print(view)
+        from .results import headline, load
+
+        _, sentences = headline(sweep_dir, *load(sweep_dir))
+        for sentence in sentences:  # plain print: a log file keeps whole sentences
+            print(f"speed-up: {sentence}")
     # plain print: paths must stay copyable, not wrapped to the terminal width
     for name, path in sorted(paths.items(), key=lambda kv: (kv[1].suffix != ".parquet", kv[1].suffix, str(kv[1]))):
         print(f"  {name.replace('plot_', 'plot: '):<24} {path}")

@@ -71,3 +71,18 @@ class crash_once:  # noqa: N801 (used like a function: run_sweep(plan, reporters
         if stage != self.stage or rank != self.rank:
             return []
         return [CrashAt(self.step, exit_process=True, marker=Path(stage_dir) / ".crashed_once")]
+
+
+def flop_counter_cpu_attention() -> dict:
+    """``custom_mapping`` for ``torch.utils.flop_counter.FlopCounterMode``: torch's own SDPA formulas for the CPU
+    flash-attention kernel, which the counter has none for (without it, attention counts 0 FLOPs on a CPU)."""
+    import torch
+    from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
+
+    aten = torch.ops.aten
+    return {
+        aten._scaled_dot_product_flash_attention_for_cpu:
+            lambda q, k, v, *args, out_shape=None, **kwargs: sdpa_flop_count(q, k, v),
+        aten._scaled_dot_product_flash_attention_for_cpu_backward:
+            lambda grad_out, q, k, v, *args, out_shape=None, **kwargs: sdpa_backward_flop_count(grad_out, q, k, v),
+    }

@@ -16,7 +16,7 @@ from functools import lru_cache
 
 import pytest
 import torch
-from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+from torch.utils.flop_counter import FlopCounterMode
 
 from maskdm_sweeps.maskdm import (
     MODEL_PRESETS,
@@ -32,8 +32,10 @@ from maskdm_sweeps.maskdm import (
     train_flops_per_image,
 )
 from maskdm_sweeps.sweep.estimate import flops_per_image
+from maskdm_sweeps.testing import flop_counter_cpu_attention
 
 aten = torch.ops.aten
+CPU_ATTENTION = flop_counter_cpu_attention()
 BATCH = 2
 CONFIGS = {
     **MODEL_PRESETS,
@@ -42,12 +44,7 @@ CONFIGS = {
     "tiny+time_mlp": replace(MODEL_PRESETS["tiny"], time_mlp=True),
 }
 CASES = [(name, rate) for name, cfg in CONFIGS.items() for rate in (0.0, 0.9) if not (cfg.final_conv and rate)]
-CPU_ATTENTION = {  # torch's own SDPA formulas, for the CPU kernel the counter has none for
-    aten._scaled_dot_product_flash_attention_for_cpu:
-        lambda q, k, v, *args, out_shape=None, **kwargs: sdpa_flop_count(q, k, v),
-    aten._scaled_dot_product_flash_attention_for_cpu_backward:
-        lambda grad_out, q, k, v, *args, out_shape=None, **kwargs: sdpa_backward_flop_count(grad_out, q, k, v),
-}
+
 
 
 @lru_cache(maxsize=None)

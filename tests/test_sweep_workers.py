@@ -300,10 +300,12 @@ def test_plan_counts_all_gpus_of_a_trial_and_says_how_the_batch_splits(tmp_path)
         console = Console(record=True, width=400)
         tot = print_plan(plan, console)
         if workers == 1:
-            one_gpu_hours = tot.gpu_hours
+            one = tot
             continue
     text = console.export_text()
     assert "each trial trains on 4 data-parallel workers" in text and "16 = 4 x 4 images per step" in text
     assert "count all 4 GPUs" in text and "packing" not in text  # workers hold whole GPUs
-    # 4 GPUs for a quarter of the time each (ideal data-parallel scaling): the same GPU-hours as one GPU
-    assert tot.gpu_hours == pytest.approx(one_gpu_hours) and tot.gpu_hours > 0
+    # training: 4 GPUs for a quarter of the time each (ideal data-parallel scaling), the same GPU-hours as one GPU;
+    # evaluation runs on rank 0 while the other 3 wait, so all 4 GPUs are charged for its whole time
+    assert tot.train_gpu_hours == pytest.approx(one.train_gpu_hours) and tot.train_gpu_hours > 0
+    assert tot.eval_gpu_hours == pytest.approx(4 * one.eval_gpu_hours) and tot.eval_gpu_hours > 0

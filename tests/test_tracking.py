@@ -98,6 +98,23 @@ def test_a_cpu_sweep_bills_no_gpu_alike_in_mlflow_and_in_trials_parquet(tracked)
         # the fine-tuning's own device-hours: the same seconds and the same billing rule on both sides
         assert cost["cost/device_hours"] == pytest.approx(row["finetune_wall_seconds"] / 3600.0, rel=1e-9)
         assert row["device_hours"] == pytest.approx(row["wall_seconds"] / 3600.0, rel=1e-9)
+        # compute: the fine-tuning's TFLOPs alike; the trial's training TFLOPs add its whole pre-training's run
+        assert cost["cost/train_tflops"] == pytest.approx(row["finetune_tflops"], rel=1e-12)
+        assert row["finetune_tflops"] > 0
+        # pre-trainings are not evaluated here (eval.stages: [finetune]): all of the trial's evaluation is its own
+        assert cost["cost/eval_tflops"] == pytest.approx(row["eval_tflops"], rel=1e-12) and row["eval_tflops"] > 0
+        pre = _pretrain_cost(runs, row)
+        assert row["train_tflops"] == pytest.approx(row["finetune_tflops"] + pre, rel=1e-12)
+        assert (pre == 0) == (row["arm"] == "baseline")
+
+
+def _pretrain_cost(runs, row) -> float:
+    """The ``cost/train_tflops`` MLflow logged for the row's pre-training run (0 for the baseline)."""
+    if row["arm"] == "baseline":
+        return 0.0
+    pre = [r for r in runs
+           if r.data.tags.get("stage") == "pretrain" and r.data.tags.get("pretrain_key") == row["pretrain_key"]]
+    return pre[0].data.metrics["cost/train_tflops"]
 
 
 def test_a_retried_trial_logs_into_the_run_it_started(tmp_path):

@@ -26,6 +26,22 @@ TRIAL_COLUMN_DOCS: dict[str, tuple[str, str]] = {
     "fid": ("FID", "final FID of fine-tuning (backend in `fid_backend`); NaN without one"),
     "fid_best": ("FID", "lowest FID over fine-tuning's evaluations"),
     "loss_final": ("", "final fine-tuning training loss (eps-MSE)"),
+    "recognisable": ("fraction", "share of the final FID samples the digits classifier puts in one class with "
+                     "confidence >= 0.9 (digits-classifier backend only; NaN otherwise)"),
+    "fid_floor": ("FID", "FID of `fid_num_samples` real training images against the same reference statistics and "
+                  "features: how low this protocol goes"),
+    "fid_noise_std": ("FID", "standard deviation of the final model's FID over `eval.fid_repeats` sampling seeds "
+                      "(the evaluation noise); NaN when not measured"),
+    "train_tflops": ("TFLOPs", "training compute of the trial run alone: `finetune_tflops` + `pretrain_tflops` "
+                     "(its whole pre-training); the x axis of the speed-up"),
+    "finetune_tflops": ("TFLOPs", "training compute of its fine-tuning (forward + backward, counted from the "
+                        "model's shapes)"),
+    "pretrain_tflops": ("TFLOPs", "training compute of the whole pre-training it started from, on the kept "
+                        "patches (0 for the baseline)"),
+    "pretrain_tflops_share": ("TFLOPs", "`pretrain_tflops` / `pretrain_shared_by`: its share when the pre-training "
+                              "is shared (the sweep's totals)"),
+    "eval_tflops": ("TFLOPs", "compute of its evaluations (sampling and FID features), fine-tuning and "
+                    "pre-training"),
     "device": ("", "`gpu` or `cpu`: what the trial's compute is counted in"),
     "devices_per_trial": ("devices", "`gpus_per_trial` on GPUs; on a CPU, one per worker process"),
     "device_hours": ("device-hours", "`wall_seconds` x `devices_per_trial` / 3600: what the report compares arms by"),

@@ -5,15 +5,16 @@ One module per concept: ``backend`` (the protocol and the registry), ``inception
 ever downloaded (see ``inception`` and ``digits_classifier``).
 """
 
-from .backend import FID_BACKENDS, FeatureBackend, build_fid_backend
-from .digits_classifier import DigitsClassifierBackend, digits_classifier_accuracy
+from .backend import FID_BACKENDS, FeatureBackend, build_fid_backend, feature_flops_per_image
+from .digits_classifier import RECOGNISABLE_CONFIDENCE, DigitsClassifierBackend, digits_classifier_accuracy
 from .fid import FIDProtocol, fid, reference_stats, reference_stats_path, stats_of_images
 from .frechet import FeatureStats, StatsAccumulator, frechet_distance
 from .inception import FIDWeightsNotFound, InceptionBackend, fid_inception_architecture, resolve_inception_weights
 
 __all__ = [
     "FID_BACKENDS", "DigitsClassifierBackend", "FeatureBackend", "FIDWeightsNotFound", "InceptionBackend",
-    "build_fid_backend", "digits_classifier_accuracy", "fid_inception_architecture", "resolve_inception_weights",
+    "build_fid_backend", "digits_classifier_accuracy", "feature_flops_per_image", "RECOGNISABLE_CONFIDENCE",
+    "fid_inception_architecture", "resolve_inception_weights",
     "FIDProtocol", "fid", "reference_stats", "reference_stats_path", "stats_of_images", "FeatureStats",
     "StatsAccumulator", "frechet_distance",
 ]

@@ -28,6 +28,7 @@ class FeatureBackend(Protocol):
     name: str
     dims: int
     identity: str  # hash of the weights file or training recipe: part of every statistics cache key
+    flops_per_image: int  # FLOPs of the feature network on one image (2 x MACs), for the evaluation's compute
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """float ``(B, C, H, W)`` in [-1, 1] (C = 1 or 3, any H, W) -> float64 ``(B, dims)`` on the CPU."""
@@ -38,6 +39,11 @@ FID_BACKENDS: dict[str, Callable[..., FeatureBackend]] = {
     InceptionBackend.name: InceptionBackend,
     DigitsClassifierBackend.name: DigitsClassifierBackend,
 }
+
+
+def feature_flops_per_image(name: str) -> int:
+    """FLOPs of backend ``name``'s network on one image, without building it (for plans and compute counts)."""
+    return int(FID_BACKENDS[name].flops_per_image)  # type: ignore[attr-defined]
 
 
 def build_fid_backend(name: str, weights: Path | str | None = None,

@@ -20,6 +20,8 @@ from ..data.files import cache_dir
 from .preprocess import batched_features, check_images, quantize_like_png
 
 DIGITS_SIZE = 16
+RECOGNISABLE_CONFIDENCE = 0.9
+"""A sample is *recognisable* when the classifier puts it in one class with at least this probability."""
 DIGITS_RECIPE: dict[str, str | int | float] = {
     "version": "digits-cnn-v1",
     "size": DIGITS_SIZE,
@@ -58,6 +60,16 @@ class DigitsCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.embed(x))  # (B, 10)
+
+
+def digits_cnn_flops(with_head: bool = True) -> int:
+    """FLOPs of :class:`DigitsCNN` on one image, from its shapes (2 x MACs, as ``FlopCounterMode`` counts):
+    the two 3x3 convolutions at 16x16 and 8x8, the 64-d ``fc``, and with ``with_head`` the 10-way head."""
+    c1, c2, d = (int(w) for w in str(DIGITS_RECIPE["widths"]).split(","))
+    s = DIGITS_SIZE
+    convs = 2 * s * s * c1 * 1 * 9 + 2 * (s // 2) ** 2 * c2 * c1 * 9
+    fc = 2 * c2 * (s // 4) ** 2 * d
+    return convs + fc + (2 * d * 10 if with_head else 0)
 
 
 def digits_input(images: torch.Tensor) -> torch.Tensor:
@@ -179,6 +191,7 @@ class DigitsClassifierBackend:
 
     name = "digits-classifier"
     dims = 64
+    flops_per_image = digits_cnn_flops(with_head=True)  # the head runs too: :meth:`confidence` of the features
 
     def __init__(self, weights: Path | str | None = None, device: str | torch.device = "cpu", chunk: int = 1024):
         self.device = torch.device(device)
@@ -194,3 +207,12 @@ class DigitsClassifierBackend:
     def features(self, images: torch.Tensor) -> torch.Tensor:
         check_images(images)
         return batched_features(self._embed, images, self.chunk)
+
+    @torch.no_grad()
+    def confidence(self, features: torch.Tensor) -> torch.Tensor:
+        """The classifier's top class probability ``(B,)`` from :meth:`features` ``(B, 64)`` (the head's input).
+
+        A sample is recognisable as a digit when this is at least :data:`RECOGNISABLE_CONFIDENCE`.
+        """
+        logits = self.network.head(features.to(self.device, torch.float32))  # (B, 10)
+        return logits.softmax(dim=1).amax(dim=1).double().cpu()

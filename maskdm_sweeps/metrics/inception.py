@@ -121,6 +121,11 @@ def is_torchscript_archive(path: Path) -> bool:
 
 
 # --------------------------------------------------------------------------------------------------- inception
+INCEPTION_POOL3_FLOPS = 11_422_336_192
+"""FLOPs of one 299x299 image through :func:`fid_inception_architecture` up to pool3 (no ``fc``), as
+``FlopCounterMode`` counts them (2 x MACs of convolutions and matmuls; pooling and normalisation not counted)."""
+
+
 def fid_inception_architecture() -> nn.Module:
     """pytorch-fid's FID Inception (torchvision Inception-v3 with TF-faithful blocks), randomly initialized.
 
@@ -212,6 +217,7 @@ class InceptionBackend:
 
     name = "inception"
     dims = 2048
+    flops_per_image = INCEPTION_POOL3_FLOPS
 
     def __init__(self, weights: Path | str | None = None, device: str | torch.device = "cpu", chunk: int | None = None):
         self.weights_path = resolve_inception_weights(weights)

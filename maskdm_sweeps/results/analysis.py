@@ -40,11 +40,13 @@ def comparison_table(trials: pd.DataFrame) -> pd.DataFrame:
 
     Columns: the group keys (``arm``, ...), ``mask_strategy``, ``mask_rate``, ``effective_mask_rate``, ``n_trials``
     (all trials of the arm), ``n_seeds`` (finished ones, with a FID), ``fid_mean``, ``fid_std`` (sample standard
-    deviation, ddof=1; NaN for one seed), ``fid_min`` (the best seed's final FID), ``device_hours_mean``.
+    deviation, ddof=1; NaN for one seed), ``fid_min`` (the best seed's final FID), ``device_hours_mean``,
+    ``train_tflops_mean`` (training compute, the whole pre-training included), ``recognisable_mean`` (digits only).
     """
     keys = group_keys(trials)
     out_cols = keys + ["mask_strategy", "mask_rate", "mask_block_size", "mask_crop_size", "effective_mask_rate",
-                       "n_trials", "n_seeds", "fid_mean", "fid_std", "fid_min", "device_hours_mean"]
+                       "n_trials", "n_seeds", "fid_mean", "fid_std", "fid_min", "device_hours_mean", "train_tflops_mean",
+                       "recognisable_mean"]
     rows = []
     for values, group in trials.groupby(keys, dropna=False, sort=False):
         values = values if isinstance(values, tuple) else (values,)
@@ -64,6 +66,8 @@ def comparison_table(trials: pd.DataFrame) -> pd.DataFrame:
             "fid_std": fids.std(ddof=1) if len(fids) > 1 else math.nan,
             "fid_min": fids.min() if len(fids) else math.nan,
             "device_hours_mean": done["device_hours"].mean() if len(done) else math.nan,
+            "train_tflops_mean": done["train_tflops"].mean() if len(done) else math.nan,
+            "recognisable_mean": done["recognisable"].mean() if len(done) else math.nan,
         })
     if not rows:
         return pd.DataFrame(columns=out_cols)
@@ -94,13 +98,15 @@ def compute_unit(trials: pd.DataFrame) -> tuple[str, str]:
 
 
 def fid_points(trials: pd.DataFrame, curves: pd.DataFrame, finished_only: bool = True) -> pd.DataFrame:
-    """Every FID of every (finished) trial's fine-tuning, with its cost: ``trial_id, arm, step, fid, device_hours``.
+    """Every FID of every (finished) trial's fine-tuning, with its cost: ``trial_id, arm, step, fid, device_hours,
+    tflops``.
 
     From the ``eval/fid`` curve, plus the final FID of ``trials`` (for runs that left no curve). The device-hours at a
-    step are the trial's pre-training share plus the fine-tuning time pro rata of steps (linear in steps).
+    step are the trial's pre-training share plus the fine-tuning time pro rata of steps (linear in steps); ``tflops``
+    is the training compute at that step, its whole pre-training included (exact: a step's FLOPs are fixed).
     """
     done = finished(trials) if finished_only else trials[trials["steps_done"] > 0]
-    cols = ["trial_id", "arm", "step", "fid", "device_hours"]
+    cols = ["trial_id", "arm", "step", "fid", "device_hours", "tflops"]
     if not len(done):
         return pd.DataFrame(columns=cols)
     evals = curves[(curves["stage"] == "finetune") & (curves["metric"] == "eval/fid")][["trial_id", "step", "value"]]
@@ -117,6 +123,7 @@ def fid_points(trials: pd.DataFrame, curves: pd.DataFrame, finished_only: bool =
     ft_wall = t["finetune_wall_seconds"].to_numpy(dtype=float)
     wall = t["pretrain_wall_seconds_share"].to_numpy(dtype=float) + ft_wall * frac
     pts["device_hours"] = wall * scale
+    pts["tflops"] = t["pretrain_tflops"].to_numpy(dtype=float) + t["finetune_tflops"].to_numpy(dtype=float) * frac
     pts["arm"] = t["arm"].to_numpy()
     return pts[cols].sort_values(["trial_id", "step"]).reset_index(drop=True)
 
@@ -161,3 +168,89 @@ def fid_at_budget(trials: pd.DataFrame, curves: pd.DataFrame) -> tuple[float, pd
                                for j in range(len(g)) if j != i) for i in range(len(g))]
     table = table.reset_index().rename(columns={"index": "arm"})
     return budget, table[cols]
+
+
+# ------------------------------------------------------------------------------------------------- speed-up
+def arm_labels(trials: pd.DataFrame, keys: list[str] | None = None) -> pd.Series:
+    """Each row's arm with the other swept settings of its group, e.g. ``patch r=0.5 · finetune_init_from=ema``
+    (just the arm when nothing else is swept): the rows whose seeds average together. ``keys``: those settings'
+    columns (default: ``group_keys(trials)`` without ``arm``; pass them for a table that is not ``trials``)."""
+    keys = group_keys(trials)[1:] if keys is None else keys
+    if not keys or not len(trials):
+        return trials["arm"].astype("string")
+    def label(row) -> str:
+        extra = [f"{k}={row[k]}" for k in keys if not pd.isna(row[k])]
+        return " · ".join([str(row["arm"])] + extra)
+    return trials.apply(label, axis=1).astype("string")
+
+
+def _matching_baseline(trials: pd.DataFrame, row: pd.Series, keys: list[str]) -> pd.DataFrame:
+    """The baseline trials comparable with an arm: equal in every other swept setting the baseline has."""
+    base = trials[trials["arm"] == "baseline"]
+    for k in keys:
+        if not pd.isna(row[k]):
+            same = base[k].isna() | (base[k] == row[k])
+            base = base[same.fillna(False).astype(bool)]
+    return base
+
+
+def speedup_table(trials: pd.DataFrame, curves: pd.DataFrame, targets: list[float] | None = None,
+                  confidence: float = 0.9, resamples: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Per masked arm and target FID: the training TFLOPs its seeds' mean FID curve needs to first reach the target,
+    the baseline's, their ratio (the speed-up) with a ``confidence`` bootstrap interval over seeds, and a verdict.
+
+    ``targets``: FIDs to reach; default (None) the matched baseline's final mean FID (``target`` column says which).
+    Finished trials only; no baseline, no rows. Columns: :data:`~maskdm_sweeps.results.speedup.SPEEDUP_COLUMNS`.
+    """
+    from .speedup import SPEEDUP_COLUMNS, Curves, arm_speedup
+
+    done = finished(trials)
+    if not len(done) or not (done["arm"] == "baseline").any():
+        return pd.DataFrame(columns=SPEEDUP_COLUMNS)
+    keys = group_keys(trials)[1:]
+    labels = arm_labels(done)
+    pts = fid_points(done, curves).merge(pd.DataFrame({"trial_id": done["trial_id"], "label": labels}), on="trial_id")
+    rows = []
+    order = [a for a in arm_order(done) if a != "baseline"]
+    for label in dict.fromkeys(labels[done["arm"].isin(order)].sort_values(key=lambda s: s.map(
+            lambda x: order.index(x.split(" · ")[0])), kind="stable")):
+        members = done[labels == label]
+        base = _matching_baseline(done, members.iloc[0], keys)
+        if not len(base):
+            continue
+        arm_curves = Curves.of(pts[pts["label"] == label])
+        base_curves = Curves.of(pts[pts["trial_id"].isin(base["trial_id"])])
+        chosen = targets if targets else [float(base["fid"].mean())]
+        for target in chosen:
+            rows.append({"arm": label, "target": "spec" if targets else "baseline final FID",
+                         **arm_speedup(arm_curves, base_curves, float(target), confidence, resamples, seed)})
+    table = pd.DataFrame(rows, columns=SPEEDUP_COLUMNS)
+    return table.astype({"arm": "string", "target": "string", "verdict": "string"})
+
+
+# ------------------------------------------------------------------------------------------------- noise
+def evaluation_noise(trials: pd.DataFrame) -> dict[str, float]:
+    """How low FID goes and how much it wobbles, from finished trials: ``floor`` (mean ``fid_floor``), ``noise_std``
+    (mean ``fid_noise_std``: one model's FID over sampling seeds), ``noise_trials`` (trials that measured it) and
+    ``best_noise_std`` (the best trial's, NaN when it did not measure it)."""
+    done = finished(trials)
+    out = {"floor": math.nan, "noise_std": math.nan, "noise_trials": 0, "best_noise_std": math.nan}
+    if not len(done):
+        return out
+    floors, noise = done["fid_floor"].dropna(), done["fid_noise_std"].dropna()
+    out["floor"] = float(floors.mean()) if len(floors) else math.nan
+    out["noise_std"] = float(noise.mean()) if len(noise) else math.nan
+    out["noise_trials"] = int(len(noise))
+    out["best_noise_std"] = float(done.loc[done["fid"].idxmin(), "fid_noise_std"])
+    return out
+
+
+def clearly_lower(fids: np.ndarray, reference: np.ndarray, noise_std: float) -> bool:
+    """Whether FIDs ``fids`` (one per seed) are lower than ``reference``'s beyond the seeds' spread and the evaluation
+    noise: every seed below every reference seed, and the means apart by more than twice the evaluation noise
+    (a noise not measured counts as 0). One seed a side cannot show a spread: then only the noise rule applies."""
+    fids, reference = np.asarray(fids, dtype=float), np.asarray(reference, dtype=float)
+    if not len(fids) or not len(reference):
+        return False
+    margin = 2 * (0.0 if math.isnan(noise_std) else noise_std)
+    return bool(fids.max() < reference.min() and reference.mean() - fids.mean() > margin)

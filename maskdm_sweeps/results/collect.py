@@ -90,6 +90,13 @@ class _Stage:
         steps = [int(r.get("step", 0)) for r in self.records if r.get("kind") in ("metrics", "checkpoint")]
         return max(steps, default=0)
 
+    def tflops(self) -> tuple[float, float]:
+        """``(train, eval)`` TFLOPs of the run so far: from result.json, else the last ``cost/*`` metrics."""
+        if self.result is not None and "train_tflops" in self.result:
+            return _float(self.result.get("train_tflops")), _float(self.result.get("eval_tflops"))
+        last = self.last_values()
+        return (last.get("cost/train_tflops", (0, math.nan))[1], last.get("cost/eval_tflops", (0, 0.0))[1])
+
     def wall_seconds(self) -> float:
         """From result.json; without one, an estimate: the span of the metrics.jsonl timestamps."""
         if self.result is not None:
@@ -154,6 +161,8 @@ def _trial_row(sweep: str, manifest: dict, ft: _Stage, pre: _Stage | None, share
     if status == "finished":
         error = None
 
+    ft_train, ft_eval = ft.tflops()
+    pre_train, pre_eval = pre.tflops() if pre is not None else ((0.0, 0.0) if baseline else (math.nan, math.nan))
     ft_wall = ft.wall_seconds()
     pre_wall = pre.wall_seconds() if pre is not None else (0.0 if baseline else math.nan)
     share = 0.0 if baseline else pre_wall / max(1, shared_by)
@@ -183,6 +192,14 @@ def _trial_row(sweep: str, manifest: dict, ft: _Stage, pre: _Stage | None, share
         "fid": fid,
         "fid_best": fid_best,
         "loss_final": loss,
+        "recognisable": last.get("eval/recognisable", (0, math.nan))[1],
+        "fid_floor": last.get("eval/fid_floor", (0, math.nan))[1],
+        "fid_noise_std": last.get("eval/fid_noise_std", (0, math.nan))[1],
+        "train_tflops": ft_train + pre_train,
+        "finetune_tflops": ft_train,
+        "pretrain_tflops": pre_train,
+        "pretrain_tflops_share": 0.0 if baseline else pre_train / max(1, shared_by),
+        "eval_tflops": ft_eval + pre_eval,
         "device": held.get("device"),
         "devices_per_trial": _float(held.get("devices_billed")),
         "device_hours": wall * _float(held.get("devices_billed")) / 3600.0,

@@ -4,12 +4,14 @@ equal compute in device-hours, the best trial)."""
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from .analysis import comparison_table, compute_unit, fid_at_budget, fid_by_step, finished
+from .analysis import (arm_labels, clearly_lower, comparison_table, compute_unit, evaluation_noise, fid_at_budget,
+                       fid_by_step, finished, group_keys, speedup_table)
 from ..layout import SweepDir, read_json
 from .collect import load, read_spec
 from .columns import STATUSES
@@ -62,14 +64,41 @@ def _header(sweep_dir: Path, spec: dict, trials: pd.DataFrame) -> list[str]:
         refs = sorted(set(trials["fid_reference"].dropna()))
         if refs:
             lines.append(f"- FID reference statistics: {', '.join(refs)}")
+        lines += _noise_lines(trials)
     unit, _ = compute_unit(trials)
     lines.append(f"- compute: {_total_device_hours(trials):.3g} {unit} in all (each pre-training counted once)")
+    if len(trials) and trials["train_tflops"].notna().any():
+        lines.append(f"- training compute: {_total_train_tflops(trials):.4g} TFLOPs as trained (each pre-training "
+                     f"counted once; forward + backward counted from the model's shapes), evaluation "
+                     f"{trials['eval_tflops'].sum():.4g} TFLOPs")
     if unit == "CPU-hours":
         lines.append("- a CPU run (no GPU held, so `gpu_hours` is 0): CPU-hours are wall-clock hours x worker "
                      "processes, and measure contention for the cores as much as cost")
     lines.append(f"- {unit} of a trial: its fine-tuning plus an even share of the pre-training it started from, "
                  "wall-clock x the devices it holds (a fractional GPU counts as a whole one)")
     return lines + [""]
+
+
+def _noise_lines(trials: pd.DataFrame) -> list[str]:
+    noise = evaluation_noise(trials)
+    lines = []
+    if not math.isnan(noise["floor"]):
+        lines.append(f"- FID floor: {noise['floor']:.2f} (real training images against the same reference "
+                     "statistics, as many as the samples, the same features: no model of this protocol is expected "
+                     "lower)")
+    if noise["noise_trials"]:
+        best = "" if math.isnan(noise["best_noise_std"]) else f"; the best trial's {noise['best_noise_std']:.2f}"
+        lines.append(f"- evaluation noise: one model's FID moves by {noise['noise_std']:.2f} (standard deviation over "
+                     f"sampling seeds, mean of {noise['noise_trials']} trials{best}); differences below twice that "
+                     "are not called wins")
+    else:
+        lines.append("- evaluation noise: not measured (set `eval.fid_repeats` to 2 or more)")
+    return lines
+
+
+def _total_train_tflops(trials: pd.DataFrame) -> float:
+    pre = trials["pretrain_tflops"].fillna(0).groupby(trials["pretrain_key"].fillna("")).first().sum()
+    return float(trials["finetune_tflops"].fillna(0).sum() + pre)
 
 
 def _total_device_hours(trials: pd.DataFrame) -> float:
@@ -87,10 +116,23 @@ def _by_arm(trials: pd.DataFrame) -> list[str]:
              f"{_fid_name(trials)} after fine-tuning, over seeds (finished trials only; std: sample standard "
              "deviation, ddof=1; min: the best seed). Effective mask rate: the fraction of patches pre-training "
              "dropped.", ""]
-    show = table.drop(columns=["mask_strategy", "mask_rate"]).rename(columns={
+    show = table.drop(columns=["mask_strategy", "mask_rate", "recognisable_mean"]).rename(columns={
+        "train_tflops_mean": "TFLOPs mean",
         "effective_mask_rate": "eff. mask rate", "n_trials": "trials", "n_seeds": "seeds", "fid_mean": "FID mean",
         "fid_std": "FID std", "fid_min": "FID min", "device_hours_mean": f"{compute_unit(trials)[1]} mean"})
-    lines.append(markdown_table(show, {"eff. mask rate": ".3f", f"{compute_unit(trials)[1]} mean": ".3g"}))
+    done = finished(trials)
+    if done["recognisable"].notna().any():
+        by_label = done.groupby(arm_labels(done, group_keys(trials)[1:]).to_numpy())["recognisable"]
+        stats = {label: (g.mean(), g.min(), g.max()) for label, g in by_label}
+        cells = []
+        for label in arm_labels(table, group_keys(trials)[1:]):
+            mean, low, high = stats.get(label, (math.nan,) * 3)
+            cells.append("–" if math.isnan(mean) else f"{mean:.2f} ({low:.2f}-{high:.2f})")
+        show["recognisable"] = cells
+        lines[-2] += (" Recognisable: the share of final samples the digits classifier puts in one class with "
+                      "confidence >= 0.9, mean over seeds (min-max); held-out real digits score 0.96.")
+    lines.append(markdown_table(show, {"eff. mask rate": ".3f", f"{compute_unit(trials)[1]} mean": ".3g",
+                                       "TFLOPs mean": ".4g"}))
     return lines + [""]
 
 
@@ -121,15 +163,29 @@ def _vs_baseline(trials: pd.DataFrame, curves: pd.DataFrame) -> list[str]:
         shown[arm] = cells
     shown.index.name = "fine-tuning step"
     lines.append(markdown_table(shown, index=True))
-    last = table.dropna(subset=["baseline"])
-    if len(last):
-        step = last.index.max()
-        row = last.loc[step].drop("baseline").dropna()
-        if len(row):
-            better = [a for a, v in row.items() if v < last.loc[step, "baseline"]]
-            lines += ["", f"At step {step}, {len(better)} of {len(row)} masked arms have a lower mean FID than the "
-                      f"baseline ({last.loc[step, 'baseline']:.2f})" + (f": {', '.join(better)}." if better else ".")]
+    lines += ["", _final_comparison(trials)]
     return lines + [""]
+
+
+def _final_comparison(trials: pd.DataFrame) -> str:
+    """Which arms end with a lower FID than the baseline beyond the seeds' spread and the evaluation noise."""
+    done = finished(trials)
+    fids = done.groupby("arm")["fid"]
+    if "baseline" not in fids.groups:
+        return "No finished baseline trial at the end of fine-tuning."
+    base = fids.get_group("baseline").to_numpy()
+    noise = evaluation_noise(trials)["noise_std"]
+    arms = [a for a in dict.fromkeys(done["arm"]) if a != "baseline"]
+    lower = [a for a in arms if fids.get_group(a).mean() < base.mean()]
+    clear = [a for a in lower if clearly_lower(fids.get_group(a).to_numpy(), base, noise)]
+    text = (f"At the end of fine-tuning, {len(lower)} of {len(arms)} masked arms have a lower mean final FID than "
+            f"the baseline ({base.mean():.2f}, {len(base)} seeds)")
+    if not lower:
+        return text + "."
+    text += f" ({', '.join(lower)})"
+    if clear:
+        return text + f"; beyond the seeds' spread and twice the evaluation noise: {', '.join(clear)}."
+    return text + ", but every difference is inside the seeds' spread or the evaluation noise: not a win."
 
 
 def _equal_compute(trials: pd.DataFrame, curves: pd.DataFrame) -> list[str]:
@@ -162,7 +218,91 @@ def _equal_compute(trials: pd.DataFrame, curves: pd.DataFrame) -> list[str]:
     if missing:
         sentences.append(f"No FID within that budget for: {', '.join(missing)}.")
     sentences.append(f"Pareto-optimal arms: {', '.join(table.loc[table['pareto'], 'arm'])}.")
+    noise = evaluation_noise(trials)["noise_std"]
+    if not math.isnan(noise):
+        sentences.append(f"FID differences under {2 * noise:.2f} (twice the evaluation noise) are not wins.")
     return lines + ["", " ".join(sentences), ""]
+
+
+def report_settings(spec: dict) -> dict:
+    """The spec's ``report`` section as ``speedup_table`` keywords (targets None: the baseline's final FID)."""
+    section = spec.get("report") or {}
+    target = section.get("target_fid")
+    targets = None if target is None else [float(t) for t in (target if isinstance(target, list) else [target])]
+    return {"targets": targets, "confidence": float(section.get("confidence", 0.9)),
+            "resamples": int(section.get("bootstrap_samples", 2000))}
+
+
+def speedup_sentence(row: pd.Series, confidence: float) -> str:
+    """One arm at one target, in words: e.g. ``patch r=0.9: reaches the baseline's final FID 41.2 with 0.31x its
+    compute, a speed-up of 3.2x (90% interval 2.6-3.9x, 3 seeds; baseline 3 seeds)``."""
+    what = "the baseline's final FID" if row["target"] == "baseline final FID" else "FID"
+    seeds = f"{row['n_seeds']} seed{'s' if row['n_seeds'] != 1 else ''}; baseline {row['n_baseline_seeds']}"
+    head = f"{row['arm']}: "
+    if not row["reached"]:
+        return head + f"does not reach {what} {row['target_fid']:.2f} within its budget ({seeds})."
+    if not row["baseline_reached"]:
+        return head + (f"reaches {what} {row['target_fid']:.2f} at {row['arm_tflops']:.4g} TFLOPs; the baseline "
+                       f"never does ({seeds}).")
+    text = (head + f"reaches {what} {row['target_fid']:.2f} with {1 / row['speedup']:.2f}x the baseline's training "
+            f"compute ({row['arm_tflops']:.4g} against {row['baseline_tflops']:.4g} TFLOPs), a speed-up of "
+            f"{row['speedup']:.2f}x")
+    if math.isnan(row["speedup_low"]):
+        return text + f" (one seed a side: no interval, not a result; {seeds})."
+    text += f" ({confidence:.0%} interval {row['speedup_low']:.2f}-{row['speedup_high']:.2f}x, {seeds})"
+    return text + {"faster": ".", "slower": ": slower than the baseline.",
+                   "no clear difference": ": the interval includes 1, so no clear difference."}.get(row["verdict"], ".")
+
+
+def headline(sweep_dir: Path, trials: pd.DataFrame, curves: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The sweep's answer: the speed-up table under the spec's ``report`` settings and one sentence per row."""
+    settings = report_settings(read_spec(Path(sweep_dir)))
+    table = speedup_table(trials, curves, **settings)
+    return table, [speedup_sentence(row, settings["confidence"]) for _, row in table.iterrows()]
+
+
+def headline_metrics(table: pd.DataFrame) -> dict[str, float]:
+    """The speed-up table as MLflow metrics of the sweep's parent run: ``speedup/<arm>`` (with ``_low``, ``_high``)
+    and ``target_fid/<arm>``, the arm's name made MLflow-safe; a target other than the first adds ``@<target>``."""
+    metrics: dict[str, float] = {}
+    first = table["target_fid"].iloc[0] if len(table) else None
+    for _, row in table.iterrows():
+        name = re.sub(r"[^0-9A-Za-z_\-. /]", "_", str(row["arm"]))
+        if row["target_fid"] != first:
+            name += f"@{row['target_fid']:g}"
+        for key, col in (("speedup", "speedup"), ("speedup_low", "speedup_low"), ("speedup_high", "speedup_high"),
+                         ("target_fid", "target_fid"), ("tflops_to_target", "arm_tflops")):
+            value = float(row[col])
+            if math.isfinite(value):
+                metrics[f"{key}/{name}"] = value
+    return metrics
+
+
+def _speedup(trials: pd.DataFrame, curves: pd.DataFrame, spec: dict) -> list[str]:
+    settings = report_settings(spec)
+    table = speedup_table(trials, curves, **settings)
+    if not len(table):
+        return []
+    confidence = settings["confidence"]
+    lines = ["## Speed-up", "",
+             "The training compute each arm needs for its mean FID curve over seeds to first reach the target FID, "
+             "against the baseline's (linear interpolation between evaluations). Compute is training TFLOPs "
+             "(forward + backward, counted from the model's shapes), an arm charged its whole pre-training even "
+             "where the sweep shared one; evaluation is not counted. Interval: "
+             f"{confidence:.0%} bootstrap over seeds (the arm's and the baseline's resampled apart).", ""]
+    lines += [f"- {speedup_sentence(row, confidence)}" for _, row in table.iterrows()]
+    faster = table.loc[table["verdict"] == "faster", "arm"].unique().tolist()
+    lines.append("")
+    if faster:
+        lines.append(f"Masked pre-training pays in this run for: {', '.join(faster)} (the whole interval above 1).")
+    else:
+        lines.append("Masked pre-training does not pay in this run: no arm reaches the target faster with its whole "
+                     "interval above 1.")
+    show = table.drop(columns=["target"]).rename(columns={
+        "target_fid": "target FID", "n_seeds": "seeds", "n_baseline_seeds": "baseline seeds",
+        "arm_tflops": "arm TFLOPs", "baseline_tflops": "baseline TFLOPs", "speedup": "speed-up",
+        "speedup_low": "low", "speedup_high": "high", "reached": "reached", "baseline_reached": "baseline reached"})
+    return lines + ["", markdown_table(show, {"arm TFLOPs": ".4g", "baseline TFLOPs": ".4g"}), ""]
 
 
 def _best(trials: pd.DataFrame) -> list[str]:
@@ -199,7 +339,8 @@ def render_report(sweep_dir: Path, trials: pd.DataFrame, curves: pd.DataFrame) -
     spec = read_spec(sweep_dir)
     lines = _header(sweep_dir, spec, trials)
     if len(trials):
-        lines += _by_arm(trials) + _vs_baseline(trials, curves) + _equal_compute(trials, curves) + _best(trials)
+        lines += (_speedup(trials, curves, spec) + _by_arm(trials) + _vs_baseline(trials, curves)
+                  + _equal_compute(trials, curves) + _best(trials))
     lines += _not_finished(sweep_dir, trials)
     plots = SweepDir.of(sweep_dir).plots
     pngs = sorted(plots.glob("*.png")) if plots.is_dir() else []
@@ -218,4 +359,4 @@ def write_report(sweep_dir: Path, trials: pd.DataFrame | None = None, curves: pd
     return path
 
 
-__all__ = ["markdown_table", "render_report", "write_report"]
+__all__ = ["headline", "headline_metrics", "markdown_table", "render_report", "speedup_sentence", "write_report"]

@@ -2,7 +2,8 @@
 
 The table holds measured reference numbers (NVIDIA H200, bf16, batch 128; docs/design.md, "Reference throughput");
 presets not in it are scaled from U-ViT-S/2 by their training FLOPs per image, counted exactly from the model's
-shapes (``maskdm.flops``). A plan's figure is an estimate for budgeting, not a measurement.
+shapes (``maskdm.flops``). Evaluation is priced by its exact FLOPs (``trainer.compute``) at the FLOP rate training
+achieves unmasked (:func:`training_flop_rate`). A plan's figure is an estimate for budgeting, not a measurement.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import torch
 
 from ..maskdm import MODEL_PRESETS, UViTConfig, count_parameters, train_flops_per_image
 from ..maskdm.model import UViT
-from ..trainer.config import TrialConfig
+from ..trainer.compute import stage_flops
+from ..trainer.config import Stage, TrialConfig
 
 REFERENCE_GPU = "NVIDIA H200"
 REFERENCE_IMAGES_PER_SECOND: dict[str, dict[float, float]] = {
@@ -44,6 +46,8 @@ def flops_per_image(mc: UViTConfig, effective_rate: float) -> float:
 
 
 def images_per_second(config: TrialConfig, effective_rate: float) -> float:
+    """Training images/s of ``config`` at an effective mask rate on the reference GPU (interpolated in the table,
+    else scaled from U-ViT-S/2 by FLOPs per image, at most 2x faster)."""
     preset = config.model.preset
     if preset in REFERENCE_IMAGES_PER_SECOND and config.model_config_resolved() == MODEL_PRESETS[preset]:
         table = REFERENCE_IMAGES_PER_SECOND[preset]
@@ -56,6 +60,30 @@ def images_per_second(config: TrialConfig, effective_rate: float) -> float:
 
 
 def stage_gpu_hours(config: TrialConfig, stage: str, effective_rate: float) -> float:
+    """GPU-hours of training a whole ``stage`` on one reference GPU (steps x batch / images/s); no evaluation."""
     s = config.pretrain if stage == "pretrain" else config.finetune
     seconds = s.steps * s.batch_size / images_per_second(config, effective_rate)
     return seconds / 3600.0
+
+
+def training_flop_rate(config: TrialConfig) -> float:
+    """FLOP/s the reference GPU achieves training ``config``'s network unmasked: training FLOPs per image at mask 0
+    x reference images/s at mask 0 (the full-token step, the one closest to sampling's)."""
+    return flops_per_image(config.model_config_resolved(), 0.0) * images_per_second(config, 0.0)
+
+
+def stage_eval_flops(config: TrialConfig, stage: Stage) -> int:
+    """FLOPs of all the evaluations of a whole ``stage`` (sampling, FID features, the final one's extra passes and
+    the FID floor; exact, see ``trainer.compute``); 0 when the stage is not evaluated."""
+    steps = (config.pretrain if stage == "pretrain" else config.finetune).steps
+    return stage_flops(config, stage, steps)[1]
+
+
+def stage_eval_gpu_hours(config: TrialConfig, stage: Stage) -> float:
+    """GPU-hours of the evaluations of a whole ``stage`` on one reference GPU: FLOPs at :func:`training_flop_rate`.
+
+    Assumption: sampling runs the same network forward on all patches in large batches, so the FLOP/s it achieves
+    is taken equal to unmasked training's; the FID feature network's FLOPs (Inception-v3, the digits classifier)
+    are counted at that same rate. Not measured: an estimate for budgeting, like the training figure.
+    """
+    return stage_eval_flops(config, stage) / training_flop_rate(config) / 3600.0

@@ -8,18 +8,52 @@ from rich.console import Console
 from rich.table import Table
 
 from ..sweepspec.expand import SweepPlan
-from .estimate import REFERENCE_GPU, stage_gpu_hours
+from ..trainer.compute import TERA, stage_flops
+from ..trainer.config import Stage, TrialConfig
+from .estimate import REFERENCE_GPU, stage_eval_gpu_hours, stage_gpu_hours
 from .packing import (GIB, MEASURED_PACKING_GPU, MEMORY_HEADROOM, suggest_for_configs, trials_per_gpu_of,
                       trials_the_work_allows)
 
 
+@dataclass(frozen=True)
+class StageCost:
+    """The compute of one whole stage run: exact FLOPs (``trainer.compute``) and estimated GPU-hours (all the GPUs
+    the trial holds, see :func:`stage_cost`)."""
+
+    train_flops: int
+    eval_flops: int
+    train_gpu_hours: float
+    eval_gpu_hours: float
+
+
 @dataclass
 class PlanTotals:
+    """What a plan still has to run (finished fine-tunings and reused pre-trainings left out); FLOPs are exact,
+    GPU-hours an estimate on the reference GPU."""
+
     trials: int
     pretrainings: int
     pretrainings_reused: int
     steps: int
-    gpu_hours: float
+    train_gpu_hours: float = 0.0
+    eval_gpu_hours: float = 0.0
+    train_flops: int = 0
+    eval_flops: int = 0
+
+    @property
+    def gpu_hours(self) -> float:
+        """Estimated GPU-hours, training and evaluation together."""
+        return self.train_gpu_hours + self.eval_gpu_hours
+
+    @property
+    def train_tflops(self) -> float:
+        """Training TFLOPs to run, each shared pre-training counted once."""
+        return self.train_flops / TERA
+
+    @property
+    def eval_tflops(self) -> float:
+        """Evaluation TFLOPs to run (sampling and FID features)."""
+        return self.eval_flops / TERA
 
 
 def _gpus(plan: SweepPlan) -> float:
@@ -29,22 +63,57 @@ def _gpus(plan: SweepPlan) -> float:
     return max(1.0, r.gpus_billed / r.workers)
 
 
+def _eval_gpus(plan: SweepPlan) -> float:
+    """GPU-hours per hour of one GPU's evaluation: rank 0 samples and scores alone while the trial's other workers
+    wait, so every GPU the trial holds counts for the whole time; a CPU spec is estimated on one GPU."""
+    return max(1.0, plan.spec.resources.gpus_billed)
+
+
+def stage_cost(plan: SweepPlan, config: TrialConfig, stage: Stage) -> StageCost:
+    """The cost of running the whole ``stage`` of a trial with ``config`` under ``plan``'s resources; a pre-training
+    trains at the config's effective mask rate, a fine-tuning on every patch."""
+    steps = (config.pretrain if stage == "pretrain" else config.finetune).steps
+    train, evaluation = stage_flops(config, stage, steps)
+    rate = config.effective_mask_rate if stage == "pretrain" else 0.0
+    return StageCost(train, evaluation, stage_gpu_hours(config, stage, rate) * _gpus(plan),
+                     stage_eval_gpu_hours(config, stage) * _eval_gpus(plan))
+
+
+def pretrain_cost(plan: SweepPlan, key: str) -> StageCost:
+    """The cost of the shared pre-training ``key``, trained once for all the trials it feeds (its config: the first
+    trial's, whose pre-training settings every sharing trial has)."""
+    return stage_cost(plan, plan.pretrains[key].config, "pretrain")
+
+
 def totals(plan: SweepPlan) -> PlanTotals:
+    """What ``plan`` still has to run: each unfinished pre-training once, each unfinished trial's fine-tuning."""
+    costs, steps, reused = [], 0, 0
     trials = {t.trial_id: t for t in plan.trials}
-    hours, steps, reused = 0.0, 0, 0
     for key, pre in plan.pretrains.items():
         if plan.pretrain_finished(key):
             reused += 1
             continue
-        trial = trials[pre.trial_ids[0]]
-        steps += trial.config.pretrain.steps
-        hours += stage_gpu_hours(trial.config, "pretrain", trial.config.effective_mask_rate) * _gpus(plan)
+        steps += trials[pre.trial_ids[0]].config.pretrain.steps
+        costs.append(pretrain_cost(plan, key))
     for t in plan.trials:
         if plan.trial_finished(t.trial_id):
             continue
         steps += t.config.finetune.steps
-        hours += stage_gpu_hours(t.config, "finetune", 0.0) * _gpus(plan)
-    return PlanTotals(len(plan.trials), len(plan.pretrains), reused, steps, hours)
+        costs.append(stage_cost(plan, t.config, "finetune"))
+    return PlanTotals(len(plan.trials), len(plan.pretrains), reused, steps,
+                      train_gpu_hours=sum(c.train_gpu_hours for c in costs),
+                      eval_gpu_hours=sum(c.eval_gpu_hours for c in costs),
+                      train_flops=sum(c.train_flops for c in costs), eval_flops=sum(c.eval_flops for c in costs))
+
+
+def format_tflops(flops: int) -> str:
+    """FLOPs as TFLOPs for a table: whole numbers with thousands separators from 100 up, 3 significant digits below."""
+    tflops = flops / TERA
+    return f"{tflops:,.0f}" if tflops >= 100 else f"{tflops:.3g}"
+
+
+def _cost_cell(cost: StageCost) -> str:
+    return f"{format_tflops(cost.train_flops)} / {format_tflops(cost.eval_flops)}"
 
 
 def packing_line(plan: SweepPlan) -> str | None:
@@ -83,21 +152,26 @@ def print_plan(plan: SweepPlan, console: Console | None = None) -> PlanTotals:
     console = console or Console()
     trials = {t.trial_id: t for t in plan.trials}
     pre_table = Table(title=f"{plan.spec.name}: shared pre-trainings", title_justify="left")
-    for col in ("pre-training", "mask", "effective rate", "steps", "batch", "feeds trials", "status"):
+    pre_costs = {key: pretrain_cost(plan, key) for key in plan.pretrains}
+    pre_evaluated = any(c.eval_flops for c in pre_costs.values())  # eval.stages has pretrain: show its share
+    for col in ("pre-training", "mask", "effective rate", "steps", "batch",
+                "TFLOPs train / eval" if pre_evaluated else "train TFLOPs", "feeds trials", "status"):
         pre_table.add_column(col)
     for key, pre in plan.pretrains.items():
         t = trials[pre.trial_ids[0]]
         mask = t.config.mask.model_dump()
+        cost = _cost_cell(pre_costs[key]) if pre_evaluated else format_tflops(pre_costs[key].train_flops)
+        status = "[green]reused (finished)" if plan.pretrain_finished(key) else "to train"
         pre_table.add_row(key, " ".join(f"{k}={v}" for k, v in mask.items()), f"{t.config.effective_mask_rate:.1%}",
-                          str(t.config.pretrain.steps), str(t.config.pretrain.batch_size), str(len(pre.trial_ids)),
-                          "[green]reused (finished)" if plan.pretrain_finished(key) else "to train")
+                          str(t.config.pretrain.steps), str(t.config.pretrain.batch_size), cost,
+                          str(len(pre.trial_ids)), status)
     trial_table = Table(title=f"{plan.spec.name}: trials", title_justify="left")
-    for col in ("trial", "arm", "pre-training", "fine-tune steps", "status"):
+    for col in ("trial", "arm", "pre-training", "fine-tune steps", "TFLOPs train / eval", "status"):
         trial_table.add_column(col)
     for t in plan.trials:
         done = plan.trial_finished(t.trial_id)
         trial_table.add_row(t.trial_id, t.label, t.pretrain_key or "none (baseline)", str(t.config.finetune.steps),
-                            "[green]finished" if done else "to run")
+                            _cost_cell(stage_cost(plan, t.config, "finetune")), "[green]finished" if done else "to run")
     if plan.pretrains:
         console.print(pre_table)
     console.print(trial_table)
@@ -110,8 +184,10 @@ def print_plan(plan: SweepPlan, console: Console | None = None) -> PlanTotals:
     extra = f" ({search.method} search: {search.num_samples} samples per grid point)" if search.method != "grid" else ""
     console.print(
         f"{tot.trials} trials{extra}, {tot.pretrainings} pre-trainings ({tot.pretrainings_reused} reused), "
-        f"{tot.steps:,} optimizer steps to run, about {tot.gpu_hours:.2f} GPU-hours on an {REFERENCE_GPU} "
-        f"(estimated from reference throughput, evaluation not counted)"
+        f"{tot.steps:,} optimizer steps to run: {format_tflops(tot.train_flops)} training TFLOPs (each pre-training "
+        f"once) and {format_tflops(tot.eval_flops)} evaluation TFLOPs, about {tot.gpu_hours:.2f} GPU-hours on an "
+        f"{REFERENCE_GPU} ({tot.train_gpu_hours:.2f} training + {tot.eval_gpu_hours:.2f} evaluation, estimated from "
+        f"reference throughput)"
     )
     r = plan.spec.resources
     if r.workers > 1:
@@ -119,8 +195,8 @@ def print_plan(plan: SweepPlan, console: Console | None = None) -> PlanTotals:
         console.print(
             f"each trial trains on {r.workers} data-parallel workers ({r.gpus:g} GPUs and {r.cpus:g} CPUs each); "
             f"batch sizes are global: {', '.join(f'{b} = {r.workers} x {b // r.workers}' for b in batches)} images "
-            f"per step; GPU-hours count all {r.trial_gpus:g} GPUs of a trial, whose wall time is about 1/{r.workers} "
-            "of one GPU's (ideal scaling)")
+            f"per step; GPU-hours count all {r.trial_gpus:g} GPUs of a trial, whose training wall time is about "
+            f"1/{r.workers} of one GPU's (ideal scaling); evaluation runs on one worker while the others wait")
     line = packing_line(plan)
     if line:
         console.print(line)

@@ -263,7 +263,8 @@ def run_sweep(plan: SweepPlan, address: str | None = None, resume: bool = False,
     if tracking:
         from ..tracking import finish_sweep_tracking
 
-        finish_sweep_tracking(tracking, bool(outcome.failed), list(outcome.artifacts.values()))
+        finish_sweep_tracking(tracking, bool(outcome.failed), list(outcome.artifacts.values()),
+                              _headline_metrics(plan))
     return outcome
 
 
@@ -272,6 +273,14 @@ def _write_results(plan: SweepPlan) -> dict[str, Path]:
     from ..results import write_all
 
     return write_all(plan.sweep_dir)
+
+
+def _headline_metrics(plan: SweepPlan) -> dict[str, float]:
+    """The speed-ups of the sweep's report, for its MLflow parent run."""
+    from ..results import headline, headline_metrics, load
+
+    trials, curves = load(plan.sweep_dir)
+    return headline_metrics(headline(plan.sweep_dir, trials, curves)[0])
 
 
 def _grid(values: list[str]):

@@ -32,12 +32,15 @@ class TuneReporter(NullReporter):
         self.report({**self.latest, "step": step, "stage": self.stage, "maskdm_trial": self.trial_id})
 
 
-def stage_cost(resources, wall_seconds: float) -> dict[str, float]:
+def stage_cost(resources, result: StageResult) -> dict[str, float]:
     """The cost metrics of a finished stage run: wall seconds, device-hours and GPU-hours (0 on a CPU), by the
-    spec's billing rule (``ResourcesConfig.gpus_billed`` / ``devices_billed``), as ``trials.parquet`` counts them."""
+    spec's billing rule (``ResourcesConfig.gpus_billed`` / ``devices_billed``), as ``trials.parquet`` counts them;
+    and its compute in TFLOPs (training and evaluation apart), counted from the config by the trainer."""
+    wall_seconds = result.wall_seconds
     return {"cost/wall_seconds": wall_seconds,
             "cost/device_hours": wall_seconds * resources.devices_billed / 3600.0,
-            "cost/gpu_hours": wall_seconds * resources.gpus_billed / 3600.0}
+            "cost/gpu_hours": wall_seconds * resources.gpus_billed / 3600.0,
+            "cost/train_tflops": result.train_tflops, "cost/eval_tflops": result.eval_tflops}
 
 
 def train_stage(ctx: SweepContext, trial: TrialPlan, stage: str, stage_dir: Path, init: Path | None, rank: int = 0,
@@ -61,7 +64,7 @@ def train_stage(ctx: SweepContext, trial: TrialPlan, stage: str, stage_dir: Path
     except Exception:
         finish_reporters(reporters, "FAILED")
         raise
-    finish_reporters(reporters, "FINISHED", stage_cost(ctx.plan.spec.resources, result.wall_seconds))
+    finish_reporters(reporters, "FINISHED", stage_cost(ctx.plan.spec.resources, result))
     return result
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from ..layout import SweepDir
+from ..trainer.compute import train_flops_per_step
 from ..trainer.config import BASELINE_IGNORED_SECTIONS, TrialConfig
 from .loading import Problem, SpecError, problems_from_validation, read_mapping, validate
 from .schema import SweepSpec
@@ -193,14 +194,19 @@ def _culprit(problem: Problem, assignments: dict[str, Any]) -> str:
 
 
 def resolve_trial(spec: SweepSpec, point: dict[str, Any], lines: dict, source: str,
-                  check_paths: bool = True) -> TrialPlan:
-    """One grid point -> a validated trial; errors point at the axis that produced the bad value."""
+                  check_paths: bool = True, baseline_finetune_steps: int | None = None) -> TrialPlan:
+    """One grid point -> a validated trial; errors point at the axis that produced the bad value.
+
+    ``baseline_finetune_steps``: the fine-tuning length of a baseline point (an equal-compute baseline's).
+    """
     data = spec.base.model_dump(mode="json")
     assignments = {k: v for k, v in point.items() if k != "baseline"}
     for key, value in assignments.items():
         set_dotted(data, key, value)
     if point.get("baseline"):
         set_dotted(data, "pretrain.steps", 0)
+        if baseline_finetune_steps is not None:
+            set_dotted(data, "finetune.steps", baseline_finetune_steps)
     try:
         config = TrialConfig.model_validate(data, context={"check_paths": check_paths})
     except ValidationError as err:
@@ -214,6 +220,27 @@ def resolve_trial(spec: SweepSpec, point: dict[str, Any], lines: dict, source: s
     if point.get("baseline"):
         assignments = {"baseline": True, **assignments}
     return TrialPlan.of(config, assignments)
+
+
+def _shares_baseline_settings(trial: TrialPlan, point: dict[str, Any]) -> bool:
+    """Whether a trial is one of the arms a baseline point stands beside: equal in every axis the baseline keeps
+    (the seed aside: every seed's baseline gets the same length)."""
+    kept = {k: v for k, v in point.items() if k not in ("baseline", "seed")}
+    return all(trial.assignments.get(k) == v for k, v in kept.items())
+
+
+def equal_compute_steps(spec: SweepSpec, point: dict[str, Any], arms: list[TrialPlan]) -> int | None:
+    """Fine-tuning steps that give a baseline point the training FLOPs of its most expensive arm (its whole
+    pre-training plus its fine-tuning), rounded up; None (keep ``finetune.steps``) when it has no masked arm."""
+    def cost(config: TrialConfig) -> int:
+        return sum(getattr(config, stage).steps * train_flops_per_step(config, stage) for stage in config.stages())
+
+    budgets = [cost(t.config) for t in arms if not t.is_baseline and _shares_baseline_settings(t, point)]
+    if not budgets:
+        return None
+    probe = resolve_trial(spec, point, {}, "", check_paths=False)
+    per_step = train_flops_per_step(probe.config, "finetune")
+    return max(probe.config.finetune.steps, -(-max(budgets) // per_step))
 
 
 def _check_batches_split(spec: SweepSpec, trials: list[TrialPlan], lines: dict, source: str) -> None:
@@ -244,9 +271,19 @@ def build_plan(spec: SweepSpec, lines: dict | None = None, source: str = "", spe
     lines = lines or {}
     _check_keys(spec, lines, source)
     trials: dict[str, TrialPlan] = {}
-    for point in grid_points(spec):
+    points = grid_points(spec)
+    equal_compute = spec.sweep.baseline == "equal_compute"
+    for point in points:
+        if equal_compute and point.get("baseline"):
+            continue  # sized by the arms below
         trial = resolve_trial(spec, point, lines, source, check_paths)
         trials.setdefault(trial.trial_id, trial)  # e.g. baselines that several mask settings would repeat
+    if equal_compute:
+        arms = list(trials.values())
+        for point in (p for p in points if p.get("baseline")):
+            steps = equal_compute_steps(spec, point, arms)
+            trial = resolve_trial(spec, point, lines, source, check_paths, baseline_finetune_steps=steps)
+            trials.setdefault(trial.trial_id, trial)
     pretrains: dict[str, PretrainPlan] = {}
     for trial in trials.values():
         if trial.pretrain_key:

@@ -84,9 +84,12 @@ class SweepConfig(_Strict):
         "pairs at a fixed total; together they form one more grid axis."
     )
     seeds: list[int] = Field([0], description="Seeds; each combination is run once per seed.")
-    baseline: bool = Field(
+    baseline: bool | Literal["equal_steps", "equal_compute"] = Field(
         False, description="Add the DDPM baseline (no pre-training, pretrain.steps = 0) for every combination "
-        "of the axes that do not concern pre-training."
+        "of the axes that do not concern pre-training. true or 'equal_steps': the baseline fine-tunes for "
+        "finetune.steps, as the arms do; 'equal_compute': it trains for as many steps as give it the training "
+        "FLOPs of the most expensive arm (pre-training and fine-tuning), so its FID-vs-compute curve spans the "
+        "whole compute axis (`plan` shows the steps)."
     )
     search: SearchConfig = Field(default_factory=SearchConfig, description="Grid, random or Optuna search.")
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig, description="Early stopping.")
@@ -180,6 +183,35 @@ class TrackingConfig(_Strict):
     experiment: str | None = Field(None, description="MLflow experiment name; default: the sweep name.")
 
 
+class ReportConfig(_Strict):
+    """How the report measures the speed-up of masked pre-training."""
+
+    target_fid: float | list[float] | None = Field(
+        None, description="FID(s) at which the speed-up is measured: the training compute an arm needs to first "
+        "reach the target against the baseline's. Default: the baseline's final mean FID (the method's measure).",
+    )
+    confidence: float = Field(0.9, gt=0, lt=1, description="Coverage of the bootstrap interval of the speed-up "
+                              "(resampling the seeds of an arm and of the baseline).")
+    bootstrap_samples: int = Field(2000, ge=100, description="Bootstrap resamples for that interval.")
+
+    @field_validator("target_fid")
+    @classmethod
+    def _positive(cls, value: float | list[float] | None) -> float | list[float] | None:
+        values = value if isinstance(value, list) else [] if value is None else [value]
+        if isinstance(value, list) and not value:
+            raise ValueError("target_fid needs at least one value (or leave it out for the baseline's final FID)")
+        if any(not v > 0 for v in values):
+            raise ValueError("target FIDs must be > 0")
+        return value
+
+    @property
+    def targets(self) -> list[float] | None:
+        """The targets as a list, or None for the default (the baseline's final FID)."""
+        if self.target_fid is None:
+            return None
+        return [float(v) for v in (self.target_fid if isinstance(self.target_fid, list) else [self.target_fid])]
+
+
 class SweepSpec(_Strict):
     """A declarative ablation: ``base`` is one trial; ``sweep`` says what varies."""
 
@@ -191,6 +223,7 @@ class SweepSpec(_Strict):
     sweep: SweepConfig = Field(default_factory=SweepConfig, description="What varies.")
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig, description="Resources per trial.")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Experiment tracking.")
+    report: ReportConfig = Field(default_factory=ReportConfig, description="The report's speed-up measure.")
 
     @field_validator("output_dir")
     @classmethod

@@ -65,11 +65,16 @@ def start_sweep_tracking(plan, invocation: int, resume: bool) -> SweepTracking:
     return SweepTracking(uri, exp, parent, spec.name, plan.spec_hash, commit, str(plan.store_dir))
 
 
-def finish_sweep_tracking(tracking: SweepTracking, failed: bool, artifacts: list[Path] = ()) -> None:
+def finish_sweep_tracking(tracking: SweepTracking, failed: bool, artifacts: list[Path] = (),
+                          metrics: dict[str, float] | None = None) -> None:
+    """Attach the results files and the sweep's answer (``metrics``, e.g. ``speedup/<arm>``) to the parent run and
+    close it."""
     if tracking.parent_run_id is None:
         return
     try:
         c = client(tracking.uri)
+        for key, value in (metrics or {}).items():
+            c.log_metric(tracking.parent_run_id, key, value)
         for path in artifacts:
             c.log_artifact(tracking.parent_run_id, str(path), artifact_path="plots" if path.suffix == ".png" else None)
         c.set_terminated(tracking.parent_run_id, status="FAILED" if failed else "FINISHED")

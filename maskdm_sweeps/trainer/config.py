@@ -162,6 +162,11 @@ class EvalConfig(_Strict):
     )
     fid_weights: Path | None = Field(None, description="Inception weights file (TorchScript or pytorch-fid state dict).")
     grid_size: int = Field(64, ge=1, description="Images in the PNG sample grid.")
+    fid_repeats: int = Field(
+        1, ge=1, description="FIDs computed at a stage's final evaluation, each from its own sampling noise; with 2 "
+        "or more their standard deviation is reported as eval/fid_noise_std (the evaluation noise: how much one "
+        "model's FID moves between sampling seeds). The reported eval/fid is always the first (fixed-noise) one.",
+    )
 
     @field_validator("fid_weights")
     @classmethod

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from ..maskdm import SAMPLERS, NoiseSchedule, UViT, sample_images
-from ..metrics import FIDProtocol, StatsAccumulator, build_fid_backend, frechet_distance, reference_stats
+from ..metrics import (RECOGNISABLE_CONFIDENCE, FIDProtocol, StatsAccumulator, build_fid_backend, frechet_distance,
+                       reference_stats)
 
 EVAL_NOISE_SEED = 20_231_109  # the same starting noise at every evaluation: curves compare weights, not luck
 
@@ -19,6 +20,7 @@ class EvalOutcome:
     step: int
     fid: float | None
     grid_path: Path
+    extra: dict[str, float] = field(default_factory=dict)  # more eval/* metrics: recognisable, floor, noise
 
 
 def save_image_grid(images: torch.Tensor, path: Path, nrow: int = 8, upscale: int = 1) -> Path:
@@ -62,6 +64,7 @@ class Evaluator:
         self.shape = (data.channels, data.image_size, data.image_size)
         self.backend = build_fid_backend(self.cfg.backend, self.cfg.fid_weights, device) if self.cfg.num_samples else None
         self._reference = None
+        self._floor: float | None = None
         self.protocol = None if self.backend is None else FIDProtocol(
             num_samples=self.cfg.num_samples, sampler=self.cfg.sampler, sampling_steps=self.cfg.sampling_steps,
             eta=self.cfg.eta if self.cfg.sampler == "ddim" else 1.0, weights=self.cfg.weights,
@@ -114,26 +117,65 @@ class Evaluator:
         return eps
 
     @torch.no_grad()
-    def evaluate(self, net: UViT, schedule: NoiseSchedule, step: int, out_dir: Path) -> EvalOutcome:
+    def evaluate(self, net: UViT, schedule: NoiseSchedule, step: int, out_dir: Path, final: bool = False) -> EvalOutcome:
+        """Sample, draw the grid and score: ``eval/fid``; with the digits classifier ``eval/recognisable`` (the
+        fraction of samples it puts in one class with confidence >= 0.9); at the ``final`` evaluation also
+        ``eval/fid_floor`` and, with ``fid_repeats`` >= 2, ``eval/fid_noise_std``."""
         c = self.cfg
         was_training = net.training
         net.eval()
+        fid, extra, grid = self._sample_and_score(net, schedule, EVAL_NOISE_SEED)
+        if final and self.backend is not None:
+            extra["eval/fid_floor"] = self.fid_floor()
+            if c.fid_repeats > 1:
+                repeats = [fid] + [self._sample_and_score(net, schedule, EVAL_NOISE_SEED + k, grid=False)[0]
+                                   for k in range(1, c.fid_repeats)]
+                extra["eval/fid_noise_std"] = float(torch.tensor(repeats, dtype=torch.float64).std())
+        net.train(was_training)
+        upscale = max(1, 64 // self.shape[-1])  # digits are 16 px: draw them 4x so a person can read them
+        grid_path = save_image_grid(grid, Path(out_dir) / f"step_{step:09d}.png", upscale=upscale)
+        return EvalOutcome(step=step, fid=fid, grid_path=grid_path, extra=extra)
+
+    def _sample_and_score(self, net: UViT, schedule: NoiseSchedule, noise_seed: int, grid: bool = True
+                          ) -> tuple[float | None, dict[str, float], torch.Tensor | None]:
+        """``(fid, extra metrics, grid images)`` of one sampling pass from the noise of ``noise_seed``."""
+        c = self.cfg
         sampler = build_sampler(c.sampler, schedule, c.sampling_steps, c.eta, c.timestep_spacing, c.eps_after_clip)
-        gen = torch.Generator(device=self.device).manual_seed(EVAL_NOISE_SEED)
-        total = max(c.num_samples, c.grid_size)
-        stats, grid = StatsAccumulator(self.backend.dims) if self.backend else None, []
+        gen = torch.Generator(device=self.device).manual_seed(noise_seed)
+        total = max(c.num_samples, c.grid_size if grid else 0)
+        stats = StatsAccumulator(self.backend.dims) if self.backend else None
+        images, confident = [], []
         for start in range(0, total, c.batch_size):
             n = min(c.batch_size, total - start)
             x = sample_images(self._denoiser(net), sampler, (n, *self.shape), gen, self.device)  # (n, C, H, W)
-            if start < c.grid_size:
-                grid.append(x[: c.grid_size - start].cpu())
+            if grid and start < c.grid_size:
+                images.append(x[: c.grid_size - start].cpu())
             if self.backend is not None and start < c.num_samples:
-                stats.update(self.backend.features(x[: c.num_samples - start]))
-        net.train(was_training)
-        upscale = max(1, 64 // self.shape[-1])  # digits are 16 px: draw them 4x so a person can read them
-        grid_path = save_image_grid(torch.cat(grid), Path(out_dir) / f"step_{step:09d}.png", upscale=upscale)
+                features = self.backend.features(x[: c.num_samples - start])  # (n', dims)
+                stats.update(features)
+                if hasattr(self.backend, "confidence"):
+                    confident.append(self.backend.confidence(features) >= RECOGNISABLE_CONFIDENCE)  # (n',)
+        extra = {"eval/recognisable": torch.cat(confident).double().mean().item()} if confident else {}
         fid = None
         if self.backend is not None:
             sample_stats, ref = stats.finalize(), self.reference
             fid = frechet_distance(sample_stats.mean, sample_stats.cov, ref.mean, ref.cov)
-        return EvalOutcome(step=step, fid=fid, grid_path=grid_path)
+        return fid, extra, torch.cat(images) if images else None
+
+    def fid_floor(self) -> float:
+        """The FID of real images under this protocol: ``num_samples`` training images (drawn without replacement
+        when there are enough) against the reference statistics of all of them, with the same features. A model
+        that reproduced the data distribution exactly would score about this; no FID of this protocol is lower
+        in expectation. Computed once per evaluator."""
+        if self._floor is None:
+            images, n = self.data.images, self.cfg.num_samples
+            gen = torch.Generator().manual_seed(EVAL_NOISE_SEED)
+            index = (torch.randperm(images.shape[0], generator=gen)[:n] if n <= images.shape[0]
+                     else torch.randint(images.shape[0], (n,), generator=gen))
+            stats = StatsAccumulator(self.backend.dims)
+            for start in range(0, n, self.cfg.batch_size):
+                chunk = images[index[start : start + self.cfg.batch_size]].float() / 127.5 - 1.0  # (b, C, H, W)
+                stats.update(self.backend.features(chunk.to(self.device)))
+            real, ref = stats.finalize(), self.reference
+            self._floor = frechet_distance(real.mean, real.cov, ref.mean, ref.cov)
+        return self._floor

@@ -23,6 +23,7 @@ from ..data import ImageBatches, load_dataset
 from ..layout import StageRun, write_json
 from ..maskdm import UViT, build_schedule, mdsm_loss
 from .checkpoint import checkpoint_path, load_checkpoint, load_latest_checkpoint, save_checkpoint
+from .compute import stage_tflops
 from .config import Stage, TrialConfig, build_mask_from_config
 from .ema import EMA
 from .evaluation import Evaluator
@@ -50,6 +51,8 @@ class StageResult:
     checkpoint: str
     stopped_early: bool = False
     workers: int = 1
+    train_tflops: float = 0.0  # the stage's training compute (maskdm_sweeps.trainer.compute)
+    eval_tflops: float = 0.0  # the compute of its evaluations
     replica_checksums: list[float] | None = None  # every rank's weights checksum at the end (equal: in sync)
 
     def to_json(self) -> dict:
@@ -285,11 +288,13 @@ class _StageRun:
                 checksums = self.save()
             if stopped:
                 break
+        cost = stage_tflops(self.config, self.stage, self.step)
         result = StageResult(
             stage=self.stage, steps=self.step, loss_final=self.loss_last, fid=self.fid_last, fid_best=self.fid_best,
             effective_mask_rate=self.effective_rate, wall_seconds=self.wall_seconds(),
             checkpoint=str(checkpoint_path(self.files.checkpoints, self.step)), stopped_early=stopped,
-            workers=self.parallel.world_size, replica_checksums=checksums,
+            workers=self.parallel.world_size, train_tflops=cost["cost/train_tflops"],
+            eval_tflops=cost["cost/eval_tflops"], replica_checksums=checksums,
         )
         if main:
             write_json(self.files.result, result.to_json())  # last: the stage run is finished from here on
@@ -332,6 +337,7 @@ class _StageRun:
             "train/lr": self.optimizer.param_groups[0]["lr"],
             "train/images_per_second": images_per_second,
             "train/effective_mask_rate": self.effective_rate,
+            "cost/train_tflops": stage_tflops(self.config, self.stage, self.step)["cost/train_tflops"],
         })
 
     def _evaluate(self) -> None:
@@ -339,10 +345,12 @@ class _StageRun:
         outcome = None
         if self.evaluator is not None:
             net = self.ema.model if self.config.eval.weights == "ema" else self.model
-            outcome = self.evaluator.evaluate(net, self.schedule, self.step, self.files.samples)
+            outcome = self.evaluator.evaluate(net, self.schedule, self.step, self.files.samples,
+                                              final=self.step == self.stage_cfg.steps)
             self.reporter.artifact(self.step, outcome.grid_path)
-        fid = self.parallel.broadcast(None if outcome is None else outcome.fid)
+        fid, extra = self.parallel.broadcast(None if outcome is None else (outcome.fid, outcome.extra)) or (None, {})
         if fid is not None:
             self.fid_last = fid
             self.fid_best = fid if self.fid_best is None else min(self.fid_best, fid)
-            self.reporter.metrics(self.step, {"eval/fid": fid, "eval/fid_best": self.fid_best})
+            self.reporter.metrics(self.step, {"eval/fid": fid, "eval/fid_best": self.fid_best, **extra,
+                                              **stage_tflops(self.config, self.stage, self.step)})
