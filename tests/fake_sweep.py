@@ -11,6 +11,7 @@ import yaml
 
 DESCRIPTION = "FID after fine-tuning, by the patch-masking rate of pre-training, against the baseline."
 PRE_STEPS, FT_STEPS = 30, 40
+FT_TFLOPS_PER_STEP = 1.0  # training compute of a fine-tuning step; a pre-training step costs 1 - its mask rate
 BASE = {
     "seed": 0,
     "data": {"name": "digits", "path": None, "image_size": 16, "split": "train", "crop": "center", "fraction": 1.0,
@@ -123,7 +124,7 @@ def build_sweep(root: Path, name: str = "fake", rates=(0.5, 0.9), seeds=(0, 1), 
             (pre / "result.json").write_text(json.dumps({
                 "stage": "pretrain", "steps": PRE_STEPS, "loss_final": 0.5, "fid": None, "fid_best": None,
                 "effective_mask_rate": eff, "wall_seconds": pre_wall, "checkpoint": str(pre / "c.pt"),
-                "stopped_early": False}))
+                "stopped_early": False, "train_tflops": PRE_STEPS * (1 - eff), "eval_tflops": 0.0}))
             events += [{"time": 1.0, "event": "stage_start", "stage": "pretrain", "trial_id": tid, "key": key,
                         "from_step": 0, "pid": 1},
                        {"time": 2.0, "event": "stage_done", "stage": "pretrain", "trial_id": tid, "key": key,
@@ -148,8 +149,9 @@ def build_sweep(root: Path, name: str = "fake", rates=(0.5, 0.9), seeds=(0, 1), 
                     "values": {"effective_mask_rate": 0.0, "stage": "finetune", "fid_num_samples": 64,
                                "fid_backend": "digits-classifier", "fid_reference": "digits:0123"}}]
         records += _train_records(FT_STEPS if finished else 20, 0.0, 0.5, 10.0)
-        records.append({"time": 30.0, "step": 20, "kind": "metrics", "values": {"eval/fid": fid + 5,
-                                                                               "eval/fid_best": fid + 5}})
+        records.append({"time": 30.0, "step": 20, "kind": "metrics", "values": {
+            "eval/fid": fid + 5, "eval/fid_best": fid + 5, "cost/train_tflops": 20 * FT_TFLOPS_PER_STEP,
+            "cost/eval_tflops": 0.5}})
         records.append({"time": 30.5, "step": 20, "kind": "artifact", "path": str(ft / "samples/step_20.png")})
         if finished:
             records.append({"time": 50.0, "step": 40, "kind": "metrics", "values": {"eval/fid": fid,
@@ -164,7 +166,7 @@ def build_sweep(root: Path, name: str = "fake", rates=(0.5, 0.9), seeds=(0, 1), 
             (ft / "result.json").write_text(json.dumps({
                 "stage": "finetune", "steps": FT_STEPS, "loss_final": 0.25, "fid": fid, "fid_best": fid,
                 "effective_mask_rate": 0.0, "wall_seconds": ft_wall, "checkpoint": str(ft / "c.pt"),
-                "stopped_early": False}))
+                "stopped_early": False, "train_tflops": FT_STEPS * FT_TFLOPS_PER_STEP, "eval_tflops": 1.0}))
             events.append({"time": 4.0, "event": "stage_done", "stage": "finetune", "trial_id": tid, "key": tid,
                            "steps": FT_STEPS, "fid": fid, "node_id": "n", "stopped_early": False})
         if ident in error_for:

@@ -117,7 +117,7 @@ def test_schema_rejects_a_misspelt_field(validator, where, key):
 
 
 # ------------------------------------------------------------------------------------------------- the README
-ORDER = ["Two commands", "Writing a spec", "Command line", "Reading results", "Running on a Ray cluster", "Docker",
+ORDER = ["Two commands", "What the quickstart answers", "Writing a spec", "Command line", "Reading results", "Running on a Ray cluster", "Docker",
          "FID protocol", "Layout and flow"]
 
 
@@ -143,11 +143,13 @@ def test_readme_sections_in_order(readme):
         nxt = ORDER.index(section) + 1
         return marker in readme[start[section]:start[ORDER[nxt]] if nxt < len(ORDER) else len(readme)]
 
-    intro_end = start["Two commands"]
-    for marker in ("<!-- BEGIN quickstart-table -->", "<!-- END quickstart-table -->",
-                   "](docs/quickstart_fid_vs_mask_rate.png)"):
-        assert readme.index(marker) < intro_end, marker
-    assert "make run" in readme[intro_end:start["Writing a spec"]] and "make test" in readme[intro_end:]
+    assert titles[0] == "Two commands"  # the two commands come first, right after the introduction
+    commands = readme[start["Two commands"]:start["What the quickstart answers"]]
+    assert "make run" in commands and "make test" in commands
+    for marker in ("<!-- BEGIN quickstart-table -->", "<!-- END quickstart-table -->"):
+        assert within(marker, "What the quickstart answers"), marker
+    for image in ("docs/quickstart_fid_vs_tflops.png", "docs/quickstart_samples.png"):
+        assert within(f"]({image})", "What the quickstart answers") and (ROOT / image).is_file(), image
     assert within("<!-- BEGIN spec-reference -->", "Writing a spec")
     assert within("<!-- BEGIN cli-help -->", "Command line")
     assert within("<!-- example: pandas -->", "Reading results")

@@ -75,3 +75,29 @@ def test_fid_of_a_perfect_denoiser_is_near_the_real_data_floor_and_far_below_unt
     assert untrained > 20 * perfect and untrained > 100, (untrained, perfect)
     assert noise > 20 * perfect and noise > 100, (noise, perfect)
 
+
+
+def test_the_final_evaluation_adds_the_floor_the_noise_and_the_recognisable_share(evaluator, tmp_path):
+    """Floor: real training digits score about what held-out ones do; noise: other sampling seeds move the FID,
+    by little; recognisable: a perfect denoiser's samples are digits to the classifier, an untrained net's are not."""
+    _, data = evaluator
+    cfg = tiny_trial_config(eval={"num_samples": NUM_SAMPLES, "batch_size": NUM_SAMPLES, "sampling_steps": 20,
+                                  "fid_repeats": 3})
+    ev = Evaluator(cfg, data, torch.device("cpu"), None)
+    schedule = build_schedule("linear", 1000)
+    perfect = EmpiricalDenoiser(data.images.float() / 127.5 - 1, schedule.alphas_cumprod)
+    periodic = ev.evaluate(perfect, schedule, 10, tmp_path)
+    final = ev.evaluate(perfect, schedule, 20, tmp_path, final=True)
+    assert set(periodic.extra) == {"eval/recognisable"}  # floor and noise only at the end of a stage
+    assert final.fid == periodic.fid  # the reported FID keeps the fixed evaluation noise
+    held_out = load_digits_uint8(data.image_size, "test")[:NUM_SAMPLES].float() / 127.5 - 1
+    # measured: held-out 4.6, the evaluator's floor (another 256 real digits) 7.5, the perfect denoiser 6.4: at 256
+    # samples which real images are drawn moves FID by a few points, so real and perfect agree only to that
+    floor = fid_of_images(ev, held_out)
+    assert 0.3 * floor < final.extra["eval/fid_floor"] < 3 * floor and final.extra["eval/fid_floor"] < 2 * final.fid
+    assert 0 < final.extra["eval/fid_noise_std"] < 0.5 * final.fid, final.extra  # measured 0.85 against 6.4
+    torch.manual_seed(0)
+    untrained = ev.evaluate(UViT(cfg.model_config_resolved()), schedule, 0, tmp_path)
+    real = (ev.backend.confidence(ev.backend.features(held_out)) >= 0.9).double().mean().item()  # 0.96
+    assert final.extra["eval/recognisable"] > 0.8 * real, final.extra
+    assert untrained.extra["eval/recognisable"] < 0.7 * final.extra["eval/recognisable"], untrained.extra

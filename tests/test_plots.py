@@ -211,3 +211,38 @@ def test_the_mask_rate_error_bars_are_the_std_over_seeds_and_the_baseline_a_line
     ys = span[0].get_patch_transform().transform(span[0].get_path().vertices)[:, 1]
     assert (ys.min(), ys.max()) == pytest.approx((12.0 - base["fid_std"], 12.0 + base["fid_std"]))
     assert base["fid_std"] == pytest.approx(np.std([10.0, 14.0], ddof=1))
+
+
+def test_final_samples_show_each_arms_last_grid_of_its_first_seed(tmp_path):
+    import sys
+    from pathlib import Path
+
+    from PIL import Image
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from fake_sweep import build_sweep
+
+    from maskdm_sweeps.layout import SweepDir
+    from maskdm_sweeps.results import load
+    from maskdm_sweeps.results.plots import final_samples_figure
+
+    w = build_sweep(tmp_path, rates=(0.5, 0.9), seeds=(0, 1), baseline=True, dup_step=False)
+    layout = SweepDir.of(w["dir"])
+    shades = {}
+    for tid in layout.trial_ids():  # an earlier grid and the last one, told apart by their grey level
+        samples = layout.finetune(tid).samples
+        samples.mkdir(parents=True, exist_ok=True)
+        shades[tid] = 40 + 10 * len(shades)
+        Image.new("L", (16, 16), 255).save(samples / "step_000000020.png")
+        Image.new("L", (16, 16), shades[tid]).save(samples / "step_000000040.png")
+    trials, _ = load(w["dir"])
+    fig = final_samples_figure(w["dir"], trials)
+    axes = fig.axes
+    titles = [ax.get_title() for ax in axes]
+    assert [t.split(" (")[0] for t in titles] == ["baseline", "patch r=0.5", "patch r=0.9"]  # display order
+    done = trials[trials["status"] == "finished"]
+    for ax, arm in zip(axes, ["baseline", "patch r=0.5", "patch r=0.9"]):
+        first = done[done["arm"] == arm].sort_values("seed").iloc[0]
+        assert f"(seed {first['seed']})" in ax.get_title() and f"FID {first['fid']:.1f}" in ax.get_title()
+        pixels = np.asarray(ax.get_images()[0].get_array())
+        assert np.allclose(pixels.ravel()[0] * 255, shades[first["trial_id"]], atol=1)  # its last grid

@@ -24,7 +24,7 @@ from maskdm_sweeps.results import (
 )
 from maskdm_sweeps.results.report import markdown_table
 
-from fake_sweep import DESCRIPTION, FT_STEPS, PRE_STEPS, build_sweep, fid_of
+from fake_sweep import FT_TFLOPS_PER_STEP, DESCRIPTION, FT_STEPS, PRE_STEPS, build_sweep, fid_of
 
 class Sweep:
     def __init__(self, written: dict):
@@ -253,6 +253,26 @@ def test_report_answers_the_question(sweep):
     assert "out of memory" in text.split("## Trials that did not finish")[1]
 
 
+def test_report_headline_is_the_speedup_and_calls_no_win_inside_the_seeds_spread(sweep):
+    text = (sweep.dir / "report.md").read_text()
+    assert text.index("## Speed-up") < text.index("## FID by arm")  # the answer comes first
+    head = text.split("## Speed-up")[1].split("\n## ")[0]
+    # baseline: mean FID 65.85 at step 20 and 60.85 (its final, the target) at step 40 = 40 TFLOPs; patch r=0.5:
+    # its first evaluation (step 20) is already below, at 30 x 0.5 pre-training + 20 fine-tuning TFLOPs
+    target = np.mean([fid_of(None, s) for s in (0, 1)])
+    arm = 30 * (1 - 0.5) + 20 * FT_TFLOPS_PER_STEP
+    assert (f"patch r=0.5: reaches the baseline's final FID {target:.2f} with {arm / 40:.2f}x the baseline's "
+            f"training compute ({arm:.4g} against 40 TFLOPs), a speed-up of {40 / arm:.2f}x (90% interval") in head
+    # resampling the arm cannot move it (every resample is below the target at its first evaluation); the
+    # baseline's seed-0 pair crosses between its evaluations, its seed-1 pair (61.7 at the end) never does
+    low = (20 + 20 * (65 - target) / 5) / arm
+    assert f"{low:.2f}x to unbounded: in some resamples the baseline never gets there, 2 seeds; baseline 2)" in head
+    assert "Masked pre-training pays in this run for: patch r=0.5, patch r=0.9" in head
+    # the final FIDs: patch r=0.5 seeds 50.0 and 51.7 against the baseline's 60.0 and 61.7: beyond the spread
+    final = text.split("## Against the baseline")[1].split("\n## ")[0]
+    assert "beyond the seeds' spread and twice the evaluation noise: patch r=0.5, patch r=0.9." in final
+
+
 def test_markdown_table_helper():
     df = pd.DataFrame({"a": pd.Series(["x", None], dtype="string"), "b": [1.234, float("nan")], "c": [1, 2]})
     assert markdown_table(df).splitlines() == ["| a | b | c |", "| --- | ---: | ---: |", "| x | 1.23 | 1 |",
@@ -274,7 +294,8 @@ def test_plots_of_a_one_trial_sweep(tmp_path):
     w = build_sweep(tmp_path, rates=(), seeds=(0,), baseline=True, dup_step=False)
     paths = write_plots(w["dir"])  # computes the parquet files first
     assert (w["dir"] / "trials.parquet").exists()
-    assert [p.name for p in paths] == ["fid_vs_mask_rate.png", "curves.png", "fid_vs_device_hours.png"]
+    assert [p.name for p in paths] == ["fid_vs_mask_rate.png", "curves.png", "fid_vs_device_hours.png",
+                                       "fid_vs_tflops.png"]
     for p in paths:
         assert _png_pixels(p)[..., :3].var() > 0.001
     assert write_report(w["dir"]).read_text().count("| baseline |") >= 2

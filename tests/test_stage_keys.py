@@ -13,7 +13,7 @@ IGNORED_BY_PRETRAINING = {
     "eval": {"every_steps": 7, "stages": ["pretrain", "finetune"], "num_samples": 64, "batch_size": 8,
              "sampler": "ddpm", "sampling_steps": 9, "eta": 0.0, "weights": "online", "backend": "inception",
              "fid_weights": "/elsewhere/inception.pt", "grid_size": 4, "timestep_spacing": "leading",
-             "eps_after_clip": "recomputed"},
+             "eps_after_clip": "recomputed", "fid_repeats": 3},
     "runtime": {"device": "auto", "compile": True, "compile_mode": "reduce-overhead", "log_every_steps": 3,
                 "checkpoint_every_steps": 4, "keep_checkpoints": 5},
 }

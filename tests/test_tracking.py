@@ -66,6 +66,15 @@ def test_parent_and_child_runs_nest_with_params_tags_metrics_and_artifacts(track
     assert len(children) == len(runs) - 1 == 2 + 3  # two shared pre-trainings, three fine-tunings
     assert parent.data.tags["spec_hash"] == plan.spec_hash and parent.data.tags["git_commit"]
     assert {a.path for a in c.list_artifacts(parent.info.run_id)} >= {"spec.resolved.yaml", "plan.json"}
+    # the sweep's answer on the parent run: each arm's target (the baseline's final FID) as the report has it
+    from maskdm_sweeps.results import headline, load
+
+    table, _ = headline(plan.sweep_dir, *load(plan.sweep_dir))
+    assert len(table) == 2
+    for _, row in table.iterrows():
+        arm = row["arm"].replace("=", "_")
+        assert parent.data.metrics[f"target_fid/{arm}"] == pytest.approx(row["target_fid"])
+        assert (f"speedup/{arm}" in parent.data.metrics) == bool(row["reached"] and row["baseline_reached"])
     pre = {r.data.tags["pretrain_key"]: r for r in children if r.data.tags["stage"] == "pretrain"}
     for run in children:
         tags, params = run.data.tags, run.data.params

@@ -205,6 +205,7 @@ def speedup_table(trials: pd.DataFrame, curves: pd.DataFrame, targets: list[floa
     from .speedup import SPEEDUP_COLUMNS, Curves, arm_speedup
 
     done = finished(trials)
+    done = done[done["finetune_tflops"].notna() & done["pretrain_tflops"].notna()]  # older runs counted no FLOPs
     if not len(done) or not (done["arm"] == "baseline").any():
         return pd.DataFrame(columns=SPEEDUP_COLUMNS)
     keys = group_keys(trials)[1:]
@@ -254,3 +255,13 @@ def clearly_lower(fids: np.ndarray, reference: np.ndarray, noise_std: float) -> 
         return False
     margin = 2 * (0.0 if math.isnan(noise_std) else noise_std)
     return bool(fids.max() < reference.min() and reference.mean() - fids.mean() > margin)
+
+
+def report_settings(spec: dict) -> dict:
+    """The spec's ``report`` section (plain data) as :func:`speedup_table` keywords; ``targets`` None means the
+    baseline's final FID."""
+    section = spec.get("report") or {}
+    target = section.get("target_fid")
+    targets = None if target is None else [float(t) for t in (target if isinstance(target, list) else [target])]
+    return {"targets": targets, "confidence": float(section.get("confidence", 0.9)),
+            "resamples": int(section.get("bootstrap_samples", 2000))}

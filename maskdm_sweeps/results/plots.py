@@ -17,7 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from .analysis import (arm_labels, arm_order, comparison_table, compute_unit, fid_at_budget, fid_points, finished,
-                       group_keys, speedup_table)
+                       group_keys, report_settings, speedup_table)
 from ..layout import SweepDir
 from .collect import load, read_spec
 
@@ -359,27 +359,46 @@ def fid_vs_tflops_figure(trials: pd.DataFrame, curves: pd.DataFrame, spec: dict,
 def plot_fid_vs_tflops(trials: pd.DataFrame, curves: pd.DataFrame, spec: dict, path: Path,
                        targets: list[float] | None = None) -> Path | None:
     """Write :func:`fid_vs_tflops_figure` to ``path``; None (and no file at ``path``) when there is nothing to draw."""
-    fig = fid_vs_tflops_figure(trials, curves, spec, targets)
-    if fig is None:
-        Path(path).unlink(missing_ok=True)  # a stale plot from an earlier collection would be linked by the report
-        return None
-    fig.savefig(path, dpi=DPI)
-    return path
+    return _save(fid_vs_tflops_figure(trials, curves, spec, targets), path)
 
 
-def _spec_targets(spec: dict) -> list[float] | None:
-    """The spec's ``report.target_fid`` as a list; None for the default, the baseline's final FID."""
-    target = (spec.get("report") or {}).get("target_fid")
-    if target is None:
+def final_samples_figure(sweep_dir: Path, trials: pd.DataFrame) -> Figure | None:
+    """The last sample grid of each arm's first finished seed, side by side, titled with the arm, the seed, its
+    final FID and (digits) the recognisable share: what a reader should look at before trusting a FID. None when no
+    finished trial left a grid."""
+    import matplotlib.image as mpimg
+
+    done = finished(trials)
+    if not len(done):
         return None
-    return [float(t) for t in (target if isinstance(target, list) else [target])]
+    done = done.assign(_label=arm_labels(done).to_numpy())
+    order = arm_order(done)
+    firsts = (done.sort_values("seed", kind="stable").groupby("_label", sort=False).head(1)
+              .sort_values("arm", key=lambda s: s.map(order.index), kind="stable"))
+    layout = SweepDir.of(sweep_dir)
+    grids = []
+    for _, row in firsts.iterrows():
+        pngs = sorted(layout.finetune(row["trial_id"]).samples.glob("step_*.png"))
+        if pngs:
+            grids.append((row, pngs[-1]))
+    if not grids:
+        return None
+    fig = _figure(3.2 * len(grids), 3.7)
+    for ax, (row, png) in zip(np.atleast_1d(fig.subplots(1, len(grids))), grids):
+        ax.imshow(mpimg.imread(png), cmap="gray")
+        ax.set_axis_off()
+        extra = "" if pd.isna(row["recognisable"]) else f", recognisable {row['recognisable']:.2f}"
+        ax.set_title(f"{row['_label']} (seed {row['seed']})\nFID {row['fid']:.1f}{extra}", fontsize=8)
+    fig.suptitle("final samples, one seed per arm", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.94))  # room for the suptitle above the panel titles
+    return fig
 
 
 def write_plots(sweep_dir: Path, trials: pd.DataFrame | None = None, curves: pd.DataFrame | None = None,
                 targets: list[float] | None = None) -> list[Path]:
-    """Write ``plots/fid_vs_mask_rate.png``, ``plots/curves.png``, ``plots/fid_vs_device_hours.png`` and, where
-    the trials have training TFLOPs, ``plots/fid_vs_tflops.png`` (``targets``: its target FIDs, default the spec's
-    ``report.target_fid``, else the baseline's final FID)."""
+    """Write ``plots/fid_vs_mask_rate.png``, ``plots/curves.png``, ``plots/fid_vs_device_hours.png``, where the
+    trials have training TFLOPs ``plots/fid_vs_tflops.png`` (``targets``: its target FIDs, default the spec's
+    ``report.target_fid``, else the baseline's final FID), and ``plots/final_samples.png``."""
     sweep_dir = Path(sweep_dir)
     if trials is None or curves is None:
         trials, curves = load(sweep_dir)
@@ -391,6 +410,16 @@ def write_plots(sweep_dir: Path, trials: pd.DataFrame | None = None, curves: pd.
         plot_curves(trials, curves, spec, out / "curves.png"),
         plot_fid_vs_device_hours(trials, curves, spec, out / "fid_vs_device_hours.png"),
         plot_fid_vs_tflops(trials, curves, spec, out / "fid_vs_tflops.png",
-                           targets if targets is not None else _spec_targets(spec)),
+                           targets if targets is not None else report_settings(spec)["targets"]),
+        _save(final_samples_figure(sweep_dir, trials), out / "final_samples.png"),
     ]
     return [p for p in paths if p is not None]
+
+
+def _save(fig: Figure | None, path: Path) -> Path | None:
+    """Write ``fig`` to ``path`` (None: nothing to draw, and no stale file left at ``path``)."""
+    if fig is None:
+        Path(path).unlink(missing_ok=True)
+        return None
+    fig.savefig(path, dpi=DPI)
+    return path

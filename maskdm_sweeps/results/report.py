@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 
 from .analysis import (arm_labels, clearly_lower, comparison_table, compute_unit, evaluation_noise, fid_at_budget,
-                       fid_by_step, finished, group_keys, speedup_table)
+                       fid_by_step, finished, group_keys, report_settings, speedup_table)
 from ..layout import SweepDir, read_json
 from .collect import load, read_spec
 from .columns import STATUSES
@@ -84,8 +84,8 @@ def _noise_lines(trials: pd.DataFrame) -> list[str]:
     lines = []
     if not math.isnan(noise["floor"]):
         lines.append(f"- FID floor: {noise['floor']:.2f} (real training images against the same reference "
-                     "statistics, as many as the samples, the same features: no model of this protocol is expected "
-                     "lower)")
+                     "statistics, as many as the samples, the same features: about what a model that reproduced "
+                     "the data exactly would score)")
     if noise["noise_trials"]:
         best = "" if math.isnan(noise["best_noise_std"]) else f"; the best trial's {noise['best_noise_std']:.2f}"
         lines.append(f"- evaluation noise: one model's FID moves by {noise['noise_std']:.2f} (standard deviation over "
@@ -224,15 +224,6 @@ def _equal_compute(trials: pd.DataFrame, curves: pd.DataFrame) -> list[str]:
     return lines + ["", " ".join(sentences), ""]
 
 
-def report_settings(spec: dict) -> dict:
-    """The spec's ``report`` section as ``speedup_table`` keywords (targets None: the baseline's final FID)."""
-    section = spec.get("report") or {}
-    target = section.get("target_fid")
-    targets = None if target is None else [float(t) for t in (target if isinstance(target, list) else [target])]
-    return {"targets": targets, "confidence": float(section.get("confidence", 0.9)),
-            "resamples": int(section.get("bootstrap_samples", 2000))}
-
-
 def speedup_sentence(row: pd.Series, confidence: float) -> str:
     """One arm at one target, in words: e.g. ``patch r=0.9: reaches the baseline's final FID 41.2 with 0.31x its
     compute, a speed-up of 3.2x (90% interval 2.6-3.9x, 3 seeds; baseline 3 seeds)``."""
@@ -249,7 +240,7 @@ def speedup_sentence(row: pd.Series, confidence: float) -> str:
             f"{row['speedup']:.2f}x")
     if math.isnan(row["speedup_low"]):
         return text + f" (one seed a side: no interval, not a result; {seeds})."
-    text += f" ({confidence:.0%} interval {row['speedup_low']:.2f}-{row['speedup_high']:.2f}x, {seeds})"
+    text += f" ({confidence:.0%} interval {_interval(row['speedup_low'], row['speedup_high'])}, {seeds})"
     return text + {"faster": ".", "slower": ": slower than the baseline.",
                    "no clear difference": ": the interval includes 1, so no clear difference."}.get(row["verdict"], ".")
 
@@ -276,6 +267,13 @@ def headline_metrics(table: pd.DataFrame) -> dict[str, float]:
             if math.isfinite(value):
                 metrics[f"{key}/{name}"] = value
     return metrics
+
+
+def _interval(low: float, high: float) -> str:
+    """``2.60-3.90x``; an end at infinity (resamples whose baseline never reaches the target) as unbounded."""
+    if math.isinf(high):
+        return f"{low:.2f}x to unbounded: in some resamples the baseline never gets there"
+    return f"{low:.2f}-{high:.2f}x"
 
 
 def _speedup(trials: pd.DataFrame, curves: pd.DataFrame, spec: dict) -> list[str]:

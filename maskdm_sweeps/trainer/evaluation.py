@@ -165,8 +165,8 @@ class Evaluator:
     def fid_floor(self) -> float:
         """The FID of real images under this protocol: ``num_samples`` training images (drawn without replacement
         when there are enough) against the reference statistics of all of them, with the same features. A model
-        that reproduced the data distribution exactly would score about this; no FID of this protocol is lower
-        in expectation. Computed once per evaluator."""
+        that reproduced the data distribution exactly would score about this (within the few points by which the
+        choice of images moves a small-sample FID). Computed once per evaluator."""
         if self._floor is None:
             images, n = self.data.images, self.cfg.num_samples
             gen = torch.Generator().manual_seed(EVAL_NOISE_SEED)
