@@ -86,3 +86,41 @@ def flop_counter_cpu_attention() -> dict:
         aten._scaled_dot_product_flash_attention_for_cpu_backward:
             lambda grad_out, q, k, v, *args, out_shape=None, **kwargs: sdpa_backward_flop_count(grad_out, q, k, v),
     }
+
+
+def synthetic_trial(trial_id: str, arm: str, seed: int, fids: dict[int, float], pretrain_tflops: float = 0.0,
+                    tflops_per_step: float = 1.0, rate: float = 0.9, status: str = "finished",
+                    fid_floor: float = float("nan")) -> tuple[dict, list[dict]]:
+    """A ``trials.parquet`` row and its ``eval/fid`` curve rows for a hand-made sweep: ``fids`` maps fine-tuning step
+    -> FID (the last one is the final FID); the fine-tuning costs ``tflops_per_step`` per step (NaN: a sweep from
+    before the TFLOPs columns) after a pre-training of ``pretrain_tflops`` (masked arms). Combine with
+    :func:`synthetic_tables`."""
+    import math
+
+    from .results.columns import TRIAL_COLUMNS
+
+    last = max(fids)
+    masked = arm != "baseline"
+    row = {c: None for c in TRIAL_COLUMNS} | {
+        "sweep": "s", "trial_id": trial_id, "arm": arm, "label": arm, "stage": "finetune", "status": status,
+        "mask_strategy": "patch" if masked else None, "mask_rate": rate if masked else math.nan,
+        "effective_mask_rate": rate if masked else 0.0, "pretrain_steps": 10 if masked else 0,
+        "finetune_steps": last, "steps_done": last, "seed": seed, "fid": fids[last], "fid_best": min(fids.values()),
+        "loss_final": 0.1, "device": "cpu", "devices_per_trial": 1.0, "device_hours": 1.0, "gpu_hours": 0.0,
+        "gpus_per_trial": 0.0, "wall_seconds": 1.0, "finetune_wall_seconds": 1.0, "pretrain_wall_seconds_share": 0.0,
+        "pretrain_reused": False, "pretrain_shared_by": 1 if masked else 0, "fid_num_samples": 100,
+        "fid_backend": "digits", "fid_floor": fid_floor, "pretrain_key": "k" if masked else None,
+        "train_tflops": pretrain_tflops + last * tflops_per_step, "finetune_tflops": last * tflops_per_step,
+        "pretrain_tflops": pretrain_tflops, "pretrain_tflops_share": pretrain_tflops, "eval_tflops": 0.0,
+    }
+    curve = [{"trial_id": trial_id, "stage": "finetune", "step": s, "metric": "eval/fid", "value": f}
+             for s, f in fids.items()]
+    return row, curve
+
+
+def synthetic_tables(*trials: tuple[dict, list[dict]]):
+    """``(trials, curves)`` DataFrames, typed as the parquet files are, of :func:`synthetic_trial` results."""
+    from .results.columns import CURVE_COLUMNS, TRIAL_COLUMNS, typed_frame
+
+    return (typed_frame([t[0] for t in trials], TRIAL_COLUMNS),
+            typed_frame([r for t in trials for r in t[1]], CURVE_COLUMNS))

@@ -16,39 +16,10 @@ from matplotlib.collections import PolyCollection  # noqa: E402
 from matplotlib.container import ErrorbarContainer  # noqa: E402
 
 from maskdm_sweeps.results.analysis import comparison_table, speedup_table  # noqa: E402
-from maskdm_sweeps.results.columns import CURVE_COLUMNS, TRIAL_COLUMNS, typed_frame  # noqa: E402
 from maskdm_sweeps.results.plots import (  # noqa: E402
     fid_vs_mask_rate_figure, fid_vs_tflops_figure, plot_fid_vs_tflops, seed_spread, write_plots)
-
-
-def _trial(trial_id: str, arm: str, seed: int, fids: dict[int, float], pretrain_tflops: float = 0.0,
-           tflops_per_step: float = 1.0, rate: float = 0.9, status: str = "finished",
-           fid_floor: float = math.nan) -> tuple[dict, list[dict]]:
-    """A trial row and its eval/fid curve (``fids``: fine-tuning step -> FID), as in tests/test_speedup.py; NaN
-    ``tflops_per_step`` for a sweep from before the TFLOPs columns."""
-    last = max(fids)
-    masked = arm != "baseline"
-    row = {c: None for c in TRIAL_COLUMNS} | {
-        "sweep": "s", "trial_id": trial_id, "arm": arm, "label": arm, "stage": "finetune", "status": status,
-        "mask_strategy": "patch" if masked else None, "mask_rate": rate if masked else math.nan,
-        "effective_mask_rate": rate if masked else 0.0, "pretrain_steps": 10 if masked else 0,
-        "finetune_steps": last, "steps_done": last, "seed": seed, "fid": fids[last], "fid_best": min(fids.values()),
-        "loss_final": 0.1, "device": "cpu", "devices_per_trial": 1.0, "device_hours": 1.0, "gpu_hours": 0.0,
-        "gpus_per_trial": 0.0, "wall_seconds": 1.0, "finetune_wall_seconds": 1.0, "pretrain_wall_seconds_share": 0.0,
-        "pretrain_reused": False, "pretrain_shared_by": 1 if masked else 0, "fid_num_samples": 100,
-        "fid_backend": "digits", "fid_floor": fid_floor,
-        "pretrain_key": "k" if masked else None, "train_tflops": pretrain_tflops + last * tflops_per_step,
-        "finetune_tflops": last * tflops_per_step, "pretrain_tflops": pretrain_tflops,
-        "pretrain_tflops_share": pretrain_tflops, "eval_tflops": 0.0,
-    }
-    curve = [{"trial_id": trial_id, "stage": "finetune", "step": s, "metric": "eval/fid", "value": f}
-             for s, f in fids.items()]
-    return row, curve
-
-
-def _tables(*trials: tuple[dict, list[dict]]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    return (typed_frame([t[0] for t in trials], TRIAL_COLUMNS),
-            typed_frame([r for t in trials for r in t[1]], CURVE_COLUMNS))
+from maskdm_sweeps.testing import synthetic_tables as _tables  # noqa: E402
+from maskdm_sweeps.testing import synthetic_trial as _trial  # noqa: E402
 
 
 # Baseline: 1 TFLOP per step, FID 60 -> 10 over 100 steps; its final FID 10 is reached at 100 TFLOPs.
