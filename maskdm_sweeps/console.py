@@ -68,7 +68,10 @@ def print_results_summary(sweep_dir: Path, paths: dict[str, Path], tracking_uri:
         digits = table["recognisable_mean"].notna().any()
         for col in ("arm", *swept, "eff. mask rate", "seeds", "FID mean", "FID std", "TFLOPs",
                     f"{compute_unit(trials)[1]} mean", *(["recognisable"] if digits else [])):
-            view.add_column(col, justify="left" if col == "arm" or col in swept else "right")
+            if col == "arm":  # whole arm names: the other columns wrap their headers instead
+                view.add_column(col, no_wrap=True, min_width=max([len(str(a)) for a in table["arm"]] + [3]))
+            else:
+                view.add_column(col, justify="left" if col in swept else "right")
 
         def num(v: float, fmt: str) -> str:
             return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
