@@ -83,11 +83,12 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 def _execute(plan, address: str | None, resume: bool) -> int:
     from .sweep import run_sweep
+    from .sweep.lock import SweepLocked
     from .sweep.runner import ClusterTooSmall
 
     try:
         outcome = run_sweep(plan, address=address, resume=resume)
-    except ClusterTooSmall as err:
+    except (ClusterTooSmall, SweepLocked) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"sweep {plan.spec.name}: {len(outcome.finished)}/{len(plan.trials)} trials finished "

@@ -5,13 +5,13 @@ One owner for the layout (standard library only, so the trainer may use it too);
     <output_dir>/                       results root (the spec's output_dir)
       _pretrain/<key>/                  a shared pre-training: a stage run, reused by later sweeps of this root
       <sweep name>/                     one sweep
-        spec.resolved.yaml  plan.json  invocations.json  events.jsonl
+        spec.resolved.yaml  plan.json  invocations.json  events.jsonl  .driver.lock
         trials/<trial id>/trial.json    the trial's manifest (what it is, written when it starts)
         trials/<trial id>/finetune/     the trial's fine-tuning: a stage run
         tune/                           Ray Tune's own state (resume)
         trials.parquet  curves.parquet  report.md  plots/*.png
     <stage run>/                        config.json  metrics.jsonl  result.json  checkpoints/  samples/
-                                        mlflow_run.json  mlflow_target.json  mlflow_buffer.jsonl
+                                        mlflow_run.json  mlflow_target.json  mlflow_buffer.jsonl  diverged.json
 
 A stage run is finished exactly when its ``result.json`` exists (written last, atomically).
 """
@@ -40,6 +40,8 @@ STAGE_METRICS = "metrics.jsonl"
 STAGE_RESULT = "result.json"
 CHECKPOINTS_DIR = "checkpoints"
 SAMPLES_DIR = "samples"
+DIVERGED = "diverged.json"
+DRIVER_LOCK = ".driver.lock"  # held (fcntl) by the one run or resume driving the sweep
 MLFLOW_RUN_FILE = "mlflow_run.json"
 MLFLOW_TARGET_FILE = "mlflow_target.json"
 MLFLOW_BUFFER_FILE = "mlflow_buffer.jsonl"
@@ -70,6 +72,11 @@ class StageRun:
     @property
     def result(self) -> Path:
         return self.path / STAGE_RESULT
+
+    @property
+    def diverged(self) -> Path:
+        """Written when the stage's loss became NaN or infinite: a retry would diverge again, so none is made."""
+        return self.path / DIVERGED
 
     @property
     def checkpoints(self) -> Path:
@@ -125,6 +132,10 @@ class SweepDir:
         """Every trial that has a directory, sorted."""
         root = self.path / TRIALS_DIR
         return sorted(d.name for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
+
+    @property
+    def driver_lock(self) -> Path:
+        return self.path / DRIVER_LOCK
 
     @property
     def resolved_spec(self) -> Path:

@@ -3,12 +3,15 @@ and training batches depend on nothing but the caller's generator state."""
 
 import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 from typing import get_args
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 from pydantic import ValidationError
 
@@ -22,6 +25,7 @@ from maskdm_sweeps.data import (
     to_float,
     to_uint8,
 )
+from maskdm_sweeps.data.cifar10 import UnsafeBatchFile, load_cifar10
 
 DIGIT_LEVELS = {round(v * 255 / 16) for v in range(17)}
 
@@ -161,6 +165,43 @@ def test_cifar10_without_the_requested_split_fails_at_validation(tmp_path):
     with pytest.raises(ValidationError) as err:
         DataConfig(name="cifar10", path=tmp_path, split="test")
     assert str(tmp_path) in str(err.value)
+
+
+class _WritesAFile:
+    """Unpickling this runs ``open(path, "w")``: what a crafted batch file could do with any callable."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_cifar10_batches_of_every_pickle_protocol_numpy_writes_still_load(tmp_path, protocol):
+    data = np.arange(2 * 3072, dtype=np.int64).astype(np.uint8).reshape(2, 3072)
+    (tmp_path / "data_batch_1").write_bytes(pickle.dumps({b"data": data, b"labels": [0, 1],
+                                                          b"filenames": [b"a.png", b"b.png"]}, protocol=protocol))
+    images = load_dataset(DataConfig(name="cifar10", path=tmp_path)).images
+    assert np.array_equal(images.numpy().reshape(2, 3072), data)
+
+
+def test_a_crafted_cifar10_batch_is_refused_by_validate_and_runs_nothing(tmp_path):
+    batches = tmp_path / "cifar-10-batches-py"
+    write_cifar(batches, {"data_batch_1": 2})
+    marker = tmp_path / "pwned"
+    (batches / "data_batch_1").write_bytes(pickle.dumps({b"data": _WritesAFile(str(marker)), b"labels": [0]}))
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"name": "c", "output_dir": str(tmp_path / "out"), "base": {
+        "data": {"name": "cifar10", "path": str(tmp_path)}, "model": {"preset": "tiny"},
+        "eval": {"num_samples": 0}}, "resources": {"gpus": 0}}))
+    run = subprocess.run([sys.executable, "-m", "maskdm_sweeps.cli", "validate", str(spec)], capture_output=True,
+                         text=True)
+    assert run.returncode == 2 and "base.data" in run.stderr and "data_batch_1" in run.stderr, run.stderr
+    assert "references io.open" in run.stderr and not marker.exists()  # the callable, named, never called
+    with pytest.raises(UnsafeBatchFile, match="data_batch_1"):  # and the trainer's loader refuses it alike
+        load_cifar10(tmp_path)
+    assert not marker.exists()
 
 
 # ---------------------------------------------------------------- image folders

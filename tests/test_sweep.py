@@ -115,3 +115,22 @@ def test_optuna_search_samples_with_the_seeded_tpe_sampler(tmp_path):
     dist = {"finetune.lr": optuna.distributions.FloatDistribution(1e-5, 1e-2, log=True)}
     expected = sorted(study.ask(dist).params["finetune.lr"] for _ in range(3))
     assert used == pytest.approx(expected, rel=1e-9)
+
+
+def test_a_diverging_stage_fails_once_without_a_retry_and_its_reason_reaches_the_results(tmp_path):
+    # the baseline (fine-tuning at lr 1e12) runs in phase 1 beside the pre-training; max_failures would retry it
+    sweep = {"axes": {"mask.rate": [0.5]}, "baseline": True}
+    bad = plan_for(tmp_path, "nan", sweep, {"finetune": {"lr": 1e12}}, resources={"max_failures": 2})
+    baseline = next(t for t in bad.trials if t.is_baseline)
+    outcome = run_sweep(bad, track=False)
+    assert outcome.exit_code != 0
+    assert "TrainingDiverged" in outcome.failed[baseline.trial_id]
+    starts = [e for e in read_events(bad.sweep_dir) if e["event"] == "stage_start" and e["key"] == baseline.trial_id]
+    assert len(starts) == 1  # deterministic divergence: not retried
+    from maskdm_sweeps.results import load
+
+    trials, _ = load(bad.sweep_dir)
+    row = trials.set_index("trial_id").loc[baseline.trial_id]
+    assert row["status"] == "failed" and "NaN or infinite at step" in row["error"]
+    report = (bad.sweep_dir / "report.md").read_text().split("## Trials that did not finish")[1]
+    assert baseline.trial_id in report and "NaN or infinite" in report

@@ -1,7 +1,7 @@
 """The shared trainer: resume, checkpoints, stages, EMA, failure reasons, and the ``train`` command."""
 
 import math
-import shutil
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +15,7 @@ from maskdm_sweeps.trainer import (
     EMA,
     JsonlReporter,
     MultiReporter,
+    NullReporter,
     TrainingDiverged,
     ema_decay,
     fit,
@@ -128,8 +129,29 @@ def test_ema_update_is_the_moving_average():
 
 def test_nan_loss_stops_the_stage_with_a_reason(tmp_path):
     cfg = tiny_trial_config(finetune={"steps": 50, "lr": 1e12})
-    with pytest.raises(TrainingDiverged, match=r"loss became (nan|inf)"):
+    with pytest.raises(TrainingDiverged, match=r"loss became NaN or infinite at step \d+"):
         fit(cfg, "finetune", tmp_path / "run")
+
+
+def test_a_nan_between_log_steps_stops_the_stage_before_it_is_evaluated_or_saved(tmp_path):
+    # logging every 50 steps, evaluating every 2 and saving every 10: the divergence must be caught at the first
+    # evaluation after it, not crash the FID's linear algebra on NaN samples
+    cfg = tiny_trial_config(finetune={"steps": 50, "lr": 1e12},
+                            eval={"num_samples": 32, "batch_size": 32, "every_steps": 2, "sampling_steps": 3},
+                            runtime={"log_every_steps": 50, "checkpoint_every_steps": 10})
+    reports = {}
+
+    class Record(NullReporter):
+        def metrics(self, step, values):
+            reports.setdefault(step, {}).update(values)
+
+    with pytest.raises(TrainingDiverged) as err:
+        fit(cfg, "finetune", tmp_path / "run", Record())
+    bad = int(re.search(r"at step (\d+)", str(err.value)).group(1))
+    assert bad <= 4  # lr 1e12 breaks the model within a couple of steps
+    fids = [v["eval/fid"] for v in reports.values() if "eval/fid" in v]
+    assert all(math.isfinite(f) for f in fids) and len(fids) <= bad // 2  # only evaluations before the NaN
+    assert not list((tmp_path / "run" / "checkpoints").glob("*.pt"))  # the diverged weights were never saved
 
 
 def test_two_stage_trial_evaluates_with_the_in_domain_fid(tmp_path):

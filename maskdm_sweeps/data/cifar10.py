@@ -56,11 +56,43 @@ def download_cifar10(root: Path) -> Path:
     return root / BATCHES_DIRNAME
 
 
+class UnsafeBatchFile(ValueError):
+    """A CIFAR-10 batch file that is not what a real batch holds (it could run code when unpickled)."""
+
+
+# Everything a real batch file's pickle references: numpy's array reconstruction (python 2's numpy.core and
+# numpy 2's numpy._core spellings, and protocol 5's _frombuffer) and the codec python 2 bytes come back through.
+# Anything else (os.system, subprocess, builtins.eval, ...) is refused before it is called.
+_BATCH_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+}
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """``pickle.Unpickler`` that resolves only :data:`_BATCH_GLOBALS` (dicts, lists, bytes, ints need none)."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _BATCH_GLOBALS:
+            raise UnsafeBatchFile(f"it references {module}.{name}, which no CIFAR-10 batch holds")
+        return super().find_class(module, name)
+
+
 def read_batch(file: Path) -> np.ndarray:
-    """One pickled batch as uint8 ``(n, 3, 32, 32)``."""
-    with open(file, "rb") as f:
-        batch = pickle.load(f, encoding="bytes")
-    data = np.asarray(batch[b"data"], dtype=np.uint8)  # (n, 3072): R plane, G plane, B plane
+    """One pickled batch as uint8 ``(n, 3, 32, 32)``, unpickled with only what a real batch needs.
+
+    Raises :class:`UnsafeBatchFile` naming the file for anything else (nothing in it is run) or for a file that is
+    not a batch at all.
+    """
+    try:
+        with open(file, "rb") as f:
+            batch = _BatchUnpickler(f, encoding="bytes").load()
+        data = np.asarray(batch[b"data"], dtype=np.uint8)  # (n, 3072): R plane, G plane, B plane
+    except UnsafeBatchFile as err:
+        raise UnsafeBatchFile(f"refusing CIFAR-10 batch file {file}: {err}") from None
+    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, AttributeError) as err:
+        raise UnsafeBatchFile(f"{file} is not a CIFAR-10 batch file ({type(err).__name__}: {err})") from None
     return data.reshape(-1, 3, NATIVE_SIZE, NATIVE_SIZE)
 
 

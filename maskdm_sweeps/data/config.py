@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from .cifar10 import BATCHES_DIRNAME, find_batches_dir
+from .cifar10 import BATCHES_DIRNAME, batch_files, find_batches_dir, read_batch
 from .image_folder import IMAGE_EXTENSIONS, has_images
 
 DEFAULT_IMAGE_SIZE: dict[str, int | None] = {"digits": 16, "cifar10": 32, "image_folder": None}
@@ -109,12 +109,14 @@ class DataConfig(BaseModel):
                 return  # a missing or empty path is what download fills
             if not path.exists():
                 raise ValueError(f"cifar10 path {str(path)!r} does not exist (set download: true to fetch it)")
-            if find_batches_dir(path, self.split) is None:
+            batches_dir = find_batches_dir(path, self.split)
+            if batches_dir is None:
                 wanted = "test_batch" if self.split == "test" else "data_batch_*"
                 raise ValueError(
                     f"no CIFAR-10 {self.split} batches ({wanted}) in {str(path)!r} or "
                     f"{str(path / BATCHES_DIRNAME)!r} (set download: true to fetch them)"
                 )
+            read_batch(batch_files(batches_dir, self.split)[0])  # refuses a crafted file now (UnsafeBatchFile)
         else:
             if not path.is_dir():
                 raise ValueError(f"image_folder path {str(path)!r} does not exist or is not a directory")

@@ -125,8 +125,11 @@ def _tune_errors(sweep_dir: Path) -> tuple[dict[str, str], dict[str, str]]:
             by_trial[reported[-1]] = reason
         elif params.get("trial_id") and len(params) == 1:  # a grid trial: its Tune config is the trial id
             by_trial[params["trial_id"]] = reason
-        if params.get("pretrain_key"):
-            by_pretrain[params["pretrain_key"]] = reason
+        unit = params.get("unit")  # phase 1: a pre-training's key, or a baseline trial's id ("t-...")
+        if params.get("pretrain_key") or (unit and not str(unit).startswith("t-")):
+            by_pretrain[params.get("pretrain_key") or unit] = reason
+        elif unit:
+            by_trial.setdefault(unit, reason)
     return by_trial, by_pretrain
 
 
@@ -143,6 +146,10 @@ def _trial_row(sweep: str, manifest: dict, ft: _Stage, pre: _Stage | None, share
 
     last = ft.last_values()
     result = ft.result
+    for stage in (ft, pre):  # a diverged stage says why, with or without Tune's error files
+        diverged = read_json(stage.run.diverged) if stage is not None else None
+        if diverged and trial_id not in errors:
+            errors = {**errors, trial_id: str(diverged.get("error", "the loss diverged"))}
     if result is not None:
         status = "stopped" if result.get("stopped_early") else "finished"
         fid, fid_best, loss = (_float(result.get(k)) for k in ("fid", "fid_best", "loss_final"))

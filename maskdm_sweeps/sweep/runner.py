@@ -19,6 +19,7 @@ from ..sweepspec.expand import SweepPlan, TrialPlan
 from ..trainer import Reporter
 from ..trainer.config import affects_pretraining
 from .events import append_event, read_events
+from .lock import DriverLock
 from .progress import LiveTable
 from .context import SweepContext
 from .trainable import first_phase_trainable, trial_trainable
@@ -203,7 +204,15 @@ def run_sweep(plan: SweepPlan, address: str | None = None, resume: bool = False,
     ``track``: record a parent MLflow run for this invocation and a nested child run per stage run.
     ``reporters(trial, stage, stage_dir, rank)``: more reporters for every rank of every stage run, called first in
     the trial's process (picklable: it travels to the trials), e.g. :func:`maskdm_sweeps.testing.crash_once`.
+
+    Raises :class:`~maskdm_sweeps.sweep.lock.SweepLocked` before anything starts when another driver runs the sweep.
     """
+    with DriverLock(plan.layout):
+        return _run_locked(plan, address, resume, track, reporters)
+
+
+def _run_locked(plan: SweepPlan, address: str | None, resume: bool, track: bool,
+                reporters: Callable[[TrialPlan, str, Path, int], list[Reporter]] | None) -> SweepOutcome:
     init_ray(address)
     check_resources(plan)
     save_resolved_spec(plan)

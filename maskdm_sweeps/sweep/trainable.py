@@ -14,7 +14,7 @@ from typing import Any
 
 from ..layout import StageRun, read_json, write_json
 from ..sweepspec.expand import TrialPlan
-from ..trainer import load_latest_checkpoint
+from ..trainer import TrainingDiverged, load_latest_checkpoint
 from .context import SweepContext
 from .events import append_event
 from .stage import limit_threads, train_stage
@@ -29,6 +29,8 @@ def run_stage(ctx: SweepContext, trial: TrialPlan, stage: str, stage_dir: Path, 
     run = StageRun(stage_dir)
     if run.finished():
         return Path(read_json(run.result)["checkpoint"])
+    if run.diverged.exists():  # training is deterministic: a retry would diverge at the same step
+        raise TrainingDiverged((read_json(run.diverged) or {}).get("error", "the loss diverged"))
     sweep_dir = ctx.plan.sweep_dir
     resumed = load_latest_checkpoint(run.checkpoints)
     append_event(sweep_dir, "stage_start", stage=stage, trial_id=trial.trial_id, key=key,
@@ -40,6 +42,8 @@ def run_stage(ctx: SweepContext, trial: TrialPlan, stage: str, stage_dir: Path, 
         else:
             result = train_stage(ctx, trial, stage, stage_dir, init).to_json()
     except Exception as err:
+        if isinstance(err, TrainingDiverged):
+            write_json(run.diverged, {"error": str(err)})
         append_event(sweep_dir, "stage_error", stage=stage, trial_id=trial.trial_id, key=key,
                      error=f"{type(err).__name__}: {err}"[:500])
         raise

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import re
 from pathlib import Path
 
@@ -30,7 +31,8 @@ def save_checkpoint(state: dict, directory: Path, step: int, keep: int = 2) -> P
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     final = checkpoint_path(directory, step)
-    tmp = final.with_suffix(".pt.tmp")
+    # one temp file per writer (host and pid): two processes that write the same step never share a half file
+    tmp = final.with_name(f".{final.name}.{socket.gethostname()}.{os.getpid()}.tmp")
     with tmp.open("wb") as f:
         torch.save(state, f)
         f.flush()

@@ -267,14 +267,22 @@ class _StageRun:
         self.started = window_start = time.perf_counter()
         window_steps = 0
         loss_sum = torch.zeros((), device=self.device)
+        # the first step whose loss was not finite, kept on the device (no host sync per step), read before every
+        # report, evaluation and checkpoint: a diverged model is never evaluated or saved
+        first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
         stopped = False
         checksums = None
         while self.step < s.steps:
             loss, _ = self.train_step()
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), self.step, first_bad)
             loss_sum += loss
             window_steps += 1
             last = self.step == s.steps
-            if self.step % rt.log_every_steps == 0 or last:
+            logs = self.step % rt.log_every_steps == 0 or last
+            evaluates = self.evaluates and (last or self._periodic(self.config.eval.every_steps))
+            if logs or evaluates or self._periodic(rt.checkpoint_every_steps):
+                self._check_finite(first_bad)
+            if logs:
                 # the window's one host sync (the mean over ranks: the global batch's loss); the clock reads after it
                 loss_mean = self.parallel.mean(loss_sum).item() / window_steps
                 elapsed = time.perf_counter() - window_start
@@ -282,7 +290,7 @@ class _StageRun:
                 loss_sum.zero_()
                 window_start, window_steps = time.perf_counter(), 0
                 stopped = self.parallel.broadcast(self.reporter.should_stop()) and not last  # all ranks stop alike
-            if self.evaluates and (last or stopped or self._periodic(self.config.eval.every_steps)):
+            if evaluates or (self.evaluates and stopped):
                 self._evaluate()  # before the save, so the checkpoint holds the FID it reports
             if self._periodic(rt.checkpoint_every_steps) or last or stopped:
                 checksums = self.save()
@@ -308,6 +316,18 @@ class _StageRun:
         if step is None:
             return None
         return found[0] if found is not None else load_checkpoint(checkpoint_path(directory, step), self.device)
+
+    def _check_finite(self, first_bad: torch.Tensor) -> None:
+        """Raise :class:`TrainingDiverged` naming the step where the loss first became NaN or infinite (rank 0's
+        view, shared: every rank stops alike)."""
+        bad = self.parallel.broadcast(int(first_bad.item()))
+        if bad >= 0:
+            self.reporter.metrics(self.step, {"train/loss": float("nan")})
+            raise TrainingDiverged(
+                f"{self.stage}: the training loss became NaN or infinite at step {bad} (lr {self.stage_cfg.lr}, "
+                f"precision {self.config.runtime.precision}); the stage is stopped before any evaluation or "
+                "checkpoint of the diverged weights"
+            )
 
     def _periodic(self, every: int) -> bool:
         return every > 0 and self.step % every == 0
