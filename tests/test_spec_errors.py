@@ -104,3 +104,43 @@ def test_set_overrides_are_validated_the_same_way(tmp_path, maskdm_sweep):
     out = maskdm_sweep("validate", "spec.yaml", "--set", "base.finetune.lr=-1", cwd=tmp_path)
     assert out.returncode == 2
     assert "base.finetune.lr: " in out.stderr and "(--set)" in out.stderr
+
+
+# ------------------------------------------------------------------------------------ inputs that are not specs
+def _alias_bomb() -> str:
+    lines = ['a0: ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    lines += [f"a{i}: [{', '.join([f'*a{i - 1}'] * 9)}]".replace(f"a{i}: [", f"a{i}: &a{i} [") for i in range(1, 10)]
+    return "\n".join(lines).replace("a0: [", "a0: &a0 [") + "\n"
+
+
+HOSTILE = {
+    # id: (file content as bytes, or a function of tmp_path writing it; words the message must hold)
+    "binary-file": (bytes(range(256)) * 4, "not a UTF-8 text file"),
+    "deep-nesting": (("[" * 10_000 + "]" * 10_000).encode(), "nested"),
+    "alias-bomb": (_alias_bomb().encode(), "expands to more than"),
+    "20-MB-spec": (b"name: big\n" + b"# padding\n" * 2_000_000, "a spec is a few kilobytes"),
+    "infinite-lr": (SPEC.replace("  finetune:\n    steps: 10", "  finetune:\n    steps: 10\n    lr: .inf").encode(),
+                    "base.finetune.lr"),
+    "1e15-steps": (SPEC.replace("  finetune:\n    steps: 10", "  finetune:\n    steps: 1.0e+15").encode(),
+                   "base.finetune.steps"),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_hostile_inputs_exit_2_with_the_reason(case, tmp_path, capsys):
+    content, words = HOSTILE[case]
+    path = tmp_path / "spec.yaml"
+    path.write_bytes(content)
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err, err
+
+
+def test_an_output_dir_that_is_a_file_exits_2(tmp_path, capsys):
+    (tmp_path / "taken").write_text("a file")
+    path = tmp_path / "spec.yaml"
+    for output_dir in ("taken", "taken/results"):
+        path.write_text(SPEC + f"output_dir: {tmp_path / output_dir}\n")
+        assert main(["validate", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert "output_dir" in err and "a file, not a directory" in err, err

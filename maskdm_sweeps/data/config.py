@@ -25,7 +25,7 @@ class DataConfig(BaseModel):
     the same images every time, and a smaller subset with the same seed is contained in a larger one.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: Literal["digits", "cifar10", "image_folder"] = Field(
         "digits",

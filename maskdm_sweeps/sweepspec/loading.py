@@ -68,20 +68,67 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+MAX_SPEC_BYTES = 1_000_000
+"""A spec is a few kilobytes; past this it is not one (and parsing it would take minutes and gigabytes)."""
+MAX_SPEC_VALUES = 100_000
+"""Values a spec may expand to, aliases followed: a YAML alias bomb expands exponentially."""
+MAX_SPEC_DEPTH = 50
+"""Nesting levels a spec may have (the deepest real spec has about 6)."""
+
+
+def _expanded_size_and_depth(node: yaml.Node) -> tuple[int, int]:
+    """Values and nesting depth of a composed YAML tree with every alias expanded, counted without expanding
+    (memoised per node: an alias is the same node object), iteratively (no recursion limit)."""
+    memo: dict[int, tuple[int, int]] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(node, False)]
+    while stack:
+        current, children_done = stack.pop()
+        if id(current) in memo:
+            continue
+        children = ([v for kv in current.value for v in kv] if isinstance(current, yaml.MappingNode)
+                    else list(current.value) if isinstance(current, yaml.SequenceNode) else [])
+        if children_done or not children:
+            size = 1 + sum(memo.get(id(c), (0, 0))[0] for c in children)
+            depth = 1 + max((memo.get(id(c), (0, 0))[1] for c in children), default=0)
+            memo[id(current)] = (min(size, 10 * MAX_SPEC_VALUES), depth)
+        else:
+            stack.append((current, True))
+            stack.extend((c, False) for c in children if id(c) not in memo)
+    return memo[id(node)]
+
+
 def read_yaml(path: Path) -> tuple[Any, dict[tuple, int]]:
-    """Parse a YAML file; returns ``(data, {key path: line})``. Syntax errors become a :class:`SpecError`."""
+    """Parse a YAML file; returns ``(data, {key path: line})``. A file too large, not UTF-8 text, not YAML, nested
+    too deeply or expanding to too many values (aliases) becomes a :class:`SpecError`, each within a second."""
     path = Path(path)
+
+    def problem(message: str, line: int | None = None) -> SpecError:
+        return SpecError([Problem("", message, line, str(path))])
+
     try:
-        text = path.read_text()
+        size = path.stat().st_size
+        if size > MAX_SPEC_BYTES:
+            raise problem(f"the file is {size:,} bytes; a spec is a few kilobytes (limit {MAX_SPEC_BYTES:,})")
+        text = path.read_bytes().decode("utf-8")
     except OSError as err:
-        raise SpecError([Problem("", f"cannot read the file: {err.strerror}", None, str(path))]) from None
+        raise problem(f"cannot read the file: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise problem(f"not a UTF-8 text file (byte 0x{err.object[err.start]:02x} at offset {err.start})") from None
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is not None:
+            values, depth = _expanded_size_and_depth(node)
+            if depth > MAX_SPEC_DEPTH:
+                raise problem(f"nested {depth} levels deep; a spec has a handful (limit {MAX_SPEC_DEPTH})")
+            if values > MAX_SPEC_VALUES:
+                raise problem(f"expands to more than {MAX_SPEC_VALUES:,} values (nested YAML aliases?)")
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
         message = " ".join(str(p) for p in (getattr(err, "context", None), getattr(err, "problem", None)) if p)
-        raise SpecError([Problem("", f"invalid YAML: {message or err}", mark.line + 1 if mark else None, str(path))]) from None
+        raise problem(f"invalid YAML: {message or err}", mark.line + 1 if mark else None) from None
+    except RecursionError:
+        raise problem(f"nested too deeply to parse (limit {MAX_SPEC_DEPTH} levels)") from None
     if data is None:
         data = {}
     return data, (_line_index(node) if node is not None else {})

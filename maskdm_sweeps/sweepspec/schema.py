@@ -15,7 +15,7 @@ from ..trainer.config import TrialConfig
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # finite numbers only
 
 
 class Distribution(_Strict):
@@ -229,7 +229,12 @@ class SweepSpec(_Strict):
     @classmethod
     def _absolute(cls, path: Path) -> Path:
         # relative to where the command runs, not to a trial process's working directory (Ray Tune moves those)
-        return path.expanduser().absolute()
+        path = path.expanduser().absolute()
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        if not existing.is_dir():
+            what = "is" if existing == path else f"would be created under {existing}, which is"
+            raise ValueError(f"output_dir {str(path)!r} {what} a file, not a directory")
+        return path
 
     @field_validator("name")
     @classmethod

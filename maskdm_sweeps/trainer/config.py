@@ -37,8 +37,12 @@ def affects_pretraining(key: str) -> bool:
     return section not in PRETRAIN_IGNORED_SECTIONS
 
 
+MAX_STEPS = 10**9
+"""A bound on every step count: a billion optimizer steps is beyond any sweep (``1e15`` is a typo, not a plan)."""
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # finite numbers only
 
 
 # ----------------------------------------------------------------------------------------------------------- masks
@@ -96,10 +100,10 @@ class DiffusionConfig(_Strict):
 
 # ----------------------------------------------------------------------------------------------------------- stages
 class _StageConfig(_Strict):
-    steps: int = Field(0, ge=0, description="Optimizer steps in this stage (0 skips the stage).")
+    steps: int = Field(0, ge=0, le=MAX_STEPS, description="Optimizer steps in this stage (0 skips the stage).")
     batch_size: int = Field(128, ge=1, description="Global batch size (images per optimizer step, over all workers).")
     lr: float = Field(2e-4, gt=0, description="Peak learning rate (constant after warmup).")
-    warmup_steps: int = Field(0, ge=0, description="Linear LR warmup from 0 over this many steps.")
+    warmup_steps: int = Field(0, ge=0, le=MAX_STEPS, description="Linear LR warmup from 0 over this many steps.")
     grad_clip: float | None = Field(None, gt=0, description="Clip the global gradient norm to this value (None: no clipping).")
     betas: tuple[float, float] = Field((0.99, 0.99), description="AdamW betas (the official configs use 0.99, 0.99).")
     weight_decay: float = Field(0.03, ge=0, description="AdamW weight decay, on all parameters.")
@@ -114,7 +118,7 @@ class PretrainConfig(_StageConfig):
 class FinetuneConfig(_StageConfig):
     """Denoising fine-tuning (DSM, all patches visible); from scratch when there is no pre-training: the DDPM baseline."""
 
-    steps: int = Field(1000, ge=1, description="Optimizer steps of fine-tuning (of training, for the baseline).")
+    steps: int = Field(1000, ge=1, le=MAX_STEPS, description="Optimizer steps of fine-tuning (of training, for the baseline).")
     init_from: Literal["online", "ema"] = Field("online", description="Which pre-trained weights to start from.")
     data: DataConfig | None = Field(
         None, description="Fine-tune on other data than pre-training (transfer; same resolution and channels). "
@@ -136,12 +140,12 @@ class EMAConfig(_Strict):
 class EvalConfig(_Strict):
     """Periodic evaluation: samples, a PNG grid and FID, with the protocol recorded beside every number."""
 
-    every_steps: int = Field(0, ge=0, description="Evaluate every this many steps (0: only at the end of a stage).")
+    every_steps: int = Field(0, ge=0, le=MAX_STEPS, description="Evaluate every this many steps (0: only at the end of a stage).")
     stages: list[Stage] = Field(["finetune"], description="Stages that are evaluated.")
     num_samples: int = Field(10_000, ge=0, description="Samples per FID (0 disables FID; the grid is still drawn).")
     batch_size: int = Field(500, ge=1, description="Sampling batch size.")
     sampler: Literal["ddim", "ddpm"] = Field("ddim", description="Reverse process used for sampling.")
-    sampling_steps: int = Field(250, ge=1, description="Denoiser evaluations per sample.")
+    sampling_steps: int = Field(250, ge=1, le=100_000, description="Denoiser evaluations per sample.")
     eta: float = Field(1.0, ge=0, description="DDIM eta (1: stochastic as in the official evaluation; 0: deterministic).")
     timestep_spacing: Literal["trailing", "leading"] = Field(
         "trailing",
