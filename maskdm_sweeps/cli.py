@@ -187,10 +187,36 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     cmd = [str(Path(sys.executable).with_name("mlflow")), "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
            "--port", str(args.port), "--workers", "1"]
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    return _serve(subprocess.Popen(cmd, env=env, start_new_session=True))
+
+
+def _serve(server) -> int:
+    """Wait for the UI server; SIGTERM or SIGINT to this process is passed on to the server's whole process group
+    (mlflow ui runs a uvicorn child), and we wait for it to end: nothing is left listening. Exit 0 when stopped."""
+    import os
+    import signal
+
+    stopping = []
+
+    def stop(signum, frame) -> None:
+        stopping.append(signum)
+        try:
+            os.killpg(server.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        return subprocess.call(cmd, env=env)
-    except KeyboardInterrupt:
-        return 0
+        while True:
+            try:
+                code = server.wait(timeout=0.5)
+                break
+            except Exception:  # subprocess.TimeoutExpired: keep waiting (signals run their handler meanwhile)
+                continue
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0 if stopping else code
 
 
 def _add_spec_args(p: argparse.ArgumentParser, smoke: bool = True) -> None:

@@ -185,8 +185,10 @@ def ui_url(tracked, tmp_path):
         assert f"http://127.0.0.1:{port}" in log.read_text()  # the command prints its URL
         yield f"http://127.0.0.1:{port}"
     finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=30)
+        proc.terminate()  # SIGTERM to `maskdm-sweep ui` alone: it stops its server and waits for it
+        assert proc.wait(timeout=60) == 0
+        with pytest.raises(OSError):  # nothing is left listening
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
 
 
 @pytest.fixture
