@@ -99,7 +99,11 @@ def _execute(plan, address: str | None, resume: bool) -> int:
         print_results_summary(outcome.sweep_dir, outcome.artifacts, _tracking_uri(plan.spec))
     for ident, reason in outcome.failed.items():
         print(f"FAILED {ident}: {reason}", file=sys.stderr)
-    if outcome.failed:
+    if outcome.killed:
+        for e in outcome.interrupted:
+            print(f"stopped: {e['stage']} {e['key']} at step {e['step']} (its checkpoint)", file=sys.stderr)
+        print(f"sweep {plan.spec.name} stopped by Ctrl-C", file=sys.stderr)
+    if outcome.failed or outcome.killed:
         print(f"continue with: maskdm-sweep resume {outcome.sweep_dir}", file=sys.stderr)
     return outcome.exit_code
 

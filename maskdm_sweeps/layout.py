@@ -5,7 +5,7 @@ One owner for the layout (standard library only, so the trainer may use it too);
     <output_dir>/                       results root (the spec's output_dir)
       _pretrain/<key>/                  a shared pre-training: a stage run, reused by later sweeps of this root
       <sweep name>/                     one sweep
-        spec.resolved.yaml  plan.json  invocations.json  events.jsonl  .driver.lock
+        spec.resolved.yaml  plan.json  invocations.json  events.jsonl  .driver.lock  .stop_requested
         trials/<trial id>/trial.json    the trial's manifest (what it is, written when it starts)
         trials/<trial id>/finetune/     the trial's fine-tuning: a stage run
         tune/                           Ray Tune's own state (resume)
@@ -42,6 +42,7 @@ CHECKPOINTS_DIR = "checkpoints"
 SAMPLES_DIR = "samples"
 DIVERGED = "diverged.json"
 DRIVER_LOCK = ".driver.lock"  # held (fcntl) by the one run or resume driving the sweep
+STOP_REQUEST = ".stop_requested"  # written on the first Ctrl-C: every stage stops after its next checkpoint
 MLFLOW_RUN_FILE = "mlflow_run.json"
 MLFLOW_TARGET_FILE = "mlflow_target.json"
 MLFLOW_BUFFER_FILE = "mlflow_buffer.jsonl"
@@ -136,6 +137,10 @@ class SweepDir:
     @property
     def driver_lock(self) -> Path:
         return self.path / DRIVER_LOCK
+
+    @property
+    def stop_request(self) -> Path:
+        return self.path / STOP_REQUEST
 
     @property
     def resolved_spec(self) -> Path:

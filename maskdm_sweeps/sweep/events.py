@@ -16,5 +16,10 @@ def append_event(sweep_dir: Path, event: str, **fields) -> None:
     append_jsonl(Path(sweep_dir) / EVENTS_FILE, {"time": time.time(), "event": event, **fields})
 
 
-def read_events(sweep_dir: Path) -> list[dict]:
-    return read_jsonl(Path(sweep_dir) / EVENTS_FILE)
+def read_events(sweep_dir: Path, since_invocation: int | None = None) -> list[dict]:
+    """The sweep's events, oldest first; ``since_invocation``: only those after that ``run``/``resume`` began."""
+    events = read_jsonl(Path(sweep_dir) / EVENTS_FILE)
+    if since_invocation is None:
+        return events
+    starts = [i for i, e in enumerate(events) if e.get("event") == "invocation" and e.get("number") == since_invocation]
+    return events[starts[-1]:] if starts else []

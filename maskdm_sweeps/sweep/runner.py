@@ -19,6 +19,7 @@ from ..sweepspec.expand import SweepPlan, TrialPlan
 from ..trainer import Reporter
 from ..trainer.config import affects_pretraining
 from .events import append_event, read_events
+from .interrupt import InterruptHandler
 from .lock import DriverLock
 from .progress import LiveTable
 from .context import SweepContext
@@ -35,10 +36,12 @@ class SweepOutcome:
     failed: dict[str, str] = field(default_factory=dict)  # trial id -> reason
     stopped: list[str] = field(default_factory=list)  # trial ids an early-stopping scheduler ended
     artifacts: dict[str, Path] = field(default_factory=dict)  # name -> parquet files, report and plots written after
+    interrupted: list[dict] = field(default_factory=list)  # Ctrl-C: the stage runs stopped ({stage, key, step})
+    killed: bool = False  # Ctrl-C (once or twice): the sweep stopped before its end
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.failed else 0
+        return 130 if self.killed else 1 if self.failed else 0
 
 
 def init_ray(address: str | None = None) -> None:
@@ -231,6 +234,32 @@ def _run_locked(plan: SweepPlan, address: str | None, resume: bool, track: bool,
         tracking = start_sweep_tracking(plan, number, resume)
     ctx = SweepContext(plan, tracking.reporters if tracking else None, reporters)
     outcome = SweepOutcome(sweep_dir)
+    try:
+        with InterruptHandler(plan.layout) as stop:
+            _run_phases(plan, ctx, outcome, last, experiments, stop)
+    except KeyboardInterrupt:  # the second Ctrl-C: stop the trials where they are
+        import ray
+
+        outcome.killed = True
+        ray.shutdown()
+    started = {e["trial_id"] for e in read_events(sweep_dir) if e["event"] == "stage_start" and e["stage"] == "finetune"}
+    outcome.finished = sorted(t for t in started | {t.trial_id for t in plan.trials} if plan.trial_finished(t))
+    outcome.stopped = sorted(t for t in started if not plan.trial_finished(t) and t not in outcome.failed)
+    outcome.interrupted = [e for e in read_events(sweep_dir, since_invocation=number)
+                           if e["event"] == "stage_interrupted"]
+    outcome.artifacts = _write_results(plan)
+    if tracking:
+        from ..tracking import finish_sweep_tracking
+
+        status = "KILLED" if outcome.killed else "FAILED" if outcome.failed else "FINISHED"
+        finish_sweep_tracking(tracking, status, list(outcome.artifacts.values()), _headline_metrics(plan))
+    return outcome
+
+
+def _run_phases(plan: SweepPlan, ctx: SweepContext, outcome: SweepOutcome, last: dict, experiments: dict,
+                stop: InterruptHandler) -> None:
+    """Phase 1 (shared pre-trainings, with the baselines beside them) and phase 2 (the trials); a stop request
+    (the first Ctrl-C) ends after the phase that was running."""
     search = plan.spec.sweep.search
     pretrain_inside = any(affects_pretraining(k) for k in search.space)
     outcome.reused = [t.trial_id for t in plan.trials if plan.trial_finished(t.trial_id)] if search.method == "grid" else []
@@ -245,6 +274,9 @@ def _run_locked(plan: SweepPlan, address: str | None, resume: bool, track: bool,
         grid = _run_phase(experiments["pretrain"], first_phase_trainable,
                           {"unit": _grid(pending_pretrains + alongside)}, ctx, resume_path)
         _collect_errors(grid, outcome, "unit")
+    if stop.requested:
+        outcome.killed = True
+        return
 
     failed_pretrains = {k for k in outcome.failed if k in plan.pretrains}
     runnable = [t for t in plan.trials if t.pretrain_key not in failed_pretrains and t.trial_id not in outcome.failed]
@@ -265,16 +297,7 @@ def _run_locked(plan: SweepPlan, address: str | None, resume: bool, track: bool,
         grid = _run_phase(experiments["trials"], trial_trainable, space, ctx, resume_path, samples,
                           _searcher(plan), _scheduler(plan))
         _collect_errors(grid, outcome, "trial_id")
-    started = {e["trial_id"] for e in read_events(sweep_dir) if e["event"] == "stage_start" and e["stage"] == "finetune"}
-    outcome.finished = sorted(t for t in started | {t.trial_id for t in plan.trials} if plan.trial_finished(t))
-    outcome.stopped = sorted(t for t in started if not plan.trial_finished(t) and t not in outcome.failed)
-    outcome.artifacts = _write_results(plan)
-    if tracking:
-        from ..tracking import finish_sweep_tracking
-
-        finish_sweep_tracking(tracking, bool(outcome.failed), list(outcome.artifacts.values()),
-                              _headline_metrics(plan))
-    return outcome
+    outcome.killed = stop.requested
 
 
 def _write_results(plan: SweepPlan) -> dict[str, Path]:

@@ -16,6 +16,7 @@ from ..layout import StageRun
 from ..sweepspec.expand import TrialPlan
 from ..trainer import JsonlReporter, MultiReporter, NullReporter, Reporter, StageResult, fit
 from .context import SweepContext
+from .interrupt import StageInterrupted, StopRequestReporter
 
 
 class TuneReporter(NullReporter):
@@ -59,8 +60,12 @@ def train_stage(ctx: SweepContext, trial: TrialPlan, stage: str, stage_dir: Path
         reporters.append(JsonlReporter(StageRun(stage_dir).metrics))
         if ctx.extra_reporters:
             reporters += ctx.extra_reporters(trial, stage, stage_dir)
+        reporters.append(StopRequestReporter(ctx.plan.layout, stage))  # last: the others see the checkpoint first
     try:
         result = fit(trial.config, stage, stage_dir, MultiReporter(*reporters), init_checkpoint=init)
+    except StageInterrupted:
+        finish_reporters(reporters, "KILLED")
+        raise
     except Exception:
         finish_reporters(reporters, "FAILED")
         raise

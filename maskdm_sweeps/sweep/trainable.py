@@ -9,6 +9,7 @@ rotated away errored the trial on resume.)
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from ..sweepspec.expand import TrialPlan
 from ..trainer import TrainingDiverged, load_latest_checkpoint
 from .context import SweepContext
 from .events import append_event
+from .interrupt import StageInterrupted
 from .stage import limit_threads, train_stage
 from .workers import StageJob, run_stage_on_workers
 
@@ -41,6 +43,9 @@ def run_stage(ctx: SweepContext, trial: TrialPlan, stage: str, stage_dir: Path, 
             result = read_json(run.result)  # written by rank 0
         else:
             result = train_stage(ctx, trial, stage, stage_dir, init).to_json()
+    except StageInterrupted as stop:
+        append_event(sweep_dir, "stage_interrupted", stage=stage, trial_id=trial.trial_id, key=key, step=stop.step)
+        raise
     except Exception as err:
         if isinstance(err, TrainingDiverged):
             write_json(run.diverged, {"error": str(err)})
@@ -73,9 +78,19 @@ def first_phase_trainable(params: dict[str, Any], ctx: SweepContext) -> None:
     (``unit``: its trial id; the baseline), so that no worker idles while the pre-trainings run."""
     unit = params["unit"]
     if unit in ctx.plan.pretrains:
-        pretrain_trainable({"pretrain_key": unit}, ctx)
+        with _stops_quietly():
+            pretrain_trainable({"pretrain_key": unit}, ctx)
     else:
         trial_trainable({"trial_id": unit}, ctx)
+
+
+@contextmanager
+def _stops_quietly():
+    """A stage stopped on request ends its Tune trial normally: no error, so no retry (``resume`` continues it)."""
+    try:
+        yield
+    except StageInterrupted:
+        pass
 
 
 def trial_trainable(params: dict[str, Any], ctx: SweepContext) -> None:
@@ -86,7 +101,8 @@ def trial_trainable(params: dict[str, Any], ctx: SweepContext) -> None:
     layout = plan.layout
     layout.trial_dir(trial.trial_id).mkdir(parents=True, exist_ok=True)
     write_json(layout.manifest(trial.trial_id), trial.manifest(plan.spec.resources))  # what results/ reads
-    init = None
-    if trial.pretrain_key:
-        init = run_stage(ctx, trial, "pretrain", plan.pretrain_dir(trial.pretrain_key), None, trial.pretrain_key)
-    run_stage(ctx, trial, "finetune", layout.finetune(trial.trial_id).path, init, trial.trial_id)
+    with _stops_quietly():
+        init = None
+        if trial.pretrain_key:
+            init = run_stage(ctx, trial, "pretrain", plan.pretrain_dir(trial.pretrain_key), None, trial.pretrain_key)
+        run_stage(ctx, trial, "finetune", layout.finetune(trial.trial_id).path, init, trial.trial_id)

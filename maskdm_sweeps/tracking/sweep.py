@@ -53,6 +53,7 @@ def start_sweep_tracking(plan, invocation: int, resume: bool) -> SweepTracking:
     try:
         exp = ensure_experiment(uri, name, spec.output_dir)
         c = client(uri)
+        _close_abandoned_parents(c, exp, spec.name)
         run = c.create_run(exp, run_name=f"{spec.name} #{invocation}{' (resume)' if resume else ''}",
                            tags={"sweep": spec.name, "spec_hash": plan.spec_hash, "git_commit": commit,
                                  "invocation": str(invocation), "kind": "sweep"})
@@ -65,10 +66,19 @@ def start_sweep_tracking(plan, invocation: int, resume: bool) -> SweepTracking:
     return SweepTracking(uri, exp, parent, spec.name, plan.spec_hash, commit, str(plan.store_dir))
 
 
-def finish_sweep_tracking(tracking: SweepTracking, failed: bool, artifacts: list[Path] = (),
+def _close_abandoned_parents(c, experiment_id: str, sweep: str) -> None:
+    """Parent runs of this sweep still RUNNING were left by a driver that was killed (this driver holds the sweep's
+    lock, so no other one is alive): mark them KILLED."""
+    runs = c.search_runs([experiment_id], filter_string=f"tags.kind = 'sweep' and tags.sweep = '{sweep}' and "
+                         "attributes.status = 'RUNNING'", max_results=1000)
+    for run in runs:
+        c.set_terminated(run.info.run_id, status="KILLED")
+
+
+def finish_sweep_tracking(tracking: SweepTracking, status: str, artifacts: list[Path] = (),
                           metrics: dict[str, float] | None = None) -> None:
     """Attach the results files and the sweep's answer (``metrics``, e.g. ``speedup/<arm>``) to the parent run and
-    close it."""
+    close it with ``status`` (``FINISHED``, ``FAILED`` or ``KILLED``)."""
     if tracking.parent_run_id is None:
         return
     try:
@@ -77,6 +87,6 @@ def finish_sweep_tracking(tracking: SweepTracking, failed: bool, artifacts: list
             c.log_metric(tracking.parent_run_id, key, value)
         for path in artifacts:
             c.log_artifact(tracking.parent_run_id, str(path), artifact_path="plots" if path.suffix == ".png" else None)
-        c.set_terminated(tracking.parent_run_id, status="FAILED" if failed else "FINISHED")
+        c.set_terminated(tracking.parent_run_id, status=status)
     except Exception as err:
         log.warning("could not close the MLflow parent run (%s)", err)

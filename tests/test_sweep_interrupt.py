@@ -1,0 +1,78 @@
+"""Ctrl-C: the first SIGINT stops every running stage after its next checkpoint and exits 130 with the resume
+command; ``resume`` then finishes the sweep with nothing trained twice; the parent runs end KILLED and FINISHED."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from maskdm_sweeps.layout import SweepDir
+
+pytestmark = pytest.mark.slow
+EXE = str(Path(sys.executable).with_name("maskdm-sweep"))
+BASE = {
+    "data": {"name": "digits", "image_size": 8},
+    "model": {"preset": "tiny"},
+    "mask": {"strategy": "patch", "rate": 0.5},
+    "pretrain": {"steps": 4000, "batch_size": 8},
+    "finetune": {"steps": 200, "batch_size": 8},
+    "eval": {"num_samples": 0, "backend": "digits-classifier"},
+    "runtime": {"device": "cpu", "log_every_steps": 20, "checkpoint_every_steps": 40},
+}
+
+
+def events(layout: SweepDir) -> list[dict]:
+    return [json.loads(line) for line in layout.events.read_text().splitlines()] if layout.events.exists() else []
+
+
+def test_ctrl_c_stops_after_the_checkpoint_exits_130_and_resume_trains_nothing_twice(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"name": "stop", "output_dir": str(tmp_path / "results"), "base": BASE,
+                                    "sweep": {"baseline": True}, "resources": {"gpus": 0, "cpus": 1}}))
+    layout = SweepDir(tmp_path / "results", "stop")
+    env = {**os.environ, "MASKDM_CACHE": str(tmp_path / "cache"), "RAY_AUTH_MODE": "disabled"}
+    driver = subprocess.Popen([EXE, "run", str(spec)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=env)
+    deadline = time.monotonic() + 300
+    # wait until the pre-training (phase 1, beside the baseline) has written a checkpoint
+    while not any(e["event"] == "stage_start" and e["stage"] == "pretrain" for e in events(layout)) or \
+            not list((tmp_path / "results" / "_pretrain").glob("*/checkpoints/step_*.pt")):
+        assert time.monotonic() < deadline and driver.poll() is None, driver.communicate()
+        time.sleep(0.2)
+    driver.send_signal(signal.SIGINT)  # the driver alone, as `kill -INT <pid>` does
+    out, err = driver.communicate(timeout=300)
+    assert driver.returncode == 130, err[-3000:]
+    stops = [e for e in events(layout) if e["event"] == "stage_interrupted"]
+    assert any(e["stage"] == "pretrain" for e in stops), events(layout)
+    for e in stops:
+        assert f"stopped: {e['stage']} {e['key']} at step {e['step']}" in err
+        assert 0 < e["step"] < 4000 and e["step"] % 40 == 0  # at a checkpoint, before the end
+    assert f"maskdm-sweep resume {layout.path}" in err
+    plan = json.loads(layout.plan_file.read_text())
+    masked = {t["trial_id"] for t in plan["trials"] if t.get("pretrain_key")}
+    fine_tuned = {e["trial_id"] for e in events(layout) if e["event"] == "stage_start" and e["stage"] == "finetune"}
+    assert masked and not masked & fine_tuned  # phase 2 never started
+    assert not layout.stop_request.exists()
+
+    done = subprocess.run([EXE, "resume", str(layout.path)], capture_output=True, text=True, env=env, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    starts = [e for e in events(layout) if e["event"] == "stage_start"]
+    for stop in stops:  # each stopped stage resumed from the checkpoint it stopped at: nothing trained twice
+        resumed = [e for e in starts if e["key"] == stop["key"] and e["stage"] == stop["stage"]]
+        assert [e["from_step"] for e in resumed] == [0, stop["step"]]
+    assert all(len([e for e in starts if e["key"] == k]) <= 2 for k in {e["key"] for e in starts})
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("stop").experiment_id],
+                              filter_string="tags.kind = 'sweep'", order_by=["attributes.start_time ASC"])
+    assert [r.info.status for r in runs] == ["KILLED", "FINISHED"]
