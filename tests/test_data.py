@@ -26,6 +26,7 @@ from maskdm_sweeps.data import (
     to_uint8,
 )
 from maskdm_sweeps.data.cifar10 import UnsafeBatchFile, load_cifar10
+from maskdm_sweeps.data.image_folder import list_image_files
 
 DIGIT_LEVELS = {round(v * 255 / 16) for v in range(17)}
 
@@ -372,3 +373,20 @@ def test_images_held_on_a_device_named_without_its_index_are_on_the_device():
     store = ImageBatches(torch.zeros(4, 1, 8, 8, dtype=torch.uint8), device="cpu:0")
     assert store.on_device
     assert store.batch(3, torch.Generator().manual_seed(0)).shape == (3, 1, 8, 8)
+
+
+def test_unreadable_images_are_named_at_validation_or_skipped_with_a_count_when_asked(tmp_path):
+    make_folder(tmp_path)
+    good = len(list_image_files(tmp_path))
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png" * 10)  # a corrupt png
+    os.symlink(tmp_path / "loop_b.jpg", tmp_path / "loop_a.jpg")  # two links pointing at each other
+    os.symlink(tmp_path / "loop_a.jpg", tmp_path / "loop_b.jpg")
+    with pytest.raises(ValidationError) as err:
+        DataConfig(name="image_folder", path=tmp_path, image_size=8)
+    message = str(err.value)
+    assert "3 unreadable image file(s)" in message and "broken.png" in message and "loop_a.jpg" in message
+    assert "skip_unreadable" in message
+    cfg = DataConfig(name="image_folder", path=tmp_path, image_size=8, skip_unreadable=True)
+    with pytest.warns(UserWarning, match=f"skipping 3 unreadable image file\\(s\\) of {good + 3}"):
+        data = load_dataset(cfg)
+    assert data.images.shape == (good, 3, 8, 8)  # the readable ones, decoded as before

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from .cifar10 import BATCHES_DIRNAME, batch_files, find_batches_dir, read_batch
-from .image_folder import IMAGE_EXTENSIONS, has_images
+from .image_folder import IMAGE_EXTENSIONS, has_images, list_image_files, unreadable_images
 
 DEFAULT_IMAGE_SIZE: dict[str, int | None] = {"digits": 16, "cifar10": 32, "image_folder": None}
 """Pixels on a side when ``image_size`` is left out (None: it must be given)."""
@@ -69,6 +69,11 @@ class DataConfig(BaseModel):
         0, description="Seed of the permutation that picks the fraction / max_images subset (fixed per config)."
     )
     hflip: bool = Field(False, description="Flip each training image horizontally with probability 1/2.")
+    skip_unreadable: bool = Field(
+        False,
+        description="image_folder only: leave out image files that cannot be opened (corrupt, truncated, a "
+        "symlink loop) with a warning and their count, instead of refusing the folder at validation.",
+    )
     download: bool = Field(
         False,
         description="cifar10 only: download the archive into path with torchvision when the batch files are "
@@ -85,6 +90,8 @@ class DataConfig(BaseModel):
     def _check_dataset(self, info: ValidationInfo) -> DataConfig:
         if self.name != "image_folder" and self.crop != "center":
             raise ValueError(f"crop={self.crop!r} applies only to name='image_folder', not {self.name!r}")
+        if self.name != "image_folder" and self.skip_unreadable:
+            raise ValueError(f"skip_unreadable applies only to name='image_folder', not {self.name!r}")
         if self.name != "cifar10" and self.download:
             raise ValueError(f"download applies only to name='cifar10', not {self.name!r}")
         if self.name == "digits" and self.path is not None:
@@ -124,3 +131,9 @@ class DataConfig(BaseModel):
                 raise ValueError(
                     f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {str(path)!r}"
                 )
+            bad = [] if self.skip_unreadable else unreadable_images(list_image_files(path))
+            if bad:
+                shown = "; ".join(f"{file}: {reason}" for file, reason in bad[:5])
+                raise ValueError(f"{len(bad)} unreadable image file(s) under {str(path)!r}: {shown}"
+                                 f"{' ...' if len(bad) > 5 else ''} (fix or remove them, or set "
+                                 "data.skip_unreadable: true to leave them out)")

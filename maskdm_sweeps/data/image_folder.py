@@ -8,6 +8,7 @@ keyed by the file list (names, sizes, mtimes), the crop and the size: touching a
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -72,6 +73,39 @@ def has_images(root: Path) -> bool:
     return next(iter_image_files(root), None) is not None
 
 
+def image_problem(file: Path) -> str | None:
+    """Why ``file`` cannot be used as an image (``None`` when it opens): its header is read and its data checked
+    (``Image.verify``, which does not decode the pixels), so a corrupt or truncated file, a non-image with an image
+    extension, or a symlink loop is named here rather than inside a trial."""
+    try:
+        with Image.open(file) as im:
+            im.verify()
+    except (OSError, SyntaxError, ValueError) as err:  # UnidentifiedImageError and ELOOP are OSErrors
+        return f"{type(err).__name__}: {err.strerror if isinstance(err, OSError) and err.strerror else err}"
+    return None
+
+
+def unreadable_images(files: list[Path], workers: int | None = None) -> list[tuple[Path, str]]:
+    """The files of ``files`` that :func:`image_problem` refuses, with the reason, in order (threads: I/O bound)."""
+    workers = workers or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(workers) as pool:
+        problems = list(pool.map(image_problem, files, chunksize=256))
+    return [(f, p) for f, p in zip(files, problems) if p is not None]
+
+
+def readable_image_files(root: Path, skip_unreadable: bool, warn: bool = True) -> list[Path]:
+    """:func:`list_image_files`, without the unreadable ones when ``skip_unreadable`` (a warning gives their
+    count, unless ``warn`` is off)."""
+    files = list_image_files(root)
+    if not skip_unreadable:
+        return files
+    bad = {f for f, _ in unreadable_images(files)}
+    if bad and warn:
+        warnings.warn(f"skipping {len(bad)} unreadable image file(s) of {len(files)} under {root} "
+                      f"(e.g. {sorted(bad)[0]})", stacklevel=2)
+    return [f for f in files if f not in bad]
+
+
 def preprocess_image(file: Path, image_size: int, crop: str) -> np.ndarray:
     """One file as uint8 ``(3, S, S)``: RGB, cropped with ``CROPS[crop]``, resized with antialiased bicubic."""
     with Image.open(file) as im:
@@ -118,9 +152,10 @@ def _save_atomic(path: Path, images: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def load_image_folder(root: Path, image_size: int, crop: str = "center") -> torch.Tensor:
-    """Every image under ``root`` as uint8 ``(n, 3, S, S)``, from the cache when the files are unchanged."""
-    files = list_image_files(root)
+def load_image_folder(root: Path, image_size: int, crop: str = "center", skip_unreadable: bool = False) -> torch.Tensor:
+    """Every image under ``root`` as uint8 ``(n, 3, S, S)``, from the cache when the files are unchanged
+    (``skip_unreadable``: without the files that do not open, see :func:`readable_image_files`)."""
+    files = readable_image_files(root, skip_unreadable)
     if not files:
         raise FileNotFoundError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {root}")
     key = folder_cache_key(file_identity(root, files), image_size, crop)

@@ -13,7 +13,7 @@ from .cifar10 import batch_files, find_batches_dir, load_cifar10
 from .config import DataConfig
 from .digits import load_digits_uint8
 from .files import content_key, file_identity
-from .image_folder import list_image_files, load_image_folder
+from .image_folder import load_image_folder, readable_image_files
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class ImageData:
 DATASETS: dict[str, Callable[[DataConfig], torch.Tensor]] = {
     "digits": lambda cfg: load_digits_uint8(cfg.image_size, cfg.split),
     "cifar10": lambda cfg: load_cifar10(cfg.path, cfg.split, cfg.image_size, cfg.download),
-    "image_folder": lambda cfg: load_image_folder(cfg.path, cfg.image_size, cfg.crop),
+    "image_folder": lambda cfg: load_image_folder(cfg.path, cfg.image_size, cfg.crop, cfg.skip_unreadable),
 }
 """Registry: the ``data.name`` values a spec may use -> loader returning uint8 ``(N, C, S, S)`` on the CPU."""
 
@@ -57,7 +57,7 @@ def _cifar10_files(cfg: DataConfig) -> list[Path]:
 SOURCE_FILES: dict[str, Callable[[DataConfig], list[Path]]] = {
     "digits": lambda cfg: [],  # embedded in scikit-learn, never changes
     "cifar10": _cifar10_files,
-    "image_folder": lambda cfg: list_image_files(cfg.path),
+    "image_folder": lambda cfg: readable_image_files(cfg.path, cfg.skip_unreadable, warn=False),
 }
 """Registry: the files a dataset's pixels come from (their identity goes into ``ImageData.key``)."""
 
