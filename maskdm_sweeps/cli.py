@@ -84,13 +84,19 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 def _execute(plan, address: str | None, resume: bool) -> int:
     from .sweep import run_sweep
     from .sweep.lock import SweepLocked
-    from .sweep.runner import ClusterTooSmall
+    from .sweep.runner import ClusterTooSmall, SweepStorageError
 
     try:
         outcome = run_sweep(plan, address=address, resume=resume)
     except (ClusterTooSmall, SweepLocked) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except SweepStorageError as err:
+        done = [t.trial_id for t in plan.trials if plan.trial_finished(t.trial_id)]
+        print(f"error: {err}", file=sys.stderr)
+        print(f"sweep {plan.spec.name}: {len(done)}/{len(plan.trials)} trials finished before that; free the space "
+              f"and continue with: maskdm-sweep resume {plan.sweep_dir}", file=sys.stderr)
+        return 1
     print(f"sweep {plan.spec.name}: {len(outcome.finished)}/{len(plan.trials)} trials finished "
           f"({len(outcome.reused)} were already finished); results in {outcome.sweep_dir}")
     if outcome.artifacts:

@@ -8,6 +8,7 @@ holds ``result.json`` is never trained again, and one with checkpoints continues
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -176,9 +177,8 @@ def _run_phase(name: str, trainable, param_space: dict, ctx: SweepContext, resum
     spec = ctx.plan.spec
     fn = tune.with_resources(tune.with_parameters(trainable, ctx=ctx), trial_resources(ctx.plan))
     labels = {t.trial_id: t.label for t in ctx.plan.trials}
-    if resume_path is not None and tune.Tuner.can_restore(str(resume_path)):
-        tuner = tune.Tuner.restore(str(resume_path), fn, resume_unfinished=True, resume_errored=True)
-    else:
+    tuner = _restored(resume_path, fn)
+    if tuner is None:
         tuner = tune.Tuner(
             fn,
             param_space=param_space,
@@ -191,6 +191,21 @@ def _run_phase(name: str, trainable, param_space: dict, ctx: SweepContext, resum
             ),
         )
     return tuner.fit()
+
+
+def _restored(resume_path: Path | None, fn):
+    """The Tune run at ``resume_path`` restored, or None to start a fresh one: also when its state cannot be read
+    (written while the disk was full, say); our stage runs resume from their own checkpoints either way."""
+    from ray import tune
+
+    if resume_path is None or not tune.Tuner.can_restore(str(resume_path)):
+        return None
+    try:
+        return tune.Tuner.restore(str(resume_path), fn, resume_unfinished=True, resume_errored=True)
+    except Exception as err:  # a half-written experiment state: lose the searcher's memory, not the sweep
+        print(f"note: Ray Tune's state at {resume_path} is unreadable ({type(err).__name__}); starting the phase "
+              "afresh (finished stage runs are kept)", file=sys.stderr)
+        return None
 
 
 def _collect_errors(result_grid, outcome: SweepOutcome, key: str) -> None:
@@ -211,7 +226,43 @@ def run_sweep(plan: SweepPlan, address: str | None = None, resume: bool = False,
     Raises :class:`~maskdm_sweeps.sweep.lock.SweepLocked` before anything starts when another driver runs the sweep.
     """
     with DriverLock(plan.layout):
-        return _run_locked(plan, address, resume, track, reporters)
+        try:
+            return _run_locked(plan, address, resume, track, reporters)
+        except ClusterTooSmall:
+            raise
+        except Exception as err:
+            problem = storage_problem(err, plan.spec.output_dir)
+            if problem is None:
+                raise
+            raise SweepStorageError(problem) from err
+
+
+class SweepStorageError(OSError):
+    """The sweep stopped because its files could not be written (a full disk, a lost mount): one line says where."""
+
+
+def storage_problem(err: BaseException, output_dir: Path) -> str | None:
+    """``"<path>: <reason>"`` when ``err`` (or what caused it) is a failure to write the results, else None.
+
+    Ray wraps a trial's ``OSError`` in its own errors (and a full disk can show as a truncated state file), so the
+    chain is searched for an ``OSError`` with a path, and a nearly full ``output_dir`` (< 1 MiB free) counts too.
+    """
+    chain, seen = err, set()
+    while chain is not None and id(chain) not in seen:
+        seen.add(id(chain))
+        if isinstance(chain, OSError) and chain.errno is not None:
+            return f"{chain.filename or output_dir}: {chain.strerror}"
+        chain = chain.__cause__ or chain.__context__
+    if "No space left on device" in str(err):
+        return f"{output_dir}: No space left on device"
+    try:
+        import shutil
+
+        if shutil.disk_usage(output_dir).free < 2**20:
+            return f"{output_dir}: No space left on device ({type(err).__name__}: {str(err)[:200]})"
+    except OSError:
+        pass
+    return None
 
 
 def _run_locked(plan: SweepPlan, address: str | None, resume: bool, track: bool,
@@ -270,9 +321,9 @@ def _run_phases(plan: SweepPlan, ctx: SweepContext, outcome: SweepOutcome, last:
     alongside = [t.trial_id for t in plan.trials if not t.pretrain_key and not plan.trial_finished(t.trial_id)] \
         if pending_pretrains and search.method == "grid" and plan.spec.sweep.scheduler.type == "none" else []
     if pending_pretrains:
-        resume_path = plan.layout.tune / last["pretrain"] if "pretrain" in last else None
+        # a grid needs no Tune state to resume: the pending units are listed afresh, each resumes its checkpoint
         grid = _run_phase(experiments["pretrain"], first_phase_trainable,
-                          {"unit": _grid(pending_pretrains + alongside)}, ctx, resume_path)
+                          {"unit": _grid(pending_pretrains + alongside)}, ctx, None)
         _collect_errors(grid, outcome, "unit")
     if stop.requested:
         outcome.killed = True
@@ -293,7 +344,8 @@ def _run_phases(plan: SweepPlan, ctx: SweepContext, outcome: SweepOutcome, last:
         space = {"trial_id": _grid(todo) if search.method == "random" else todo[0], **_search_space(plan)}
         samples = search.num_samples
     if space is not None and todo:
-        resume_path = plan.layout.tune / last["trials"] if "trials" in last else None
+        # a search resumes its searcher's state (the trials it proposed); a grid lists the unfinished trials afresh
+        resume_path = plan.layout.tune / last["trials"] if "trials" in last and search.method != "grid" else None
         grid = _run_phase(experiments["trials"], trial_trainable, space, ctx, resume_path, samples,
                           _searcher(plan), _scheduler(plan))
         _collect_errors(grid, outcome, "trial_id")
