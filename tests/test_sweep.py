@@ -134,3 +134,17 @@ def test_a_diverging_stage_fails_once_without_a_retry_and_its_reason_reaches_the
     assert row["status"] == "failed" and "NaN or infinite at step" in row["error"]
     report = (bad.sweep_dir / "report.md").read_text().split("## Trials that did not finish")[1]
     assert baseline.trial_id in report and "NaN or infinite" in report
+
+
+def test_a_failed_pretraining_lists_its_trials_as_failed_with_the_reason(tmp_path):
+    plan = plan_for(tmp_path, "prefail", {"axes": {"mask.rate": [0.5]}}, {"pretrain": {"lr": 1e12}},
+                    resources={"max_failures": 1})
+    trial = plan.trials[0]
+    outcome = run_sweep(plan, track=False)
+    assert outcome.exit_code == 1 and "NaN or infinite" in outcome.failed[trial.trial_id]
+    from maskdm_sweeps.results import load
+
+    trials, _ = load(plan.sweep_dir)
+    row = trials.set_index("trial_id").loc[trial.trial_id]  # a row, though its fine-tuning never started
+    assert row["status"] == "failed" and "NaN or infinite" in row["error"] and row["steps_done"] == 0
+    assert trial.trial_id in (plan.sweep_dir / "report.md").read_text().split("## Trials that did not finish")[1]

@@ -246,7 +246,8 @@ def collect(sweep_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
     manifests = {tid: read_json(layout.manifest(tid)) for tid in layout.trial_ids()}
     stages = {tid: _Stage(layout.finetune(tid)) for tid, m in manifests.items() if isinstance(m, dict)}
-    stages = {tid: st for tid, st in stages.items() if st.config is not None}
+    # a trial whose fine-tuning never started (its pre-training failed) is a row too, from its manifest's config
+    stages = {tid: st for tid, st in stages.items() if st.config is not None or manifests[tid].get("config")}
     keys = {tid: manifests[tid].get("pretrain_key") for tid in stages}
     pretrains: dict[str, _Stage | None] = {}
     for key in {k for k in keys.values() if k}:

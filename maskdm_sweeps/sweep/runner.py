@@ -333,7 +333,10 @@ def _run_phases(plan: SweepPlan, ctx: SweepContext, outcome: SweepOutcome, last:
     runnable = [t for t in plan.trials if t.pretrain_key not in failed_pretrains and t.trial_id not in outcome.failed]
     for t in plan.trials:
         if t.pretrain_key in failed_pretrains:
-            outcome.failed[t.trial_id] = f"its pre-training {t.pretrain_key} failed"
+            outcome.failed[t.trial_id] = f"its pre-training {t.pretrain_key} failed: {outcome.failed[t.pretrain_key]}"
+            # its manifest, so that trials.parquet and report.md list it as failed, with the reason
+            plan.layout.trial_dir(t.trial_id).mkdir(parents=True, exist_ok=True)
+            write_json(plan.layout.manifest(t.trial_id), t.manifest(plan.spec.resources))
     for key in failed_pretrains:  # name them as pre-trainings, keeping the reason
         outcome.failed[f"pretrain {key}"] = outcome.failed.pop(key)
     if search.method == "grid":
