@@ -4,17 +4,18 @@
 -> ``ImageBatches`` (random batches from a caller-owned generator). No ray, mlflow or yaml here.
 """
 
-from .batches import ImageBatches
-from .cifar10 import load_cifar10
-from .config import DataConfig
-from .convert import resize_uint8, to_float, to_uint8
-from .digits import load_digits_images, load_digits_uint8
-from .files import cache_dir
-from .image_folder import CROPS, load_image_folder
-from .registry import DATASETS, ImageData, load_dataset, subset_indices
+from .._lazy import lazy_exports
 
-__all__ = [
-    "DATASETS", "CROPS", "DataConfig", "ImageBatches", "ImageData", "cache_dir", "load_cifar10", "load_dataset",
-    "load_digits_images", "load_digits_uint8", "load_image_folder", "resize_uint8", "subset_indices", "to_float",
-    "to_uint8",
-]
+# public name -> the submodule that defines it, imported on first use (see maskdm_sweeps._lazy)
+_EXPORTS = {
+    "batches": ["ImageBatches"],
+    "cifar10": ["load_cifar10"],
+    "config": ["DataConfig"],
+    "convert": ["resize_uint8", "to_float", "to_uint8"],
+    "digits": ["load_digits_images", "load_digits_uint8"],
+    "files": ["cache_dir"],
+    "image_folder": ["CROPS", "load_image_folder"],
+    "registry": ["DATASETS", "ImageData", "load_dataset", "subset_indices"],
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = [name for names in _EXPORTS.values() for name in names]

@@ -9,11 +9,13 @@ from __future__ import annotations
 import pickle
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from .convert import resize_uint8
+if TYPE_CHECKING:  # annotations only: torch is imported where it runs
+    import torch
+
 
 BATCHES_DIRNAME = "cifar-10-batches-py"
 """The folder the official archive (and torchvision) extracts to."""
@@ -102,6 +104,10 @@ def load_cifar10(path: Path, split: str = "train", image_size: int = NATIVE_SIZE
     ``image_size`` other than 32 resizes bilinearly (antialiased when shrinking). ``download=True`` fetches the
     archive into ``path`` only when no batch files of ``split`` are found there.
     """
+    import torch  # lazily: validating a spec reads this module's names without torch
+
+    from .convert import resize_uint8
+
     batches_dir = find_batches_dir(path, split)
     if batches_dir is None and download:
         batches_dir = download_cifar10(path)

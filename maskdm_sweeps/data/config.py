@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from .cifar10 import BATCHES_DIRNAME, batch_files, find_batches_dir, read_batch
 from .image_folder import IMAGE_EXTENSIONS, has_images, list_image_files, unreadable_images
 
+
 DEFAULT_IMAGE_SIZE: dict[str, int | None] = {"digits": 16, "cifar10": 32, "image_folder": None}
 """Pixels on a side when ``image_size`` is left out (None: it must be given)."""
 

@@ -12,12 +12,15 @@ import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
 
 from .files import cache_dir, content_key, file_identity
+
+if TYPE_CHECKING:  # annotations only: torch is imported where it runs
+    import torch
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
 """Extensions that count as images (compared case-insensitively)."""
@@ -155,6 +158,8 @@ def _save_atomic(path: Path, images: np.ndarray) -> None:
 def load_image_folder(root: Path, image_size: int, crop: str = "center", skip_unreadable: bool = False) -> torch.Tensor:
     """Every image under ``root`` as uint8 ``(n, 3, S, S)``, from the cache when the files are unchanged
     (``skip_unreadable``: without the files that do not open, see :func:`readable_image_files`)."""
+    import torch  # lazily: validating a spec reads this module's names without torch
+
     files = readable_image_files(root, skip_unreadable)
     if not files:
         raise FileNotFoundError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {root}")

@@ -39,7 +39,7 @@ convention.
 
 from __future__ import annotations
 
-from .model import UViTConfig
+from .presets import UViTConfig
 
 
 def _check_kept(config: UViTConfig, kept_patches: int) -> None:

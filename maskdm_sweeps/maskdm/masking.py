@@ -13,14 +13,18 @@ patch      ``int(r * N)`` random patches       exact count
 block      ``int(r * N) // b**2`` b x b blocks floor: 90% with b=4 on 16x16 masks 224/256 = 87.5%
 crop       everything outside a c x c window   rate implied by c: ``1 - c**2 / N``
 =========  ==================================  ==========================================================
+
+torch is imported inside the samplers only: counting a mask's patches (what validating a spec needs) does not
+need it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Protocol
+from typing import ClassVar, Protocol, TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # annotations only: torch is imported where it runs
+    import torch
 
 
 class MaskStrategy(Protocol):
@@ -47,6 +51,7 @@ def _random_subset(batch_size: int, population: int, count: int, generator: torc
 
     argsort of uniform noise gives a uniform random permutation per row, all rows in one kernel.
     """
+    import torch  # lazily: see the module docstring
     noise = torch.rand(batch_size, population, generator=generator, device=device)  # (B, population)
     return noise.argsort(dim=1)[:, :count]  # (B, count)
 
@@ -99,6 +104,7 @@ class BlockMask:
         return grid * grid - self.masked_blocks(grid) * self.block_size**2
 
     def sample(self, batch_size: int, grid: int, generator: torch.Generator, device="cpu") -> torch.Tensor:
+        import torch  # lazily: see the module docstring
         b, side = self.block_size, self._blocks_per_side(grid)
         kept_blocks = side * side - self.masked_blocks(grid)
         blocks = _random_subset(batch_size, side * side, kept_blocks, generator, device)  # (B, kb)
@@ -127,6 +133,7 @@ class CropMask:
         return self.crop_size**2
 
     def sample(self, batch_size: int, grid: int, generator: torch.Generator, device="cpu") -> torch.Tensor:
+        import torch  # lazily: see the module docstring
         c = self.crop_size
         self.keep_count(grid)
         corner = torch.randint(0, grid - c + 1, (batch_size, 2), generator=generator, device=device)  # (B, 2)

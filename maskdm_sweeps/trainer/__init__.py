@@ -1,29 +1,19 @@
 """The shared MaskDM trainer: one stage of one trial, from a resolved config. No ray, mlflow or yaml here."""
 
-from .checkpoint import CheckpointError, list_checkpoints, load_latest_checkpoint, save_checkpoint
-from .config import (
-    BlockMaskConfig,
-    CropMaskConfig,
-    DiffusionConfig,
-    EMAConfig,
-    EvalConfig,
-    FinetuneConfig,
-    ModelConfig,
-    PatchMaskConfig,
-    PretrainConfig,
-    RuntimeConfig,
-    TrialConfig,
-)
-from .ema import EMA, ema_decay
-from .loop import StageResult, TrainingDiverged, fit
-from .parallel import BatchDoesNotDivide, DataParallel, ReplicasDiverged
-from .reporter import JsonlReporter, MultiReporter, NullReporter, Reporter, read_jsonl_metrics
-from .trial import run_trial
+from .._lazy import lazy_exports
 
-__all__ = [
-    "CheckpointError", "list_checkpoints", "load_latest_checkpoint", "save_checkpoint", "BlockMaskConfig",
-    "CropMaskConfig", "DiffusionConfig", "EMAConfig", "EvalConfig", "FinetuneConfig", "ModelConfig",
-    "PatchMaskConfig", "PretrainConfig", "RuntimeConfig", "TrialConfig", "EMA", "ema_decay",
-    "StageResult", "TrainingDiverged", "fit", "JsonlReporter", "MultiReporter", "NullReporter", "Reporter",
-    "read_jsonl_metrics", "run_trial", "BatchDoesNotDivide", "DataParallel", "ReplicasDiverged",
-]
+# public name -> the submodule that defines it, imported on first use (see maskdm_sweeps._lazy)
+_EXPORTS = {
+    "checkpoint": ["CheckpointError", "list_checkpoints", "load_latest_checkpoint", "save_checkpoint"],
+    "config": [
+        "BlockMaskConfig", "CropMaskConfig", "DiffusionConfig", "EMAConfig", "EvalConfig", "FinetuneConfig",
+        "ModelConfig", "PatchMaskConfig", "PretrainConfig", "RuntimeConfig", "TrialConfig"
+    ],
+    "ema": ["EMA", "ema_decay"],
+    "loop": ["StageResult", "TrainingDiverged", "fit"],
+    "parallel": ["BatchDoesNotDivide", "DataParallel", "ReplicasDiverged"],
+    "reporter": ["JsonlReporter", "MultiReporter", "NullReporter", "Reporter", "read_jsonl_metrics"],
+    "trial": ["run_trial"],
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = [name for names in _EXPORTS.values() for name in names]

@@ -12,7 +12,6 @@ Both are exact functions of the step, so a resumed run counts the same as an uni
 from __future__ import annotations
 
 from ..maskdm import eval_flops_per_image, train_flops_per_image
-from ..metrics import feature_flops_per_image
 from .config import Stage, TrialConfig, build_mask_from_config
 
 TERA = 1e12
@@ -48,6 +47,8 @@ def evaluation_steps(config: TrialConfig, stage: Stage, steps_done: int | None =
 def evaluation_flops(config: TrialConfig, final: bool = False) -> int:
     """FLOPs of one evaluation: sampling ``max(num_samples, grid_size)`` images, the features of ``num_samples``;
     at the ``final`` one also ``fid_repeats - 1`` more scored passes (no grid) and the floor's real images."""
+    from ..metrics import feature_flops_per_image  # the backends' module imports torch: only when counting eval
+
     e = config.eval
     sample = eval_flops_per_image(config.model_config_resolved(), e.sampling_steps)
     features = feature_flops_per_image(e.backend) if e.num_samples else 0
