@@ -296,6 +296,10 @@ def test_resume_after_the_driver_is_killed_continues_and_runs_nothing_twice(tmp_
         runs = client.search_runs([client.get_experiment_by_name(name).experiment_id], max_results=1000)
         parents = {r.info.run_id for r in runs if r.data.tags.get("kind") == "sweep"}
         assert len(parents) == 2, f"expected one parent run per invocation: {len(parents)}"
+        # the killed driver's parent was left RUNNING; the resume marked it KILLED and finished its own
+        statuses = [r.info.status for r in sorted((r for r in runs if r.info.run_id in parents),
+                                                  key=lambda r: r.info.start_time)]
+        assert statuses == ["KILLED", "FINISHED"], statuses
         children = [r for r in runs if r.info.run_id not in parents]
         assert all(r.data.tags.get("mlflow.parentRunId") in parents for r in children)
         per_stage_run = Counter((r.data.tags["stage"], r.data.tags["trial_id"] if r.data.tags["stage"] == "finetune"
