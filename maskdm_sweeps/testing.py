@@ -18,6 +18,24 @@ def _merge(base: dict, overrides: dict) -> dict:
     return out
 
 
+def tiny_sweep_spec(name: str, output_dir: Path, sweep: dict | None = None, resources: dict | None = None,
+                    **base: Any) -> dict:
+    """A sweep spec (plain data, to dump as YAML) whose ``base`` is a CPU trial of the ``tiny`` preset on 8x8
+    digits without FID; ``base`` keyword arguments are nested dicts merged into it, e.g.
+    ``tiny_sweep_spec("s", tmp_path, {"baseline": True}, pretrain={"steps": 4000})``."""
+    trial = _merge({
+        "data": {"name": "digits", "image_size": 8},
+        "model": {"preset": "tiny"},
+        "mask": {"strategy": "patch", "rate": 0.5},
+        "pretrain": {"steps": 40, "batch_size": 8},
+        "finetune": {"steps": 40, "batch_size": 8},
+        "eval": {"num_samples": 0, "backend": "digits-classifier"},
+        "runtime": {"device": "cpu", "log_every_steps": 10, "checkpoint_every_steps": 10},
+    }, base)
+    return {"name": name, "output_dir": str(output_dir), "base": trial, "sweep": sweep or {},
+            "resources": {"gpus": 0, "cpus": 1, **(resources or {})}}
+
+
 def tiny_trial_config(**overrides: Any) -> TrialConfig:
     """A trial on 8x8 digits with the ``tiny`` preset that runs a few dozen CPU steps per second.
 

@@ -15,18 +15,10 @@ import pytest
 import yaml
 
 from maskdm_sweeps.layout import SweepDir
+from maskdm_sweeps.testing import tiny_sweep_spec
 
 pytestmark = pytest.mark.slow
 EXE = str(Path(sys.executable).with_name("maskdm-sweep"))
-BASE = {
-    "data": {"name": "digits", "image_size": 8},
-    "model": {"preset": "tiny"},
-    "mask": {"strategy": "patch", "rate": 0.5},
-    "pretrain": {"steps": 4000, "batch_size": 8},
-    "finetune": {"steps": 200, "batch_size": 8},
-    "eval": {"num_samples": 0, "backend": "digits-classifier"},
-    "runtime": {"device": "cpu", "log_every_steps": 20, "checkpoint_every_steps": 40},
-}
 
 
 def events(layout: SweepDir) -> list[dict]:
@@ -35,8 +27,9 @@ def events(layout: SweepDir) -> list[dict]:
 
 def test_ctrl_c_stops_after_the_checkpoint_exits_130_and_resume_trains_nothing_twice(tmp_path):
     spec = tmp_path / "spec.yaml"
-    spec.write_text(yaml.safe_dump({"name": "stop", "output_dir": str(tmp_path / "results"), "base": BASE,
-                                    "sweep": {"baseline": True}, "resources": {"gpus": 0, "cpus": 1}}))
+    spec.write_text(yaml.safe_dump(tiny_sweep_spec(
+        "stop", tmp_path / "results", {"baseline": True}, pretrain={"steps": 4000}, finetune={"steps": 200},
+        runtime={"log_every_steps": 20, "checkpoint_every_steps": 40})))
     layout = SweepDir(tmp_path / "results", "stop")
     env = {**os.environ, "MASKDM_CACHE": str(tmp_path / "cache"), "RAY_AUTH_MODE": "disabled"}
     driver = subprocess.Popen([EXE, "run", str(spec)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -15,22 +15,14 @@ import yaml
 
 from maskdm_sweeps.layout import SweepDir
 from maskdm_sweeps.sweep.lock import DriverLock, SweepLocked
+from maskdm_sweeps.testing import tiny_sweep_spec
 
 EXE = str(Path(sys.executable).with_name("maskdm-sweep"))
-BASE = {
-    "data": {"name": "digits", "image_size": 8},
-    "model": {"preset": "tiny"},
-    "mask": {"strategy": "patch", "rate": 0.5},
-    "pretrain": {"steps": 40, "batch_size": 16},
-    "finetune": {"steps": 40, "batch_size": 16},
-    "eval": {"num_samples": 0, "backend": "digits-classifier"},
-    "runtime": {"device": "cpu", "log_every_steps": 5, "checkpoint_every_steps": 10},
-}
 
 
 def write_spec(tmp_path: Path) -> Path:
-    spec = {"name": "locked", "output_dir": str(tmp_path / "results"), "base": BASE,
-            "sweep": {"axes": {"mask.rate": [0.25, 0.5]}, "baseline": True}, "resources": {"gpus": 0, "cpus": 1}}
+    spec = tiny_sweep_spec("locked", tmp_path / "results", {"axes": {"mask.rate": [0.25, 0.5]}, "baseline": True},
+                           pretrain={"batch_size": 16}, finetune={"batch_size": 16})
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path

@@ -11,17 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from maskdm_sweeps.testing import tiny_sweep_spec
+
 pytestmark = pytest.mark.slow
 EXE = str(Path(sys.executable).with_name("maskdm-sweep"))
-BASE = {
-    "data": {"name": "digits", "image_size": 8},
-    "model": {"preset": "tiny"},
-    "mask": {"strategy": "patch", "rate": 0.5},
-    "pretrain": {"steps": 60, "batch_size": 8},
-    "finetune": {"steps": 60, "batch_size": 8},
-    "eval": {"num_samples": 0, "backend": "digits-classifier"},
-    "runtime": {"device": "cpu", "log_every_steps": 10, "checkpoint_every_steps": 10},
-}
 
 
 @pytest.fixture
@@ -40,9 +33,9 @@ def small_disk(tmp_path):
 
 def test_a_full_disk_ends_the_run_with_one_line_and_resume_finishes_once_space_is_back(small_disk, tmp_path):
     spec = tmp_path / "spec.yaml"
-    spec.write_text(yaml.safe_dump({"name": "full", "output_dir": str(small_disk / "results"), "base": BASE,
-                                    "sweep": {"axes": {"mask.rate": [0.25, 0.5]}, "baseline": True},
-                                    "resources": {"gpus": 0, "cpus": 1, "max_failures": 0}}))
+    spec.write_text(yaml.safe_dump(tiny_sweep_spec(
+        "full", small_disk / "results", {"axes": {"mask.rate": [0.25, 0.5]}, "baseline": True},
+        {"max_failures": 0}, pretrain={"steps": 60}, finetune={"steps": 60})))
     filler = small_disk / "filler"
     free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
     filler.write_bytes(b"\0" * (free - 400_000))  # about 400 kB left: the first checkpoints fill it
