@@ -10,28 +10,18 @@ import yaml
 
 from maskdm_sweeps.sweepspec import load_spec
 from maskdm_sweeps.sweep import read_events, run_sweep
-from maskdm_sweeps.testing import crash_once
+from maskdm_sweeps.testing import crash_once, tiny_sweep_spec
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
-
-BASE = {
-    "data": {"name": "digits", "image_size": 8},
-    "model": {"preset": "tiny"},
-    "mask": {"strategy": "patch", "rate": 0.5},
-    "pretrain": {"steps": 20, "batch_size": 16},
-    "finetune": {"steps": 20, "batch_size": 16},
-    "eval": {"num_samples": 0, "backend": "digits-classifier"},
-    "runtime": {"device": "cpu", "log_every_steps": 5, "checkpoint_every_steps": 5},
-}
 
 
 def plan_for(tmp_path: Path, name: str, sweep: dict, base_overrides: dict | None = None, resources=None,
              output_dir: str | None = None):
-    base = json.loads(json.dumps(BASE))
+    small = {"pretrain": {"steps": 20, "batch_size": 16}, "finetune": {"steps": 20, "batch_size": 16},
+             "runtime": {"log_every_steps": 5, "checkpoint_every_steps": 5}}
     for section, values in (base_overrides or {}).items():
-        base[section] = {**base.get(section, {}), **values}
-    spec = {"name": name, "output_dir": output_dir or str(tmp_path / "results"), "base": base, "sweep": sweep,
-            "resources": {"gpus": 0, "cpus": 1, **(resources or {})}}
+        small[section] = {**small.get(section, {}), **values}
+    spec = tiny_sweep_spec(name, output_dir or tmp_path / "results", sweep, resources, **small)
     if output_dir == "results":
         del spec["output_dir"]  # the default
     tmp_path.mkdir(parents=True, exist_ok=True)
