@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -9,8 +11,12 @@ from ray import tune
 
 
 class LiveTable(tune.Callback):
-    def __init__(self, title: str, labels: dict[str, str], console: Console | None = None):
-        self.title, self.labels = title, labels
+    """``labels``: trial id -> label; ``stop_request``: the sweep's Ctrl-C marker (a trial that ends while it exists
+    stopped at its checkpoint, and shows as ``stopped`` rather than ``done``)."""
+
+    def __init__(self, title: str, labels: dict[str, str], console: Console | None = None,
+                 stop_request: Path | None = None):
+        self.title, self.labels, self.stop_request = title, labels, stop_request
         self.rows: dict[str, dict] = {}
         self.console = console
         self.live: Live | None = None
@@ -47,7 +53,8 @@ class LiveTable(tune.Callback):
         self._update(trial, **keep)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self._update(trial, status="done")
+        stopped = self.stop_request is not None and self.stop_request.exists()
+        self._update(trial, status="[yellow]stopped" if stopped else "done")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self._update(trial, status="[red]error")

@@ -187,7 +187,8 @@ def _run_phase(name: str, trainable, param_space: dict, ctx: SweepContext, resum
             run_config=tune.RunConfig(
                 name=name, storage_path=str(ctx.plan.layout.tune),
                 failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
-                callbacks=[LiveTable(f"{spec.name}: {name}", labels)], verbose=0,
+                callbacks=[LiveTable(f"{spec.name}: {name}", labels, stop_request=ctx.plan.layout.stop_request)],
+                verbose=0,
             ),
         )
     return tuner.fit()
