@@ -23,7 +23,7 @@ from ..data import ImageBatches, load_dataset
 from ..layout import StageRun, write_json
 from ..maskdm import UViT, build_schedule, mdsm_loss
 from .checkpoint import checkpoint_path, load_checkpoint, load_latest_checkpoint, save_checkpoint
-from .compute import stage_tflops
+from .compute import TERA, stage_tflops, train_flops_per_step
 from .config import Stage, TrialConfig, build_mask_from_config
 from .ema import EMA
 from .evaluation import Evaluator
@@ -141,6 +141,7 @@ class _StageRun:
         ddp = parallel.wrap(self.model, self.device)  # gradients averaged over ranks; self.model stays the module
         self.train_model = (torch.compile(ddp, mode=config.runtime.compile_mode, dynamic=False)
                             if config.runtime.compile else ddp)
+        self.flops_per_step = train_flops_per_step(config, stage)  # exact and fixed: the running total is linear
         self.evaluates = stage in config.eval.stages
         self.evaluator = Evaluator(config, data, self.device, self.amp_dtype) \
             if self.evaluates and parallel.is_main else None
@@ -357,7 +358,7 @@ class _StageRun:
             "train/lr": self.optimizer.param_groups[0]["lr"],
             "train/images_per_second": images_per_second,
             "train/effective_mask_rate": self.effective_rate,
-            "cost/train_tflops": stage_tflops(self.config, self.stage, self.step)["cost/train_tflops"],
+            "cost/train_tflops": self.step * self.flops_per_step / TERA,
         })
 
     def _evaluate(self) -> None:
