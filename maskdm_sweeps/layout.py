@@ -3,7 +3,10 @@
 One owner for the layout (standard library only, so the trainer may use it too); every other module asks here::
 
     <output_dir>/                       results root (the spec's output_dir)
-      _pretrain/<key>/                  a shared pre-training: a stage run, reused by later sweeps of this root
+      _pretrain/<key>/                  a pre-training run (its main line): a stage run that serves every length
+                                        asked of it from milestones/, reused and extended by later sweeps
+      _pretrain/<key>/branches/<name>/  a line that starts from a kept state of another line (a length asked
+                                        for after a longer run had rotated its checkpoint away)
       <sweep name>/                     one sweep
         spec.resolved.yaml  plan.json  invocations.json  events.jsonl  .driver.lock  .stop_requested
         trials/<trial id>/trial.json    the trial's manifest (what it is, written when it starts)
@@ -12,8 +15,10 @@ One owner for the layout (standard library only, so the trainer may use it too);
         trials.parquet  curves.parquet  report.md  plots/*.png
     <stage run>/                        config.json  metrics.jsonl  result.json  checkpoints/  samples/
                                         mlflow_run.json  mlflow_target.json  mlflow_buffer.jsonl  diverged.json
+                                        milestones/step_<n>.pt  milestones/step_<n>.json  branch.json  .train.lock
 
-A stage run is finished exactly when its ``result.json`` exists (written last, atomically).
+A stage run is finished exactly when its ``result.json`` exists (written last, atomically). A pre-training line is
+never "finished" for good: it holds the lengths in ``milestones/`` (kept forever, never rotated) and can be extended.
 """
 
 from __future__ import annotations
@@ -39,6 +44,10 @@ STAGE_CONFIG = "config.json"
 STAGE_METRICS = "metrics.jsonl"
 STAGE_RESULT = "result.json"
 CHECKPOINTS_DIR = "checkpoints"
+MILESTONES_DIR = "milestones"  # a pre-training's states at the lengths trials asked for: never rotated away
+BRANCHES_DIR = "branches"
+BRANCH_FILE = "branch.json"  # a branch line: the line and step it started from
+TRAIN_LOCK = ".train.lock"  # held (fcntl) by the one process that trains a line
 SAMPLES_DIR = "samples"
 DIVERGED = "diverged.json"
 DRIVER_LOCK = ".driver.lock"  # held (fcntl) by the one run or resume driving the sweep
@@ -91,6 +100,42 @@ class StageRun:
     def mlflow_run(self) -> Path:
         return self.path / MLFLOW_RUN_FILE
 
+    @property
+    def milestones(self) -> Path:
+        return self.path / MILESTONES_DIR
+
+    def milestone(self, step: int) -> Path:
+        """The kept state at ``step`` (a checkpoint, hard-linked out of the rotation)."""
+        return self.milestones / f"step_{step:09d}.pt"
+
+    def milestone_info(self, step: int) -> Path:
+        """What reaching ``step`` cost: ``{step, wall_seconds, train_tflops, eval_tflops, loss}``."""
+        return self.milestones / f"step_{step:09d}.json"
+
+    def milestone_steps(self) -> list[int]:
+        """The lengths this line keeps (those with a state and its cost record), ascending."""
+        if not self.milestones.is_dir():
+            return []
+        steps = []
+        for p in self.milestones.glob("step_*.json"):
+            step = int(p.stem.split("_")[1])
+            if self.milestone(step).exists():
+                steps.append(step)
+        return sorted(steps)
+
+    @property
+    def branch(self) -> Path:
+        return self.path / BRANCH_FILE
+
+    def origin(self) -> tuple["StageRun", int] | None:
+        """For a branch line: the line it started from and the step (a milestone of that line); None otherwise."""
+        record = read_json(self.branch)
+        return (StageRun(Path(record["parent"])), int(record["from_step"])) if isinstance(record, dict) else None
+
+    @property
+    def train_lock(self) -> Path:
+        return self.path / TRAIN_LOCK
+
     def finished(self) -> bool:
         return self.result.exists()
 
@@ -118,7 +163,22 @@ class SweepDir:
         return Path(self.root) / STORE_DIR
 
     def pretrain(self, key: str) -> StageRun:
+        """The main line of pre-training ``key``."""
         return StageRun(self.store / key)
+
+    def pretrain_lines(self, key: str) -> list[StageRun]:
+        """Every line of pre-training ``key`` on disk: the main line first, then its branches by name."""
+        main = self.pretrain(key)
+        branches = main.path / BRANCHES_DIR
+        found = sorted(d for d in branches.iterdir() if d.is_dir()) if branches.is_dir() else []
+        return [main] + [StageRun(d) for d in found]
+
+    def pretrain_branch(self, key: str, name: str) -> StageRun:
+        return StageRun(self.store / key / BRANCHES_DIR / name)
+
+    def milestone_line(self, key: str, step: int) -> StageRun | None:
+        """The line of pre-training ``key`` that keeps a state at ``step`` (the main line first), or None."""
+        return next((line for line in self.pretrain_lines(key) if step in line.milestone_steps()), None)
 
     def trial_dir(self, trial_id: str) -> Path:
         return self.path / TRIALS_DIR / trial_id

@@ -36,10 +36,11 @@ TRIAL_COLUMN_DOCS: dict[str, tuple[str, str]] = {
                      "(its whole pre-training); the x axis of the speed-up"),
     "finetune_tflops": ("TFLOPs", "training compute of its fine-tuning (forward + backward, counted from the "
                         "model's shapes)"),
-    "pretrain_tflops": ("TFLOPs", "training compute of the whole pre-training it started from, on the kept "
-                        "patches (0 for the baseline)"),
-    "pretrain_tflops_share": ("TFLOPs", "`pretrain_tflops` / `pretrain_shared_by`: its share when the pre-training "
-                              "is shared (the sweep's totals)"),
+    "pretrain_tflops": ("TFLOPs", "training compute of its pre-training to the length it asked for, in full, on the "
+                        "kept patches (0 for the baseline): what the arm costs alone, whatever else the sweep held"),
+    "pretrain_tflops_share": ("TFLOPs", "its share of the pre-training actually trained: each stretch of a shared "
+                              "run split evenly over the trials that need it; the shares add up to the sweep's "
+                              "totals"),
     "eval_tflops": ("TFLOPs", "compute of its evaluations (sampling and FID features), fine-tuning and "
                     "pre-training"),
     "device": ("", "`gpu` or `cpu`: what the trial's compute is counted in"),
@@ -48,14 +49,19 @@ TRIAL_COLUMN_DOCS: dict[str, tuple[str, str]] = {
     "gpu_hours": ("GPU-hours", "`wall_seconds` x `gpus_per_trial` / 3600 (0 on a CPU: no GPU was held)"),
     "gpus_per_trial": ("GPUs", "every GPU a trial holds, `resources.gpus` (a fraction counted as 1) x "
                        "`resources.workers`; 0 on a CPU"),
-    "wall_seconds": ("s", "fine-tuning wall time plus this trial's share of its pre-training"),
+    "wall_seconds": ("s", "fine-tuning wall time plus `pretrain_wall_seconds` (its own pre-training length in full)"),
     "finetune_wall_seconds": ("s", "fine-tuning wall time"),
-    "pretrain_wall_seconds_share": ("s", "pre-training wall time / `pretrain_shared_by` (0 for the baseline)"),
+    "pretrain_wall_seconds": ("s", "wall time of its pre-training up to the length it asked for, as recorded when "
+                              "that milestone was kept (0 for the baseline)"),
+    "pretrain_wall_seconds_share": ("s", "its share of the pre-training wall time actually spent, split like "
+                                    "`pretrain_tflops_share` (0 for the baseline)"),
     "mlflow_run_id": ("", "the fine-tuning stage's MLflow child run; null when not tracked"),
     "pretrain_trial_id": ("", "`pre-<pretrain_key>`; null for the baseline"),
-    "pretrain_key": ("", "hash of the pre-training settings: `<output_dir>/_pretrain/<key>/`"),
-    "pretrain_reused": ("", "the pre-training was finished by an earlier sweep and reused"),
-    "pretrain_shared_by": ("trials", "how many trials the pre-training fed (0 for the baseline)"),
+    "pretrain_key": ("", "hash of the pre-training run's settings, its length aside when nothing depends on it: "
+                     "`<output_dir>/_pretrain/<key>/`"),
+    "pretrain_reused": ("", "its pre-training length was kept by an earlier sweep; this one trained none of it"),
+    "pretrain_shared_by": ("trials", "how many trials of the sweep the pre-training run fed, at any of its lengths "
+                           "(0 for the baseline)"),
     "fid_backend": ("", "`inception` or `digits-classifier` (never compare across them)"),
     "fid_num_samples": ("samples", "samples per FID"),
     "fid_reference": ("", "reference set of the FID, `<dataset>:<key>`"),

@@ -102,7 +102,7 @@ def fid_points(trials: pd.DataFrame, curves: pd.DataFrame, finished_only: bool =
     tflops``.
 
     From the ``eval/fid`` curve, plus the final FID of ``trials`` (for runs that left no curve). The device-hours at a
-    step are the trial's pre-training share plus the fine-tuning time pro rata of steps (linear in steps); ``tflops``
+    step are the trial's own pre-training (to its length, in full) plus the fine-tuning time pro rata of steps (linear in steps); ``tflops``
     is the training compute at that step, its whole pre-training included (exact: a step's FLOPs are fixed).
     """
     done = finished(trials) if finished_only else trials[trials["steps_done"] > 0]
@@ -121,7 +121,7 @@ def fid_points(trials: pd.DataFrame, curves: pd.DataFrame, finished_only: bool =
     scale = t["devices_per_trial"].to_numpy(dtype=float) / 3600.0
     frac = pts["step"].to_numpy(dtype=float) / np.maximum(t["steps_done"].to_numpy(dtype=float), 1.0)
     ft_wall = t["finetune_wall_seconds"].to_numpy(dtype=float)
-    wall = t["pretrain_wall_seconds_share"].to_numpy(dtype=float) + ft_wall * frac
+    wall = t["pretrain_wall_seconds"].to_numpy(dtype=float) + ft_wall * frac
     pts["device_hours"] = wall * scale
     pts["tflops"] = t["pretrain_tflops"].to_numpy(dtype=float) + t["finetune_tflops"].to_numpy(dtype=float) * frac
     pts["arm"] = t["arm"].to_numpy()

@@ -5,8 +5,17 @@ Only files are read (no ray, no mlflow), all through :mod:`maskdm_sweeps.layout`
 its stage runs' ``config.json``, ``metrics.jsonl`` and ``result.json``, the sweep's ``plan.json``,
 ``spec.resolved.yaml`` and ``events.jsonl``, and Tune's ``error.txt`` files for failure reasons.
 
-Pre-trainings live in ``<results root>/_pretrain/<key>/`` and may feed several trials: their metrics are attributed
-to every trial they fed, and their wall-clock time is split evenly over those trials.
+Pre-trainings live in ``<results root>/_pretrain/<key>/`` and feed every trial that asks for one of their lengths
+(milestones). Two conventions of cost, both in ``trials.parquet``:
+
+* **own length**: each trial is charged the whole pre-training to the length it asked for, as recorded when that
+  milestone was kept (``pretrain_tflops``, ``train_tflops``, ``wall_seconds``, ``gpu_hours``): what running the arm
+  alone costs, whatever else the sweep held;
+* **shares**: each stretch of a pre-training run is split evenly over the trials that need it
+  (``pretrain_tflops_share``, ``pretrain_wall_seconds_share``); they add up to what was actually trained for the
+  sweep, each stretch once, which is what the report's totals count.
+
+A trial's pre-training curves are its run's metrics up to its own length (through the line it branched from).
 """
 
 from __future__ import annotations
@@ -133,8 +142,77 @@ def _tune_errors(sweep_dir: Path) -> tuple[dict[str, str], dict[str, str]]:
     return by_trial, by_pretrain
 
 
-def _trial_row(sweep: str, manifest: dict, ft: _Stage, pre: _Stage | None, shared_by: int, reused: bool,
-               errors: dict[str, str], pretrain_errors: dict[str, str], scheduler: str) -> tuple[dict, dict, dict]:
+# ------------------------------------------------------------------------------------------------------ pre-training
+Stretch = tuple[Path, int, int]  # (line directory, from step, to step): a part of one line that a trial needs
+
+
+def _stretches(line: StageRun, start: int, end: int) -> list[Stretch]:
+    """The stretches behind a state at step ``end`` of ``line``, oldest first: a branch's starts on its parent."""
+    origin = line.origin()
+    if origin is None:
+        return [(line.path, 0, end)]
+    parent, step = origin
+    return _stretches(parent, 0, step) + [(line.path, step, end)]
+
+
+def _line_cost(line: Path, step: int) -> tuple[float, float, float]:
+    """``(train TFLOPs, eval TFLOPs, wall seconds)`` of reaching ``step`` on ``line`` (0 at step 0): its milestone
+    record, or the parent's at a branch's starting step. NaN when not recorded."""
+    if step == 0:
+        return 0.0, 0.0, 0.0
+    run = StageRun(line)
+    info = read_json(run.milestone_info(step))
+    if info is None:
+        origin = run.origin()
+        if origin is not None and origin[1] == step:
+            return _line_cost(origin[0].path, step)
+        return math.nan, math.nan, math.nan
+    return _float(info.get("train_tflops")), _float(info.get("eval_tflops")), _float(info.get("wall_seconds"))
+
+
+class _Pretraining:
+    """What a trial's pre-training is on disk: the line that keeps its length (None before it is kept), its
+    stretches, and what reaching that length cost."""
+
+    def __init__(self, layout: SweepDir, key: str, steps: int):
+        self.key, self.steps = key, steps
+        self.line = layout.milestone_line(key, steps)
+        self.stretches = _stretches(self.line, 0, steps) if self.line is not None else []
+        self.cost = _line_cost(self.line.path, steps) if self.line is not None else (math.nan,) * 3
+        self.stage = _Stage(self.line or layout.pretrain(key))
+
+    @property
+    def unit(self) -> str | None:
+        """The line's unit name (``key`` or ``key/<branch>``), as events and Tune units name it."""
+        if self.line is None:
+            return None
+        return self.key if self.line.path.name == self.key else f"{self.key}/{self.line.path.name}"
+
+
+def _shares(pretrainings: dict[str, _Pretraining]) -> dict[str, tuple[float, float]]:
+    """trial id -> ``(train TFLOPs, wall seconds)`` of its share of the pre-training stretches: each elementary stretch
+    of a line is split evenly over the trials that need it, so the shares add up to what was trained, each stretch
+    once."""
+    cuts: dict[Path, set[int]] = {}
+    for pre in pretrainings.values():
+        for line, start, end in pre.stretches:
+            cuts.setdefault(line, set()).update((start, end))
+    shares = {tid: [0.0, 0.0] for tid in pretrainings}
+    for line, points in cuts.items():
+        points = sorted(points)
+        for a, b in zip(points, points[1:]):
+            users = [tid for tid, pre in pretrainings.items()
+                     if any(path == line and start <= a and b <= end for path, start, end in pre.stretches)]
+            (train_a, _, wall_a), (train_b, _, wall_b) = _line_cost(line, a), _line_cost(line, b)
+            for tid in users:
+                shares[tid][0] += (train_b - train_a) / len(users)
+                shares[tid][1] += (wall_b - wall_a) / len(users)
+    return {tid: (train, wall) for tid, (train, wall) in shares.items()}
+
+
+def _trial_row(sweep: str, manifest: dict, ft: _Stage, pretraining: "_Pretraining | None", shared_by: int,
+               share: tuple[float, float], reused: bool, errors: dict[str, str], pretrain_errors: dict[str, str],
+               scheduler: str) -> tuple[dict, dict, dict]:
     trial_id, pretrain_key = manifest["trial_id"], manifest.get("pretrain_key")
     config = ft.config or manifest.get("config") or {}
     baseline = pretrain_key is None
@@ -146,6 +224,7 @@ def _trial_row(sweep: str, manifest: dict, ft: _Stage, pre: _Stage | None, share
 
     last = ft.last_values()
     result = ft.result
+    pre = pretraining.stage if pretraining is not None else None
     for stage in (ft, pre):  # a diverged stage says why, with or without Tune's error files
         diverged = read_json(stage.run.diverged) if stage is not None else None
         if diverged and trial_id not in errors:
@@ -169,11 +248,10 @@ def _trial_row(sweep: str, manifest: dict, ft: _Stage, pre: _Stage | None, share
         error = None
 
     ft_train, ft_eval = ft.tflops()
-    pre_train, pre_eval = pre.tflops() if pre is not None else ((0.0, 0.0) if baseline else (math.nan, math.nan))
+    # its own pre-training length in full: what reaching that milestone cost (NaN while it is not kept)
+    pre_train, pre_eval, pre_wall = pretraining.cost if pretraining is not None else (0.0, 0.0, 0.0)
     ft_wall = ft.wall_seconds()
-    pre_wall = pre.wall_seconds() if pre is not None else (0.0 if baseline else math.nan)
-    share = 0.0 if baseline else pre_wall / max(1, shared_by)
-    wall = ft_wall + share
+    wall = ft_wall + pre_wall
     held = manifest.get("resources") or {}
     run_json = read_json(ft.run.mlflow_run)
     params = ft.params()
@@ -205,7 +283,7 @@ def _trial_row(sweep: str, manifest: dict, ft: _Stage, pre: _Stage | None, share
         "train_tflops": ft_train + pre_train,
         "finetune_tflops": ft_train,
         "pretrain_tflops": pre_train,
-        "pretrain_tflops_share": 0.0 if baseline else pre_train / max(1, shared_by),
+        "pretrain_tflops_share": share[0],
         "eval_tflops": ft_eval + pre_eval,
         "device": held.get("device"),
         "devices_per_trial": _float(held.get("devices_billed")),
@@ -214,7 +292,8 @@ def _trial_row(sweep: str, manifest: dict, ft: _Stage, pre: _Stage | None, share
         "gpus_per_trial": _float(held.get("gpus_billed")),
         "wall_seconds": wall,
         "finetune_wall_seconds": ft_wall,
-        "pretrain_wall_seconds_share": share,
+        "pretrain_wall_seconds": pre_wall,
+        "pretrain_wall_seconds_share": share[1],
         "mlflow_run_id": run_json.get("run_id") if isinstance(run_json, dict) else None,
         "pretrain_trial_id": f"pre-{pretrain_key}" if pretrain_key else None,
         "pretrain_key": pretrain_key,
@@ -249,10 +328,9 @@ def collect(sweep_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     # a trial whose fine-tuning never started (its pre-training failed) is a row too, from its manifest's config
     stages = {tid: st for tid, st in stages.items() if st.config is not None or manifests[tid].get("config")}
     keys = {tid: manifests[tid].get("pretrain_key") for tid in stages}
-    pretrains: dict[str, _Stage | None] = {}
-    for key in {k for k in keys.values() if k}:
-        run = layout.pretrain(key)
-        pretrains[key] = _Stage(run) if run.path.is_dir() else None
+    pretrainings = {tid: _Pretraining(layout, key, _pretrain_steps(manifests[tid], stages[tid]))
+                    for tid, key in keys.items() if key}
+    shares = _shares({tid: pre for tid, pre in pretrainings.items() if pre.line is not None})
 
     def consumers(key: str) -> int:
         listed = (plan_pretrains.get(key) or {}).get("trial_ids")
@@ -260,19 +338,21 @@ def collect(sweep_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
             return len(listed)
         return max(1, sum(1 for k in keys.values() if k == key))
 
-    def reused(key: str | None) -> bool:
-        if key is None:
+    def reused(tid: str) -> bool:
+        pre = pretrainings.get(tid)
+        if pre is None:
             return False
-        if events:  # trained by this sweep iff it logged a start of that pre-training
-            return key not in trained_here and pretrains.get(key) is not None
-        return bool((plan_pretrains.get(key) or {}).get("reused", False))
+        if events:  # reused iff this sweep trained nothing of the line that keeps its length
+            return pre.line is not None and pre.unit not in trained_here
+        return bool((plan_pretrains.get(pre.key) or {}).get("reused", False))
 
     rows, assignment_of, config_of = [], {}, {}
     for tid, st in stages.items():
         key = keys[tid]
-        row, assignments, config = _trial_row(sweep, manifests[tid], st, pretrains.get(key) if key else None,
-                                              consumers(key) if key else 0, reused(key), errors, pretrain_errors,
-                                              scheduler)
+        share = shares.get(tid, (math.nan, math.nan) if key else (0.0, 0.0))  # NaN: its length is not kept
+        row, assignments, config = _trial_row(sweep, manifests[tid], st, pretrainings.get(tid),
+                                              consumers(key) if key else 0, share, reused(tid), errors,
+                                              pretrain_errors, scheduler)
         rows.append(row)
         assignment_of[tid], config_of[tid] = assignments, config
 
@@ -293,21 +373,29 @@ def collect(sweep_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
             row[name] = value
     trials = sort_trials(typed_frame(rows, columns))
 
-    curves = _curves(stages, keys, pretrains)
+    curves = _curves(stages, pretrainings)
     return trials, curves
 
 
-def _curves(stages: dict[str, _Stage], keys: dict[str, str | None],
-            pretrains: dict[str, _Stage | None]) -> pd.DataFrame:
+def _pretrain_steps(manifest: dict, ft: _Stage) -> int:
+    config = ft.config or manifest.get("config") or {}
+    return int(_get(config, "pretrain.steps", 0) or 0)
+
+
+def _curves(stages: dict[str, _Stage], pretrainings: dict[str, _Pretraining]) -> pd.DataFrame:
     frames = []
-    pre_frames: dict[str, pd.DataFrame] = {}
-    for key, st in pretrains.items():
-        if st is not None:
-            pre_frames[key] = _stage_frame(st, "pretrain")
+    line_frames: dict[Path, pd.DataFrame] = {}
+
+    def stretch_frame(line: Path, start: int, end: int) -> pd.DataFrame:
+        if line not in line_frames:
+            line_frames[line] = _stage_frame(_Stage(StageRun(line)), "pretrain")
+        frame = line_frames[line]
+        return frame[(frame["step"] > start) & (frame["step"] <= end)] if start else frame[frame["step"] <= end]
+
     for tid, st in stages.items():
         ft = _stage_frame(st, "finetune")
-        key = keys[tid]
-        parts = [pre_frames[key]] if key in pre_frames else []
+        pre = pretrainings.get(tid)
+        parts = [stretch_frame(*stretch) for stretch in pre.stretches] if pre is not None else []
         parts.append(ft)
         for part in parts:
             if len(part):

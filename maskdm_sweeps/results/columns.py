@@ -46,6 +46,7 @@ TRIAL_COLUMNS: dict[str, str] = {
     "gpus_per_trial": "float64",
     "wall_seconds": "float64",
     "finetune_wall_seconds": "float64",
+    "pretrain_wall_seconds": "float64",
     "pretrain_wall_seconds_share": "float64",
     "mlflow_run_id": "string",
     "pretrain_trial_id": "string",

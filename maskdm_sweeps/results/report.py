@@ -66,16 +66,19 @@ def _header(sweep_dir: Path, spec: dict, trials: pd.DataFrame) -> list[str]:
             lines.append(f"- FID reference statistics: {', '.join(refs)}")
         lines += _noise_lines(trials)
     unit, _ = compute_unit(trials)
-    lines.append(f"- compute: {_total_device_hours(trials):.3g} {unit} in all (each pre-training counted once)")
+    lines.append(f"- compute: {_total_device_hours(trials):.3g} {unit} in all, as trained (each stretch of a "
+                 "pre-training run counted once, however many trials start from it)")
     if len(trials) and trials["train_tflops"].notna().any():
-        lines.append(f"- training compute: {_total_train_tflops(trials):.4g} TFLOPs as trained (each pre-training "
-                     f"counted once; forward + backward counted from the model's shapes), evaluation "
+        lines.append(f"- training compute: {_total_train_tflops(trials):.4g} TFLOPs as trained (each stretch of "
+                     f"pre-training counted once; forward + backward counted from the model's shapes), evaluation "
                      f"{trials['eval_tflops'].sum():.4g} TFLOPs")
     if unit == "CPU-hours":
         lines.append("- a CPU run (no GPU held, so `gpu_hours` is 0): CPU-hours are wall-clock hours x worker "
                      "processes, and measure contention for the cores as much as cost")
-    lines.append(f"- {unit} of a trial: its fine-tuning plus an even share of the pre-training it started from, "
-                 "wall-clock x the devices it holds (a fractional GPU counts as a whole one)")
+    lines.append(f"- {unit} and TFLOPs of a trial (every comparison below): its fine-tuning plus its own "
+                 "pre-training to the length it asked for, in full, as if it ran alone (a run shared with other "
+                 "trials, or served from an earlier sweep, does not make an arm cheaper); wall-clock x the devices "
+                 "it holds (a fractional GPU counts as a whole one)")
     return lines + [""]
 
 
@@ -97,17 +100,15 @@ def _noise_lines(trials: pd.DataFrame) -> list[str]:
 
 
 def _total_train_tflops(trials: pd.DataFrame) -> float:
-    pre = trials["pretrain_tflops"].fillna(0).groupby(trials["pretrain_key"].fillna("")).first().sum()
-    return float(trials["finetune_tflops"].fillna(0).sum() + pre)
+    """What was trained for the sweep: every fine-tuning plus each stretch of pre-training once (the shares)."""
+    return float(trials["finetune_tflops"].fillna(0).sum() + trials["pretrain_tflops_share"].fillna(0).sum())
 
 
 def _total_device_hours(trials: pd.DataFrame) -> float:
     if not len(trials):
         return 0.0
-    ft = (trials["finetune_wall_seconds"].fillna(0) * trials["devices_per_trial"]).sum()
-    pre = (trials["pretrain_wall_seconds_share"].fillna(0) * trials["pretrain_shared_by"].clip(lower=1)
-           * trials["devices_per_trial"]).groupby(trials["pretrain_key"].fillna("")).first().sum()
-    return float(ft + pre) / 3600.0
+    wall = trials["finetune_wall_seconds"].fillna(0) + trials["pretrain_wall_seconds_share"].fillna(0)
+    return float((wall * trials["devices_per_trial"]).sum()) / 3600.0
 
 
 def _by_arm(trials: pd.DataFrame) -> list[str]:
@@ -285,8 +286,8 @@ def _speedup(trials: pd.DataFrame, curves: pd.DataFrame, spec: dict) -> list[str
     lines = ["## Speed-up", "",
              "The training compute each arm needs for its mean FID curve over seeds to first reach the target FID, "
              "against the baseline's (linear interpolation between evaluations). Compute is training TFLOPs "
-             "(forward + backward, counted from the model's shapes), an arm charged its whole pre-training even "
-             "where the sweep shared one; evaluation is not counted. Interval: "
+             "(forward + backward, counted from the model's shapes), an arm charged its whole pre-training to its "
+             "length even where the sweep shared the run; evaluation is not counted. Interval: "
              f"{confidence:.0%} bootstrap over seeds (the arm's and the baseline's resampled apart).", ""]
     lines += [f"- {speedup_sentence(row, confidence)}" for _, row in table.iterrows()]
     faster = table.loc[table["verdict"] == "faster", "arm"].unique().tolist()

@@ -14,7 +14,7 @@ import socket
 import time
 from pathlib import Path
 
-from ..layout import SweepDir
+from ..layout import StageRun, SweepDir
 
 
 class SweepLocked(RuntimeError):
@@ -58,3 +58,20 @@ def _holder(path: Path) -> str:
         return f"pid {info.get('pid', '?')} on {info.get('host', '?')}"
     except (OSError, ValueError):
         return "pid unknown"
+
+
+class LineLock:
+    """The lock of one pre-training line (``<line>/.train.lock``): one process trains a line at a time; another
+    that needs the line waits here, then finds on disk what the first one trained."""
+
+    def __init__(self, run: StageRun):
+        run.path.mkdir(parents=True, exist_ok=True)
+        self._file = open(run.train_lock, "a+")
+
+    def __enter__(self) -> "LineLock":
+        fcntl.flock(self._file, fcntl.LOCK_EX)  # blocking; the OS releases it when a holder dies
+        return self
+
+    def __exit__(self, *exc) -> None:
+        fcntl.flock(self._file, fcntl.LOCK_UN)
+        self._file.close()

@@ -6,10 +6,12 @@ from dataclasses import dataclass
 
 from rich.console import Console
 from rich.table import Table
+from rich.tree import Tree
 
-from ..sweepspec.expand import SweepPlan
+from ..sweepspec.expand import SweepPlan, with_pretrain_steps
 from ..trainer.compute import TERA, stage_flops
 from ..trainer.config import Stage, TrialConfig
+from .milestones import MAIN, LineJob, LineState, Serving, plan_lines, read_lines
 from .estimate import REFERENCE_GPU, stage_eval_gpu_hours, stage_gpu_hours
 from .packing import (GIB, MEASURED_PACKING_GPU, MEMORY_HEADROOM, suggest_for_configs, trials_per_gpu_of,
                       trials_the_work_allows)
@@ -28,8 +30,12 @@ class StageCost:
 
 @dataclass
 class PlanTotals:
-    """What a plan still has to run (finished fine-tunings and reused pre-trainings left out); FLOPs are exact,
-    GPU-hours an estimate on the reference GPU."""
+    """What a plan still has to run (finished fine-tunings and kept pre-training lengths left out); FLOPs are exact,
+    GPU-hours an estimate on the reference GPU.
+
+    ``pretrain_steps_asked``: the pre-training steps the trials ask for, each trial its own length (what training
+    them apart would cost: ``pretrain_asked``); ``pretrain_steps_to_train``: what the shared runs will train.
+    """
 
     trials: int
     pretrainings: int
@@ -39,6 +45,10 @@ class PlanTotals:
     eval_gpu_hours: float = 0.0
     train_flops: int = 0
     eval_flops: int = 0
+    pretrain_steps_asked: int = 0
+    pretrain_steps_to_train: int = 0
+    pretrain_asked: StageCost | None = None
+    pretrain_to_train: StageCost | None = None
 
     @property
     def gpu_hours(self) -> float:
@@ -79,31 +89,39 @@ def stage_cost(plan: SweepPlan, config: TrialConfig, stage: Stage) -> StageCost:
                      stage_eval_gpu_hours(config, stage) * _eval_gpus(plan))
 
 
-def pretrain_cost(plan: SweepPlan, key: str) -> StageCost:
-    """The cost of the shared pre-training ``key``, trained once for all the trials it feeds (its config: the first
-    trial's, whose pre-training settings every sharing trial has)."""
-    return stage_cost(plan, plan.pretrains[key].config, "pretrain")
+def line_cost(plan: SweepPlan, job: LineJob) -> StageCost:
+    """The cost of one planned line of a pre-training run: the steps it trains, from its start to its target."""
+    return stage_cost(plan, with_pretrain_steps(plan.pretrains[job.key].config, job.steps_to_train), "pretrain")
 
 
-def totals(plan: SweepPlan) -> PlanTotals:
-    """What ``plan`` still has to run: each unfinished pre-training once, each unfinished trial's fine-tuning."""
-    costs, steps, reused = [], 0, 0
-    trials = {t.trial_id: t for t in plan.trials}
-    for key, pre in plan.pretrains.items():
-        if plan.pretrain_finished(key):
-            reused += 1
-            continue
-        steps += trials[pre.trial_ids[0]].config.pretrain.steps
-        costs.append(pretrain_cost(plan, key))
-    for t in plan.trials:
-        if plan.trial_finished(t.trial_id):
-            continue
-        steps += t.config.finetune.steps
-        costs.append(stage_cost(plan, t.config, "finetune"))
+def pretrain_jobs(plan: SweepPlan) -> dict[str, tuple[list[LineJob], dict[int, Serving]]]:
+    """Per pre-training key: the lines to train and how each asked length is served (from what is on disk)."""
+    return {key: plan_lines(plan.layout, key, pre.asked) for key, pre in plan.pretrains.items()}
+
+
+def _add(costs: list[StageCost]) -> StageCost:
+    return StageCost(sum(c.train_flops for c in costs), sum(c.eval_flops for c in costs),
+                     sum(c.train_gpu_hours for c in costs), sum(c.eval_gpu_hours for c in costs))
+
+
+def totals(plan: SweepPlan, jobs: dict[str, tuple[list[LineJob], dict[int, Serving]]] | None = None) -> PlanTotals:
+    """What ``plan`` still has to run: each planned line of pre-training once, each unfinished trial's fine-tuning."""
+    jobs = pretrain_jobs(plan) if jobs is None else jobs
+    lines = [job for key_jobs, _ in jobs.values() for job in key_jobs]
+    pre_costs = [line_cost(plan, job) for job in lines]
+    ft_costs = [stage_cost(plan, t.config, "finetune") for t in plan.trials if not plan.trial_finished(t.trial_id)]
+    pre_steps = sum(job.steps_to_train for job in lines)
+    steps = pre_steps + sum(t.config.finetune.steps for t in plan.trials if not plan.trial_finished(t.trial_id))
+    asked = [t for t in plan.trials if t.pretrain_key]
+    reused = sum(1 for key_jobs, _ in jobs.values() if not key_jobs)
+    costs = _add(pre_costs + ft_costs)
     return PlanTotals(len(plan.trials), len(plan.pretrains), reused, steps,
-                      train_gpu_hours=sum(c.train_gpu_hours for c in costs),
-                      eval_gpu_hours=sum(c.eval_gpu_hours for c in costs),
-                      train_flops=sum(c.train_flops for c in costs), eval_flops=sum(c.eval_flops for c in costs))
+                      train_gpu_hours=costs.train_gpu_hours, eval_gpu_hours=costs.eval_gpu_hours,
+                      train_flops=costs.train_flops, eval_flops=costs.eval_flops,
+                      pretrain_steps_asked=sum(t.config.pretrain.steps for t in asked),
+                      pretrain_steps_to_train=pre_steps,
+                      pretrain_asked=_add([stage_cost(plan, t.config, "pretrain") for t in asked]),
+                      pretrain_to_train=_add(pre_costs))
 
 
 def format_tflops(flops: int) -> str:
@@ -148,47 +166,90 @@ def packing_line(plan: SweepPlan) -> str | None:
             f"(benchmarks/README.md)")
 
 
+def _length_line(n: int, serving: Serving, jobs: list[LineJob], lines: dict[str, LineState]) -> str:
+    """What ``plan`` will do for one asked length, in words."""
+    where = "" if serving.line == MAIN else f" (branch {serving.line})"
+    if serving.how == "kept":
+        return f"[green]kept[/]{where}: no training"
+    job = next(j for j in jobs if j.unit == serving.unit)
+    main = lines[MAIN]
+    if job.branch_from is not None or (job.line != MAIN and job.line not in lines):
+        passed = (f"no checkpoint at {n:,}: the run is at step {main.head:,} (kept: "
+                  f"{', '.join(f'{k:,}' for k in main.kept) or 'none'}); ")
+        start = f"from the kept {job.start:,}" if job.start else "from scratch"
+        return f"[yellow]{passed}a branch trains it {start}[/] ({n - job.start:,} steps)"
+    if job.start:
+        return f"extends the run from step {job.start:,}" + where
+    return "to train" + where
+
+
+def _pretraining_tree(plan: SweepPlan, jobs: dict[str, tuple[list[LineJob], dict[int, Serving]]]) -> Tree:
+    """Each pre-training run, its lengths (milestones) and how each is served, and the trials that start there."""
+    tree = Tree(f"[bold]{plan.spec.name}: pre-trainings[/] (one run per key serves every length asked of it)")
+    for key, pre in plan.pretrains.items():
+        c = pre.config
+        key_jobs, serving = jobs[key]
+        mask = " ".join(f"{k}={v}" for k, v in c.mask.model_dump().items())
+        train = sum(j.steps_to_train for j in key_jobs)
+        shared = "" if c.pretrain_length_shared else " [yellow](lr decays to the end: each length its own run)[/]"
+        node = tree.add(f"{key}  {mask} (effective {c.effective_mask_rate:.1%}), batch {c.pretrain.batch_size}, "
+                        f"seed {c.seed}: {train:,} steps to train "
+                        f"({format_tflops(sum(line_cost(plan, j).train_flops for j in key_jobs))} TFLOPs){shared}")
+        lines = {line.name: line for line in read_lines(plan.layout, key)}
+        by_length: dict[int, list[str]] = {}
+        for tid, n in pre.lengths.items():
+            by_length.setdefault(n, []).append(tid)
+        labels = {t.trial_id: t.label for t in plan.trials}
+        for n in pre.asked:
+            leaf = node.add(f"{n:,} steps: {_length_line(n, serving[n], key_jobs, lines)}")
+            for tid in by_length[n]:
+                leaf.add(f"[dim]fine-tunes[/] {tid} {labels[tid]}")
+    return tree
+
+
+def _sharing_line(tot: PlanTotals) -> str | None:
+    """Pre-training steps to train against those asked for, and what sharing by prefix saves."""
+    if not tot.pretrain_steps_asked:
+        return None
+    asked, train = tot.pretrain_asked, tot.pretrain_to_train
+    saved = tot.pretrain_steps_asked - tot.pretrain_steps_to_train
+    return (f"pre-training: {tot.pretrain_steps_to_train:,} steps to train for {tot.pretrain_steps_asked:,} asked "
+            f"(each trial its own length); sharing runs by prefix and reusing kept lengths saves {saved:,} steps, "
+            f"{format_tflops(asked.train_flops - train.train_flops)} training TFLOPs, about "
+            f"{asked.train_gpu_hours - train.train_gpu_hours:.2f} GPU-hours")
+
+
 def print_plan(plan: SweepPlan, console: Console | None = None) -> PlanTotals:
     console = console or Console()
-    trials = {t.trial_id: t for t in plan.trials}
-    pre_table = Table(title=f"{plan.spec.name}: shared pre-trainings", title_justify="left")
-    pre_costs = {key: pretrain_cost(plan, key) for key in plan.pretrains}
-    pre_evaluated = any(c.eval_flops for c in pre_costs.values())  # eval.stages has pretrain: show its share
-    for col in ("pre-training", "mask", "effective rate", "steps", "batch",
-                "TFLOPs train / eval" if pre_evaluated else "train TFLOPs", "feeds trials", "status"):
-        pre_table.add_column(col)
-    for key, pre in plan.pretrains.items():
-        t = trials[pre.trial_ids[0]]
-        mask = t.config.mask.model_dump()
-        cost = _cost_cell(pre_costs[key]) if pre_evaluated else format_tflops(pre_costs[key].train_flops)
-        status = "[green]reused (finished)" if plan.pretrain_finished(key) else "to train"
-        pre_table.add_row(key, " ".join(f"{k}={v}" for k, v in mask.items()), f"{t.config.effective_mask_rate:.1%}",
-                          str(t.config.pretrain.steps), str(t.config.pretrain.batch_size), cost,
-                          str(len(pre.trial_ids)), status)
+    jobs = pretrain_jobs(plan)
     trial_table = Table(title=f"{plan.spec.name}: trials", title_justify="left")
-    for col in ("trial", "arm", "pre-training", "fine-tune steps", "TFLOPs train / eval", "status"):
+    for col in ("trial", "arm", "starts from (pre-training @ steps)", "fine-tune steps", "TFLOPs train / eval", "status"):
         trial_table.add_column(col)
     for t in plan.trials:
         done = plan.trial_finished(t.trial_id)
-        trial_table.add_row(t.trial_id, t.label, t.pretrain_key or "none (baseline)", str(t.config.finetune.steps),
+        start = f"{t.pretrain_key} @ {t.config.pretrain.steps:,}" if t.pretrain_key else "none (baseline)"
+        trial_table.add_row(t.trial_id, t.label, start, str(t.config.finetune.steps),
                             _cost_cell(stage_cost(plan, t.config, "finetune")), "[green]finished" if done else "to run")
     if plan.pretrains:
-        console.print(pre_table)
+        console.print(_pretraining_tree(plan, jobs))
     console.print(trial_table)
     missing = sorted({str(d.path) for t in plan.trials for d in (t.config.data, t.config.finetune.data)
                       if d is not None and d.path is not None and not d.path.exists()})
     for path in missing:
         console.print(f"[yellow]note:[/] data path {path} does not exist here (`validate` and `run` require it)")
-    tot = totals(plan)
+    tot = totals(plan, jobs)
     search = plan.spec.sweep.search
     extra = f" ({search.method} search: {search.num_samples} samples per grid point)" if search.method != "grid" else ""
     console.print(
         f"{tot.trials} trials{extra}, {tot.pretrainings} pre-trainings ({tot.pretrainings_reused} reused), "
-        f"{tot.steps:,} optimizer steps to run: {format_tflops(tot.train_flops)} training TFLOPs (each pre-training "
-        f"once) and {format_tflops(tot.eval_flops)} evaluation TFLOPs, about {tot.gpu_hours:.2f} GPU-hours on an "
+        f"{tot.steps:,} optimizer steps to run: {format_tflops(tot.train_flops)} training TFLOPs (each stretch of "
+        f"pre-training once) and {format_tflops(tot.eval_flops)} evaluation TFLOPs, about {tot.gpu_hours:.2f} GPU-hours on an "
         f"{REFERENCE_GPU} ({tot.train_gpu_hours:.2f} training + {tot.eval_gpu_hours:.2f} evaluation, estimated from "
         f"reference throughput)"
     )
+    sharing = _sharing_line(tot)
+    if sharing:
+        console.print(sharing)
     r = plan.spec.resources
     if r.workers > 1:
         batches = sorted({getattr(t.config, st).batch_size for t in plan.trials for st in t.config.stages()})

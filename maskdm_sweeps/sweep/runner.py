@@ -22,6 +22,7 @@ from ..trainer.config import affects_pretraining
 from .events import append_event, read_events
 from .interrupt import InterruptHandler
 from .lock import DriverLock
+from .milestones import plan_lines
 from .progress import LiveTable
 from .context import SweepContext
 from .trainable import first_phase_trainable, trial_trainable
@@ -118,8 +119,8 @@ def plan_summary(plan: SweepPlan) -> dict[str, Any]:
     return {
         "sweep": plan.spec.name, "spec_hash": plan.spec_hash,
         "trials": [{"trial_id": t.trial_id, "label": t.label, "assignments": t.assignments,
-                    "pretrain_key": t.pretrain_key} for t in plan.trials],
-        "pretrains": {k: {"trial_ids": p.trial_ids, "reused": plan.pretrain_finished(k)}
+                    "pretrain_key": t.pretrain_key, "pretrain_steps": t.config.pretrain.steps} for t in plan.trials],
+        "pretrains": {k: {"trial_ids": p.trial_ids, "lengths": p.lengths, "reused": plan.pretrain_finished(k)}
                       for k, p in plan.pretrains.items()},
     }
 
@@ -316,7 +317,9 @@ def _run_phases(plan: SweepPlan, ctx: SweepContext, outcome: SweepOutcome, last:
     pretrain_inside = any(affects_pretraining(k) for k in search.space)
     outcome.reused = [t.trial_id for t in plan.trials if plan.trial_finished(t.trial_id)] if search.method == "grid" else []
 
-    pending_pretrains = [k for k in plan.pretrains if not plan.pretrain_finished(k)] if not pretrain_inside else []
+    # one unit per line of a pre-training run to train (the main line, or a branch): see sweep/milestones.py
+    pending_pretrains = [job.unit for key, pre in plan.pretrains.items()
+                         for job in plan_lines(plan.layout, key, pre.asked)[0]] if not pretrain_inside else []
     # Trials without a pre-training (the baseline) run beside the pre-trainings, unless a search or a scheduler
     # needs every trial in one Tune run.
     alongside = [t.trial_id for t in plan.trials if not t.pretrain_key and not plan.trial_finished(t.trial_id)] \
@@ -330,16 +333,22 @@ def _run_phases(plan: SweepPlan, ctx: SweepContext, outcome: SweepOutcome, last:
         outcome.killed = True
         return
 
-    failed_pretrains = {k for k in outcome.failed if k in plan.pretrains}
-    runnable = [t for t in plan.trials if t.pretrain_key not in failed_pretrains and t.trial_id not in outcome.failed]
+    failed_lines = {unit: reason for unit, reason in outcome.failed.items() if unit.split("/")[0] in plan.pretrains}
+    failed_keys = {unit.split("/")[0]: unit for unit in failed_lines}
+
+    def lost(t: TrialPlan) -> bool:  # its pre-training failed before keeping the length it asks for
+        return t.pretrain_key in failed_keys and plan.milestone(t.pretrain_key, t.config.pretrain.steps) is None
+
+    runnable = [t for t in plan.trials if not lost(t) and t.trial_id not in outcome.failed]
     for t in plan.trials:
-        if t.pretrain_key in failed_pretrains:
-            outcome.failed[t.trial_id] = f"its pre-training {t.pretrain_key} failed: {outcome.failed[t.pretrain_key]}"
+        if lost(t):
+            unit = failed_keys[t.pretrain_key]
+            outcome.failed[t.trial_id] = f"its pre-training {unit} failed: {failed_lines[unit]}"
             # its manifest, so that trials.parquet and report.md list it as failed, with the reason
             plan.layout.trial_dir(t.trial_id).mkdir(parents=True, exist_ok=True)
             write_json(plan.layout.manifest(t.trial_id), t.manifest(plan.spec.resources))
-    for key in failed_pretrains:  # name them as pre-trainings, keeping the reason
-        outcome.failed[f"pretrain {key}"] = outcome.failed.pop(key)
+    for unit in failed_lines:  # name them as pre-trainings, keeping the reason
+        outcome.failed[f"pretrain {unit}"] = outcome.failed.pop(unit)
     if search.method == "grid":
         todo = [t.trial_id for t in runnable if not plan.trial_finished(t.trial_id)]
         space, samples = ({"trial_id": _grid(todo)}, 1) if todo else (None, 0)

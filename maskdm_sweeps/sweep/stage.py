@@ -45,7 +45,7 @@ def stage_cost(resources, result: StageResult) -> dict[str, float]:
 
 
 def train_stage(ctx: SweepContext, trial: TrialPlan, stage: str, stage_dir: Path, init: Path | None, rank: int = 0,
-                report: Callable[[dict], None] | None = None) -> StageResult:
+                report: Callable[[dict], None] | None = None, milestones: tuple[int, ...] = ()) -> StageResult:
     """One rank's part of a stage run through the shared trainer (rank 0 of one: the whole run).
 
     Every rank reports to the context's ``rank_reporters`` first (see :func:`~maskdm_sweeps.sweep.run_sweep`), then
@@ -62,7 +62,8 @@ def train_stage(ctx: SweepContext, trial: TrialPlan, stage: str, stage_dir: Path
             reporters += ctx.extra_reporters(trial, stage, stage_dir)
         reporters.append(StopRequestReporter(ctx.plan.layout, stage))  # last: the others see the checkpoint first
     try:
-        result = fit(trial.config, stage, stage_dir, MultiReporter(*reporters), init_checkpoint=init)
+        result = fit(trial.config, stage, stage_dir, MultiReporter(*reporters), init_checkpoint=init,
+                     milestones=milestones)
     except StageInterrupted:
         finish_reporters(reporters, "KILLED")
         raise

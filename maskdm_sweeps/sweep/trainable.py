@@ -10,39 +10,47 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from ..layout import StageRun, read_json, write_json
-from ..sweepspec.expand import TrialPlan
+from ..sweepspec.expand import TrialPlan, with_pretrain_steps
 from ..trainer import TrainingDiverged, load_latest_checkpoint
+from ..trainer.checkpoint import checkpoint_path, keep_state
 from .context import SweepContext
 from .events import append_event
 from .interrupt import StageInterrupted
+from .lock import LineLock
+from .milestones import MAIN, LineJob, plan_lines
 from .stage import limit_threads, train_stage
 from .workers import StageJob, run_stage_on_workers
 
 def run_stage(ctx: SweepContext, trial: TrialPlan, stage: str, stage_dir: Path, init: Path | None,
-              key: str) -> Path:
+              key: str, milestones: tuple[int, ...] = ()) -> Path:
     """Run (or resume, or skip when finished) one stage run; returns its final checkpoint.
 
     One worker trains in this process; several (``resources.workers > 1``) in a Ray Train group (see ``workers``).
+    A pre-training line whose ``result.json`` is of a shorter length than ``trial``'s is extended: it resumes from
+    its newest checkpoint, keeping ``milestones`` on the way.
     """
     run = StageRun(stage_dir)
-    if run.finished():
-        return Path(read_json(run.result)["checkpoint"])
+    done = read_json(run.result) if run.finished() else None
+    if done is not None and (stage == "finetune" or done["steps"] >= trial.config.pretrain.steps):
+        return Path(done["checkpoint"])
     if run.diverged.exists():  # training is deterministic: a retry would diverge at the same step
         raise TrainingDiverged((read_json(run.diverged) or {}).get("error", "the loss diverged"))
     sweep_dir = ctx.plan.sweep_dir
     resumed = load_latest_checkpoint(run.checkpoints)
     append_event(sweep_dir, "stage_start", stage=stage, trial_id=trial.trial_id, key=key,
-                 from_step=resumed[0]["step"] if resumed else 0, pid=os.getpid())
+                 from_step=resumed[0]["step"] if resumed else 0, pid=os.getpid(),
+                 **({"to_step": trial.config.pretrain.steps, "milestones": list(milestones)} if milestones else {}))
     try:
         if ctx.plan.spec.resources.workers > 1:
-            run_stage_on_workers(StageJob(ctx, trial, stage, stage_dir, init, key))
+            run_stage_on_workers(StageJob(ctx, trial, stage, stage_dir, init, key, milestones))
             result = read_json(run.result)  # written by rank 0
         else:
-            result = train_stage(ctx, trial, stage, stage_dir, init).to_json()
+            result = train_stage(ctx, trial, stage, stage_dir, init, milestones=milestones).to_json()
     except StageInterrupted as stop:
         append_event(sweep_dir, "stage_interrupted", stage=stage, trial_id=trial.trial_id, key=key, step=stop.step)
         raise
@@ -64,24 +72,61 @@ def _stage_done(ctx: SweepContext, trial: TrialPlan, stage: str, key: str, resul
                  stopped_early=result["stopped_early"], workers=result.get("workers", 1))
 
 
-def pretrain_trainable(params: dict[str, Any], ctx: SweepContext) -> None:
-    """One shared pre-training per key."""
-    limit_threads(ctx)
-    plan = ctx.plan
-    pre = plan.pretrains[params["pretrain_key"]]
-    trial = ctx.trials[pre.trial_ids[0]]
-    run_stage(ctx, trial, "pretrain", plan.pretrain_dir(pre.key), None, pre.key)
-
-
 def first_phase_trainable(params: dict[str, Any], ctx: SweepContext) -> None:
-    """Phase 1: a shared pre-training (``unit``: its key) or, side by side with them, a trial that needs none
-    (``unit``: its trial id; the baseline), so that no worker idles while the pre-trainings run."""
+    """Phase 1: one line of a pre-training run (``unit``: its key, or ``<key>/<branch>``, see
+    :class:`~maskdm_sweeps.sweep.milestones.LineJob`) or, side by side with them, a trial that needs none (``unit``:
+    its trial id; the baseline), so that no worker idles while the pre-trainings run."""
     unit = params["unit"]
-    if unit in ctx.plan.pretrains:
+    key = unit.split("/")[0]
+    if key in ctx.plan.pretrains:
+        limit_threads(ctx)
         with _stops_quietly():
-            pretrain_trainable({"pretrain_key": unit}, ctx)
+            pre = ctx.plan.pretrains[key]
+            jobs, _ = plan_lines(ctx.plan.layout, key, pre.asked)
+            wanted = next((job.milestones for job in jobs if job.unit == unit), [])
+            first = ctx.trials[pre.trial_ids[0]]
+            for length in wanted:
+                serve_pretraining(ctx, replace(first, config=with_pretrain_steps(first.config, length)), pre.asked)
     else:
         trial_trainable({"trial_id": unit}, ctx)
+
+
+def serve_pretraining(ctx: SweepContext, trial: TrialPlan, asked: list[int] = ()) -> Path:
+    """The kept state of ``trial``'s pre-training at its length: found, or trained now (the line that serves it, with
+    every other length of ``asked`` it passes), or waited for while another process trains that line.
+
+    Each line is trained under its lock, and re-planned once the lock is held: what the wait found on disk changes
+    what is left to train. Returns the milestone's checkpoint.
+    """
+    layout, key, length = ctx.plan.layout, trial.pretrain_key, trial.config.pretrain.steps
+    asked = sorted(set(asked) | {length})
+    while layout.milestone_line(key, length) is None:
+        job = _job_serving(layout, key, length, asked)
+        with LineLock(StageRun(job.path)):  # blocks while another process trains this line
+            again = _job_serving(layout, key, length, asked)
+            if layout.milestone_line(key, length) is not None or again.unit != job.unit:
+                continue  # served meanwhile, or better served by another line now
+            if again.branch_from is not None:
+                start_branch(layout, again)
+            line_trial = replace(trial, config=with_pretrain_steps(trial.config, again.target))
+            run_stage(ctx, line_trial, "pretrain", again.path, None, again.unit, tuple(again.milestones))
+            if layout.milestone_line(key, length) is None:
+                raise RuntimeError(f"pre-training {again.unit} ended without keeping step {length}")
+    return layout.milestone_line(key, length).milestone(length)
+
+
+def _job_serving(layout, key: str, length: int, asked: list[int]) -> LineJob:
+    jobs, serving = plan_lines(layout, key, asked)
+    return next(job for job in jobs if job.unit == serving[length].unit)
+
+
+def start_branch(layout, job: LineJob) -> None:
+    """Seed a new branch line with the milestone it starts from (its first checkpoint: training resumes there)."""
+    parent_name, step = job.branch_from
+    parent = layout.pretrain(job.key) if parent_name == MAIN else layout.pretrain_branch(job.key, parent_name)
+    run = StageRun(job.path)
+    keep_state(parent.milestone(step), checkpoint_path(run.checkpoints, step))
+    write_json(run.branch, {"parent": str(parent.path), "from_step": step})
 
 
 @contextmanager
@@ -103,6 +148,7 @@ def trial_trainable(params: dict[str, Any], ctx: SweepContext) -> None:
     write_json(layout.manifest(trial.trial_id), trial.manifest(plan.spec.resources))  # what results/ reads
     with _stops_quietly():
         init = None
-        if trial.pretrain_key:
-            init = run_stage(ctx, trial, "pretrain", plan.pretrain_dir(trial.pretrain_key), None, trial.pretrain_key)
+        if trial.pretrain_key:  # its milestone: there already after phase 1, else trained (or waited for) here
+            shared = plan.pretrains.get(trial.pretrain_key)
+            init = serve_pretraining(ctx, trial, shared.asked if shared else ())
         run_stage(ctx, trial, "finetune", layout.finetune(trial.trial_id).path, init, trial.trial_id)

@@ -41,6 +41,7 @@ class StageJob:
     stage_dir: Path
     init: Path | None
     key: str
+    milestones: tuple[int, ...] = ()  # a pre-training line's lengths to keep
 
 
 def run_stage_on_workers(job: StageJob) -> None:
@@ -87,4 +88,5 @@ def _stage_worker(config: dict) -> None:
         append_event(ctx.plan.sweep_dir, "worker_group_start", stage=stage, trial_id=trial.trial_id, key=job.key,
                      workers=ctx.plan.spec.resources.workers, pid=os.getpid(),
                      newest_checkpoint=newest[-1].name if newest else None)
-    train_stage(ctx, trial, stage, job.stage_dir, job.init, rank, report=ray.train.report)
+    train_stage(ctx, trial, stage, job.stage_dir, job.init, rank, report=ray.train.report,
+                milestones=job.milestones)

@@ -58,11 +58,25 @@ class TrialPlan:
         }
 
 
+def with_pretrain_steps(config: TrialConfig, steps: int) -> TrialConfig:
+    """``config`` with a pre-training of ``steps`` (a line of a shared run is trained to the longest length asked)."""
+    return config.model_copy(update={"pretrain": config.pretrain.model_copy(update={"steps": steps})})
+
+
 @dataclass
 class PretrainPlan:
+    """One pre-training run: the trials it feeds, each from the length (a milestone) it asks for."""
+
     key: str
     config: TrialConfig  # the first trial's config; every sharing trial has the same pre-training settings
     trial_ids: list[str] = field(default_factory=list)
+    lengths: dict[str, int] = field(default_factory=dict)  # trial id -> pre-training steps it asks for
+
+    @property
+    def asked(self) -> list[int]:
+        """The lengths asked for, ascending, each once."""
+        return sorted(set(self.lengths.values()))
+
 
 
 @dataclass
@@ -92,7 +106,13 @@ class SweepPlan:
         return self.layout.trial_dir(trial_id)
 
     def pretrain_finished(self, key: str) -> bool:
-        return self.layout.pretrain(key).finished()
+        """Whether every length the plan asks of pre-training ``key`` is kept on disk (by any of its lines)."""
+        return all(self.milestone(key, n) is not None for n in self.pretrains[key].asked)
+
+    def milestone(self, key: str, steps: int) -> Path | None:
+        """The kept state of pre-training ``key`` at ``steps``, or None when no line keeps that length (yet)."""
+        line = self.layout.milestone_line(key, steps)
+        return None if line is None else line.milestone(steps)
 
     def trial_finished(self, trial_id: str) -> bool:
         return self.layout.finetune(trial_id).finished()
@@ -287,9 +307,9 @@ def build_plan(spec: SweepSpec, lines: dict | None = None, source: str = "", spe
     pretrains: dict[str, PretrainPlan] = {}
     for trial in trials.values():
         if trial.pretrain_key:
-            pretrains.setdefault(trial.pretrain_key, PretrainPlan(trial.pretrain_key, trial.config)).trial_ids.append(
-                trial.trial_id
-            )
+            pre = pretrains.setdefault(trial.pretrain_key, PretrainPlan(trial.pretrain_key, trial.config))
+            pre.trial_ids.append(trial.trial_id)
+            pre.lengths[trial.trial_id] = trial.config.pretrain.steps
     if not trials:
         raise SpecError([Problem("sweep", "the sweep expands to no trials", lines.get(("sweep",)), source)])
     _check_batches_split(spec, list(trials.values()), lines, source)

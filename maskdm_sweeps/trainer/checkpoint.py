@@ -10,6 +10,7 @@ import logging
 import os
 import socket
 import re
+import shutil
 from pathlib import Path
 
 import torch
@@ -41,6 +42,21 @@ def save_checkpoint(state: dict, directory: Path, step: int, keep: int = 2) -> P
     for old in list_checkpoints(directory)[:-keep]:
         old.unlink(missing_ok=True)
     return final
+
+
+def keep_state(checkpoint: Path, kept: Path) -> Path:
+    """Keep ``checkpoint``'s file as ``kept`` for good: a hard link (no copy; pruning the checkpoint leaves it), a
+    copy where the filesystem has no hard links. Atomic like a save."""
+    kept = Path(kept)
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    tmp = kept.with_name(f".{kept.name}.{socket.gethostname()}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(checkpoint, tmp)
+    except OSError:
+        shutil.copyfile(checkpoint, tmp)
+    os.replace(tmp, kept)
+    return kept
 
 
 def list_checkpoints(directory: Path) -> list[Path]:

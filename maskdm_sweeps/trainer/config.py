@@ -102,8 +102,13 @@ class DiffusionConfig(_Strict):
 class _StageConfig(_Strict):
     steps: int = Field(0, ge=0, le=MAX_STEPS, description="Optimizer steps in this stage (0 skips the stage).")
     batch_size: int = Field(128, ge=1, description="Global batch size (images per optimizer step, over all workers).")
-    lr: float = Field(2e-4, gt=0, description="Peak learning rate (constant after warmup).")
+    lr: float = Field(2e-4, gt=0, description="Peak learning rate (reached at the end of warmup).")
     warmup_steps: int = Field(0, ge=0, le=MAX_STEPS, description="Linear LR warmup from 0 over this many steps.")
+    lr_decay: Literal["none", "cosine", "linear"] = Field(
+        "none", description="After warmup: 'none' keeps the peak rate (MaskDM's schedule), 'cosine' or 'linear' decay "
+        "it to 0 at the stage's last step. A decay makes the first steps depend on the stage's length, so "
+        "pre-trainings of different lengths are then trained apart instead of sharing one run.",
+    )
     grad_clip: float | None = Field(None, gt=0, description="Clip the global gradient norm to this value (None: no clipping).")
     betas: tuple[float, float] = Field((0.99, 0.99), description="AdamW betas (the official configs use 0.99, 0.99).")
     weight_decay: float = Field(0.03, ge=0, description="AdamW weight decay, on all parameters.")
@@ -266,16 +271,27 @@ class TrialConfig(_Strict):
     def stages(self) -> list[Stage]:
         return ["pretrain", "finetune"] if self.pretrain.steps > 0 else ["finetune"]
 
+    @property
+    def pretrain_length_shared(self) -> bool:
+        """Whether the pre-training's first n steps are the same whatever its length: then one run serves every
+        length (a prefix), and its key leaves ``pretrain.steps`` out. A learning rate that decays to the stage's
+        end depends on the length; warmup does not."""
+        return self.pretrain.lr_decay == "none"
+
     def stage_hash(self, stage: Stage) -> str:
         """A key of every setting that affects what ``stage`` computes.
 
-        Pre-trainings with equal keys are shared; fine-tuning keys include the pre-training settings (they start
-        from it), except for the baseline, which ignores mask and pre-training settings altogether.
+        Pre-trainings with equal keys are one run: the key is what the run is, not how long it runs (``pretrain.steps``
+        is left out when :attr:`pretrain_length_shared`; each trial asks for its length, a milestone of the run).
+        Fine-tuning keys include the pre-training settings and length (they start from it), except for the
+        baseline, which ignores mask and pre-training settings altogether.
         """
         cfg = self.model_dump(mode="json")
         cfg["runtime"] = {k: cfg["runtime"][k] for k in RESULT_CHANGING_RUNTIME}  # the rest changes speed only
         if stage == "pretrain":
             cfg = {k: v for k, v in cfg.items() if k == "runtime" or k not in PRETRAIN_IGNORED_SECTIONS}
+            if self.pretrain_length_shared:
+                cfg["pretrain"] = {k: v for k, v in cfg["pretrain"].items() if k != "steps"}
         elif self.pretrain.steps == 0:
             cfg = {k: v for k, v in cfg.items() if k not in BASELINE_IGNORED_SECTIONS}
             cfg["finetune"] = {k: v for k, v in cfg["finetune"].items() if k != "init_from"}  # nothing to init from

@@ -16,14 +16,15 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
 from ..data import ImageBatches, load_dataset
 from ..layout import StageRun, write_json
 from ..maskdm import UViT, build_schedule, mdsm_loss
-from .checkpoint import checkpoint_path, load_checkpoint, load_latest_checkpoint, save_checkpoint
-from .compute import TERA, stage_tflops, train_flops_per_step
+from .checkpoint import checkpoint_path, keep_state, load_checkpoint, load_latest_checkpoint, save_checkpoint
+from .compute import TERA, stage_flops, stage_tflops, train_flops_per_step
 from .config import Stage, TrialConfig, build_mask_from_config
 from .ema import EMA
 from .evaluation import Evaluator
@@ -77,9 +78,19 @@ def stage_seed(seed: int, stage: Stage, stream: int) -> int:
     return (seed * 1_000_003 + (0 if stage == "pretrain" else 500_000) + stream) % (2**63)
 
 
-def warmup_lr(step: int, lr: float, warmup_steps: int) -> float:
-    """Linear warmup from 0 at step 0 to ``lr`` at ``warmup_steps``, constant after."""
-    return lr if warmup_steps == 0 else lr * min(1.0, step / warmup_steps)
+def learning_rate(step: int, lr: float, warmup_steps: int, total_steps: int, decay: str = "none") -> float:
+    """The rate of optimizer step ``step`` (1-based; 0 is the optimizer's initial value).
+
+    Linear warmup from 0 at step 0 to ``lr`` at ``warmup_steps``; then constant (``decay="none"``), or a cosine or
+    linear decay from ``lr`` to 0 at ``total_steps``. Only a decay reads ``total_steps``: without one, the first n
+    steps of any run are the same, which is what lets one pre-training serve every shorter length.
+    """
+    if step < warmup_steps:
+        return lr * (step / warmup_steps)
+    if decay == "none" or total_steps <= warmup_steps:
+        return lr
+    progress = (step - warmup_steps) / (total_steps - warmup_steps)  # 0 at the end of warmup, 1 at the last step
+    return lr * (0.5 * (1.0 + math.cos(math.pi * progress)) if decay == "cosine" else 1.0 - progress)
 
 
 def fit(
@@ -89,22 +100,27 @@ def fit(
     reporter: Reporter | None = None,
     init_checkpoint: Path | None = None,
     parallel: DataParallel | None = None,
+    milestones: Sequence[int] = (),
 ) -> StageResult:
     """Run ``stage`` of the trial described by ``config`` in ``workdir``; resume if it holds a checkpoint.
 
     ``init_checkpoint``: for ``finetune``, the pre-training checkpoint to start from (None: the DDPM baseline).
     ``parallel``: this process's rank in a data-parallel group (default: the initialised ``torch.distributed``
     group, if any; else a lone process). Every rank of the group calls ``fit`` alike.
+    ``milestones``: steps whose state is kept for good in ``workdir/milestones/`` (never rotated), each with what
+    reaching it cost; a run that resumes from a checkpoint older than ``config``'s length extends itself.
     """
     parallel = parallel or DataParallel.from_process_group()
-    run = _StageRun(config, stage, Path(workdir).resolve(), reporter or NullReporter(), init_checkpoint, parallel)
+    run = _StageRun(config, stage, Path(workdir).resolve(), reporter or NullReporter(), init_checkpoint, parallel,
+                    milestones)
     return run.run()
 
 
 class _StageRun:
     def __init__(self, config: TrialConfig, stage: Stage, workdir: Path, reporter: Reporter, init_checkpoint,
-                 parallel: DataParallel):
+                 parallel: DataParallel, milestones: Sequence[int] = ()):
         self.config, self.stage, self.workdir, self.reporter = config, stage, workdir, reporter
+        self.milestones = frozenset(milestones)
         self.files = StageRun(workdir)
         self.parallel = parallel
         self.stage_cfg = config.pretrain if stage == "pretrain" else config.finetune
@@ -133,7 +149,7 @@ class _StageRun:
         self.ema = EMA(self.model, config.ema.decay, config.ema.warmup)
         s = self.stage_cfg
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=warmup_lr(0, s.lr, s.warmup_steps), betas=s.betas,
+            self.model.parameters(), lr=self._lr(0), betas=s.betas,
             weight_decay=s.weight_decay, fused=True,  # one kernel group per step, CPU and CUDA
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
@@ -200,14 +216,25 @@ class _StageRun:
         return self.wall_before + time.perf_counter() - self.started
 
     def save(self) -> list[float] | None:
-        """Rank 0 writes a checkpoint; first every rank's weights are compared (returns their checksums; None when
-        alone)."""
+        """Rank 0 writes a checkpoint (and keeps it when the step is a milestone); first every rank's weights are
+        compared (returns their checksums; None when alone)."""
         checksums = check_replicas(self.model, self.parallel) if self.parallel.enabled else None
         if self.parallel.is_main:
             path = save_checkpoint(self.state_dict(), self.files.checkpoints, self.step,
                                    keep=self.config.runtime.keep_checkpoints)
+            if self.step in self.milestones:
+                self._keep_milestone(path)
             self.reporter.checkpoint(self.step, path)
         return checksums
+
+    def _keep_milestone(self, checkpoint: Path) -> None:
+        """The state at this step, out of the rotation (a hard link: no copy), then what reaching it cost (written
+        last: a milestone counts once its record exists)."""
+        keep_state(checkpoint, self.files.milestone(self.step))
+        train, evaluation = stage_flops(self.config, self.stage, self.step)
+        write_json(self.files.milestone_info(self.step), {
+            "step": self.step, "wall_seconds": self.wall_seconds(), "train_tflops": train / TERA,
+            "eval_tflops": evaluation / TERA, "loss": self.loss_last})
 
     # ------------------------------------------------------------------------------------------ training
     def train_step(self) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -228,7 +255,7 @@ class _StageRun:
             pred = self.train_model(xt, t, keep)  # (b, K, p*p*C) or (b, C, H, W)
         loss = mdsm_loss(pred, noise, self.model_cfg.patch_size, keep)
         for group in self.optimizer.param_groups:
-            group["lr"] = warmup_lr(self.step + 1, s.lr, s.warmup_steps)
+            group["lr"] = self._lr(self.step + 1)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         grad_norm = None
@@ -240,6 +267,10 @@ class _StageRun:
         self.ema.update(self.model)
         self.step += 1
         return loss.detach(), grad_norm
+
+    def _lr(self, step: int) -> float:
+        s = self.stage_cfg
+        return learning_rate(step, s.lr, s.warmup_steps, s.steps, s.lr_decay)
 
     def _add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """``add_noise`` with the float32 table already on the device (no per-step host->device copy)."""
@@ -263,6 +294,11 @@ class _StageRun:
         resumed = self._load_resume_state()
         if resumed is not None:
             self.load_state_dict(resumed)
+            if self.step > s.steps:
+                raise ValueError(f"{self.stage}: {self.files.checkpoints} holds step {self.step}, past the "
+                                 f"{s.steps} steps asked for; a shorter run needs its own directory")
+            if main and self.step in self.milestones and not self.files.milestone_info(self.step).exists():
+                self._keep_milestone(checkpoint_path(self.files.checkpoints, self.step))  # killed in between
         else:
             self._report_params()
         self.started = window_start = time.perf_counter()
@@ -293,7 +329,7 @@ class _StageRun:
                 stopped = self.parallel.broadcast(self.reporter.should_stop()) and not last  # all ranks stop alike
             if evaluates or (self.evaluates and stopped):
                 self._evaluate()  # before the save, so the checkpoint holds the FID it reports
-            if self._periodic(rt.checkpoint_every_steps) or last or stopped:
+            if self._periodic(rt.checkpoint_every_steps) or last or stopped or self.step in self.milestones:
                 checksums = self.save()
             if stopped:
                 break
