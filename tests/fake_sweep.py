@@ -125,6 +125,11 @@ def build_sweep(root: Path, name: str = "fake", rates=(0.5, 0.9), seeds=(0, 1), 
                 "stage": "pretrain", "steps": PRE_STEPS, "loss_final": 0.5, "fid": None, "fid_best": None,
                 "effective_mask_rate": eff, "wall_seconds": pre_wall, "checkpoint": str(pre / "c.pt"),
                 "stopped_early": False, "train_tflops": PRE_STEPS * (1 - eff), "eval_tflops": 0.0}))
+            (pre / "milestones").mkdir()  # the one length asked of it, kept with what reaching it cost
+            (pre / "milestones" / f"step_{PRE_STEPS:09d}.pt").write_bytes(b"state")
+            (pre / "milestones" / f"step_{PRE_STEPS:09d}.json").write_text(json.dumps({
+                "step": PRE_STEPS, "wall_seconds": pre_wall, "train_tflops": PRE_STEPS * (1 - eff),
+                "eval_tflops": 0.0, "loss": 0.5}))
             events += [{"time": 1.0, "event": "stage_start", "stage": "pretrain", "trial_id": tid, "key": key,
                         "from_step": 0, "pid": 1},
                        {"time": 2.0, "event": "stage_done", "stage": "pretrain", "trial_id": tid, "key": key,

@@ -17,7 +17,7 @@ from maskdm_sweeps.metrics import feature_flops_per_image
 from maskdm_sweeps.sweep.estimate import REFERENCE_IMAGES_PER_SECOND, stage_gpu_hours
 from maskdm_sweeps.sweep.plan_view import totals
 from maskdm_sweeps.sweepspec import load_spec
-from maskdm_sweeps.sweepspec.expand import SweepPlan
+from maskdm_sweeps.sweepspec.expand import SweepPlan, with_pretrain_steps
 from maskdm_sweeps.trainer.config import build_mask_from_config
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
@@ -56,13 +56,14 @@ def _small(tmp_path: Path, **resources) -> SweepPlan:
 
 
 def _expected_train_flops(plan: SweepPlan) -> int:
-    """Each pre-training once (on its kept patches), plus every trial's fine-tuning (on all patches)."""
+    """Each pre-training run once, to the longest length asked of it (on its kept patches), plus every trial's
+    fine-tuning (on all patches)."""
     flops = 0
     for pre in plan.pretrains.values():
         c = pre.config
         mc = c.model_config_resolved()
         kept = build_mask_from_config(c.mask).keep_count(mc.grid)
-        flops += c.pretrain.steps * c.pretrain.batch_size * train_flops_per_image(mc, kept)
+        flops += max(pre.lengths.values()) * c.pretrain.batch_size * train_flops_per_image(mc, kept)
     for t in plan.trials:
         c = t.config
         mc = c.model_config_resolved()
@@ -105,8 +106,9 @@ def test_evaluation_tflops_are_sampling_plus_features_of_every_evaluation(tmp_pa
 def test_budget_gpu_hours_add_the_evaluation_at_the_unmasked_training_flop_rate(tmp_path):
     plan = _experiment("budget.yaml", tmp_path)
     tot = totals(plan)
-    training_only = sum(stage_gpu_hours(p.config, "pretrain", p.config.effective_mask_rate)
-                        for p in plan.pretrains.values())
+    longest = [with_pretrain_steps(p.config, max(p.lengths.values())) for p in plan.pretrains.values()]
+    assert [c.pretrain.steps for c in longest] == [80_000] * 3  # one run per seed serves 20k, 40k, 60k and 80k
+    training_only = sum(stage_gpu_hours(c, "pretrain", c.effective_mask_rate) for c in longest)
     training_only += sum(stage_gpu_hours(t.config, "finetune", 0.0) for t in plan.trials)
     assert tot.train_gpu_hours == pytest.approx(training_only)
     assert tot.eval_gpu_hours > 0 and tot.gpu_hours > training_only
@@ -123,7 +125,8 @@ def test_finished_and_reused_stages_leave_the_totals(tmp_path, monkeypatch):
     finished = plan.trials[0]
     assert not finished.is_baseline
     monkeypatch.setattr(SweepPlan, "trial_finished", lambda self, trial_id: trial_id == finished.trial_id)
-    monkeypatch.setattr(SweepPlan, "pretrain_finished", lambda self, key: True)
+    (key,) = plan.pretrains
+    _keep_milestone(plan, key, 60)  # the 60-step length is kept on disk: nothing to pre-train
     after = totals(plan)
     c = finished.config
     mc = c.model_config_resolved()
@@ -132,6 +135,34 @@ def test_finished_and_reused_stages_leave_the_totals(tmp_path, monkeypatch):
     assert after.train_flops == before.train_flops - pretrain - 50 * 8 * train_flops_per_image(mc, 16)
     assert 0 < after.eval_flops < before.eval_flops
     assert 0 < after.train_gpu_hours < before.train_gpu_hours and 0 < after.eval_gpu_hours < before.eval_gpu_hours
+
+
+def _keep_milestone(plan: SweepPlan, key: str, step: int) -> None:
+    """What the trainer leaves for a kept length: the state (its content is not read by planning) and its record."""
+    line = plan.layout.pretrain(key)
+    line.milestones.mkdir(parents=True, exist_ok=True)
+    line.milestone(step).write_bytes(b"state")
+    line.milestone_info(step).write_text(f'{{"step": {step}}}')
+
+
+def test_budget_trains_one_run_per_seed_for_all_four_lengths(tmp_path):
+    tot = totals(_experiment("budget.yaml", tmp_path))
+    assert (tot.pretrainings, tot.pretrain_steps_asked, tot.pretrain_steps_to_train) == (3, 600_000, 240_000)
+    assert tot.pretrain_to_train.train_flops * 600 == tot.pretrain_asked.train_flops * 240
+    assert tot.pretrain_to_train.train_gpu_hours < tot.pretrain_asked.train_gpu_hours
+
+
+def test_plan_shows_each_run_with_its_lengths_and_what_sharing_saves(tmp_path):
+    out = subprocess.run([str(SCRIPT), "plan", str(EXPERIMENTS / "budget.yaml")], capture_output=True, text=True,
+                         cwd=tmp_path, env={**os.environ, "COLUMNS": "250"})
+    assert out.returncode == 0, out.stderr
+    assert "pre-training: 240,000 steps to train for 600,000 asked" in out.stdout
+    assert "saves 360,000 steps" in out.stdout
+    runs = [line for line in out.stdout.splitlines() if "80,000 steps to train" in line]
+    assert len(runs) == 3, out.stdout
+    for n in ("20,000", "40,000", "60,000", "80,000"):
+        assert sum(f"{n} steps: to train" in line for line in out.stdout.splitlines()) == 3
+    assert out.stdout.count("fine-tunes t-") == 12  # every pre-trained trial hangs under its length
 
 
 def test_data_parallel_workers_all_wait_out_the_evaluation(tmp_path):

@@ -158,15 +158,18 @@ def test_curves_hold_the_pretraining_of_each_trial(sweep):
 
 
 # ------------------------------------------------------------------------------------------------ GPU-hours
-def test_a_shared_pretraining_is_split_evenly(tmp_path):
+def test_a_shared_pretraining_is_charged_whole_to_each_trial_and_split_evenly_in_the_shares(tmp_path):
     w = build_sweep(tmp_path, rates=(0.9,), seeds=(0,), baseline=False, lrs=(1e-4, 3e-4), gpus=2.0,
                     pre_wall=100.0, ft_wall=40.0, dup_step=False)
     trials, _ = collect(w["dir"])
     assert len(trials) == 2 and trials["pretrain_key"].nunique() == 1
     assert (trials["pretrain_shared_by"] == 2).all()
+    # the shares add up to what was trained, once
     assert trials["pretrain_wall_seconds_share"].tolist() == [50.0, 50.0]
-    assert trials["wall_seconds"].tolist() == [90.0, 90.0]
-    assert trials["gpu_hours"].to_numpy() == pytest.approx([90.0 * 2 / 3600] * 2)
+    # what each arm costs alone: its whole pre-training, whatever else the sweep held
+    assert trials["pretrain_wall_seconds"].tolist() == [100.0, 100.0]
+    assert trials["wall_seconds"].tolist() == [140.0, 140.0]
+    assert trials["gpu_hours"].to_numpy() == pytest.approx([140.0 * 2 / 3600] * 2)
     # the swept fine-tuning lr has a column of its own and splits the arm in the comparison
     assert trials["finetune_lr"].dtype == "float64" and sorted(trials["finetune_lr"]) == [1e-4, 3e-4]
     table = comparison_table(trials)

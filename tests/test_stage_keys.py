@@ -29,7 +29,7 @@ CHANGES_PRETRAINING = {
     "diffusion.num_timesteps": {"diffusion": {"num_timesteps": 500}},
     "mask.rate": {"mask": {"rate": 0.25}},
     "mask.strategy": {"mask": {"strategy": "block", "rate": 0.5, "block_size": 2}},
-    "pretrain.steps": {"pretrain": {"steps": 30}},
+    "pretrain.lr_decay": {"pretrain": {"lr_decay": "cosine"}},
     "pretrain.batch_size": {"pretrain": {"batch_size": 16}},
     "pretrain.lr": {"pretrain": {"lr": 1e-3}},
     "pretrain.warmup_steps": {"pretrain": {"warmup_steps": 5}},
@@ -72,6 +72,17 @@ def test_eval_and_runtime_settings_leave_the_pretraining_key_unchanged(section, 
 @pytest.mark.parametrize("setting", list(CHANGES_PRETRAINING))
 def test_each_setting_of_the_pretraining_changes_its_key(setting):
     assert pretrain_key(**CHANGES_PRETRAINING[setting]) != pretrain_key()
+
+
+def test_the_length_of_a_pretraining_is_not_part_of_its_key_unless_its_schedule_depends_on_it():
+    # constant after warmup: the first 20 steps of a 30-step run are the 20-step run, so both are one run
+    assert pretrain_key(pretrain={"steps": 30}) == pretrain_key()
+    assert pretrain_key(pretrain={"steps": 30, "warmup_steps": 5}) == pretrain_key(pretrain={"warmup_steps": 5})
+    # decayed to the end: the rate at step 10 depends on the length, so they are two runs
+    for decay in ("cosine", "linear"):
+        assert pretrain_key(pretrain={"steps": 30, "lr_decay": decay}) != pretrain_key(pretrain={"lr_decay": decay})
+    # the trial (its fine-tuning key) always depends on the length it starts from
+    assert config(pretrain={"steps": 30}).stage_hash("finetune") != config().stage_hash("finetune")
 
 
 def test_finetune_settings_leave_the_pretraining_key_unchanged_but_change_the_trial():

@@ -138,3 +138,61 @@ def test_a_failed_pretraining_lists_its_trials_as_failed_with_the_reason(tmp_pat
     row = trials.set_index("trial_id").loc[trial.trial_id]  # a row, though its fine-tuning never started
     assert row["status"] == "failed" and "NaN or infinite" in row["error"] and row["steps_done"] == 0
     assert trial.trial_id in (plan.sweep_dir / "report.md").read_text().split("## Trials that did not finish")[1]
+
+
+def pretrain_starts(plan, invocation: int = 1) -> list[dict]:
+    """The pre-training stage runs a sweep's invocation started: ``{key, from_step, to_step, milestones}``."""
+    events, current = [], 0
+    for e in read_events(plan.sweep_dir):
+        if e["event"] == "invocation":
+            current = e["number"]
+        elif e["event"] == "stage_start" and e["stage"] == "pretrain" and current == invocation:
+            events.append(e)
+    return events
+
+
+def test_pretraining_lengths_share_one_run_which_later_sweeps_extend_reuse_or_branch(tmp_path):
+    from maskdm_sweeps.results import load
+    from maskdm_sweeps.sweep.milestones import plan_lines
+    from maskdm_sweeps.sweepspec.expand import with_pretrain_steps
+    from maskdm_sweeps.trainer import fit
+
+    out, tiny = str(tmp_path / "results"), {"finetune": {"steps": 10}}
+    # 1. two lengths in one sweep: one run, trained to the longer, keeping both
+    both = plan_for(tmp_path, "both", {"axes": {"pretrain.steps": [10, 20]}}, tiny, output_dir=out)
+    (key,) = both.pretrains
+    assert run_sweep(both, track=False).exit_code == 0
+    starts = pretrain_starts(both)
+    assert [(e["key"], e["from_step"], e["to_step"], e["milestones"]) for e in starts] == [(key, 0, 20, [10, 20])]
+    trials, _ = load(both.sweep_dir)
+    per_step = trials["pretrain_tflops"].max() / 20
+    assert sorted(trials["pretrain_tflops"] / per_step) == pytest.approx([10, 20])  # each its own length, in full
+    assert trials["pretrain_tflops_share"].sum() == pytest.approx(20 * per_step)  # what was trained, once
+    # 2. a later sweep asks for 40: the run continues from its last step
+    longer = plan_for(tmp_path, "longer", {"axes": {"pretrain.steps": [40]}}, tiny, output_dir=out)
+    assert list(longer.pretrains) == [key]
+    assert [(e["key"], e["from_step"]) for e in pretrain_starts(longer)] == [] and run_sweep(longer).exit_code == 0
+    assert [(e["key"], e["from_step"], e["to_step"]) for e in pretrain_starts(longer)] == [(key, 20, 40)]
+    # 3. one that asks for a kept length trains no pre-training at all
+    kept = plan_for(tmp_path, "kept", {"axes": {"pretrain.steps": [10, 40]}}, tiny, output_dir=out)
+    assert all(kept.pretrain_finished(k) for k in kept.pretrains)
+    assert run_sweep(kept, track=False).exit_code == 0 and pretrain_starts(kept) == []
+    assert load(kept.sweep_dir)[0]["pretrain_reused"].all()
+    # 4. a length the run passed without keeping: a branch from the newest kept length below it, bit for bit
+    # the state a run of that length alone reaches
+    branch = plan_for(tmp_path, "branch", {"axes": {"pretrain.steps": [15]}}, tiny, output_dir=out)
+    (job,), _ = plan_lines(branch.layout, key, [15])
+    assert (job.unit, job.branch_from) == (f"{key}/from-10-to-15", ("main", 10))
+    assert run_sweep(branch, track=False).exit_code == 0
+    assert [(e["key"], e["from_step"]) for e in pretrain_starts(branch)] == [(job.unit, 10)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the trial processes do (resources.cpus: 1): CPU reductions depend on the threads
+    try:
+        alone = fit(with_pretrain_steps(branch.trials[0].config, 15), "pretrain", tmp_path / "alone")
+    finally:
+        torch.set_num_threads(threads)
+    served = torch.load(branch.milestone(key, 15), weights_only=True)["model"]
+    separate = torch.load(alone.checkpoint, weights_only=True)["model"]
+    assert all(torch.equal(served[k], separate[k]) for k in served)
+    row = load(branch.sweep_dir)[0].iloc[0]
+    assert row["pretrain_tflops"] == pytest.approx(15 * per_step)  # its own length, the shared prefix included
