@@ -112,3 +112,20 @@ def test_relative_paths_are_made_absolute_where_the_command_runs(tmp_path, monke
     plan = load_spec(spec, check_paths=False)  # output_dir left at its default, "results"
     assert plan.spec.output_dir == tmp_path / "results"  # absolute in the spec that travels to the trials
     assert all(t.config.data.path == tmp_path / "faces" for t in plan.trials)
+
+
+@pytest.mark.slow
+def test_budget_spec_trains_one_pretraining_per_seed_for_all_its_lengths(tmp_path):
+    run_smoke("budget.yaml", tmp_path, "sweep.seeds=[0,1]")
+    events = [json.loads(line) for line in (tmp_path / "budget" / "events.jsonl").read_text().splitlines()]
+    pretrainings = [e for e in events if e["event"] == "stage_done" and e["stage"] == "pretrain"]
+    assert len(pretrainings) == 2 and {e["steps"] for e in pretrainings} == {30}  # the longest length, per seed
+    check_results(tmp_path, "budget", n_trials=10, n_pretrains=2)  # one MLflow run per pre-training run
+    from maskdm_sweeps.results import load
+
+    trials, _ = load(tmp_path / "budget")
+    masked = trials[trials["pretrain_steps"] > 0]
+    per_step = masked["pretrain_tflops"] / masked["pretrain_steps"]
+    assert per_step.to_numpy() == pytest.approx([per_step.iloc[0]] * len(masked))  # each charged its own length
+    for _, group in masked.groupby("pretrain_key"):  # the shares add up to one 30-step run per seed
+        assert group["pretrain_tflops_share"].sum() == pytest.approx(30 * per_step.iloc[0])

@@ -333,3 +333,104 @@ def test_resume_after_the_driver_is_killed_continues_and_runs_nothing_twice(tmp_
         _kill_session(marker)
         _kill_session(resume_marker)
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+SHARED_SPEC = """\
+name: {name}
+base:
+  data: {{name: digits, image_size: 8}}
+  model: {{preset: tiny}}
+  mask: {{strategy: patch, rate: 0.5}}
+  pretrain: {{steps: 30, batch_size: 16}}
+  finetune: {{steps: 20, batch_size: 16}}
+  eval: {{num_samples: 0, backend: digits-classifier}}
+  runtime: {{device: cpu, log_every_steps: 5, checkpoint_every_steps: 5}}
+sweep:
+  axes:
+    pretrain.steps: [30, 400]
+resources: {{gpus: 0, cpus: 1}}
+"""
+
+
+def test_a_driver_killed_during_a_shared_pretraining_resumes_it_with_its_milestones_intact(tmp_path):
+    """One pre-training run serves 30 and 400 steps; the driver dies after the 30-step milestone was kept."""
+    name = "shared-kill"
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SHARED_SPEC.format(name=name))
+    out_dir, sweep_dir = tmp_path / "out", tmp_path / "out" / name
+    events_path = sweep_dir / "events.jsonl"
+    env = _env(tmp_path / "cache", Path(tempfile.mkdtemp(prefix="rt", dir="/tmp")))
+    token = uuid.uuid4().hex
+    marker = f"MASKDM_TEST_RUN={token}-first"
+    first_log, resume_log = tmp_path / "run.log", tmp_path / "resume.log"
+
+    def context() -> str:
+        return (f"\nevents:\n{_tail(events_path)}\n--- first run:\n{_tail(first_log, 3000)}"
+                f"\n--- resume:\n{_tail(resume_log, 3000)}")
+
+    with open(first_log, "w") as log:
+        driver = subprocess.Popen([str(SWEEP), "run", str(spec), "--set", f"output_dir={out_dir}"], stdout=log,
+                                  stderr=subprocess.STDOUT, env={**env, "MASKDM_TEST_RUN": f"{token}-first"},
+                                  start_new_session=True)
+    try:
+        deadline = time.monotonic() + 420
+        while True:
+            lines = list((out_dir / "_pretrain").glob("*/checkpoints")) if (out_dir / "_pretrain").is_dir() else []
+            if lines and 40 <= _newest_checkpoint(lines[0]) <= 300:
+                break
+            assert driver.poll() is None, f"the run ended before it could be killed{context()}"
+            assert time.monotonic() < deadline, f"the pre-training did not pass step 40 within 420 s{context()}"
+            time.sleep(0.2)
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+        deadline = time.monotonic() + 120
+        while _session_processes(marker) and time.monotonic() < deadline:
+            time.sleep(1)
+        _kill_session(marker)  # Ray's agents linger a minute: not what this test is about
+        line = lines[0].parent
+        key = line.name
+        kept = line / "milestones" / f"step_{30:09d}.pt"
+        assert kept.exists() and (line / "milestones" / f"step_{30:09d}.json").exists(), context()
+        kept_stat = kept.stat()
+        newest = _newest_checkpoint(line / "checkpoints")
+        before = _events(events_path)
+        assert not any(e["event"] == "stage_start" and e["stage"] == "finetune" for e in before), \
+            "a fine-tuning started before the pre-training phase ended"
+
+        with open(resume_log, "w") as log:
+            resumer = subprocess.run([str(SWEEP), "resume", str(sweep_dir)], stdout=log, stderr=subprocess.STDOUT,
+                                     env={**env, "MASKDM_TEST_RUN": f"{token}-resume"}, timeout=600)
+        assert resumer.returncode == 0, context()
+
+        # every trial finished, each from its own length
+        plan = json.loads((sweep_dir / "plan.json").read_text())
+        assert list(plan["pretrains"]) == [key] and len(plan["trials"]) == 2
+        for trial in plan["trials"]:
+            result = json.loads((sweep_dir / "trials" / trial["trial_id"] / "finetune" / "result.json").read_text())
+            assert result["steps"] == 20
+            config = json.loads((sweep_dir / "trials" / trial["trial_id"] / "finetune" / "config.json").read_text())
+            assert config["pretrain"]["steps"] == trial["pretrain_steps"]
+        # the pre-training resumed from its newest checkpoint, its kept 30-step state untouched, nothing twice
+        events = _events(events_path)
+        resumed = [e for e in events[len(before):] if e["event"] == "stage_start" and e["stage"] == "pretrain"]
+        assert [(e["key"], e["from_step"], e["milestones"]) for e in resumed] == [(key, newest, [400])], context()
+        assert kept.stat().st_ino == kept_stat.st_ino and kept.stat().st_mtime == kept_stat.st_mtime
+        done = Counter((e["stage"], e["key"]) for e in events if e["event"] == "stage_done")
+        assert done == Counter({("pretrain", key): 1, **{("finetune", t["trial_id"]): 1 for t in plan["trials"]}})
+        assert sorted(p.name for p in (line / "milestones").glob("*.pt")) == [f"step_{30:09d}.pt", f"step_{400:09d}.pt"]
+
+        # one MLflow child run per stage run: the pre-training line (re-attached, not duplicated) and two fine-tunings
+        from mlflow import MlflowClient
+
+        client = MlflowClient(f"sqlite:///{(out_dir / 'mlflow.db').resolve()}")
+        runs = client.search_runs([client.get_experiment_by_name(name).experiment_id], max_results=1000)
+        children = [r for r in runs if r.data.tags.get("kind") != "sweep"]
+        assert Counter(r.data.tags["stage"] for r in children) == Counter({"pretrain": 1, "finetune": 2})
+        (pre_run,) = [r for r in children if r.data.tags["stage"] == "pretrain"]
+        history = Counter(m.step for m in client.get_metric_history(pre_run.info.run_id, "train/loss"))
+        assert sorted(history) == list(range(5, 401, 5))
+        assert all(step > newest for step, n in history.items() if n > 1), "steps before the resume point trained twice"
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        _kill_session(marker)

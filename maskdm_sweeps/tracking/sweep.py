@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..layout import PLAN_FILE, RESOLVED_SPEC, StageRun, read_json
+from ..layout import PLAN_FILE, RESOLVED_SPEC, SweepDir, read_json
 from .reporter import MlflowReporter
 from .store import client, default_tracking_uri, ensure_experiment, git_commit
 
@@ -34,11 +34,20 @@ class SweepTracking:
             "mask_strategy": "none" if trial.is_baseline else mask["strategy"],
             "mask_rate": "0" if trial.is_baseline else str(mask.get("rate", "")),
         }
-        if stage == "finetune" and trial.pretrain_key:
-            pre_run = read_json(StageRun(Path(self.pretrain_store) / trial.pretrain_key).mlflow_run)
+        store = SweepDir(Path(self.pretrain_store).parent, self.sweep)
+        line = None
+        if stage == "pretrain":
+            # the line's unit: the key, or <key>/<branch> (a branch directory sits under <key>/branches/)
+            line = trial.pretrain_key if Path(stage_dir).name == trial.pretrain_key else \
+                f"{trial.pretrain_key}/{Path(stage_dir).name}"
+            tags["pretrain_line"] = line
+        elif trial.pretrain_key:
+            tags["pretrain_steps"] = str(cfg.pretrain.steps)
+            served = store.milestone_line(trial.pretrain_key, cfg.pretrain.steps)
+            pre_run = read_json(served.mlflow_run) if served is not None else None
             if pre_run:
                 tags["pretrain_run_id"] = pre_run["run_id"]
-        name = f"pretrain {trial.pretrain_key}" if stage == "pretrain" else f"{trial.trial_id} {trial.label}"
+        name = f"pretrain {line}" if stage == "pretrain" else f"{trial.trial_id} {trial.label}"
         return [MlflowReporter(self.uri, self.experiment_id, stage_dir, name, self.parent_run_id, tags,
                                cfg.model_dump(mode="json"))]
 
