@@ -36,7 +36,9 @@ class LiveTable(tune.Callback):
 
     def _update(self, trial, **fields) -> None:
         unit = trial.config.get("trial_id") or trial.config.get("unit") or trial.config.get("pretrain_key", "")
-        row = self.rows.setdefault(trial.trial_id, {"trial": unit if unit.startswith("t-") else "pre-" + unit[:10]})
+        key, _, branch = unit.partition("/")  # a pre-training line: its key, and a branch's name after a slash
+        name = unit if unit.startswith("t-") else f"pre-{key[:10]}" + (f"/{branch}" if branch else "")
+        row = self.rows.setdefault(trial.trial_id, {"trial": name})
         row.update(fields)
         if self.live is not None:
             self.live.update(self._table())
