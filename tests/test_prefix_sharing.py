@@ -164,3 +164,16 @@ def test_an_existing_branch_is_extended_rather_than_branched_again():
     jobs, serving = plan_lines(LAYOUT, "k", [30, 35], lines)
     assert serving[30].how == "kept"
     assert [(j.line, j.start, j.target) for j in jobs] == [("from-20-to-30", 30, 35)]
+
+
+def test_a_milestone_whose_checkpoint_was_written_before_a_crash_is_kept_on_resume(long_and_short, tmp_path):
+    # the process died after the step-40 checkpoint, before keeping it: the resume starts there and keeps it
+    run = tmp_path / "crashed"
+    fit(tiny_trial_config(**pretraining(40)), "pretrain", run)  # a checkpoint at 40, no milestone
+    assert not (run / "milestones").exists()
+    fit(tiny_trial_config(**pretraining(80)), "pretrain", run, milestones=[40, 80])
+    long_run, _ = long_and_short
+    for step in (40, 80):
+        assert same_tensors(load_checkpoint(run / "milestones" / f"step_{step:09d}.pt")["model"],
+                            load_checkpoint(long_run / "milestones" / f"step_{step:09d}.pt")["model"])
+        assert (run / "milestones" / f"step_{step:09d}.json").exists()
