@@ -14,6 +14,8 @@ _EXPORTS = {
     ],
     "masking": ["MASK_STRATEGIES", "BlockMask", "CropMask", "PatchMask", "build_mask", "effective_mask_rate"],
     "model": ["UViT", "build_model", "count_parameters"],
+    "strategies": ["STRATEGIES", "DeferredMasking", "MaskDiT", "TokenRouting", "build_strategy", "maskdit_loss",
+                   "network_overrides", "token_counts", "training_loss"],
     "patches": ["gather_tokens", "patchify", "unpatchify"],
     "presets": ["MODEL_PRESETS", "UViTConfig", "resolve_model_config"],
 }

@@ -24,7 +24,9 @@ head                   ``2 L D p^2 C``             ``Linear(D, p^2 C)``, on all 
 final conv             ``2 H W C C 9``             only with ``final_conv`` (all patches kept); 3x3, padding 1
 =====================  ==========================  ==============================================================
 
-with ``2 (depth // 2) + 1`` blocks. Not counted, as ``FlopCounterMode`` does not count them either: elementwise work
+with ``2 (depth // 2) + 1`` backbone blocks, plus ``mixer_depth`` and ``decoder_depth`` blocks on ``1 + N`` tokens
+(deferred masking's mixer, MaskDiT's decoder, whose head then also runs on ``1 + N``); with token routing, the blocks
+of the routed span (see :func:`block_tokens`) see ``1 + span`` tokens and the rest ``1 + K``. Not counted, as ``FlopCounterMode`` does not count them either: elementwise work
 (LayerNorms, GELU, SiLU, softmax, the attention scale, residual and position adds, biases, the sinusoidal time
 embedding), gathers, concatenations and reshapes: ``O(L D + L^2 h)`` per block against the ``O(L D^2)`` above.
 
@@ -59,40 +61,63 @@ def num_blocks(config: UViTConfig) -> int:
     return 2 * (config.depth // 2) + 1
 
 
-def forward_flops_breakdown(config: UViTConfig, kept_patches: int) -> dict[str, int]:
+def block_tokens(config: UViTConfig, kept_patches: int, span_patches: int | None = None) -> list[int]:
+    """Tokens each transformer block sees in one forward, in order: the mixer's (``1 + N``), the backbone's
+    (``1 + kept``, or ``1 + span`` inside a routed span) and the decoder's (``1 + N``)."""
+    c, n = config, config.num_patches
+    n_in = c.depth // 2
+    routed = span_patches is not None and span_patches != kept_patches
+    inside = (lambda i: routed and i >= c.route_from)  # an in-block index inside the routed span
+    full, span = 1 + kept_patches, 1 + (span_patches if routed else kept_patches)
+    ins = [span if inside(i) else full for i in range(n_in)]
+    mid = span if routed else full
+    return [1 + n] * c.mixer_depth + ins + [mid] + ins[::-1] + [1 + n] * c.decoder_depth
+
+
+def forward_flops_breakdown(config: UViTConfig, kept_patches: int, span_patches: int | None = None) -> dict[str, int]:
     """FLOPs of one forward pass on one image, by component (summed over blocks); see the module docstring.
 
-    Keys: ``patch_embed``, ``time_mlp``, ``qkv``, ``attn_scores`` (``Q K^T``), ``attn_values`` (``softmax(.) V``),
-    ``attn_proj``, ``mlp``, ``skip``, ``head``, ``final_conv``; components a config does not have count 0.
+    ``kept_patches``: patch tokens the backbone sees; ``span_patches``: those that go through a routed span (token
+    routing; None: no routing). A mixer and a decoder (``mixer_depth``, ``decoder_depth``) run on all ``N`` patches;
+    their blocks are summed with the backbone's. Keys: ``patch_embed``, ``time_mlp``, ``qkv``, ``attn_scores``
+    (``Q K^T``), ``attn_values`` (``softmax(.) V``), ``attn_proj``, ``mlp``, ``skip``, ``head``, ``final_conv``;
+    components a config does not have count 0.
     """
     _check_kept(config, kept_patches)
     c = config
     d, a, m, n = c.embed_dim, _attention_width(c), int(c.embed_dim * c.mlp_ratio), c.num_patches
-    tokens, blocks, pixels_per_patch = 1 + kept_patches, num_blocks(c), c.patch_size**2 * c.in_chans
+    pixels_per_patch = c.patch_size**2 * c.in_chans
+    tokens = block_tokens(c, kept_patches, span_patches)  # per block
+    backbone = tokens[c.mixer_depth:len(tokens) - c.decoder_depth]
+    out_tokens = backbone[len(backbone) - c.depth // 2:]  # the out-blocks fuse the long skips
+    head_tokens = 1 + (n if c.decoder_depth else kept_patches)
     return {
         "patch_embed": 2 * n * d * pixels_per_patch,
         "time_mlp": 2 * (d * 4 * d + 4 * d * d) if c.time_mlp else 0,
-        "qkv": blocks * 2 * tokens * d * 3 * a,
-        "attn_scores": blocks * 2 * tokens * tokens * a,
-        "attn_values": blocks * 2 * tokens * tokens * a,
-        "attn_proj": blocks * 2 * tokens * a * d,
-        "mlp": blocks * (2 * tokens * d * m + 2 * tokens * m * d),
-        "skip": (c.depth // 2) * 2 * tokens * 2 * d * d,
-        "head": 2 * tokens * d * pixels_per_patch,
+        "qkv": sum(2 * L * d * 3 * a for L in tokens),
+        "attn_scores": sum(2 * L * L * a for L in tokens),
+        "attn_values": sum(2 * L * L * a for L in tokens),
+        "attn_proj": sum(2 * L * a * d for L in tokens),
+        "mlp": sum(2 * L * d * m + 2 * L * m * d for L in tokens),
+        "skip": sum(2 * L * 2 * d * d for L in out_tokens),
+        "head": 2 * head_tokens * d * pixels_per_patch,
         "final_conv": 2 * c.img_size**2 * c.in_chans * c.in_chans * 9 if c.final_conv else 0,
     }
 
 
-def forward_flops(config: UViTConfig, kept_patches: int) -> int:
-    """FLOPs of ONE forward pass of :class:`~.model.UViT` on one image of which ``kept_patches`` patches are kept.
+def forward_flops(config: UViTConfig, kept_patches: int, span_patches: int | None = None) -> int:
+    """FLOPs of ONE forward pass of :class:`~.model.UViT` on one image of which ``kept_patches`` patches are kept
+    (and ``span_patches`` go through a routed span; None: no routing).
 
-    The network sees ``1 + kept_patches`` tokens; every matmul and convolution counts 2 x its MACs. Elementwise work
-    (norms, activations, softmax, adds) is left out, as ``FlopCounterMode`` leaves it out.
+    The network sees ``1 + kept_patches`` tokens (its mixer and decoder all ``1 + N``); every matmul and convolution
+    counts 2 x its MACs. Elementwise work (norms, activations, softmax, adds, the decoder's scatter) is left out, as
+    ``FlopCounterMode`` leaves it out.
     """
-    return sum(forward_flops_breakdown(config, kept_patches).values())
+    return sum(forward_flops_breakdown(config, kept_patches, span_patches).values())
 
 
-def backward_flops(config: UViTConfig, kept_patches: int, recompute_attention: bool = False) -> int:
+def backward_flops(config: UViTConfig, kept_patches: int, recompute_attention: bool = False,
+                   span_patches: int | None = None) -> int:
     """FLOPs of the backward pass autograd runs after :func:`forward_flops` (one image), exactly.
 
     Every matmul costs twice its forward (the input gradient and the weight gradient), except the patch embedding
@@ -101,13 +126,13 @@ def backward_flops(config: UViTConfig, kept_patches: int, recompute_attention: b
     recomputes ``Q K^T`` in its backward (flash-style fused kernels do; the unfused math path does not), adding one
     more ``attn_scores``.
     """
-    parts = forward_flops_breakdown(config, kept_patches)
+    parts = forward_flops_breakdown(config, kept_patches, span_patches)
     time_mlp_first = parts["time_mlp"] // 2  # Linear(D, 4D) and Linear(4D, D) cost the same
     total = 2 * sum(parts.values()) - parts["patch_embed"] - time_mlp_first
     return total + (parts["attn_scores"] if recompute_attention else 0)
 
 
-def train_flops_per_image(config: UViTConfig, kept_patches: int) -> int:
+def train_flops_per_image(config: UViTConfig, kept_patches: int, span_patches: int | None = None) -> int:
     """Training FLOPs per image for one optimizer step: 3 x :func:`forward_flops` (backward = 2 x forward).
 
     The usual convention for model FLOPs; :func:`backward_flops` gives the backward autograd actually runs, which is
@@ -116,7 +141,7 @@ def train_flops_per_image(config: UViTConfig, kept_patches: int) -> int:
     ``Q K^T``, larger by that matmul (7.5% of a step for ``maskdm-b256`` on all 4097 tokens, about 1.2% for the
     other paper presets at mask 0).
     """
-    return 3 * forward_flops(config, kept_patches)
+    return 3 * forward_flops(config, kept_patches, span_patches)
 
 
 def eval_flops_per_image(config: UViTConfig, sampling_steps: int) -> int:

@@ -4,6 +4,21 @@ All inputs are tokens: a time token followed by the patch tokens. Learnable abso
 token *before* masked patch tokens are dropped (as in MAE), so each visible token keeps its position; the network
 then runs on the ``1 + K`` kept tokens only. ``depth // 2`` in-blocks, a mid-block and ``depth // 2`` out-blocks, each
 out-block fusing a long skip (last in, first out) with ``Linear(2D -> D)``.
+
+Three optional parts serve the masking strategies that followed MaskDM (``maskdm/strategies.py``); each is absent
+(0 blocks) in the plain U-ViT and, once present, stays part of the network in fine-tuning and sampling, where it runs
+with nothing masked:
+
+* ``mixer_depth`` blocks (deferred masking, Sehwag et al. 2024) run on the time token and EVERY patch token before
+  any is dropped, so the kept tokens carry information from the dropped ones;
+* ``decoder_depth`` blocks (MaskDiT, Zheng et al. 2024) run after the backbone on every position: the backbone's
+  outputs go back to their positions, a learned mask token (plus a second set of positions) fills each dropped one,
+  so the network predicts every patch. The decoder comes after the last out-block: the long skips stay inside the
+  backbone, which only ever sees the kept tokens;
+* routing (TREAD, Krause et al. 2025) needs no parameters: ``route_idx`` names the tokens that go THROUGH the routed
+  span (in-blocks ``[route_from:]``, the mid-block and the out-blocks that mirror them); the others skip it and are
+  put back at its end. The span is symmetric around the mid-block, so every long skip that an out-block in the span
+  fuses comes from an in-block in the span, on the same routed subset of tokens.
 """
 
 from __future__ import annotations
@@ -75,9 +90,18 @@ class UViT(nn.Module):
         )
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + c.num_patches, d))  # time token + N patches
         block = dict(dim=d, num_heads=c.num_heads, mlp_ratio=c.mlp_ratio, qkv_bias=c.qkv_bias)
+        if not 0 <= c.route_from <= c.depth // 2:
+            raise ValueError(f"route_from must be in [0, {c.depth // 2}] (the in-blocks), got {c.route_from}")
+        self.mixer_blocks = nn.ModuleList([block_layer(**block) for _ in range(c.mixer_depth)])
         self.in_blocks = nn.ModuleList([block_layer(**block) for _ in range(c.depth // 2)])
         self.mid_block = block_layer(**block)
         self.out_blocks = nn.ModuleList([block_layer(**block, skip=True) for _ in range(c.depth // 2)])
+        self.decoder_blocks = nn.ModuleList([block_layer(**block) for _ in range(c.decoder_depth)])
+        if c.decoder_depth:
+            self.mask_token = nn.Parameter(torch.zeros(1, 1, d))
+            self.decoder_pos_embed = nn.Parameter(torch.zeros(1, 1 + c.num_patches, d))
+            trunc_normal_(self.mask_token, std=0.02)
+            trunc_normal_(self.decoder_pos_embed, std=0.02)
         self.norm = nn.LayerNorm(d)
         self.head = nn.Linear(d, c.patch_size**2 * c.in_chans)
         self.final_layer = nn.Conv2d(c.in_chans, c.in_chans, 3, padding=1) if c.final_conv else nn.Identity()
@@ -94,39 +118,81 @@ class UViT(nn.Module):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, keep_idx: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, keep_idx: torch.Tensor | None = None,
+                route_idx: torch.Tensor | None = None) -> torch.Tensor:
         """Predict eps.
 
         x_t: (B, C, H, W) noisy images; t: (B,) integer timesteps; keep_idx: (B, K) sorted visible patch indices, or
-        None for all patches. Returns (B, K, p*p*C) per-patch eps for the kept patches, or (B, C, H, W) when
-        keep_idx is None.
+        None for all patches; route_idx: (B, R) sorted patch indices that go through the routed span (None: all).
+        Returns (B, K, p*p*C) per-patch eps for the kept patches when keep_idx is given (with a decoder: (B, N,
+        p*p*C), every position), else (B, C, H, W).
         """
         c = self.config
         x = self.patch_embed(x_t)  # (B, D, g, g)
         x = x.flatten(2).transpose(1, 2)  # (B, N, D)
         x = x + self.pos_embed[:, 1:]  # (B, N, D): positions before the drop
+        time_token = self.time_embed(timestep_embedding(t, c.embed_dim)).unsqueeze(1)  # (B, 1, D)
+        time_token = time_token.to(x.dtype) + self.pos_embed[:, :1]  # (B, 1, D); the time token is never masked
+        x = torch.cat([time_token, x], dim=1)  # (B, 1+N, D)
+        for blk in self.mixer_blocks:
+            x = blk(x)  # (B, 1+N, D): deferred masking mixes every token before the drop
         if keep_idx is not None:
             if c.final_conv:
                 raise ValueError("final_conv needs the whole image; it cannot run with dropped tokens")
-            x = gather_tokens(x, keep_idx)  # (B, K, D)
-        time_token = self.time_embed(timestep_embedding(t, c.embed_dim)).unsqueeze(1)  # (B, 1, D)
-        time_token = time_token.to(x.dtype) + self.pos_embed[:, :1]  # (B, 1, D); the time token is never masked
-        x = torch.cat([time_token, x], dim=1)  # (B, 1+K, D)
+            x = torch.cat([x[:, :1], gather_tokens(x[:, 1:], keep_idx)], dim=1)  # (B, 1+K, D)
 
-        skips = []
-        for blk in self.in_blocks:
-            x = blk(x)  # (B, 1+K, D)
-            skips.append(x)
-        x = self.mid_block(x)  # (B, 1+K, D)
-        for blk in self.out_blocks:
-            x = blk(x, skips.pop())  # (B, 1+K, D)
-
-        x = self.head(self.norm(x))  # (B, 1+K, p*p*C)
-        x = x[:, 1:]  # (B, K, p*p*C): drop the time token
+        x = self._backbone(x, route_idx)  # (B, 1+K, D)
+        if self.decoder_blocks:
+            x = self._decode(x, keep_idx)  # (B, 1+N, D)
+        x = self.head(self.norm(x))  # (B, 1+K or 1+N, p*p*C)
+        x = x[:, 1:]  # drop the time token
         if keep_idx is not None:
             return x
         img = unpatchify(x, c.patch_size, c.in_chans)  # (B, C, H, W)
         return self.final_layer(img)  # (B, C, H, W)
+
+    def _backbone(self, x: torch.Tensor, route_idx: torch.Tensor | None) -> torch.Tensor:
+        """In-blocks, mid-block, out-blocks with long skips; with ``route_idx``, only those tokens (and the time
+        token) go through the routed span. x: (B, 1+K, D) -> (B, 1+K, D)."""
+        n_in, start = len(self.in_blocks), self.config.route_from
+        bypass = None
+        skips = []
+        for i, blk in enumerate(self.in_blocks):
+            if route_idx is not None and i == start:
+                bypass, x = x, torch.cat([x[:, :1], gather_tokens(x[:, 1:], route_idx)], dim=1)  # (B, 1+R, D)
+            x = blk(x)  # (B, 1+K, D) or (B, 1+R, D) inside the span
+            skips.append(x)
+        if route_idx is not None and start == n_in:  # the span is the mid-block alone
+            bypass, x = x, torch.cat([x[:, :1], gather_tokens(x[:, 1:], route_idx)], dim=1)  # (B, 1+R, D)
+        x = self.mid_block(x)
+        for i, blk in enumerate(self.out_blocks):
+            if bypass is not None and i == n_in - start:  # the span ends: routed tokens back in their places
+                x, bypass = _put_back(bypass, x, route_idx), None  # (B, 1+K, D)
+            x = blk(x, skips.pop())  # (B, 1+K, D) (or 1+R inside the span)
+        if bypass is not None:  # the span reached the last out-block
+            x = _put_back(bypass, x, route_idx)  # (B, 1+K, D)
+        return x
+
+    def _decode(self, x: torch.Tensor, keep_idx: torch.Tensor | None) -> torch.Tensor:
+        """MaskDiT's decoder: every position, a dropped one as the mask token. x: (B, 1+K, D) -> (B, 1+N, D)."""
+        b, n, d = x.shape[0], self.config.num_patches, x.shape[-1]
+        if keep_idx is None:
+            full = x[:, 1:]  # (B, N, D): nothing was dropped
+        else:
+            full = self.mask_token.to(x.dtype).expand(b, n, d).clone()  # (B, N, D)
+            full.scatter_(1, keep_idx[..., None].expand(-1, -1, d), x[:, 1:])  # kept tokens back in place
+        x = torch.cat([x[:, :1], full], dim=1) + self.decoder_pos_embed.to(x.dtype)  # (B, 1+N, D)
+        for blk in self.decoder_blocks:
+            x = blk(x)  # (B, 1+N, D)
+        return x
+
+
+def _put_back(full: torch.Tensor, routed: torch.Tensor, route_idx: torch.Tensor) -> torch.Tensor:
+    """Token routing's re-insertion: the routed subset's outputs at their positions among the tokens that skipped.
+    full: (B, 1+K, D) as they entered the span; routed: (B, 1+R, D); route_idx: (B, R) -> (B, 1+K, D)."""
+    patches = full[:, 1:].clone()  # (B, K, D)
+    patches.scatter_(1, route_idx[..., None].expand(-1, -1, full.shape[-1]), routed[:, 1:])
+    return torch.cat([routed[:, :1], patches], dim=1)  # the time token went through the span
 
 
 def build_model(preset: str, **overrides) -> UViT:

@@ -20,6 +20,10 @@ class UViTConfig:
     qkv_bias: bool = False  # the official MaskDM configs use none
     time_mlp: bool = False  # U-ViT's optional MLP on the time embedding; MaskDM configs use none
     final_conv: bool = False  # U-ViT's final 3x3 conv on the image; not in MaskDM, unusable with dropped tokens
+    # parts a masking strategy adds (maskdm/strategies.py); 0 / the default: the plain U-ViT
+    mixer_depth: int = 0  # deferred masking: blocks on every token before any is dropped
+    decoder_depth: int = 0  # MaskDiT: blocks after the backbone on every position, dropped ones as a mask token
+    route_from: int = 1  # token routing: routed tokens skip in-blocks [route_from:], the mid-block and their mirrors
 
     @property
     def grid(self) -> int:

@@ -12,23 +12,31 @@ Both are exact functions of the step, so a resumed run counts the same as an uni
 from __future__ import annotations
 
 from ..maskdm import eval_flops_per_image, train_flops_per_image
+from ..maskdm.strategies import TokenCounts, token_counts
 from .config import Stage, TrialConfig, build_mask_from_config
 
 TERA = 1e12
 
 
 def kept_patches(config: TrialConfig, stage: Stage) -> int:
-    """Patches the network sees per image in ``stage``: the mask's kept count in pre-training, all in fine-tuning."""
+    """Patches the backbone sees per image in ``stage``: the mask's kept count in pre-training, all in fine-tuning."""
+    return stage_tokens(config, stage).kept
+
+
+def stage_tokens(config: TrialConfig, stage: Stage) -> TokenCounts:
+    """Patch tokens of a training forward in ``stage``: the strategy's in pre-training (the backbone's kept ones and
+    a routed span's), every patch in fine-tuning."""
     mc = config.model_config_resolved()
     if stage == "pretrain":
-        return build_mask_from_config(config.mask).keep_count(mc.grid)
-    return mc.num_patches
+        return token_counts(build_mask_from_config(config.mask), mc.grid)
+    return TokenCounts(mc.num_patches, mc.num_patches)
 
 
 def train_flops_per_step(config: TrialConfig, stage: Stage) -> int:
     """Training FLOPs of one optimizer step of ``stage`` (the global batch, all workers together)."""
     batch = (config.pretrain if stage == "pretrain" else config.finetune).batch_size
-    return batch * train_flops_per_image(config.model_config_resolved(), kept_patches(config, stage))
+    tokens = stage_tokens(config, stage)
+    return batch * train_flops_per_image(config.model_config_resolved(), tokens.kept, tokens.span)
 
 
 def evaluation_steps(config: TrialConfig, stage: Stage, steps_done: int | None = None) -> list[int]:

@@ -14,7 +14,8 @@ from typing import Annotated, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..data.config import DataConfig
-from ..maskdm import MODEL_PRESETS, UViTConfig, build_mask, effective_mask_rate, resolve_model_config
+from ..maskdm import MODEL_PRESETS, UViTConfig, effective_mask_rate, resolve_model_config
+from ..maskdm.strategies import build_strategy, network_overrides
 from ..maskdm.masking import MaskStrategy
 
 STAGES = ("pretrain", "finetune")
@@ -68,11 +69,44 @@ class CropMaskConfig(_Strict):
     crop_size: int = Field(..., ge=1, description="Window side in patches; the mask rate is 1 - crop_size^2 / N.")
 
 
-MaskConfig = Annotated[Union[PatchMaskConfig, BlockMaskConfig, CropMaskConfig], Field(discriminator="strategy")]
+class MaskDiTConfig(_Strict):
+    """MaskDiT (Zheng et al., TMLR 2024): the backbone sees the visible patches, a small decoder every position (a
+    learned mask token in each dropped one); loss: denoising on the visible patches plus an MAE term on the masked
+    ones. The decoder stays part of the network for fine-tuning, which runs it on every patch (MaskDiT's "unmasking
+    tuning")."""
+
+    strategy: Literal["maskdit"] = Field("maskdit", description="Masking strategy: MaskDiT's encoder-decoder.")
+    rate: float = Field(0.5, ge=0.0, lt=1.0, description="Fraction of patches dropped before the backbone (the paper: 0.5).")
+    decoder_depth: int = Field(2, ge=1, le=64, description="Transformer blocks of the decoder, on every position.")
+    mae_coef: float = Field(0.1, ge=0.0, description="Weight of the MAE term: the masked patches' MSE against the noisy input normalised per patch (the paper: 0.1; 0 leaves MaskDM's loss).")
 
 
-def build_mask_from_config(mask: PatchMaskConfig | BlockMaskConfig | CropMaskConfig) -> MaskStrategy:
-    return build_mask(mask.strategy, **mask.model_dump(exclude={"strategy"}))
+class DeferredMaskConfig(_Strict):
+    """Deferred masking (Sehwag et al. 2024, "Stretching Each Dollar"): a small patch-mixer runs on every token,
+    then a share of them is dropped before the backbone; the loss covers the unmasked patches. The mixer stays part
+    of the network for fine-tuning."""
+
+    strategy: Literal["deferred"] = Field("deferred", description="Masking strategy: a patch-mixer, then the drop.")
+    rate: float = Field(0.75, ge=0.0, lt=1.0, description="Fraction of patches dropped after the mixer (the paper: 0.75).")
+    mixer_depth: int = Field(2, ge=1, le=64, description="Transformer blocks of the patch-mixer, on every token.")
+
+
+class RoutingConfig(_Strict):
+    """Token routing (TREAD, Krause et al., ICCV 2025): a random share of the patch tokens skips the middle of the
+    backbone and is put back after it; nothing leaves the loss and no parameters are added."""
+
+    strategy: Literal["routing"] = Field("routing", description="Masking strategy: tokens routed past the middle blocks.")
+    rate: float = Field(0.5, ge=0.0, lt=1.0, description="Selection rate: the fraction of patch tokens that skip the routed span (the paper: 0.5).")
+    route_from: int = Field(1, ge=0, le=64, description="The routed span: in-blocks from this index on, the mid-block and the out-blocks that mirror them (0: every block; depth // 2: the mid-block alone).")
+
+
+MaskConfig = Annotated[Union[PatchMaskConfig, BlockMaskConfig, CropMaskConfig, MaskDiTConfig, DeferredMaskConfig,
+                             RoutingConfig], Field(discriminator="strategy")]
+
+
+def build_mask_from_config(mask) -> MaskStrategy:
+    """The strategy a ``mask`` section names (``maskdm.strategies``), with its knobs."""
+    return build_strategy(mask.strategy, **mask.model_dump(exclude={"strategy"}))
 
 
 # ----------------------------------------------------------------------------------------------------------- model
@@ -240,6 +274,10 @@ class TrialConfig(_Strict):
                 raise ValueError(f"mask: {err}") from None
             if self.model.final_conv:
                 raise ValueError("model.final_conv cannot be used with masked pre-training (tokens are dropped)")
+            depth = MODEL_PRESETS[self.model.preset].depth
+            if self.mask.strategy == "routing" and self.mask.route_from > depth // 2:
+                raise ValueError(f"mask: route_from {self.mask.route_from} is past the {depth // 2} in-blocks of "
+                                 f"{self.model.preset} (depth {depth}); use 0 to {depth // 2}")
         return self
 
     # -------------------------------------------------------------------------------------- derived quantities
@@ -259,8 +297,12 @@ class TrialConfig(_Strict):
         return effective_mask_rate(build_mask_from_config(self.mask), self.model_config_resolved().grid)
 
     def model_config_resolved(self) -> UViTConfig:
+        """The U-ViT of this trial: the preset, fitted to the data, with the parts its masking strategy adds (a
+        MaskDiT decoder, a patch-mixer) when it pre-trains; the baseline is the plain U-ViT."""
         overrides = dict(img_size=self.image_size, in_chans=self.channels, time_mlp=self.model.time_mlp,
                          final_conv=self.model.final_conv)
+        if self.pretrain.steps > 0:
+            overrides.update(network_overrides(build_mask_from_config(self.mask)))
         if self.model.patch_size:
             overrides["patch_size"] = self.model.patch_size
         return resolve_model_config(self.model.preset, **overrides)

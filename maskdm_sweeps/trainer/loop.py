@@ -22,7 +22,7 @@ import torch
 
 from ..data import ImageBatches, load_dataset
 from ..layout import StageRun, write_json
-from ..maskdm import UViT, build_schedule, mdsm_loss
+from ..maskdm import UViT, build_schedule, training_loss
 from .checkpoint import checkpoint_path, keep_state, load_checkpoint, load_latest_checkpoint, save_checkpoint
 from .compute import TERA, stage_flops, stage_tflops, train_flops_per_step
 from .config import Stage, TrialConfig, build_mask_from_config
@@ -251,9 +251,8 @@ class _StageRun:
         keep = None if self.mask is None else \
             self.mask.sample(B, self.model_cfg.grid, self.noise_gen, dev)[rows]  # (b, K)
         xt = self._add_noise(x0, noise, t)  # (b, C, H, W)
-        with self._autocast():
-            pred = self.train_model(xt, t, keep)  # (b, K, p*p*C) or (b, C, H, W)
-        loss = mdsm_loss(pred, noise, self.model_cfg.patch_size, keep)
+        with self._autocast():  # the strategy's forward and loss (maskdm.strategies): MDSM for MaskDM's masks
+            loss = training_loss(self.mask, self.train_model, xt, t, noise, keep, self.model_cfg.patch_size)
         for group in self.optimizer.param_groups:
             group["lr"] = self._lr(self.step + 1)
         self.optimizer.zero_grad(set_to_none=True)
