@@ -13,7 +13,7 @@ from maskdm_sweeps.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = sorted((ROOT / "experiments").glob("*.yaml"))
 EXE = str(Path(sys.executable).with_name("maskdm-sweep"))
-SHIPPED = {"mask_rate.yaml", "masking_strategy.yaml", "budget.yaml", "transfer.yaml", "lr_search.yaml",
+SHIPPED = {"mask_rate.yaml", "masking_strategy.yaml", "budget.yaml", "transfer.yaml", "lr_search.yaml", "methods.yaml",
            "quickstart.yaml"}
 
 
@@ -129,3 +129,19 @@ def test_budget_spec_trains_one_pretraining_per_seed_for_all_its_lengths(tmp_pat
     assert per_step.to_numpy() == pytest.approx([per_step.iloc[0]] * len(masked))  # each charged its own length
     for _, group in masked.groupby("pretrain_key"):  # the shares add up to one 30-step run per seed
         assert group["pretrain_tflops_share"].sum() == pytest.approx(30 * per_step.iloc[0])
+
+
+@pytest.mark.slow
+def test_methods_spec_compares_every_strategy_with_its_compute_under_smoke(tmp_path):
+    run_smoke("methods.yaml", tmp_path, "sweep.seeds=[0]")
+    check_results(tmp_path, "methods", n_trials=5, n_pretrains=4)  # 4 strategies + the equal-compute baseline
+    from maskdm_sweeps.results import load
+
+    trials, _ = load(tmp_path / "methods")
+    assert set(trials["arm"]) == {"baseline", "patch r=0.9", "maskdit r=0.5", "deferred r=0.75", "routing r=0.5"}
+    per_step = (trials["pretrain_tflops"] / trials["pretrain_steps"]).dropna()
+    assert per_step.nunique() == 4  # every strategy's step costs its own FLOPs
+    report = (tmp_path / "methods" / "report.md").read_text()
+    for arm in ("maskdit r=0.5", "deferred r=0.75", "routing r=0.5"):
+        assert arm in report.split("## Speed-up")[1].split("##")[0]  # each arm's speed-up, by compute
+    assert "TFLOPs" in report

@@ -218,7 +218,7 @@ def _trial_row(sweep: str, manifest: dict, ft: _Stage, pretraining: "_Pretrainin
     baseline = pretrain_key is None
     mask = config.get("mask") or {}
     strategy = None if baseline else mask.get("strategy")
-    rate = _float(mask.get("rate")) if strategy in ("patch", "block") else math.nan
+    rate = _float(mask.get("rate")) if strategy not in (None, "crop") else math.nan
     block = mask.get("block_size") if strategy == "block" else None
     crop = mask.get("crop_size") if strategy == "crop" else None
 

@@ -67,7 +67,7 @@ COVERED_BY_COLUMNS = {"seed", "baseline", "mask", "mask.strategy", "mask.rate", 
 
 def arm_name(strategy: str | None, rate: float | None = None, block_size: int | None = None,
              crop_size: int | None = None) -> str:
-    """``baseline``, ``patch r=0.5``, ``block b=4 r=0.9``, ``crop c=11``."""
+    """``baseline``, ``patch r=0.5``, ``block b=4 r=0.9``, ``crop c=11``, ``maskdit r=0.5``, ``routing r=0.5``."""
     if strategy is None:
         return "baseline"
     if strategy == "patch":
@@ -76,6 +76,8 @@ def arm_name(strategy: str | None, rate: float | None = None, block_size: int | 
         return f"block b={block_size} r={rate:g}"
     if strategy == "crop":
         return f"crop c={crop_size}"
+    if rate is not None and rate == rate:  # MaskDiT, deferred masking, routing: the strategy and its rate
+        return f"{strategy} r={rate:g}"
     return str(strategy)
 
 

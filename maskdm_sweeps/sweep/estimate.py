@@ -13,7 +13,7 @@ import torch
 
 from ..maskdm import MODEL_PRESETS, UViTConfig, count_parameters, train_flops_per_image
 from ..maskdm.model import UViT
-from ..trainer.compute import stage_flops
+from ..trainer.compute import stage_flops, train_flops_per_step
 from ..trainer.config import Stage, TrialConfig
 
 REFERENCE_GPU = "NVIDIA H200"
@@ -45,16 +45,24 @@ def flops_per_image(mc: UViTConfig, effective_rate: float) -> float:
     return float(train_flops_per_image(mc, kept_patches(mc, effective_rate)))
 
 
+MEASURED_STRATEGIES = ("patch", "block", "crop")  # the table measured MaskDM's token dropping
+
+
 def images_per_second(config: TrialConfig, effective_rate: float) -> float:
     """Training images/s of ``config`` at an effective mask rate on the reference GPU (interpolated in the table,
-    else scaled from U-ViT-S/2 by FLOPs per image, at most 2x faster)."""
+    else scaled from U-ViT-S/2 by FLOPs per image, at most 2x faster). A strategy the table did not measure
+    (MaskDiT, deferred masking, routing) is scaled by its exact FLOPs per image from the unmasked reference."""
     preset = config.model.preset
-    if preset in REFERENCE_IMAGES_PER_SECOND and config.model_config_resolved() == MODEL_PRESETS[preset]:
+    measured = effective_rate == 0 or config.mask.strategy in MEASURED_STRATEGIES
+    if preset in REFERENCE_IMAGES_PER_SECOND and config.model_config_resolved() == MODEL_PRESETS[preset] and measured:
         table = REFERENCE_IMAGES_PER_SECOND[preset]
         rates = sorted(table)
         return float(np.interp(effective_rate, rates, [table[r] for r in rates]))
     ref = "uvit-s2-cifar32"
-    speedup = flops_per_image(MODEL_PRESETS[ref], 0.0) / flops_per_image(config.model_config_resolved(), effective_rate)
+    mc = config.model_config_resolved()
+    per_image = flops_per_image(mc, effective_rate) if measured else \
+        train_flops_per_step(config, "pretrain") / config.pretrain.batch_size
+    speedup = flops_per_image(MODEL_PRESETS[ref], 0.0) / per_image
     # small or heavily masked steps are launch-bound on a GPU: fewer FLOPs buy at most 2x (measured: 10x -> 1.7x)
     return REFERENCE_IMAGES_PER_SECOND[ref][0.0] * min(speedup, 2.0)
 

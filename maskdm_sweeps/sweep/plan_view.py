@@ -12,7 +12,7 @@ from ..sweepspec.expand import SweepPlan, with_pretrain_steps
 from ..trainer.compute import TERA, stage_flops
 from ..trainer.config import Stage, TrialConfig
 from .milestones import MAIN, LineJob, LineState, Serving, plan_lines, read_lines
-from .estimate import REFERENCE_GPU, stage_eval_gpu_hours, stage_gpu_hours
+from .estimate import REFERENCE_GPU, parameter_count, stage_eval_gpu_hours, stage_gpu_hours
 from .packing import (GIB, MEASURED_PACKING_GPU, MEMORY_HEADROOM, suggest_for_configs, trials_per_gpu_of,
                       trials_the_work_allows)
 
@@ -213,10 +213,29 @@ def _sharing_line(tot: PlanTotals) -> str | None:
         return None
     asked, train = tot.pretrain_asked, tot.pretrain_to_train
     saved = tot.pretrain_steps_asked - tot.pretrain_steps_to_train
+    if saved == 0:
+        return f"pre-training: {tot.pretrain_steps_to_train:,} steps to train (no length shares a run or is kept)"
     return (f"pre-training: {tot.pretrain_steps_to_train:,} steps to train for {tot.pretrain_steps_asked:,} asked "
             f"(each trial its own length); sharing runs by prefix and reusing kept lengths saves {saved:,} steps, "
             f"{format_tflops(asked.train_flops - train.train_flops)} training TFLOPs, about "
             f"{asked.train_gpu_hours - train.train_gpu_hours:.2f} GPU-hours")
+
+
+def parameter_counts(plan: SweepPlan) -> dict[tuple[str, str], int]:
+    """``(preset, strategy)`` -> parameters of that trial network (the baseline's strategy: ``none``): what a
+    strategy adds (a MaskDiT decoder, a patch-mixer) stays in the network through fine-tuning."""
+    counts: dict[tuple[str, str], int] = {}
+    for t in plan.trials:
+        strategy = "none" if t.is_baseline else t.config.mask.strategy
+        counts.setdefault((t.config.model.preset, strategy), parameter_count(t.config.model_config_resolved()))
+    return counts
+
+
+def _parameter_line(plan: SweepPlan) -> str:
+    by_preset: dict[str, list[str]] = {}
+    for (preset, strategy), n in parameter_counts(plan).items():
+        by_preset.setdefault(preset, []).append(f"{strategy} {n:,}")
+    return "parameters: " + "; ".join(f"{preset}: {', '.join(parts)}" for preset, parts in by_preset.items())
 
 
 def print_plan(plan: SweepPlan, console: Console | None = None) -> PlanTotals:
@@ -247,6 +266,7 @@ def print_plan(plan: SweepPlan, console: Console | None = None) -> PlanTotals:
         f"{REFERENCE_GPU} ({tot.train_gpu_hours:.2f} training + {tot.eval_gpu_hours:.2f} evaluation, estimated from "
         f"reference throughput)"
     )
+    console.print(_parameter_line(plan))
     sharing = _sharing_line(tot)
     if sharing:
         console.print(sharing)
