@@ -9,6 +9,9 @@ Sections (``--sections``, default all):
   the last window's ``train/images_per_second`` is the number. FLOPs per step are counted by torch's
   ``FlopCounterMode`` over one forward + loss + backward of the same model (on the meta device: no compute);
   TFLOP/s = FLOPs per step x steps/s, MFU against a measured matmul ceiling (bf16 8192^3 on CUDA).
+* ``strategies``: one training step of each masking strategy at its paper's rate (MaskDM patch 90%, MaskDiT 50%,
+  deferred masking 75%, token routing 50%) on its own network, images/s and counted FLOPs as ratios to the
+  full-token step of the same preset, at ``--batch-masked``.
 * ``sampling``: DDIM-100 (eta 1, as the evaluation samples) with the package's sampler and ``sample_images``, bf16
   autocast on CUDA, on a freshly built model (no EMA); ``--sampling-compile`` adds a compiled denoiser.
 * ``fid``: Inception features (the package's ``InceptionBackend``, TF-Inception TorchScript weights; where none are
@@ -21,7 +24,7 @@ Sections (``--sections``, default all):
   and prints ours / reference ratios.
 
 Each section is a module beside this script (``bench_trainer.py``, ``bench_sampling.py``, ``bench_fid.py``,
-``bench_packing.py``, ``bench_reference.py``; targets in ``bench_targets.py``, shared helpers and the one timing
+``bench_packing.py``, ``bench_reference.py``, ``bench_strategies.py``; targets in ``bench_targets.py``, shared helpers and the one timing
 helper in ``bench_common.py``).
 
 Output: tables on stdout and JSON to ``benchmarks/results/<date>-<device>-bench.json`` (or ``--out``).
@@ -56,6 +59,7 @@ from bench_fid import section_fid  # noqa: E402
 from bench_packing import section_packing  # noqa: E402
 from bench_reference import reference_comparison, section_reference  # noqa: E402,F401
 from bench_sampling import section_sampling  # noqa: E402
+from bench_strategies import section_strategies  # noqa: E402
 from bench_targets import TARGETS, compute_targets  # noqa: E402,F401
 from bench_trainer import section_trainer  # noqa: E402
 from maskdm_sweeps.maskdm import MODEL_PRESETS  # noqa: E402
@@ -166,6 +170,7 @@ def main(argv=None) -> int:
         os.environ["MASKDM_CACHE"] = str(workdir / "cache")
         runners = {
             "trainer": lambda: section_trainer(args, device, workdir, result),
+            "strategies": lambda: section_strategies(args, device, result),
             "sampling": lambda: section_sampling(args, device, result),
             "fid": lambda: section_fid(args, device, workdir, result),
             "packing": lambda: section_packing(args, device, workdir, result),

@@ -31,7 +31,7 @@ from maskdm_sweeps.maskdm import MODEL_PRESETS  # noqa: E402
 from maskdm_sweeps.testing import tiny_trial_config  # noqa: E402
 from maskdm_sweeps.trainer import NullReporter, TrialConfig, fit  # noqa: E402
 
-SECTIONS = ("trainer", "sampling", "fid", "packing", "reference")
+SECTIONS = ("trainer", "strategies", "sampling", "fid", "packing", "reference")
 MASK_RATES = (0.0, 0.5, 0.9)
 COMPILED_RATES = (0.0, 0.9)
 MODES = ("eager", "default", "reduce-overhead", "max-autotune")

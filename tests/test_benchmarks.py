@@ -93,6 +93,14 @@ def test_bench_quick_prints_every_section_and_writes_json(tmp_path):
     assert flops[0] > flops[1] > flops[2]  # fewer kept tokens, fewer FLOPs
     assert saved["sections"]["sampling"]["images_per_second"] > 0
     assert saved["sections"]["sampling"]["steps"] == 100
+    strategies = {r["strategy"]: r for r in saved["sections"]["strategies"]["rows"]}
+    assert list(strategies) == ["full tokens", "maskdm patch r=0.9", "maskdit r=0.5", "deferred r=0.75",
+                                "routing r=0.5"]
+    assert strategies["full tokens"]["ratio_to_full_tokens"] == 1.0 and all(
+        r["images_per_second"] > 0 for r in strategies.values())
+    assert strategies["maskdm patch r=0.9"]["flops_ratio"] < strategies["routing r=0.5"]["flops_ratio"] < 1
+    assert strategies["maskdit r=0.5"]["parameters"] > strategies["routing r=0.5"]["parameters"]
+    assert "== strategies: one training step at each paper's rate" in text
     fid = saved["sections"]["fid"]
     assert fid["images_per_second"] > 0 and fid["rows"][0]["feature_dims"] == 2048
     assert fid["estimate_10k"]["total_seconds"] > 0

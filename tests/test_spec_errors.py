@@ -53,6 +53,19 @@ CASES = {
     "unknown-mask-strategy": (lambda s: s.replace("    strategy: patch", "    strategy: checkerboard"), "base.mask.strategy", 9),
     "unknown-axis-key": (lambda s: s.replace("    mask.rate:", "    mask.rat:"), "sweep.axes.mask.rat", 20),
     "unknown-preset": (lambda s: s.replace("    preset: tiny", "    preset: uvit-huge"), "base.model", 6),
+    # the knobs of the strategies beyond MaskDM's three
+    "maskdit-without-a-decoder": (
+        lambda s: s.replace("    strategy: patch\n    rate: 0.5", "    strategy: maskdit\n    rate: 0.5\n    decoder_depth: 0"),
+        "base.mask.decoder_depth", 11),
+    "negative-mae-weight": (
+        lambda s: s.replace("    strategy: patch\n    rate: 0.5", "    strategy: maskdit\n    mae_coef: -0.1"),
+        "base.mask.mae_coef", 10),
+    "mixer-knob-typo": (
+        lambda s: s.replace("    strategy: patch\n    rate: 0.5", "    strategy: deferred\n    mixr_depth: 2"),
+        "base.mask.mixr_depth", 10),
+    "routing-past-the-in-blocks": (
+        lambda s: s.replace("    mask.rate: [0.25, 0.5]", "    mask:\n      - {strategy: routing, rate: 0.5, route_from: 3}"),
+        "sweep.axes.mask", 20),
 }
 
 
