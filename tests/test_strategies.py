@@ -134,6 +134,21 @@ def test_the_decoder_predicts_every_position_from_the_visible_patches_and_the_ma
         assert changed_patches(out, model(with_patch_changed(visible[0]), t, keep)) == set(range(16))
         # a masked patch's pixels reach nothing: its position holds the mask token
         assert torch.equal(out, model(with_patch_changed(masked[0]), t, keep))
+        # what the decoder gets: the backbone's output at each kept position, the mask token at each dropped one,
+        # every position with the decoder's own positional embedding
+        seen = {}
+        hooks = [model.out_blocks[-1].register_forward_hook(lambda m, a, out: seen.__setitem__("backbone", out)),
+                 model.decoder_blocks[0].register_forward_pre_hook(lambda m, a: seen.__setitem__("decoder", a[0]))]
+        model(x, t, keep)
+        for h in hooks:
+            h.remove()
+        pos = model.decoder_pos_embed[0]  # (1 + N, D)
+        dec, enc = seen["decoder"], seen["backbone"]  # (B, 1 + N, D), (B, 1 + K, D)
+        assert torch.allclose(dec[:, 0], enc[:, 0] + pos[0])  # the time token
+        for k, j in enumerate(visible):
+            assert torch.allclose(dec[:, 1 + j], enc[:, 1 + k] + pos[1 + j])
+        for j in masked:
+            assert torch.allclose(dec[:, 1 + j], (model.mask_token[0, 0] + pos[1 + j]).expand(B, -1))
         # the mask token is what fills the dropped positions (a random change: LayerNorm removes a constant shift)
         model.mask_token.add_(torch.randn(model.mask_token.shape, generator=torch.Generator().manual_seed(5)))
         assert changed_patches(out, model(x, t, keep)) == set(range(16))
