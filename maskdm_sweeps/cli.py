@@ -75,19 +75,26 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     plan = _load_plan(args, check_paths=False)  # plan away from the data; `validate` and `run` check paths
     if plan is None:
         return 2
+    if args.json:
+        import json
+
+        from .sweep.plan_view import plan_json
+
+        print(json.dumps(plan_json(plan), indent=2))
+        return 0
     from .sweep.plan_view import print_plan
 
     print_plan(plan)
     return 0
 
 
-def _execute(plan, address: str | None, resume: bool) -> int:
+def _execute(plan, address: str | None, resume: bool, status_every: float = 60.0) -> int:
     from .sweep import run_sweep
     from .sweep.lock import SweepLocked
     from .sweep.runner import ClusterTooSmall, SweepStorageError
 
     try:
-        outcome = run_sweep(plan, address=address, resume=resume)
+        outcome = run_sweep(plan, address=address, resume=resume, status_every=status_every)
     except (ClusterTooSmall, SweepLocked) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -123,7 +130,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
         print_plan(plan)
         return 0
-    return _execute(plan, args.address, resume=False)
+    return _execute(plan, args.address, resume=False, status_every=args.status_every)
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
@@ -139,7 +146,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     except SpecError as err:
         print(f"error: {spec_path}:\n{err}", file=sys.stderr)
         return 2
-    return _execute(plan, args.address, resume=True)
+    return _execute(plan, args.address, resume=True, status_every=args.status_every)
 
 
 def _tracking_uri(spec) -> str:
@@ -159,6 +166,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
         print(f"error: {sweep_dir} holds no {RESOLVED_SPEC}: not a sweep directory", file=sys.stderr)
         return 2
     paths = write_all(sweep_dir)
+    if args.json:
+        import json
+
+        from .console import results_json
+
+        print(json.dumps(results_json(sweep_dir, paths), indent=2))
+        return 0
     try:
         uri = _tracking_uri(load_spec(sweep_dir / RESOLVED_SPEC, check_paths=False).spec)
     except SpecError:
@@ -239,6 +253,13 @@ def _add_spec_args(p: argparse.ArgumentParser, smoke: bool = True) -> None:
                        help="shrink the spec to a CPU run on the embedded digits with tiny budgets, keeping its axes")
 
 
+def _add_progress_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--status-every", type=float, default=60.0, metavar="SECONDS",
+                   help="when standard output is not a terminal (a log file, a pipe), print a status line with the "
+                        "stage runs running, done and failed, images/s and an ETA every this many seconds, beside a "
+                        "line per stage run start, resume and end (default: %(default)g)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="maskdm-sweep",
@@ -254,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     validate.set_defaults(func=_cmd_validate)
     plan = sub.add_parser("plan", help="show the trials, shared and reused pre-trainings, and estimated GPU-hours")
     _add_spec_args(plan)
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON (for scripts): the same content "
+                      "as the tables")
     plan.set_defaults(func=_cmd_plan)
     run = sub.add_parser(
         "run", help="run a sweep on Ray Tune (this machine, or a cluster with --address)",
@@ -263,17 +286,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_spec_args(run)
     run.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     run.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    _add_progress_args(run)
     run.set_defaults(func=_cmd_run)
     resume = sub.add_parser("resume", help="continue an interrupted or partly failed sweep",
                             description="Finished trials are kept, unfinished ones continue from their "
                             "checkpoints, failed ones are retried.")
     resume.add_argument("dir", type=Path, help="the sweep's results directory (results/<sweep name>)")
     resume.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    _add_progress_args(resume)
     resume.set_defaults(func=_cmd_resume)
     report = sub.add_parser("report", help="(re)write a sweep's parquet tables, report.md and plots, print the table",
                             description="Collect the files a sweep wrote into trials.parquet and curves.parquet, "
                             "write report.md and plots/*.png, and print FID by arm. Works on a partial sweep too.")
     report.add_argument("dir", type=Path, help="the sweep's results directory (results/<sweep name>)")
+    report.add_argument("--json", action="store_true", help="print FID by arm, the speed-ups and the files as JSON "
+                        "(for scripts) instead of the table")
     report.set_defaults(func=_cmd_report)
     sync = sub.add_parser("sync", help="replay MLflow records buffered while the tracking server was unreachable")
     sync.add_argument("dir", type=Path, help="a results directory (every buffer below it is replayed)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -10,6 +12,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from .trainer.reporter import NullReporter
 
 console = Console(stderr=True)
+LOG_WIDTH = 1000  # a table printed to a file or a pipe takes the width its content needs, up to this
+
+
+def output_console() -> Console:
+    """Standard output for tables: the terminal's width on a terminal; in a log file or a pipe the width the content
+    needs (rich's default there is 80 columns, which wraps every label), or ``COLUMNS`` when it is set."""
+    if sys.stdout.isatty() or os.environ.get("COLUMNS"):
+        return Console()
+    return Console(width=LOG_WIDTH)
 
 
 def stage_progress() -> Progress:
@@ -58,7 +69,7 @@ def print_results_summary(sweep_dir: Path, paths: dict[str, Path], tracking_uri:
     from .results import comparison_table
     from .results.analysis import compute_unit, group_keys
 
-    out = Console()
+    out = output_console()
     trials_path = SweepDir.of(sweep_dir).trials_parquet
     if trials_path.exists():
         trials = pd.read_parquet(trials_path)
@@ -95,3 +106,25 @@ def print_results_summary(sweep_dir: Path, paths: dict[str, Path], tracking_uri:
         print(f"  {'MLflow UI':<24} maskdm-sweep ui {Path(sweep_dir)}")
     elif tracking_uri:
         print(f"  {'MLflow':<24} {tracking_uri}")
+
+
+def results_json(sweep_dir: Path, paths: dict[str, Path]) -> dict:
+    """What ``report`` prints, as data (``report --json``): FID by arm over seeds, the speed-ups with their
+    sentences, and the files written."""
+    import json
+
+    import pandas as pd
+
+    from .layout import SweepDir
+    from .results import comparison_table, headline, load
+
+    out: dict = {"sweep": Path(sweep_dir).name, "arms": [], "speedup": [], "speedup_sentences": [],
+                 "files": {name: str(path) for name, path in paths.items()}}
+    if SweepDir.of(sweep_dir).trials_parquet.exists():
+        trials, curves = load(sweep_dir)
+        # through pandas' JSON writer: NaN becomes null, numpy numbers plain numbers
+        out["arms"] = json.loads(comparison_table(trials).to_json(orient="records"))
+        table, sentences = headline(sweep_dir, trials, curves)
+        out["speedup"] = json.loads(pd.DataFrame(table).to_json(orient="records"))
+        out["speedup_sentences"] = sentences
+    return out

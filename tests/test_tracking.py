@@ -218,6 +218,10 @@ def test_mlflow_ui_shows_the_sweep_with_nested_runs_and_fid(tracked, ui_url, bro
     c, runs = runs_of(tracked)
     parent = next(r for r in runs if r.data.tags.get("kind") == "sweep")
     children = {r.info.run_name: r for r in runs if r is not parent}
+    # readable names: the arm and the seed, or the pre-training's settings; the hashes live in the tags
+    for name, run in children.items():
+        assert run.data.tags["trial_id"] not in name and run.data.tags.get("pretrain_key", "-") not in name, name
+        assert name.startswith("pretrain ") or name.endswith(f" · s{run.data.tags['seed']}"), name
     wait = WebDriverWait(browser, 90)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
 

@@ -8,6 +8,8 @@ from typing import Any
 
 import pandas as pd
 
+from ..naming import arm_name  # noqa: F401 (re-exported: results name arms the one way)
+
 STATUSES = ("finished", "stopped", "failed", "incomplete")
 
 # trials.parquet: the fixed columns and their dtypes (assignment columns of the sweep's axes follow them)
@@ -63,22 +65,6 @@ CURVE_COLUMNS: dict[str, str] = {"trial_id": "string", "stage": "string", "step"
 # axis keys whose value already has a column of its own
 COVERED_BY_COLUMNS = {"seed", "baseline", "mask", "mask.strategy", "mask.rate", "mask.block_size", "mask.crop_size",
             "pretrain.steps", "finetune.steps", "eval.backend", "eval.num_samples"}
-
-
-def arm_name(strategy: str | None, rate: float | None = None, block_size: int | None = None,
-             crop_size: int | None = None) -> str:
-    """``baseline``, ``patch r=0.5``, ``block b=4 r=0.9``, ``crop c=11``, ``maskdit r=0.5``, ``routing r=0.5``."""
-    if strategy is None:
-        return "baseline"
-    if strategy == "patch":
-        return f"patch r={rate:g}"
-    if strategy == "block":
-        return f"block b={block_size} r={rate:g}"
-    if strategy == "crop":
-        return f"crop c={crop_size}"
-    if rate is not None and rate == rate:  # MaskDiT, deferred masking, routing: the strategy and its rate
-        return f"{strategy} r={rate:g}"
-    return str(strategy)
 
 
 def typed_frame(rows: list[dict], columns: dict[str, str]) -> pd.DataFrame:

@@ -19,9 +19,14 @@ class SweepContext:
     extra_reporters: Callable[[TrialPlan, str, Path], list[Reporter]] | None = None  # rank 0's (MLflow)
     rank_reporters: Callable[[TrialPlan, str, Path, int], list[Reporter]] | None = None  # every rank's, first
     trials: dict[str, TrialPlan] = field(init=False)
+    progress: Any = None  # the driver's SweepProgress (sweep/progress.py); never shipped to trials
+    status_every: float = 60.0
 
     def __post_init__(self) -> None:
         self.trials = {t.trial_id: t for t in self.plan.trials}
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "progress": None}
 
     def trial_for(self, params: dict[str, Any]) -> TrialPlan:
         """The trial of a Tune config: a planned trial id, plus sampled search values if any."""

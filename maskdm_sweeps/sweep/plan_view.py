@@ -199,7 +199,7 @@ def _pretraining_tree(plan: SweepPlan, jobs: dict[str, tuple[list[LineJob], dict
         by_length: dict[int, list[str]] = {}
         for tid, n in pre.lengths.items():
             by_length.setdefault(n, []).append(tid)
-        labels = {t.trial_id: t.label for t in plan.trials}
+        labels = plan.short_labels()
         for n in pre.asked:
             leaf = node.add(f"{n:,} steps: {_length_line(n, serving[n], key_jobs, lines)}")
             for tid in by_length[n]:
@@ -239,15 +239,18 @@ def _parameter_line(plan: SweepPlan) -> str:
 
 
 def print_plan(plan: SweepPlan, console: Console | None = None) -> PlanTotals:
-    console = console or Console()
+    from ..console import output_console
+
+    console = console or output_console()
     jobs = pretrain_jobs(plan)
     trial_table = Table(title=f"{plan.spec.name}: trials", title_justify="left")
     for col in ("trial", "arm", "starts from (pre-training @ steps)", "fine-tune steps", "TFLOPs train / eval", "status"):
         trial_table.add_column(col)
+    labels = plan.short_labels()
     for t in plan.trials:
         done = plan.trial_finished(t.trial_id)
         start = f"{t.pretrain_key} @ {t.config.pretrain.steps:,}" if t.pretrain_key else "none (baseline)"
-        trial_table.add_row(t.trial_id, t.label, start, str(t.config.finetune.steps),
+        trial_table.add_row(t.trial_id, labels[t.trial_id], start, str(t.config.finetune.steps),
                             _cost_cell(stage_cost(plan, t.config, "finetune")), "[green]finished" if done else "to run")
     if plan.pretrains:
         console.print(_pretraining_tree(plan, jobs))
@@ -282,3 +285,48 @@ def print_plan(plan: SweepPlan, console: Console | None = None) -> PlanTotals:
     if line:
         console.print(line)
     return tot
+
+
+def plan_json(plan: SweepPlan) -> dict:
+    """What ``plan`` prints, as data (``plan --json``): the pre-training runs with how each length is served and the
+    trials that start there, every trial with its cost, the totals, parameters and the packing advice."""
+    jobs = pretrain_jobs(plan)
+    tot = totals(plan, jobs)
+    labels = plan.short_labels()
+    pretrainings = []
+    for key, pre in plan.pretrains.items():
+        key_jobs, serving = jobs[key]
+        c = pre.config
+        pretrainings.append({
+            "key": key, "label": plan.pretrain_label(key), "mask": c.mask.model_dump(mode="json"),
+            "effective_mask_rate": c.effective_mask_rate, "batch_size": c.pretrain.batch_size, "seed": c.seed,
+            "length_shared": c.pretrain_length_shared,
+            "steps_to_train": sum(j.steps_to_train for j in key_jobs),
+            "train_tflops_to_train": sum(line_cost(plan, j).train_flops for j in key_jobs) / TERA,
+            "lengths": [{"steps": n, "how": serving[n].how, "line": serving[n].line, "from_step": serving[n].from_step,
+                         "trials": sorted(t for t, m in pre.lengths.items() if m == n)} for n in pre.asked],
+        })
+    trials = []
+    for t in plan.trials:
+        cost = stage_cost(plan, t.config, "finetune")
+        trials.append({
+            "trial_id": t.trial_id, "label": t.label, "short_label": labels[t.trial_id],
+            "assignments": t.assignments,
+            "starts_from": {"pretrain_key": t.pretrain_key, "steps": t.config.pretrain.steps} if t.pretrain_key
+            else None,
+            "finetune_steps": t.config.finetune.steps, "finetune_train_tflops": cost.train_flops / TERA,
+            "finetune_eval_tflops": cost.eval_flops / TERA,
+            "status": "finished" if plan.trial_finished(t.trial_id) else "to run",
+        })
+    return {
+        "sweep": plan.spec.name, "spec_hash": plan.spec_hash, "pretrainings": pretrainings, "trials": trials,
+        "totals": {"trials": tot.trials, "pretrainings": tot.pretrainings, "pretrainings_reused": tot.pretrainings_reused,
+                   "steps": tot.steps, "train_tflops": tot.train_tflops, "eval_tflops": tot.eval_tflops,
+                   "gpu_hours": tot.gpu_hours, "train_gpu_hours": tot.train_gpu_hours,
+                   "eval_gpu_hours": tot.eval_gpu_hours, "reference_gpu": REFERENCE_GPU,
+                   "pretrain_steps_asked": tot.pretrain_steps_asked,
+                   "pretrain_steps_to_train": tot.pretrain_steps_to_train},
+        "parameters": [{"preset": preset, "strategy": strategy, "parameters": n}
+                       for (preset, strategy), n in parameter_counts(plan).items()],
+        "packing": packing_line(plan),
+    }

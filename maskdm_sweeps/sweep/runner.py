@@ -23,7 +23,7 @@ from .events import append_event, read_events
 from .interrupt import InterruptHandler
 from .lock import DriverLock
 from .milestones import plan_lines
-from .progress import LiveTable
+from .progress import STATUS_EVERY_SECONDS, LiveTable, ProgressLog, SweepProgress
 from .context import SweepContext
 from .trainable import first_phase_trainable, trial_trainable
 
@@ -171,13 +171,40 @@ def _searcher(plan: SweepPlan):
     return None
 
 
+def sweep_progress(plan: SweepPlan) -> SweepProgress:
+    """What the progress display starts from: the compute left (``plan``'s totals), labels, FLOPs per step."""
+    from ..trainer.compute import stage_flops, train_flops_per_step
+    from .plan_view import totals
+
+    tot = totals(plan)
+    flops, evaluation = {}, {}
+    for t in plan.trials:
+        for stage in t.config.stages():
+            flops[(stage, t.trial_id)] = float(train_flops_per_step(t.config, stage))
+            evaluation[(stage, t.trial_id)] = float(stage_flops(t.config, stage, getattr(t.config, stage).steps)[1])
+    return SweepProgress(plan.layout.events, float(tot.train_flops + tot.eval_flops), plan.short_labels(),
+                         {key: plan.pretrain_label(key) for key in plan.pretrains}, flops, evaluation)
+
+
+def _progress_callbacks(ctx: SweepContext, title: str) -> list:
+    """Plain lines when standard output is not a terminal (a log file, a pipe); the live table where standard
+    error is one. Both, for ``run > log`` typed at a terminal."""
+    callbacks = []
+    if ctx.progress is None:
+        return callbacks
+    if not sys.stdout.isatty():
+        callbacks.append(ProgressLog(ctx.progress, ctx.status_every))
+    if sys.stderr.isatty():
+        callbacks.append(LiveTable(title, ctx.progress, stop_request=ctx.plan.layout.stop_request))
+    return callbacks
+
+
 def _run_phase(name: str, trainable, param_space: dict, ctx: SweepContext, resume_path: Path | None,
                num_samples: int = 1, searcher=None, scheduler=None):
     from ray import tune
 
     spec = ctx.plan.spec
     fn = tune.with_resources(tune.with_parameters(trainable, ctx=ctx), trial_resources(ctx.plan))
-    labels = {t.trial_id: t.label for t in ctx.plan.trials}
     tuner = _restored(resume_path, fn)
     if tuner is None:
         tuner = tune.Tuner(
@@ -188,7 +215,7 @@ def _run_phase(name: str, trainable, param_space: dict, ctx: SweepContext, resum
             run_config=tune.RunConfig(
                 name=name, storage_path=str(ctx.plan.layout.tune),
                 failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
-                callbacks=[LiveTable(f"{spec.name}: {name}", labels, stop_request=ctx.plan.layout.stop_request)],
+                callbacks=_progress_callbacks(ctx, f"{spec.name}: {name}"),
                 verbose=0,
             ),
         )
@@ -218,10 +245,12 @@ def _collect_errors(result_grid, outcome: SweepOutcome, key: str) -> None:
 
 
 def run_sweep(plan: SweepPlan, address: str | None = None, resume: bool = False, track: bool = True,
-              reporters: Callable[[TrialPlan, str, Path, int], list[Reporter]] | None = None) -> SweepOutcome:
+              reporters: Callable[[TrialPlan, str, Path, int], list[Reporter]] | None = None,
+              status_every: float = STATUS_EVERY_SECONDS) -> SweepOutcome:
     """Run (or resume) every unfinished stage run of ``plan``; returns what finished and what failed.
 
     ``track``: record a parent MLflow run for this invocation and a nested child run per stage run.
+    ``status_every``: seconds between the status lines printed when standard output is not a terminal.
     ``reporters(trial, stage, stage_dir, rank)``: more reporters for every rank of every stage run, called first in
     the trial's process (picklable: it travels to the trials), e.g. :func:`maskdm_sweeps.testing.crash_once`.
 
@@ -229,7 +258,7 @@ def run_sweep(plan: SweepPlan, address: str | None = None, resume: bool = False,
     """
     with DriverLock(plan.layout):
         try:
-            return _run_locked(plan, address, resume, track, reporters)
+            return _run_locked(plan, address, resume, track, reporters, status_every)
         except ClusterTooSmall:
             raise
         except Exception as err:
@@ -268,7 +297,8 @@ def storage_problem(err: BaseException, output_dir: Path) -> str | None:
 
 
 def _run_locked(plan: SweepPlan, address: str | None, resume: bool, track: bool,
-                reporters: Callable[[TrialPlan, str, Path, int], list[Reporter]] | None) -> SweepOutcome:
+                reporters: Callable[[TrialPlan, str, Path, int], list[Reporter]] | None,
+                status_every: float = STATUS_EVERY_SECONDS) -> SweepOutcome:
     init_ray(address)
     check_resources(plan)
     save_resolved_spec(plan)
@@ -286,6 +316,7 @@ def _run_locked(plan: SweepPlan, address: str | None, resume: bool, track: bool,
 
         tracking = start_sweep_tracking(plan, number, resume)
     ctx = SweepContext(plan, tracking.reporters if tracking else None, reporters)
+    ctx.progress, ctx.status_every = sweep_progress(plan), status_every  # the driver's alone: not shipped
     outcome = SweepOutcome(sweep_dir)
     try:
         with InterruptHandler(plan.layout) as stop:

@@ -23,14 +23,15 @@ class TuneReporter(NullReporter):
     """Trainer reports -> ``tune.report`` (or, in a Ray Train worker, ``ray.train.report``, which a callback hands
     to Tune); the training step is the time ASHA sees."""
 
-    def __init__(self, trial_id: str, stage: str, report: Callable[[dict], None] | None = None):
-        self.trial_id, self.stage = trial_id, stage
+    def __init__(self, trial_id: str, stage: str, report: Callable[[dict], None] | None = None, key: str = ""):
+        self.trial_id, self.stage, self.key = trial_id, stage, key or trial_id
         self.report = report or tune.report
         self.latest: dict[str, float] = {}
 
     def metrics(self, step: int, values: dict[str, float]) -> None:
         self.latest.update(values)
-        self.report({**self.latest, "step": step, "stage": self.stage, "maskdm_trial": self.trial_id})
+        self.report({**self.latest, "step": step, "stage": self.stage, "maskdm_trial": self.trial_id,
+                     "maskdm_key": self.key})  # the stage run: the trial id, or a pre-training line's unit
 
 
 def stage_cost(resources, result: StageResult) -> dict[str, float]:
@@ -45,7 +46,8 @@ def stage_cost(resources, result: StageResult) -> dict[str, float]:
 
 
 def train_stage(ctx: SweepContext, trial: TrialPlan, stage: str, stage_dir: Path, init: Path | None, rank: int = 0,
-                report: Callable[[dict], None] | None = None, milestones: tuple[int, ...] = ()) -> StageResult:
+                report: Callable[[dict], None] | None = None, milestones: tuple[int, ...] = (),
+                key: str = "") -> StageResult:
     """One rank's part of a stage run through the shared trainer (rank 0 of one: the whole run).
 
     Every rank reports to the context's ``rank_reporters`` first (see :func:`~maskdm_sweeps.sweep.run_sweep`), then
@@ -53,7 +55,7 @@ def train_stage(ctx: SweepContext, trial: TrialPlan, stage: str, stage_dir: Path
     runs (MLflow), which it closes with the outcome and the cost.
     """
     reporters: list[Reporter] = ctx.rank_reporters(trial, stage, stage_dir, rank) if ctx.rank_reporters else []
-    reporters.append(TuneReporter(trial.trial_id, stage, report))
+    reporters.append(TuneReporter(trial.trial_id, stage, report, key))
     if rank == 0:
         # metrics.jsonl beside the checkpoints: the local record results/ reads (a resumed stage appends; the last
         # record of a step wins)

@@ -44,13 +44,13 @@ def run_stage(ctx: SweepContext, trial: TrialPlan, stage: str, stage_dir: Path, 
     resumed = load_latest_checkpoint(run.checkpoints)
     append_event(sweep_dir, "stage_start", stage=stage, trial_id=trial.trial_id, key=key,
                  from_step=resumed[0]["step"] if resumed else 0, pid=os.getpid(),
-                 **({"to_step": trial.config.pretrain.steps, "milestones": list(milestones)} if milestones else {}))
+                 to_step=getattr(trial.config, stage).steps, **({"milestones": list(milestones)} if milestones else {}))
     try:
         if ctx.plan.spec.resources.workers > 1:
             run_stage_on_workers(StageJob(ctx, trial, stage, stage_dir, init, key, milestones))
             result = read_json(run.result)  # written by rank 0
         else:
-            result = train_stage(ctx, trial, stage, stage_dir, init, milestones=milestones).to_json()
+            result = train_stage(ctx, trial, stage, stage_dir, init, milestones=milestones, key=key).to_json()
     except StageInterrupted as stop:
         append_event(sweep_dir, "stage_interrupted", stage=stage, trial_id=trial.trial_id, key=key, step=stop.step)
         raise

@@ -89,4 +89,4 @@ def _stage_worker(config: dict) -> None:
                      workers=ctx.plan.spec.resources.workers, pid=os.getpid(),
                      newest_checkpoint=newest[-1].name if newest else None)
     train_stage(ctx, trial, stage, job.stage_dir, job.init, rank, report=ray.train.report,
-                milestones=job.milestones)
+                milestones=job.milestones, key=job.key)

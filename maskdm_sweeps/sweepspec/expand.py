@@ -19,8 +19,9 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from ..layout import SweepDir
+from ..naming import distinct, short_label
 from ..trainer.compute import train_flops_per_step
-from ..trainer.config import BASELINE_IGNORED_SECTIONS, TrialConfig
+from ..trainer.config import BASELINE_IGNORED_SECTIONS, TrialConfig, affects_pretraining
 from .loading import Problem, SpecError, problems_from_validation, read_mapping, validate
 from .schema import SweepSpec
 from .smoke import smoke_spec
@@ -45,6 +46,12 @@ class TrialPlan:
     @property
     def is_baseline(self) -> bool:
         return self.pretrain_key is None
+
+    @property
+    def short_label(self) -> str:
+        """The trial in a few words for tables, logs and run names: ``patch r=0.5 · ema · s0`` (see ``naming``)."""
+        mask = None if self.is_baseline else self.config.mask.model_dump()
+        return short_label(self.assignments, mask, self.config.seed)
 
     def manifest(self, resources) -> dict[str, Any]:
         """What results need to know of this trial, written once to ``trials/<id>/trial.json`` when it starts:
@@ -104,6 +111,19 @@ class SweepPlan:
 
     def trial_dir(self, trial_id: str) -> Path:
         return self.layout.trial_dir(trial_id)
+
+    def short_labels(self) -> dict[str, str]:
+        """trial id -> its short label, made distinct where two trials would share one."""
+        return distinct({t.trial_id: t.short_label for t in self.trials})
+
+    def pretrain_label(self, key: str) -> str:
+        """A pre-training run in a few words: ``pretrain patch r=0.9 · s0`` plus the other swept settings that shape
+        it (its length aside when the run serves several)."""
+        pre = self.pretrains[key]
+        first = next(t for t in self.trials if t.trial_id == pre.trial_ids[0])
+        shaping = {k: v for k, v in first.assignments.items()
+                   if affects_pretraining(k) and not (k == "pretrain.steps" and pre.config.pretrain_length_shared)}
+        return "pretrain " + short_label(shaping, pre.config.mask.model_dump(), pre.config.seed)
 
     def pretrain_finished(self, key: str) -> bool:
         """Whether every length the plan asks of pre-training ``key`` is kept on disk (by any of its lines)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..layout import PLAN_FILE, RESOLVED_SPEC, SweepDir, read_json
@@ -24,6 +24,8 @@ class SweepTracking:
     spec_hash: str
     commit: str
     pretrain_store: str  # <results root>/_pretrain, where a fine-tuning finds the run of its pre-training
+    labels: dict[str, str] = field(default_factory=dict)  # trial id -> short label (run names)
+    pretrain_labels: dict[str, str] = field(default_factory=dict)  # pre-training key -> its label
 
     def reporters(self, trial, stage: str, stage_dir: Path) -> list[MlflowReporter]:
         cfg = trial.config
@@ -47,9 +49,19 @@ class SweepTracking:
             pre_run = read_json(served.mlflow_run) if served is not None else None
             if pre_run:
                 tags["pretrain_run_id"] = pre_run["run_id"]
-        name = f"pretrain {line}" if stage == "pretrain" else f"{trial.trial_id} {trial.label}"
+        name = self._run_name(trial, stage, line)
         return [MlflowReporter(self.uri, self.experiment_id, stage_dir, name, self.parent_run_id, tags,
                                cfg.model_dump(mode="json"))]
+
+
+    def _run_name(self, trial, stage: str, line: str | None) -> str:
+        """What the runs table shows: the trial's short label (``patch r=0.5 · ema · s0``) or the pre-training's
+        (``pretrain patch r=0.9 · s0``, a branch line with where it starts); the hashes are in the tags."""
+        if stage == "finetune":
+            return self.labels.get(trial.trial_id) or trial.short_label
+        name = self.pretrain_labels.get(trial.pretrain_key) or f"pretrain {trial.pretrain_key}"
+        branch = line.split("/", 1)[1] if line and "/" in line else ""
+        return f"{name} · branch {branch}" if branch else name
 
 
 def start_sweep_tracking(plan, invocation: int, resume: bool) -> SweepTracking:
@@ -72,7 +84,8 @@ def start_sweep_tracking(plan, invocation: int, resume: bool) -> SweepTracking:
                 c.log_artifact(parent, str(plan.sweep_dir / file))
     except Exception as err:  # training must not wait for a tracking server
         log.warning("MLflow is unreachable at %s (%s): runs are buffered and replayed later", uri, err)
-    return SweepTracking(uri, exp, parent, spec.name, plan.spec_hash, commit, str(plan.store_dir))
+    return SweepTracking(uri, exp, parent, spec.name, plan.spec_hash, commit, str(plan.store_dir),
+                         plan.short_labels(), {key: plan.pretrain_label(key) for key in plan.pretrains})
 
 
 def _close_abandoned_parents(c, experiment_id: str, sweep: str) -> None:
