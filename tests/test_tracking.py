@@ -56,6 +56,16 @@ def tracked(tmp_path_factory, ray_session):
     return plan
 
 
+def test_child_runs_are_named_for_people_and_keep_their_hashes_in_tags(tracked):
+    _, runs = runs_of(tracked)
+    names = {r.info.run_name: r.data.tags for r in runs if r.data.tags.get("kind") != "sweep"}
+    assert set(names) == {"patch r=0.25 · s0", "patch r=0.5 · s0", "baseline · s0", "pretrain patch r=0.25 · s0",
+                          "pretrain patch r=0.5 · s0"}
+    for name, tags in names.items():
+        assert tags["trial_id"].startswith("t-")  # the hash: a tag, not the name
+        assert not name.startswith("pretrain") or len(tags["pretrain_key"]) == 16
+
+
 def test_parent_and_child_runs_nest_with_params_tags_metrics_and_artifacts(tracked):
     plan = tracked
     c, runs = runs_of(plan)
