@@ -152,3 +152,34 @@ def test_a_global_batch_that_does_not_split_over_the_workers_is_an_error():
         DataParallel(rank=1, world_size=4).rows(30, "pretrain.batch_size")
     assert DataParallel(rank=1, world_size=4).rows(32) == slice(8, 16)
     assert DataParallel().rows(30) == slice(0, 30)
+
+
+def _train_both_stages(rank: int, world: int, port: int, config_json: str, workdir: str) -> None:
+    """Pre-training, then fine-tuning from its checkpoint, on every rank; rank 0 writes ``results.json``."""
+    _join_group(rank, world, port)
+    try:
+        config = TrialConfig.model_validate_json(config_json)
+        pre = fit(config, "pretrain", Path(workdir) / f"pre{rank}")
+        dist.barrier()  # rank 0 alone writes the checkpoint every rank starts fine-tuning from
+        start = Path(workdir) / "pre0" / Path(pre.checkpoint).relative_to(Path(workdir) / f"pre{rank}")
+        ft = fit(config, "finetune", Path(workdir) / f"ft{rank}", init_checkpoint=start)
+        if rank == 0:
+            Path(workdir, "results.json").write_text(json.dumps([pre.to_json(), ft.to_json()]))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("mask", [{"strategy": "maskdit", "rate": 0.5, "decoder_depth": 1},
+                                  {"strategy": "deferred", "rate": 0.75, "mixer_depth": 1},
+                                  {"strategy": "routing", "rate": 0.5, "route_from": 0}],
+                         ids=["maskdit", "deferred", "routing"])
+def test_each_masking_strategy_trains_both_stages_on_two_workers_in_sync(mask, tmp_path):
+    # a MaskDiT decoder's mask token is unused once nothing is masked: DDP still needs its gradient every step
+    config = tiny_trial_config(mask=mask, pretrain={"steps": 4, "batch_size": 16},
+                               finetune={"steps": 4, "batch_size": 16},
+                               runtime={"device": "cpu", "log_every_steps": 2, "checkpoint_every_steps": 4})
+    mp.start_processes(_train_both_stages, args=(2, _free_port(), config.model_dump_json(), str(tmp_path)), nprocs=2,
+                       start_method="spawn", join=True)
+    for result in json.loads((tmp_path / "results.json").read_text()):
+        assert result["workers"] == 2 and result["steps"] == 4
+        assert len(set(result["replica_checksums"])) == 1  # both ranks hold the same weights

@@ -177,7 +177,9 @@ class UViT(nn.Module):
         """MaskDiT's decoder: every position, a dropped one as the mask token. x: (B, 1+K, D) -> (B, 1+N, D)."""
         b, n, d = x.shape[0], self.config.num_patches, x.shape[-1]
         if keep_idx is None:
-            full = x[:, 1:]  # (B, N, D): nothing was dropped
+            # nothing was dropped; the mask token joins the graph at zero weight, because data-parallel training
+            # needs a gradient for every parameter at every step (MaskDiT's code adds 0 x its sum to the loss)
+            full = x[:, 1:] + 0.0 * self.mask_token.to(x.dtype)  # (B, N, D)
         else:
             full = self.mask_token.to(x.dtype).expand(b, n, d).clone()  # (B, N, D)
             full.scatter_(1, keep_idx[..., None].expand(-1, -1, d), x[:, 1:])  # kept tokens back in place
