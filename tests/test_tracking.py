@@ -230,7 +230,8 @@ def test_mlflow_ui_shows_the_sweep_with_nested_runs_and_fid(tracked, ui_url, bro
     children = {r.info.run_name: r for r in runs if r is not parent}
     # readable names: the arm and the seed, or the pre-training's settings; the hashes live in the tags
     for name, run in children.items():
-        assert run.data.tags["trial_id"] not in name and run.data.tags.get("pretrain_key", "-") not in name, name
+        hashes = [run.data.tags["trial_id"], run.data.tags.get("pretrain_key") or run.data.tags["trial_id"]]
+        assert not any(h in name for h in hashes), name
         assert name.startswith("pretrain ") or name.endswith(f" · s{run.data.tags['seed']}"), name
     wait = WebDriverWait(browser, 90)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
@@ -248,6 +249,16 @@ def test_mlflow_ui_shows_the_sweep_with_nested_runs_and_fid(tracked, ui_url, bro
     expander.click()
     wait.until(lambda _: set(children) <= set(run_links()))
     assert run_links()[0] == parent.info.run_name and set(run_links()[1:]) == set(children)
+    # names longer than the default column (about 16 characters) are cut with an ellipsis: widen the column, as a
+    # reader would, and check every child's whole name is on screen
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    header = next(h for h in browser.find_elements(By.CSS_SELECTOR, ".ag-header-cell") if h.text.strip() == "Run Name")
+    ActionChains(browser).drag_and_drop_by_offset(header.find_element(By.CSS_SELECTOR, ".ag-header-cell-resize"),
+                                                  160, 0).perform()
+    links = [a for a in browser.find_elements(By.CSS_SELECTOR, "a[href*='/runs/']") if a.text in children]
+    wait.until(lambda _: all(browser.execute_script("return arguments[0].scrollWidth <= arguments[0].clientWidth", a)
+                             for a in links))
     browser.save_screenshot(str(SCREENSHOTS / "runs-nested.png"))
 
     # 2. A fine-tuning child: its page names the parent and shows eval/fid with the stored value.
