@@ -254,6 +254,8 @@ def _add_spec_args(p: argparse.ArgumentParser, smoke: bool = True) -> None:
 
 
 def _add_progress_args(p: argparse.ArgumentParser) -> None:
+    """What ``run`` and ``resume`` share: where Ray is, and how progress is shown."""
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     p.add_argument("--status-every", type=float, default=60.0, metavar="SECONDS",
                    help="when standard output is not a terminal (a log file, a pipe), print a status line with the "
                         "stage runs running, done and failed, images/s and an ETA every this many seconds, beside a "
@@ -284,15 +286,13 @@ def build_parser() -> argparse.ArgumentParser:
         "trials. Exit codes: 0 all trials finished, 1 some failed (listed), 2 bad input (nothing started).",
     )
     _add_spec_args(run)
-    run.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
-    run.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     _add_progress_args(run)
+    run.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     run.set_defaults(func=_cmd_run)
     resume = sub.add_parser("resume", help="continue an interrupted or partly failed sweep",
                             description="Finished trials are kept, unfinished ones continue from their "
                             "checkpoints, failed ones are retried.")
     resume.add_argument("dir", type=Path, help="the sweep's results directory (results/<sweep name>)")
-    resume.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     _add_progress_args(resume)
     resume.set_defaults(func=_cmd_resume)
     report = sub.add_parser("report", help="(re)write a sweep's parquet tables, report.md and plots, print the table",

@@ -25,8 +25,6 @@ from rich.live import Live
 from rich.table import Table
 from ray import tune
 
-from ..layout import EVENTS_FILE
-
 STATUS_EVERY_SECONDS = 60.0
 
 
