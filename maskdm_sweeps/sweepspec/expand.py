@@ -106,9 +106,6 @@ class SweepPlan:
         """Shared across sweeps of one results root: finished pre-trainings are found here and reused."""
         return self.layout.store
 
-    def pretrain_dir(self, key: str) -> Path:
-        return self.layout.pretrain(key).path
-
     def trial_dir(self, trial_id: str) -> Path:
         return self.layout.trial_dir(trial_id)
 
