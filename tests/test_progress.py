@@ -143,3 +143,14 @@ def test_report_json_holds_the_fid_table_and_the_speedups(tmp_path, capsys):
     assert {row["arm"] for row in data["speedup"]} == set(table["arm"]) - {"baseline"}
     assert len(data["speedup_sentences"]) == len(data["speedup"])
     assert Path(data["files"]["report"]).name == "report.md"
+
+
+def test_a_searched_trial_the_plan_did_not_list_is_measured_from_its_running_total(tmp_path):
+    events = tmp_path / "events.jsonl"
+    progress = SweepProgress(events, work_flops=1000.0, labels={}, pretrain_labels={}, flops_per_step={}, started=0.0)
+    events.write_text(json.dumps({"time": 1, "event": "stage_start", "stage": "finetune", "key": "t-sampled",
+                                  "trial_id": "t-sampled", "from_step": 0, "to_step": 100}) + "\n")
+    progress.poll()
+    progress.on_result({"stage": "finetune", "maskdm_key": "t-sampled", "step": 50, "cost/train_tflops": 4e-10})
+    assert progress.flops_done() == pytest.approx(400.0)  # 8 FLOPs per step from 400 FLOPs at step 50
+    assert progress.eta_seconds(now=10.0) == pytest.approx(15.0)

@@ -126,6 +126,9 @@ class SweepProgress:
         if run is None:
             return
         run.step = int(result.get("step", run.step))
+        if not run.flops_per_step and result.get("cost/train_tflops") and run.step:
+            # a trial the plan did not list (a search's sample): its running total gives its FLOPs per step
+            run.flops_per_step = result["cost/train_tflops"] * 1e12 / run.step
         run.loss = result.get("train/loss", run.loss)
         run.fid = result.get("eval/fid", run.fid)
         run.images_per_second = result.get("train/images_per_second", run.images_per_second)

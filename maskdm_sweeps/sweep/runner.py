@@ -182,7 +182,13 @@ def sweep_progress(plan: SweepPlan) -> SweepProgress:
         for stage in t.config.stages():
             flops[(stage, t.trial_id)] = float(train_flops_per_step(t.config, stage))
             evaluation[(stage, t.trial_id)] = float(stage_flops(t.config, stage, getattr(t.config, stage).steps)[1])
-    return SweepProgress(plan.layout.events, float(tot.train_flops + tot.eval_flops), plan.short_labels(),
+    work = float(tot.train_flops + tot.eval_flops)
+    search = plan.spec.sweep.search
+    if search.method != "grid":  # each planned trial is sampled num_samples times
+        pre = tot.pretrain_to_train
+        pretraining = float(pre.train_flops + pre.eval_flops) if pre else 0.0
+        work = pretraining + (work - pretraining) * search.num_samples
+    return SweepProgress(plan.layout.events, work, plan.short_labels(),
                          {key: plan.pretrain_label(key) for key in plan.pretrains}, flops, evaluation)
 
 
