@@ -17,7 +17,7 @@ from maskdm_sweeps.sweepspec import SweepSpec, build_plan
 from maskdm_sweeps.testing import tiny_trial_config
 from maskdm_sweeps.trainer import fit
 from maskdm_sweeps.trainer.checkpoint import list_checkpoints, load_checkpoint
-from maskdm_sweeps.trainer.loop import learning_rate
+from maskdm_sweeps.trainer.lr_schedule import learning_rate
 
 
 def pretraining(steps: int, **pretrain) -> dict:

@@ -29,6 +29,7 @@ import pandas as pd
 import yaml
 
 from ..layout import StageRun, SweepDir, read_json, read_jsonl
+from .pretraining import Pretraining, shares_of
 from .columns import (COVERED_BY_COLUMNS, CURVE_COLUMNS, TRIAL_COLUMNS, arm_name, assignment_value, column_dtype,
                       sort_trials, typed_frame)
 
@@ -142,75 +143,7 @@ def _tune_errors(sweep_dir: Path) -> tuple[dict[str, str], dict[str, str]]:
     return by_trial, by_pretrain
 
 
-# ------------------------------------------------------------------------------------------------------ pre-training
-Stretch = tuple[Path, int, int]  # (line directory, from step, to step): a part of one line that a trial needs
-
-
-def _stretches(line: StageRun, start: int, end: int) -> list[Stretch]:
-    """The stretches behind a state at step ``end`` of ``line``, oldest first: a branch's starts on its parent."""
-    origin = line.origin()
-    if origin is None:
-        return [(line.path, 0, end)]
-    parent, step = origin
-    return _stretches(parent, 0, step) + [(line.path, step, end)]
-
-
-def _line_cost(line: Path, step: int) -> tuple[float, float, float]:
-    """``(train TFLOPs, eval TFLOPs, wall seconds)`` of reaching ``step`` on ``line`` (0 at step 0): its milestone
-    record, or the parent's at a branch's starting step. NaN when not recorded."""
-    if step == 0:
-        return 0.0, 0.0, 0.0
-    run = StageRun(line)
-    info = read_json(run.milestone_info(step))
-    if info is None:
-        origin = run.origin()
-        if origin is not None and origin[1] == step:
-            return _line_cost(origin[0].path, step)
-        return math.nan, math.nan, math.nan
-    return _float(info.get("train_tflops")), _float(info.get("eval_tflops")), _float(info.get("wall_seconds"))
-
-
-class _Pretraining:
-    """What a trial's pre-training is on disk: the line that keeps its length (None before it is kept), its
-    stretches, and what reaching that length cost."""
-
-    def __init__(self, layout: SweepDir, key: str, steps: int):
-        self.key, self.steps = key, steps
-        self.line = layout.milestone_line(key, steps)
-        self.stretches = _stretches(self.line, 0, steps) if self.line is not None else []
-        self.cost = _line_cost(self.line.path, steps) if self.line is not None else (math.nan,) * 3
-        self.stage = _Stage(self.line or layout.pretrain(key))
-
-    @property
-    def unit(self) -> str | None:
-        """The line's unit name (``key`` or ``key/<branch>``), as events and Tune units name it."""
-        if self.line is None:
-            return None
-        return self.key if self.line.path.name == self.key else f"{self.key}/{self.line.path.name}"
-
-
-def _shares(pretrainings: dict[str, _Pretraining]) -> dict[str, tuple[float, float]]:
-    """trial id -> ``(train TFLOPs, wall seconds)`` of its share of the pre-training stretches: each elementary stretch
-    of a line is split evenly over the trials that need it, so the shares add up to what was trained, each stretch
-    once."""
-    cuts: dict[Path, set[int]] = {}
-    for pre in pretrainings.values():
-        for line, start, end in pre.stretches:
-            cuts.setdefault(line, set()).update((start, end))
-    shares = {tid: [0.0, 0.0] for tid in pretrainings}
-    for line, points in cuts.items():
-        points = sorted(points)
-        for a, b in zip(points, points[1:]):
-            users = [tid for tid, pre in pretrainings.items()
-                     if any(path == line and start <= a and b <= end for path, start, end in pre.stretches)]
-            (train_a, _, wall_a), (train_b, _, wall_b) = _line_cost(line, a), _line_cost(line, b)
-            for tid in users:
-                shares[tid][0] += (train_b - train_a) / len(users)
-                shares[tid][1] += (wall_b - wall_a) / len(users)
-    return {tid: (train, wall) for tid, (train, wall) in shares.items()}
-
-
-def _trial_row(sweep: str, manifest: dict, ft: _Stage, pretraining: "_Pretraining | None", shared_by: int,
+def _trial_row(sweep: str, manifest: dict, ft: _Stage, pretraining: "Pretraining | None", shared_by: int,
                share: tuple[float, float], reused: bool, errors: dict[str, str], pretrain_errors: dict[str, str],
                scheduler: str) -> tuple[dict, dict, dict]:
     trial_id, pretrain_key = manifest["trial_id"], manifest.get("pretrain_key")
@@ -224,7 +157,7 @@ def _trial_row(sweep: str, manifest: dict, ft: _Stage, pretraining: "_Pretrainin
 
     last = ft.last_values()
     result = ft.result
-    pre = pretraining.stage if pretraining is not None else None
+    pre = _Stage(pretraining.run) if pretraining is not None else None
     for stage in (ft, pre):  # a diverged stage says why, with or without Tune's error files
         diverged = read_json(stage.run.diverged) if stage is not None else None
         if diverged and trial_id not in errors:
@@ -328,9 +261,9 @@ def collect(sweep_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     # a trial whose fine-tuning never started (its pre-training failed) is a row too, from its manifest's config
     stages = {tid: st for tid, st in stages.items() if st.config is not None or manifests[tid].get("config")}
     keys = {tid: manifests[tid].get("pretrain_key") for tid in stages}
-    pretrainings = {tid: _Pretraining(layout, key, _pretrain_steps(manifests[tid], stages[tid]))
+    pretrainings = {tid: Pretraining(layout, key, _pretrain_steps(manifests[tid], stages[tid]))
                     for tid, key in keys.items() if key}
-    shares = _shares({tid: pre for tid, pre in pretrainings.items() if pre.line is not None})
+    shares = shares_of({tid: pre for tid, pre in pretrainings.items() if pre.line is not None})
 
     def consumers(key: str) -> int:
         listed = (plan_pretrains.get(key) or {}).get("trial_ids")
@@ -382,7 +315,7 @@ def _pretrain_steps(manifest: dict, ft: _Stage) -> int:
     return int(_get(config, "pretrain.steps", 0) or 0)
 
 
-def _curves(stages: dict[str, _Stage], pretrainings: dict[str, _Pretraining]) -> pd.DataFrame:
+def _curves(stages: dict[str, _Stage], pretrainings: dict[str, Pretraining]) -> pd.DataFrame:
     frames = []
     line_frames: dict[Path, pd.DataFrame] = {}
 

@@ -204,7 +204,27 @@ def event_line(what: str, run: StageRunState, event: dict) -> str:
     return f"stopped {name} at step {run.step:,} (its checkpoint; resume continues it)"
 
 
-class ProgressLog(tune.Callback):
+class _Follows(tune.Callback):
+    """A Tune callback that shows a :class:`SweepProgress`: every result feeds it, and every step of Tune's loop, each
+    result and the end refresh what is shown (:meth:`update`)."""
+
+    progress: SweepProgress
+
+    def update(self) -> None:
+        raise NotImplementedError
+
+    def on_step_end(self, iteration, trials, **info) -> None:
+        self.update()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        self.progress.on_result(result)
+        self.update()
+
+    def on_experiment_end(self, trials, **info) -> None:
+        self.update()
+
+
+class ProgressLog(_Follows):
     """Plain progress lines for a log file: stage runs' starts, resumes and ends as they happen, and a status line
     with the ETA every ``every_seconds``."""
 
@@ -219,7 +239,7 @@ class ProgressLog(tune.Callback):
     def _print(self, text: str) -> None:
         print(text, file=self.stream or sys.stdout, flush=True)
 
-    def _tick(self) -> None:
+    def update(self) -> None:
         for happened in self.progress.poll():
             self._print(event_line(*happened))
         now = time.time()
@@ -227,18 +247,8 @@ class ProgressLog(tune.Callback):
             self.last_status = now
             self._print(self.progress.status_line(now))
 
-    def on_step_end(self, iteration, trials, **info) -> None:
-        self._tick()
 
-    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        self.progress.on_result(result)
-        self._tick()
-
-    def on_experiment_end(self, trials, **info) -> None:
-        self._tick()
-
-
-class LiveTable(tune.Callback):
+class LiveTable(_Follows):
     """On a terminal: the stage runs as a live table (step of how many, loss, FID, status) under a title with the
     ETA. ``stop_request``: the sweep's Ctrl-C marker (a stage that ends while it exists shows as ``stopped``)."""
 
@@ -264,7 +274,7 @@ class LiveTable(tune.Callback):
                           status)
         return table
 
-    def _refresh(self) -> None:
+    def update(self) -> None:
         self.progress.poll()
         if self.live is not None:
             self.live.update(self._table())
@@ -273,18 +283,48 @@ class LiveTable(tune.Callback):
         self.live = Live(self._table(), console=self.console or Console(stderr=True), refresh_per_second=2)
         self.live.start()
 
-    def on_step_end(self, iteration, trials, **info) -> None:
-        self._refresh()
-
-    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        self.progress.on_result(result)
-        self._refresh()
-
     def on_experiment_end(self, trials, **info) -> None:
-        self._refresh()
+        super().on_experiment_end(trials, **info)
         if self.live is not None:
             self.live.stop()
 
 
 def _fmt(value) -> str:
     return "" if value is None else f"{value:.4g}"
+
+
+# ------------------------------------------------------------------------------------------------ the driver's side
+def sweep_progress(plan) -> SweepProgress:
+    """What the progress display starts from: the compute left (``plan``'s totals), labels, FLOPs per step."""
+    from ..trainer.compute import stage_flops, train_flops_per_step
+    from .plan_view import totals
+
+    tot = totals(plan)
+    flops, evaluation = {}, {}
+    for t in plan.trials:
+        for stage in t.config.stages():
+            flops[(stage, t.trial_id)] = float(train_flops_per_step(t.config, stage))
+            evaluation[(stage, t.trial_id)] = float(stage_flops(t.config, stage, getattr(t.config, stage).steps)[1])
+    work = float(tot.train_flops + tot.eval_flops)
+    search = plan.spec.sweep.search
+    if search.method != "grid":  # each planned trial is sampled num_samples times
+        pre = tot.pretrain_to_train
+        pretraining = float(pre.train_flops + pre.eval_flops) if pre else 0.0
+        work = pretraining + (work - pretraining) * search.num_samples
+    return SweepProgress(plan.layout.events, work, plan.short_labels(),
+                         {key: plan.pretrain_label(key) for key in plan.pretrains}, flops, evaluation)
+
+
+def progress_callbacks(ctx, title: str) -> list:
+    """Plain lines when standard output is not a terminal (a log file, a pipe); the live table where standard
+    error is one. Both, for ``run > log`` typed at a terminal."""
+    callbacks = []
+    if ctx.progress is None:
+        return callbacks
+    # the log first: its poll takes the new events and prints them; the table, polling after it, reads the state
+    # they left (Tune calls the callbacks in list order)
+    if not sys.stdout.isatty():
+        callbacks.append(ProgressLog(ctx.progress, ctx.status_every))
+    if sys.stderr.isatty():
+        callbacks.append(LiveTable(title, ctx.progress, stop_request=ctx.plan.layout.stop_request))
+    return callbacks

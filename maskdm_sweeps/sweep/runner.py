@@ -23,7 +23,7 @@ from .events import append_event, read_events
 from .interrupt import InterruptHandler
 from .lock import DriverLock
 from .milestones import plan_lines
-from .progress import STATUS_EVERY_SECONDS, LiveTable, ProgressLog, SweepProgress
+from .progress import STATUS_EVERY_SECONDS, progress_callbacks, sweep_progress
 from .context import SweepContext
 from .trainable import first_phase_trainable, trial_trainable
 
@@ -171,40 +171,6 @@ def _searcher(plan: SweepPlan):
     return None
 
 
-def sweep_progress(plan: SweepPlan) -> SweepProgress:
-    """What the progress display starts from: the compute left (``plan``'s totals), labels, FLOPs per step."""
-    from ..trainer.compute import stage_flops, train_flops_per_step
-    from .plan_view import totals
-
-    tot = totals(plan)
-    flops, evaluation = {}, {}
-    for t in plan.trials:
-        for stage in t.config.stages():
-            flops[(stage, t.trial_id)] = float(train_flops_per_step(t.config, stage))
-            evaluation[(stage, t.trial_id)] = float(stage_flops(t.config, stage, getattr(t.config, stage).steps)[1])
-    work = float(tot.train_flops + tot.eval_flops)
-    search = plan.spec.sweep.search
-    if search.method != "grid":  # each planned trial is sampled num_samples times
-        pre = tot.pretrain_to_train
-        pretraining = float(pre.train_flops + pre.eval_flops) if pre else 0.0
-        work = pretraining + (work - pretraining) * search.num_samples
-    return SweepProgress(plan.layout.events, work, plan.short_labels(),
-                         {key: plan.pretrain_label(key) for key in plan.pretrains}, flops, evaluation)
-
-
-def _progress_callbacks(ctx: SweepContext, title: str) -> list:
-    """Plain lines when standard output is not a terminal (a log file, a pipe); the live table where standard
-    error is one. Both, for ``run > log`` typed at a terminal."""
-    callbacks = []
-    if ctx.progress is None:
-        return callbacks
-    if not sys.stdout.isatty():
-        callbacks.append(ProgressLog(ctx.progress, ctx.status_every))
-    if sys.stderr.isatty():
-        callbacks.append(LiveTable(title, ctx.progress, stop_request=ctx.plan.layout.stop_request))
-    return callbacks
-
-
 def _run_phase(name: str, trainable, param_space: dict, ctx: SweepContext, resume_path: Path | None,
                num_samples: int = 1, searcher=None, scheduler=None):
     from ray import tune
@@ -221,7 +187,7 @@ def _run_phase(name: str, trainable, param_space: dict, ctx: SweepContext, resum
             run_config=tune.RunConfig(
                 name=name, storage_path=str(ctx.plan.layout.tune),
                 failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
-                callbacks=_progress_callbacks(ctx, f"{spec.name}: {name}"),
+                callbacks=progress_callbacks(ctx, f"{spec.name}: {name}"),
                 verbose=0,
             ),
         )

@@ -26,6 +26,8 @@ from ..maskdm import UViT, build_schedule, training_loss
 from .checkpoint import checkpoint_path, keep_state, load_checkpoint, load_latest_checkpoint, save_checkpoint
 from .compute import TERA, stage_flops, stage_tflops, train_flops_per_step
 from .config import Stage, TrialConfig, build_mask_from_config
+from .device import autocast_dtype, resolve_device
+from .lr_schedule import learning_rate
 from .ema import EMA
 from .evaluation import Evaluator
 from .parallel import DataParallel, check_replicas
@@ -60,37 +62,9 @@ class StageResult:
         return asdict(self)
 
 
-def resolve_device(choice: str) -> torch.device:
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(choice)
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for a precision choice; None means plain fp32."""
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
 def stage_seed(seed: int, stage: Stage, stream: int) -> int:
     """Distinct, reproducible seeds per (trial seed, stage, random stream)."""
     return (seed * 1_000_003 + (0 if stage == "pretrain" else 500_000) + stream) % (2**63)
-
-
-def learning_rate(step: int, lr: float, warmup_steps: int, total_steps: int, decay: str = "none") -> float:
-    """The rate of optimizer step ``step`` (1-based; 0 is the optimizer's initial value).
-
-    Linear warmup from 0 at step 0 to ``lr`` at ``warmup_steps``; then constant (``decay="none"``), or a cosine or
-    linear decay from ``lr`` to 0 at ``total_steps``. Only a decay reads ``total_steps``: without one, the first n
-    steps of any run are the same, which is what lets one pre-training serve every shorter length.
-    """
-    if step < warmup_steps:
-        return lr * (step / warmup_steps)
-    if decay == "none" or total_steps <= warmup_steps:
-        return lr
-    progress = (step - warmup_steps) / (total_steps - warmup_steps)  # 0 at the end of warmup, 1 at the last step
-    return lr * (0.5 * (1.0 + math.cos(math.pi * progress)) if decay == "cosine" else 1.0 - progress)
 
 
 def fit(
