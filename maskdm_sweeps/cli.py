@@ -110,6 +110,10 @@ def _execute(plan, address: str | None, resume: bool, status_every: float = 60.0
         from .console import print_results_summary
 
         print_results_summary(outcome.sweep_dir, outcome.artifacts, _tracking_uri(plan.spec))
+    if outcome.notices:
+        print(f"{len(outcome.notices)} notices from the trials (also in report.md):", file=sys.stderr)
+        for line in outcome.notices:
+            print(f"  {line}", file=sys.stderr)
     for ident, reason in outcome.failed.items():
         print(f"FAILED {ident}: {reason}", file=sys.stderr)
     if outcome.killed:

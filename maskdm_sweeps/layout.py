@@ -37,6 +37,7 @@ RESOLVED_SPEC = "spec.resolved.yaml"
 PLAN_FILE = "plan.json"
 INVOCATIONS_FILE = "invocations.json"
 EVENTS_FILE = "events.jsonl"
+NOTICE_EVENT = "notice"  # an events.jsonl record of a warning a trial process logged: shown to the user, reported
 TRIAL_MANIFEST = "trial.json"
 FINETUNE_DIR = "finetune"
 
@@ -265,6 +266,18 @@ def read_json(path: Path) -> Any:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
+
+
+def read_notices(sweep_path: Path) -> list[dict]:
+    """The notices of a sweep (warnings its trial processes logged), oldest first, each (unit, message) once: a
+    retried stage that notices the same thing again adds nothing."""
+    seen, out = set(), []
+    for e in read_jsonl(Path(sweep_path) / EVENTS_FILE):
+        ident = (e.get("unit"), e.get("message"))
+        if e.get("event") == NOTICE_EVENT and ident not in seen:
+            seen.add(ident)
+            out.append(e)
+    return out
 
 
 def read_jsonl(path: Path) -> list[dict]:

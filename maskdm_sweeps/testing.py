@@ -91,6 +91,33 @@ class crash_once:  # noqa: N801 (used like a function: run_sweep(plan, reporters
         return [CrashAt(self.step, exit_process=True, marker=Path(stage_dir) / ".crashed_once")]
 
 
+class CorruptNewestCheckpoint(CrashAt):
+    """Like :class:`CrashAt` (a process death at ``step``), having first cut the stage's newest checkpoint short:
+    the retry must notice it and fall back to the one before."""
+
+    def __init__(self, step: int, stage_dir: Path):
+        super().__init__(step, exit_process=True, marker=Path(stage_dir) / ".corrupted_once")
+        self.checkpoints = Path(stage_dir) / "checkpoints"
+
+    def metrics(self, step: int, values: dict[str, float]) -> None:
+        if step >= self.step and not self.marker.exists():
+            newest = sorted(self.checkpoints.glob("step_*.pt"))[-1]
+            newest.write_bytes(newest.read_bytes()[:100])
+        super().metrics(step, values)
+
+
+@dataclass(frozen=True)
+class corrupt_once:  # noqa: N801 (used like a function, as crash_once)
+    """``run_sweep``'s ``reporters`` that, once per ``stage`` run, cut its newest checkpoint short at ``step`` and
+    kill the process."""
+
+    stage: str
+    step: int
+
+    def __call__(self, trial, stage: str, stage_dir: Path, rank: int) -> list:
+        return [CorruptNewestCheckpoint(self.step, stage_dir)] if stage == self.stage and rank == 0 else []
+
+
 def flop_counter_cpu_attention() -> dict:
     """``custom_mapping`` for ``torch.utils.flop_counter.FlopCounterMode``: torch's own SDPA formulas for the CPU
     flash-attention kernel, which the counter has none for (without it, attention counts 0 FLOPs on a CPU)."""

@@ -12,7 +12,7 @@ import pandas as pd
 
 from .analysis import (arm_labels, clearly_lower, comparison_table, compute_unit, evaluation_noise, fid_at_budget,
                        fid_by_step, finished, group_keys, report_settings, speedup_table)
-from ..layout import SweepDir, read_json
+from ..layout import SweepDir, read_json, read_notices
 from .collect import load, read_spec
 from .columns import STATUSES
 
@@ -317,6 +317,22 @@ def _best(trials: pd.DataFrame) -> list[str]:
     return lines + [markdown_table(pd.DataFrame(rows, columns=["", "value"])), ""]
 
 
+def _notices(sweep_dir: Path, trials: pd.DataFrame) -> list[str]:
+    """What the trial processes noticed (skipped images, checkpoint fallbacks, damaged files): every number below
+    was made with these in force."""
+    notices = read_notices(sweep_dir)
+    if not notices:
+        return []
+    labels = dict(zip(trials["trial_id"], trials["label"])) if len(trials) else {}
+    lines = ["## Notices", "", f"{len(notices)} things the trial processes noticed while this sweep ran (each once; "
+             "`events.jsonl` holds them with their times):", ""]
+    for e in notices:
+        unit = str(e.get("unit", "?"))
+        who = f"`{unit}` ({labels[unit]})" if unit in labels else f"`{unit}`"
+        lines.append(f"- {who}: {e.get('message', '')}")
+    return lines + [""]
+
+
 def _not_finished(sweep_dir: Path, trials: pd.DataFrame) -> list[str]:
     lines = []
     rest = trials[trials["status"] != "finished"]
@@ -336,7 +352,7 @@ def _not_finished(sweep_dir: Path, trials: pd.DataFrame) -> list[str]:
 def render_report(sweep_dir: Path, trials: pd.DataFrame, curves: pd.DataFrame) -> str:
     sweep_dir = Path(sweep_dir)
     spec = read_spec(sweep_dir)
-    lines = _header(sweep_dir, spec, trials)
+    lines = _header(sweep_dir, spec, trials) + _notices(sweep_dir, trials)
     if len(trials):
         lines += (_speedup(trials, curves, spec) + _by_arm(trials) + _vs_baseline(trials, curves)
                   + _equal_compute(trials, curves) + _best(trials))

@@ -25,6 +25,9 @@ from rich.live import Live
 from rich.table import Table
 from ray import tune
 
+from ..layout import NOTICE_EVENT
+from .notices import notice_line
+
 STATUS_EVERY_SECONDS = 60.0
 
 
@@ -63,6 +66,7 @@ class SweepProgress:
     offset: int = 0
     eval_flops_done: dict[tuple[str, str], float] = field(default_factory=dict)
     eval_flops_first: dict[tuple[str, str], float] = field(default_factory=dict)
+    notices: list[dict] = field(default_factory=list)  # notice events not yet shown (see sweep/notices.py)
 
     def __post_init__(self) -> None:
         try:  # what earlier invocations logged is not news
@@ -89,6 +93,9 @@ class SweepProgress:
             except ValueError:
                 continue
             if not isinstance(e, dict):
+                continue
+            if e.get("event") == NOTICE_EVENT:
+                self.notices.append(e)
                 continue
             happened = self._apply(e)
             if happened:
@@ -135,6 +142,16 @@ class SweepProgress:
         if "cost/eval_tflops" in result:
             self.eval_flops_first.setdefault((stage, key), result["cost/eval_tflops"] * 1e12)
             self.eval_flops_done[(stage, key)] = result["cost/eval_tflops"] * 1e12
+
+    def take_notices(self) -> list[str]:
+        """The notices that arrived since the last call, as lines naming their stage run."""
+        lines = [notice_line(e, self.unit_label(str(e.get("unit", "")))) for e in self.notices]
+        self.notices.clear()
+        return lines
+
+    def unit_label(self, unit: str) -> str:
+        """A unit of work (a trial id, or a pre-training line's unit) in words."""
+        return self._label("finetune", unit) if unit in self.labels else self._label("pretrain", unit)
 
     def _label(self, stage: str, key: str) -> str:
         if stage == "finetune":
@@ -242,6 +259,8 @@ class ProgressLog(_Follows):
     def update(self) -> None:
         for happened in self.progress.poll():
             self._print(event_line(*happened))
+        for line in self.progress.take_notices():
+            self._print(line)
         now = time.time()
         if now - self.last_status >= self.every:
             self.last_status = now
@@ -277,6 +296,8 @@ class LiveTable(_Follows):
     def update(self) -> None:
         self.progress.poll()
         if self.live is not None:
+            for line in self.progress.take_notices():  # above the table, where they stay readable
+                self.live.console.print(line, markup=False, highlight=False)
             self.live.update(self._table())
 
     def setup(self, **info) -> None:

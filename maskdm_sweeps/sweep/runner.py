@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import yaml
 
-from ..layout import read_json, write_json
+from ..layout import NOTICE_EVENT, read_json, write_json
 from ..sweepspec.expand import SweepPlan, TrialPlan
 from ..trainer import Reporter
 from ..trainer.config import affects_pretraining
@@ -40,6 +40,7 @@ class SweepOutcome:
     artifacts: dict[str, Path] = field(default_factory=dict)  # name -> parquet files, report and plots written after
     interrupted: list[dict] = field(default_factory=list)  # Ctrl-C: the stage runs stopped ({stage, key, step})
     killed: bool = False  # Ctrl-C (once or twice): the sweep stopped before its end
+    notices: list[str] = field(default_factory=list)  # what the trial processes noticed in this invocation (lines)
 
     @property
     def exit_code(self) -> int:
@@ -303,6 +304,7 @@ def _run_locked(plan: SweepPlan, address: str | None, resume: bool, track: bool,
     outcome.stopped = sorted(t for t in started if not plan.trial_finished(t) and t not in outcome.failed)
     outcome.interrupted = [e for e in read_events(sweep_dir, since_invocation=number)
                            if e["event"] == "stage_interrupted"]
+    outcome.notices = _notices_since(plan, number)
     outcome.artifacts = _write_results(plan)
     if tracking:
         from ..tracking import finish_sweep_tracking
@@ -366,6 +368,17 @@ def _run_phases(plan: SweepPlan, ctx: SweepContext, outcome: SweepOutcome, last:
                           _searcher(plan), _scheduler(plan))
         _collect_errors(grid, outcome, "trial_id")
     outcome.killed = stop.requested
+
+
+def _notices_since(plan: SweepPlan, invocation: int) -> list[str]:
+    """This invocation's notices (each once), as lines naming their stage run."""
+    progress = sweep_progress(plan)
+    seen: set[tuple] = set()
+    for e in read_events(plan.sweep_dir, since_invocation=invocation):
+        if e.get("event") == NOTICE_EVENT and (e.get("unit"), e.get("message")) not in seen:
+            seen.add((e.get("unit"), e.get("message")))
+            progress.notices.append(e)
+    return progress.take_notices()
 
 
 def _write_results(plan: SweepPlan) -> dict[str, Path]:

@@ -23,6 +23,7 @@ from .events import append_event
 from .interrupt import StageInterrupted
 from .lock import LineLock
 from .milestones import MAIN, LineJob, plan_lines
+from .notices import capture_notices
 from .stage import limit_threads, train_stage
 from .workers import StageJob, run_stage_on_workers
 
@@ -80,7 +81,7 @@ def first_phase_trainable(params: dict[str, Any], ctx: SweepContext) -> None:
     key = unit.split("/")[0]
     if key in ctx.plan.pretrains:
         limit_threads(ctx)
-        with _stops_quietly():
+        with capture_notices(ctx.plan.sweep_dir, unit), _stops_quietly():
             pre = ctx.plan.pretrains[key]
             jobs, _ = plan_lines(ctx.plan.layout, key, pre.asked)
             wanted = next((job.milestones for job in jobs if job.unit == unit), [])
@@ -146,7 +147,7 @@ def trial_trainable(params: dict[str, Any], ctx: SweepContext) -> None:
     layout = plan.layout
     layout.trial_dir(trial.trial_id).mkdir(parents=True, exist_ok=True)
     write_json(layout.manifest(trial.trial_id), trial.manifest(plan.spec.resources))  # what results/ reads
-    with _stops_quietly():
+    with capture_notices(plan.sweep_dir, trial.trial_id), _stops_quietly():
         init = None
         if trial.pretrain_key:  # its milestone: there already after phase 1, else trained (or waited for) here
             shared = plan.pretrains.get(trial.pretrain_key)

@@ -26,6 +26,7 @@ from ..sweepspec.expand import TrialPlan
 from ..trainer import list_checkpoints
 from .context import SweepContext
 from .events import append_event
+from .notices import capture_notices
 from .stage import limit_threads, train_stage
 
 PROCESS_GROUP_TIMEOUT_S = 4 * 3600  # the other ranks wait in a collective while rank 0 computes a (10k-sample) FID
@@ -88,5 +89,6 @@ def _stage_worker(config: dict) -> None:
         append_event(ctx.plan.sweep_dir, "worker_group_start", stage=stage, trial_id=trial.trial_id, key=job.key,
                      workers=ctx.plan.spec.resources.workers, pid=os.getpid(),
                      newest_checkpoint=newest[-1].name if newest else None)
-    train_stage(ctx, trial, stage, job.stage_dir, job.init, rank, report=ray.train.report,
-                milestones=job.milestones, key=job.key)
+    with capture_notices(ctx.plan.sweep_dir, job.key if rank == 0 else f"{job.key} (rank {rank})"):
+        train_stage(ctx, trial, stage, job.stage_dir, job.init, rank, report=ray.train.report,
+                    milestones=job.milestones, key=job.key)
