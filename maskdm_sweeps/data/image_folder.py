@@ -65,7 +65,7 @@ CROPS: dict[str, Callable[[int, int], Box]] = {"center": center_box, "celeba64":
 
 
 def iter_image_files(root: Path) -> Iterator[Path]:
-    """Image files under ``root``, recursively, in no particular order (lazy, so an emptiness check stops early)."""
+    """Image files under ``root``, recursively, in no particular order."""
     for dirpath, _dirnames, filenames in os.walk(root):
         for name in filenames:
             if Path(name).suffix.lower() in IMAGE_EXTENSIONS:
@@ -75,11 +75,6 @@ def iter_image_files(root: Path) -> Iterator[Path]:
 def list_image_files(root: Path) -> list[Path]:
     """Image files under ``root``, sorted by relative path: the deterministic order of the dataset."""
     return sorted(iter_image_files(root), key=lambda f: f.relative_to(root).as_posix())
-
-
-def has_images(root: Path) -> bool:
-    """True if at least one image file lies under ``root``."""
-    return next(iter_image_files(root), None) is not None
 
 
 _FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
@@ -113,12 +108,6 @@ def decode_problem(file: Path) -> str | None:
     except Exception as err:  # whatever a decoder raises (OSError, SyntaxError, zlib.error, a decompression bomb)
         return f"{type(err).__name__}: {err.strerror if isinstance(err, OSError) and err.strerror else err}"
     return None
-
-
-def image_problem(file: Path) -> str | None:
-    """Why ``file`` cannot be used as an image, ``None`` when it can: :func:`entry_problem`, then
-    :func:`decode_problem` (only a regular file is ever opened)."""
-    return entry_problem(file) or decode_problem(file)
 
 
 def _decode_problems(files: list[Path], workers: int | None = None) -> Problems:
@@ -226,8 +215,11 @@ def _save_atomic(path: Path, images: np.ndarray) -> None:
 
 
 def load_image_folder(root: Path, image_size: int, crop: str = "center", skip_unreadable: bool = False) -> torch.Tensor:
-    """Every image under ``root`` as uint8 ``(n, 3, S, S)``, from the cache when the files are unchanged
-    (``skip_unreadable``: without the files that do not open, see :func:`readable_image_files`)."""
+    """Every image under ``root`` as uint8 ``(n, 3, S, S)``, from the cache when the files are unchanged.
+
+    ``skip_unreadable``: without the files that cannot be used (see :func:`readable_image_files`); otherwise
+    :class:`DataError` names the first entry that is not a regular file or does not decode.
+    """
     import torch  # lazily: validating a spec reads this module's names without torch
 
     files = readable_image_files(root, skip_unreadable)
