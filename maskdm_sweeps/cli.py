@@ -101,6 +101,7 @@ def _execute(plan, address: str | None, resume: bool, status_every: float = 60.0
     except SweepStorageError as err:
         done = [t.trial_id for t in plan.trials if plan.trial_finished(t.trial_id)]
         print(f"error: {err}", file=sys.stderr)
+        _print_driver_log(plan)
         print(f"sweep {plan.spec.name}: {len(done)}/{len(plan.trials)} trials finished before that; free the space "
               f"and continue with: maskdm-sweep resume {plan.sweep_dir}", file=sys.stderr)
         return 1
@@ -120,9 +121,19 @@ def _execute(plan, address: str | None, resume: bool, status_every: float = 60.0
         for e in outcome.interrupted:
             print(f"stopped: {e['stage']} {e['key']} at step {e['step']} (its checkpoint)", file=sys.stderr)
         print(f"sweep {plan.spec.name} stopped by Ctrl-C", file=sys.stderr)
+    if outcome.failed:
+        _print_driver_log(plan)
     if outcome.failed or outcome.killed:
         print(f"continue with: maskdm-sweep resume {outcome.sweep_dir}", file=sys.stderr)
     return outcome.exit_code
+
+
+def _print_driver_log(plan) -> None:
+    """Where Ray's and Tune's messages went (the tracebacks of failed trials): they are kept off the terminal."""
+    log = plan.layout.driver_log
+    if log.exists():
+        empty = " (empty: nothing could be written to it)" if log.stat().st_size == 0 else ""
+        print(f"Ray's messages and tracebacks: {log}{empty}", file=sys.stderr)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

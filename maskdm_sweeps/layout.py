@@ -9,6 +9,7 @@ One owner for the layout (standard library only, so the trainer may use it too);
                                         for after a longer run had rotated its checkpoint away)
       <sweep name>/                     one sweep
         spec.resolved.yaml  plan.json  invocations.json  events.jsonl  .driver.lock  .stop_requested
+        driver.log                      Ray's and Tune's own messages (tracebacks), kept off the terminal
         trials/<trial id>/trial.json    the trial's manifest (what it is, written when it starts)
         trials/<trial id>/finetune/     the trial's fine-tuning: a stage run
         tune/                           Ray Tune's own state (resume)
@@ -25,6 +26,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +55,7 @@ TRAIN_LOCK = ".train.lock"  # held (fcntl) by the one process that trains a line
 SAMPLES_DIR = "samples"
 DIVERGED = "diverged.json"
 DRIVER_LOCK = ".driver.lock"  # held (fcntl) by the one run or resume driving the sweep
+DRIVER_LOG = "driver.log"  # Ray's and Tune's log records while a driver runs the sweep
 STOP_REQUEST = ".stop_requested"  # written on the first Ctrl-C: every stage stops after its next checkpoint
 MLFLOW_RUN_FILE = "mlflow_run.json"
 MLFLOW_TARGET_FILE = "mlflow_target.json"
@@ -200,6 +204,11 @@ class SweepDir:
         return self.path / DRIVER_LOCK
 
     @property
+    def driver_log(self) -> Path:
+        """Ray's and Tune's own messages while a driver runs the sweep (tracebacks of failed trials among them)."""
+        return self.path / DRIVER_LOG
+
+    @property
     def stop_request(self) -> Path:
         return self.path / STOP_REQUEST
 
@@ -241,23 +250,37 @@ class SweepDir:
 
 
 # ------------------------------------------------------------------------------------------------ writing and reading
+@contextmanager
+def naming_write_errors(path: Path) -> Iterator[None]:
+    """An ``OSError`` raised while writing ``path`` names it: a write that fails when a buffer is flushed (a full
+    disk noticed on close) raises one that names no file."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is None and err.errno is not None:
+            raise OSError(err.errno, err.strerror, str(path)) from err
+        raise
+
+
 def write_json(path: Path, data: Any) -> Path:
     """Write JSON whole or not at all: a reader (or a process killed mid-write) never sees half a file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)
+    with naming_write_errors(path):
+        tmp.write_text(json.dumps(data, indent=2))
+        tmp.replace(path)
     return path
 
 
 def append_jsonl(path: Path, record: dict) -> None:
     """Append one JSON line with a single O_APPEND write: lines of concurrent processes stay whole."""
     line = (json.dumps(record) + "\n").encode()
-    fd = os.open(Path(path), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line)
-    finally:
-        os.close(fd)
+    with naming_write_errors(path):
+        fd = os.open(Path(path), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
 
 
 def read_json(path: Path) -> Any:

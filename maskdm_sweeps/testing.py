@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,21 @@ def tiny_trial_config(**overrides: Any) -> TrialConfig:
         "runtime": {"device": "cpu", "log_every_steps": 1, "checkpoint_every_steps": 10},
     }
     return TrialConfig.model_validate(_merge(base, overrides))
+
+
+def write_png_with_a_broken_stream(path: Path, size: int = 4) -> Path:
+    """A PNG whose chunks all carry valid CRCs around an IDAT payload that is no zlib stream: ``Image.verify()``
+    passes it, only decoding its pixels fails (a damaged file that a checksum check does not catch)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = b"".join(b"\x00" + bytes(3 * size) for _ in range(size))  # each row: filter byte, then RGB
+    stream = zlib.compress(rows)
+    broken = stream[:2] + bytes(b ^ 0x5A for b in stream[2:])  # a valid zlib header, garbage after it
+    header = struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0)  # 8-bit RGB
+    path = Path(path)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", broken) + chunk(b"IEND", b""))
+    return path
 
 
 class InjectedFault(RuntimeError):

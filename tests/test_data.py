@@ -1,6 +1,7 @@
 """Datasets: the config validates early, loaders give exact uint8 pixels, caches and subsets are deterministic,
 and training batches depend on nothing but the caller's generator state."""
 
+import logging
 import os
 import pickle
 import subprocess
@@ -18,6 +19,7 @@ from pydantic import ValidationError
 from maskdm_sweeps.data import (
     DATASETS,
     DataConfig,
+    DataError,
     ImageBatches,
     load_dataset,
     load_digits_images,
@@ -27,6 +29,7 @@ from maskdm_sweeps.data import (
 )
 from maskdm_sweeps.data.cifar10 import UnsafeBatchFile, load_cifar10
 from maskdm_sweeps.data.image_folder import list_image_files
+from maskdm_sweeps.testing import write_png_with_a_broken_stream
 
 DIGIT_LEVELS = {round(v * 255 / 16) for v in range(17)}
 
@@ -272,7 +275,7 @@ def test_image_folder_is_cached_and_a_changed_file_invalidates_it(tmp_path, monk
         assert torch.equal(cached.images, first.images) and cached.key == first.key
         solid((99, 99, 99)).save(changed)
         os.utime(changed, ns=(10**18, 10**18))  # a certainly different mtime, whatever the filesystem's resolution
-        with pytest.raises(AssertionError, match="decoded"):
+        with pytest.raises(DataError, match="decoded an image"):  # the patched decoder's error, file named
             load_dataset(cfg)  # the key changed, so it must decode again
     fresh = load_dataset(DataConfig(name="image_folder", path=tmp_path / "imgs", image_size=8))
     assert fresh.key != first.key
@@ -375,7 +378,7 @@ def test_images_held_on_a_device_named_without_its_index_are_on_the_device():
     assert store.batch(3, torch.Generator().manual_seed(0)).shape == (3, 1, 8, 8)
 
 
-def test_unreadable_images_are_named_at_validation_or_skipped_with_a_count_when_asked(tmp_path):
+def test_unreadable_images_are_named_at_validation_or_skipped_with_a_count_when_asked(tmp_path, caplog):
     make_folder(tmp_path)
     good = len(list_image_files(tmp_path))
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png" * 10)  # a corrupt png
@@ -387,6 +390,45 @@ def test_unreadable_images_are_named_at_validation_or_skipped_with_a_count_when_
     assert "3 unreadable image file(s)" in message and "broken.png" in message and "loop_a.jpg" in message
     assert "skip_unreadable" in message
     cfg = DataConfig(name="image_folder", path=tmp_path, image_size=8, skip_unreadable=True)
-    with pytest.warns(UserWarning, match=f"skipping 3 unreadable image file\\(s\\) of {good + 3}"):
+    with caplog.at_level(logging.WARNING, logger="maskdm_sweeps"):
         data = load_dataset(cfg)
+    assert f"skipping 3 unreadable image file(s) of {good + 3}" in caplog.text and "broken.png" in caplog.text
     assert data.images.shape == (good, 3, 8, 8)  # the readable ones, decoded as before
+
+
+def test_a_png_whose_pixels_do_not_decode_is_named_at_validation_and_by_the_loader(tmp_path):
+    make_folder(tmp_path)
+    cfg = DataConfig(name="image_folder", path=tmp_path, image_size=8)  # valid before the bad file comes
+    write_png_with_a_broken_stream(tmp_path / "zz_broken_stream.png")
+    with Image.open(tmp_path / "zz_broken_stream.png") as im:
+        im.verify()  # what validation used to stop at: the CRCs are fine
+    with pytest.raises(ValidationError, match="1 unreadable image file.*zz_broken_stream.png"):
+        DataConfig(name="image_folder", path=tmp_path, image_size=8)
+    with pytest.raises(DataError, match="zz_broken_stream.png does not decode"):  # a trial names it alike
+        load_dataset(cfg)
+
+
+@pytest.mark.timeout(60, method="thread")  # a FIFO opened in a decoding thread blocks it: end the whole run
+def test_a_fifo_among_the_images_is_skipped_or_refused_without_being_opened(tmp_path, caplog):
+    make_folder(tmp_path)
+    good = len(list_image_files(tmp_path))
+    strict = DataConfig(name="image_folder", path=tmp_path, image_size=8)  # valid before the FIFO comes
+    os.mkfifo(tmp_path / "hang.png")  # opening it would block until something writes to it
+    with caplog.at_level(logging.WARNING, logger="maskdm_sweeps"):
+        data = load_dataset(DataConfig(name="image_folder", path=tmp_path, image_size=8, skip_unreadable=True))
+    assert data.images.shape == (good, 3, 8, 8)
+    assert "skipping 1 unreadable image file(s)" in caplog.text and "hang.png: a FIFO" in caplog.text
+    with pytest.raises(DataError, match="hang.png: a FIFO, not a regular file"):
+        load_dataset(strict)  # a FIFO that appears after validation: named, never opened
+
+
+def test_every_cifar10_batch_is_checked_at_validation_not_only_the_first(tmp_path):
+    write_cifar(tmp_path, {"data_batch_1": 2, "data_batch_2": 2, "data_batch_3": 2})
+    marker = tmp_path / "pwned"
+    (tmp_path / "data_batch_2").write_bytes(pickle.dumps({b"data": _WritesAFile(str(marker)), b"labels": [0]}))
+    with pytest.raises(ValidationError, match="data_batch_2: it references io.open"):
+        DataConfig(name="cifar10", path=tmp_path)
+    assert not marker.exists()
+    (tmp_path / "data_batch_2").write_bytes(pickle.dumps({b"data": np.zeros((2, 3000), np.uint8), b"labels": [0]}))
+    with pytest.raises(ValidationError, match="data_batch_2 is not a CIFAR-10 batch file.*3000"):
+        DataConfig(name="cifar10", path=tmp_path)

@@ -1,6 +1,10 @@
 """Malformed specs: each exits with code 2 before anything starts, naming the field and the YAML line."""
 
+import logging
+import os
+
 import pytest
+from PIL import Image
 
 from maskdm_sweeps.cli import main
 
@@ -110,6 +114,24 @@ def test_malformed_spec_exits_2_naming_field_and_line_and_starts_nothing(tmp_pat
     # nothing started: no sweep directory, no MLflow store, no Ray
     assert not (tmp_path / "results").exists()
     assert not ray.is_initialized()
+
+
+@pytest.mark.timeout(60, method="thread")  # a FIFO opened in a decoding thread blocks it: end the whole run
+def test_an_image_folder_holding_a_fifo_exits_2_naming_it_without_opening_it(tmp_path, maskdm_sweep, caplog,
+                                                                             monkeypatch):
+    monkeypatch.setenv("MASKDM_CACHE", str(tmp_path / "cache"))  # where the verdicts of the decoding are kept
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(images / "a.png")
+    os.mkfifo(images / "hang.png")  # opening it blocks until something writes to it
+    (tmp_path / "spec.yaml").write_text(SPEC.replace("    name: digits\n", f"    name: image_folder\n    path: {images}\n"))
+    out = maskdm_sweep("validate", "spec.yaml", cwd=tmp_path)
+    assert out.returncode == 2 and "spec.yaml:3)" in out.stderr and "\nbase.data: " in out.stderr, out.stderr
+    assert "hang.png: a FIFO, not a regular file" in out.stderr and "skip_unreadable" in out.stderr
+    with caplog.at_level(logging.WARNING, logger="maskdm_sweeps"):
+        out = maskdm_sweep("validate", "spec.yaml", "--set", "base.data.skip_unreadable=true", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert caplog.text.count("skipping 1 unreadable image file(s) of 2") == 1 and "hang.png: a FIFO" in caplog.text
 
 
 def test_set_overrides_are_validated_the_same_way(tmp_path, maskdm_sweep):

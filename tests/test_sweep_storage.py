@@ -1,11 +1,14 @@
-"""A full disk under ``output_dir``: ``run`` ends with one line naming the path and the error, what finished, and
-exit 1 (no traceback); once space is back, ``resume`` finishes with exit 0 whatever state the full disk left."""
+"""A full disk under ``output_dir``: ``run`` ends with one block naming the file that could not be written, where
+Ray's messages went, what finished, and exit 1 (no traceback, no stage started twice on the full disk); once space is
+back, ``resume`` finishes with exit 0 whatever state the full disk left."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -31,26 +34,31 @@ def small_disk(tmp_path):
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
 
 
-def test_a_full_disk_ends_the_run_with_one_line_and_resume_finishes_once_space_is_back(small_disk, tmp_path):
+def test_a_full_disk_ends_the_run_with_one_block_naming_the_file_and_resume_finishes_once_space_is_back(
+        small_disk, tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump(tiny_sweep_spec(
         "full", small_disk / "results", {"axes": {"mask.rate": [0.25, 0.5]}, "baseline": True},
-        {"max_failures": 0}, pretrain={"steps": 60}, finetune={"steps": 60})))
+        {"max_failures": 1}, pretrain={"steps": 60}, finetune={"steps": 60})))
     filler = small_disk / "filler"
     free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
     filler.write_bytes(b"\0" * (free - 400_000))  # about 400 kB left: the first checkpoints fill it
     env = {**os.environ, "MASKDM_CACHE": str(tmp_path / "cache"), "RAY_AUTH_MODE": "disabled"}
+    sweep_dir = small_disk / "results" / "full"
     run = subprocess.run([EXE, "run", str(spec)], capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 1, run.stderr[-3000:]
-    errors = [line for line in run.stderr.splitlines() if line.startswith(("error: ", "FAILED "))]
-    assert errors and all("No space left on device" in line for line in errors), run.stderr[-3000:]
-    # Ray logs its own tracebacks on the way; the run's last words are ours: the error, what finished, the way on
-    last = run.stderr.strip().splitlines()[-2:]
-    assert last[0].startswith("error: ") and str(small_disk) in last[0], run.stderr[-3000:]
-    assert last[1].startswith("sweep full: ") and "trials finished" in last[1]
-    assert f"maskdm-sweep resume {small_disk / 'results' / 'full'}" in last[1]
+    # Ray's tracebacks went to driver.log; the run's last words are ours: the file, the log, the way on
+    assert "Traceback" not in run.stderr, run.stderr[-3000:]
+    block = run.stderr.strip().splitlines()[-3:]
+    assert block[0].startswith("error: ") and block[0].endswith(": No space left on device"), run.stderr[-3000:]
+    named = Path(block[0].removeprefix("error: ").removesuffix(": No space left on device"))
+    assert named.is_relative_to(small_disk / "results") and named.suffix, block[0]  # a file, not the results root
+    assert block[1].startswith(f"Ray's messages and tracebacks: {sweep_dir / 'driver.log'}"), block
+    assert block[2].startswith("sweep full: ") and f"maskdm-sweep resume {sweep_dir}" in block[2], block
+    starts = Counter(e["key"] for e in map(json.loads, (sweep_dir / "events.jsonl").read_text().splitlines())
+                     if e["event"] == "stage_start")
+    assert starts and set(starts.values()) == {1}, starts  # max_failures is 1, but no stage ran twice on it
     filler.unlink()
-    done = subprocess.run([EXE, "resume", str(small_disk / "results" / "full")], capture_output=True, text=True,
-                          env=env, timeout=600)
+    done = subprocess.run([EXE, "resume", str(sweep_dir)], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "sweep full: 3/3 trials finished" in done.stdout

@@ -13,7 +13,7 @@ _EXPORTS = {
     "config": ["DataConfig"],
     "convert": ["resize_uint8", "to_float", "to_uint8"],
     "digits": ["load_digits_images", "load_digits_uint8"],
-    "files": ["cache_dir"],
+    "files": ["DataError", "cache_dir"],
     "image_folder": ["CROPS", "load_image_folder"],
     "registry": ["DATASETS", "ImageData", "load_dataset", "subset_indices"],
 }

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .files import DataError, Problems
+
 if TYPE_CHECKING:  # annotations only: torch is imported where it runs
     import torch
 
@@ -58,7 +60,7 @@ def download_cifar10(root: Path) -> Path:
     return root / BATCHES_DIRNAME
 
 
-class UnsafeBatchFile(ValueError):
+class UnsafeBatchFile(DataError):
     """A CIFAR-10 batch file that is not what a real batch holds (it could run code when unpickled)."""
 
 
@@ -91,11 +93,25 @@ def read_batch(file: Path) -> np.ndarray:
         with open(file, "rb") as f:
             batch = _BatchUnpickler(f, encoding="bytes").load()
         data = np.asarray(batch[b"data"], dtype=np.uint8)  # (n, 3072): R plane, G plane, B plane
+        if data.ndim != 2 or data.shape[1] != 3 * NATIVE_SIZE * NATIVE_SIZE:
+            raise ValueError(f"its data has shape {data.shape}, not (n, {3 * NATIVE_SIZE * NATIVE_SIZE})")
     except UnsafeBatchFile as err:
         raise UnsafeBatchFile(f"refusing CIFAR-10 batch file {file}: {err}") from None
     except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, AttributeError) as err:
         raise UnsafeBatchFile(f"{file} is not a CIFAR-10 batch file ({type(err).__name__}: {err})") from None
     return data.reshape(-1, 3, NATIVE_SIZE, NATIVE_SIZE)
+
+
+def refused_batches(files: list[Path]) -> Problems:
+    """The batch files of ``files`` that :func:`read_batch` refuses, with its message, in order: every file is
+    read, since a crafted or damaged second batch would otherwise surface only when a trial loads the data."""
+    problems = []
+    for file in files:
+        try:
+            read_batch(file)
+        except UnsafeBatchFile as err:
+            problems.append((file, str(err)))
+    return problems
 
 
 def load_cifar10(path: Path, split: str = "train", image_size: int = NATIVE_SIZE, download: bool = False) -> torch.Tensor:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from .cifar10 import BATCHES_DIRNAME, batch_files, find_batches_dir, read_batch
-from .image_folder import IMAGE_EXTENSIONS, has_images, list_image_files, unreadable_images
+from .cifar10 import BATCHES_DIRNAME, batch_files, find_batches_dir, refused_batches
+from .files import checked_once, describe_problems
+from .image_folder import IMAGE_EXTENSIONS, list_image_files, skipped_message, unreadable_images
+
+log = logging.getLogger(__name__)
 
 
 DEFAULT_IMAGE_SIZE: dict[str, int | None] = {"digits": 16, "cifar10": 32, "image_folder": None}
@@ -124,17 +128,37 @@ class DataConfig(BaseModel):
                     f"no CIFAR-10 {self.split} batches ({wanted}) in {str(path)!r} or "
                     f"{str(path / BATCHES_DIRNAME)!r} (set download: true to fetch them)"
                 )
-            read_batch(batch_files(batches_dir, self.split)[0])  # refuses a crafted file now (UnsafeBatchFile)
+            files = batch_files(batches_dir, self.split)
+            refused = checked_once("cifar10", batches_dir, files, refused_batches)  # every batch, not the first
+            if refused:
+                raise ValueError("; ".join(reason for _, reason in refused))  # each names its file
         else:
-            if not path.is_dir():
-                raise ValueError(f"image_folder path {str(path)!r} does not exist or is not a directory")
-            if not has_images(path):
-                raise ValueError(
-                    f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {str(path)!r}"
-                )
-            bad = [] if self.skip_unreadable else unreadable_images(list_image_files(path))
-            if bad:
-                shown = "; ".join(f"{file}: {reason}" for file, reason in bad[:5])
-                raise ValueError(f"{len(bad)} unreadable image file(s) under {str(path)!r}: {shown}"
-                                 f"{' ...' if len(bad) > 5 else ''} (fix or remove them, or set "
-                                 "data.skip_unreadable: true to leave them out)")
+            self._check_image_folder(path)
+
+    def _check_image_folder(self, path: Path) -> None:
+        """Every image file decodes, and every entry is a regular file (checked by ``stat``, never opened: a FIFO
+        would block); with ``skip_unreadable`` the others are left out, with a warning (once per folder state)."""
+        if not path.is_dir():
+            raise ValueError(f"image_folder path {str(path)!r} does not exist or is not a directory")
+        files = list_image_files(path)
+        if not files:
+            raise ValueError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {str(path)!r}")
+        bad = unreadable_images(path, files)
+        if bad and not self.skip_unreadable:
+            raise ValueError(f"{len(bad)} unreadable image file(s) under {str(path)!r}: {describe_problems(bad)} "
+                             "(fix or remove them, or set data.skip_unreadable: true to leave them out)")
+        if len(bad) == len(files):
+            raise ValueError(f"none of the {len(files)} image files under {str(path)!r} can be read: "
+                             f"{describe_problems(bad)}")
+        if bad:
+            _warn_once(skipped_message(path, bad, len(files)))
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """Log ``message`` as a warning the first time only: a spec's data is validated once per trial it expands to."""
+    if message not in _warned:
+        _warned.add(message)
+        log.warning(message)

@@ -3,12 +3,16 @@
 Files are found recursively by extension and taken in sorted relative-path order, so the i-th image is the same on
 every machine. Decoding 200k JPEGs takes minutes, so the result is cached under ``$MASKDM_CACHE/image_folder/``,
 keyed by the file list (names, sizes, mtimes), the crop and the size: touching any file recomputes it.
+
+An entry that is not a regular file (a FIFO, a socket, a device, a broken symlink) is found with ``stat`` and never
+opened; it is refused, naming it, or left out with ``skip_unreadable``. So is a file that does not decode.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-import warnings
+import stat
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,10 +21,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from .files import cache_dir, content_key, file_identity
+from .files import DataError, Problems, cache_dir, checked_once, content_key, describe_problems, file_identity
 
 if TYPE_CHECKING:  # annotations only: torch is imported where it runs
     import torch
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
 """Extensions that count as images (compared case-insensitively)."""
@@ -59,7 +65,7 @@ CROPS: dict[str, Callable[[int, int], Box]] = {"center": center_box, "celeba64":
 
 
 def iter_image_files(root: Path) -> Iterator[Path]:
-    """Image files under ``root``, recursively, in no particular order (lazy, so an emptiness check stops early)."""
+    """Image files under ``root``, recursively, in no particular order."""
     for dirpath, _dirnames, filenames in os.walk(root):
         for name in filenames:
             if Path(name).suffix.lower() in IMAGE_EXTENSIONS:
@@ -71,52 +77,105 @@ def list_image_files(root: Path) -> list[Path]:
     return sorted(iter_image_files(root), key=lambda f: f.relative_to(root).as_posix())
 
 
-def has_images(root: Path) -> bool:
-    """True if at least one image file lies under ``root``."""
-    return next(iter_image_files(root), None) is not None
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
 
 
-def image_problem(file: Path) -> str | None:
-    """Why ``file`` cannot be used as an image (``None`` when it opens): its header is read and its data checked
-    (``Image.verify``, which does not decode the pixels), so a corrupt or truncated file, a non-image with an image
-    extension, or a symlink loop is named here rather than inside a trial."""
+def entry_problem(file: Path) -> str | None:
+    """Why ``file`` is not a regular file (a FIFO, a socket, a device, a directory, a broken symlink or a symlink
+    loop), from ``os.stat`` alone; ``None`` for a regular file. Such an entry is never opened: opening a FIFO blocks
+    until something writes to it, which would hang ``validate`` or a trial."""
+    try:
+        mode = os.stat(file).st_mode  # follows symlinks: a link to a regular file is one
+    except OSError as err:  # a broken symlink, a symlink loop (ELOOP), a file removed meanwhile
+        return f"{type(err).__name__}: {err.strerror or err}"
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((name for is_kind, name in _FILE_KINDS if is_kind(mode)), "not a file")
+    return f"{kind}, not a regular file"
+
+
+def decode_problem(file: Path) -> str | None:
+    """Why the regular file ``file`` cannot be used as an image (``None`` when it decodes): its checksums are
+    verified (``Image.verify``) and every pixel decoded (``Image.load``), so a corrupt or truncated file, a broken
+    compressed stream behind valid checksums, or a non-image with an image extension is named here rather than
+    inside a trial."""
     try:
         with Image.open(file) as im:
             im.verify()
-    except (OSError, SyntaxError, ValueError) as err:  # UnidentifiedImageError and ELOOP are OSErrors
+        with Image.open(file) as im:  # verify() leaves the image unusable: decode from a fresh open
+            im.load()
+    except Exception as err:  # whatever a decoder raises (OSError, SyntaxError, zlib.error, a decompression bomb)
         return f"{type(err).__name__}: {err.strerror if isinstance(err, OSError) and err.strerror else err}"
     return None
 
 
-def unreadable_images(files: list[Path], workers: int | None = None) -> list[tuple[Path, str]]:
-    """The files of ``files`` that :func:`image_problem` refuses, with the reason, in order (threads: I/O bound)."""
+def _decode_problems(files: list[Path], workers: int | None = None) -> Problems:
+    """The files of ``files`` that :func:`decode_problem` refuses, with the reason, in order (threads: Pillow
+    releases the GIL while decoding)."""
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:
-        problems = list(pool.map(image_problem, files, chunksize=256))
+        problems = list(pool.map(decode_problem, files, chunksize=256))
     return [(f, p) for f, p in zip(files, problems) if p is not None]
 
 
+def irregular_entries(files: list[Path]) -> Problems:
+    """The entries of ``files`` that are not regular files, with :func:`entry_problem`'s reason, in order."""
+    return [(f, p) for f in files if (p := entry_problem(f)) is not None]
+
+
+def unreadable_images(root: Path, files: list[Path]) -> Problems:
+    """The files of ``files`` (under ``root``) that cannot be used as images, with the reason, in order: entries that
+    are not regular files (found by ``stat``, never opened), then every regular file decoded, once per version of
+    the folder (the verdict is kept in the cache, see :func:`~maskdm_sweeps.data.files.checked_once`)."""
+    irregular = irregular_entries(files)
+    skipped = {f for f, _ in irregular}
+    regular = [f for f in files if f not in skipped]
+    found = dict(irregular + checked_once("image_folder", root, regular, _decode_problems))
+    return [(f, found[f]) for f in files if f in found]
+
+
+def skipped_message(root: Path, bad: Problems, total: int) -> str:
+    """One line: how many of ``total`` image files under ``root`` are left out, and the first few with the reason."""
+    named = [(f.relative_to(root), reason) for f, reason in bad]  # the root is named once, before them
+    return (f"skipping {len(bad)} unreadable image file(s) of {total} under {root} (data.skip_unreadable): "
+            f"{describe_problems(named, shown=3)}")
+
+
 def readable_image_files(root: Path, skip_unreadable: bool, warn: bool = True) -> list[Path]:
-    """:func:`list_image_files`, without the unreadable ones when ``skip_unreadable`` (a warning gives their
-    count, unless ``warn`` is off)."""
+    """:func:`list_image_files`. With ``skip_unreadable``: without the files that cannot be used (a warning gives
+    their count and the first few, unless ``warn`` is off). Without it: :class:`DataError` for entries that are not
+    regular files, before anything opens them (the rest are named when they fail to decode)."""
     files = list_image_files(root)
     if not skip_unreadable:
+        irregular = irregular_entries(files)
+        if irregular:
+            raise DataError(f"{len(irregular)} entr{'y' if len(irregular) == 1 else 'ies'} under {root} "
+                            f"that are not regular files: {describe_problems(irregular)} (remove them, or set "
+                            "data.skip_unreadable: true to leave them out)")
         return files
-    bad = {f for f, _ in unreadable_images(files)}
+    bad = unreadable_images(root, files)
     if bad and warn:
-        warnings.warn(f"skipping {len(bad)} unreadable image file(s) of {len(files)} under {root} "
-                      f"(e.g. {sorted(bad)[0]})", stacklevel=2)
-    return [f for f in files if f not in bad]
+        log.warning(skipped_message(root, bad, len(files)))
+    unusable = {f for f, _ in bad}
+    return [f for f in files if f not in unusable]
 
 
 def preprocess_image(file: Path, image_size: int, crop: str) -> np.ndarray:
-    """One file as uint8 ``(3, S, S)``: RGB, cropped with ``CROPS[crop]``, resized with antialiased bicubic."""
-    with Image.open(file) as im:
-        rgb = im.convert("RGB")
+    """One file as uint8 ``(3, S, S)``: RGB, cropped with ``CROPS[crop]``, resized with antialiased bicubic.
+
+    Raises :class:`DataError` naming the file when it does not decode or does not fit the crop.
+    """
+    try:
+        with Image.open(file) as im:
+            rgb = im.convert("RGB")
+    except Exception as err:  # whatever the decoder raises: the file is named, and no retry would read it better
+        raise DataError(f"image file {file} does not decode ({type(err).__name__}: {err}); fix or remove it, or "
+                        "set data.skip_unreadable: true to leave it out") from err
     try:
         box = CROPS[crop](*rgb.size)
     except ValueError as err:
-        raise ValueError(f"{file}: {err}") from None
+        raise DataError(f"{file}: {err}") from None
     resized = rgb.crop(box).resize((image_size, image_size), Image.Resampling.BICUBIC)
     return np.asarray(resized, dtype=np.uint8).transpose(2, 0, 1)  # (S, S, 3) -> (3, S, S)
 
@@ -156,8 +215,11 @@ def _save_atomic(path: Path, images: np.ndarray) -> None:
 
 
 def load_image_folder(root: Path, image_size: int, crop: str = "center", skip_unreadable: bool = False) -> torch.Tensor:
-    """Every image under ``root`` as uint8 ``(n, 3, S, S)``, from the cache when the files are unchanged
-    (``skip_unreadable``: without the files that do not open, see :func:`readable_image_files`)."""
+    """Every image under ``root`` as uint8 ``(n, 3, S, S)``, from the cache when the files are unchanged.
+
+    ``skip_unreadable``: without the files that cannot be used (see :func:`readable_image_files`); otherwise
+    :class:`DataError` names the first entry that is not a regular file or does not decode.
+    """
     import torch  # lazily: validating a spec reads this module's names without torch
 
     files = readable_image_files(root, skip_unreadable)

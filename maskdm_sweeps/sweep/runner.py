@@ -19,7 +19,9 @@ from ..layout import NOTICE_EVENT, read_json, write_json
 from ..sweepspec.expand import SweepPlan, TrialPlan
 from ..trainer import Reporter
 from ..trainer.config import affects_pretraining
+from .driver_log import ray_messages_to
 from .events import append_event, read_events
+from .failures import SweepStorageError, stage_storage_failure, storage_problem
 from .interrupt import InterruptHandler
 from .lock import DriverLock
 from .milestones import plan_lines
@@ -227,46 +229,27 @@ def run_sweep(plan: SweepPlan, address: str | None = None, resume: bool = False,
     ``reporters(trial, stage, stage_dir, rank)``: more reporters for every rank of every stage run, called first in
     the trial's process (picklable: it travels to the trials), e.g. :func:`maskdm_sweeps.testing.crash_once`.
 
-    Raises :class:`~maskdm_sweeps.sweep.lock.SweepLocked` before anything starts when another driver runs the sweep.
+    Raises :class:`~maskdm_sweeps.sweep.lock.SweepLocked` before anything starts when another driver runs the sweep,
+    and :class:`~maskdm_sweeps.sweep.failures.SweepStorageError` naming the file that could not be written when the
+    disk filled up (the driver's, or a stage's). Ray's and Tune's own messages go to ``<sweep>/driver.log``.
     """
     with DriverLock(plan.layout):
+        earlier_events = len(read_events(plan.sweep_dir))  # what a full disk is looked for after
         try:
-            return _run_locked(plan, address, resume, track, reporters, status_every)
+            init_ray(address)  # before Ray's messages are sent to driver.log: ray.init clears its logger's handlers
+            with ray_messages_to(plan.layout.driver_log):
+                outcome = _run_locked(plan, address, resume, track, reporters, status_every)
         except ClusterTooSmall:
             raise
         except Exception as err:
-            problem = storage_problem(err, plan.spec.output_dir)
+            problem = storage_problem(err, plan.layout, earlier_events)
             if problem is None:
                 raise
             raise SweepStorageError(problem) from err
-
-
-class SweepStorageError(OSError):
-    """The sweep stopped because its files could not be written (a full disk, a lost mount): one line says where."""
-
-
-def storage_problem(err: BaseException, output_dir: Path) -> str | None:
-    """``"<path>: <reason>"`` when ``err`` (or what caused it) is a failure to write the results, else None.
-
-    Ray wraps a trial's ``OSError`` in its own errors (and a full disk can show as a truncated state file), so the
-    chain is searched for an ``OSError`` with a path, and a nearly full ``output_dir`` (< 1 MiB free) counts too.
-    """
-    chain, seen = err, set()
-    while chain is not None and id(chain) not in seen:
-        seen.add(id(chain))
-        if isinstance(chain, OSError) and chain.errno is not None:
-            return f"{chain.filename or output_dir}: {chain.strerror}"
-        chain = chain.__cause__ or chain.__context__
-    if "No space left on device" in str(err):
-        return f"{output_dir}: No space left on device"
-    try:
-        import shutil
-
-        if shutil.disk_usage(output_dir).free < 2**20:
-            return f"{output_dir}: No space left on device ({type(err).__name__}: {str(err)[:200]})"
-    except OSError:
-        pass
-    return None
+        problem = stage_storage_failure(plan.sweep_dir, earlier_events)
+        if problem is not None:  # a stage found the disk full: the sweep ends as that one error
+            raise SweepStorageError(problem)
+        return outcome
 
 
 def _run_locked(plan: SweepPlan, address: str | None, resume: bool, track: bool,

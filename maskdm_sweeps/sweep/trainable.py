@@ -9,7 +9,7 @@ rotated away errored the trial on resume.)
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from ..trainer import TrainingDiverged, load_latest_checkpoint
 from ..trainer.checkpoint import checkpoint_path, keep_state
 from .context import SweepContext
 from .events import append_event
+from .failures import NotRetried, earlier_final_failure, final_fields
 from .interrupt import StageInterrupted
 from .lock import LineLock
 from .milestones import MAIN, LineJob, plan_lines
@@ -32,6 +33,9 @@ def run_stage(ctx: SweepContext, trial: TrialPlan, stage: str, stage_dir: Path, 
     """Run (or resume, or skip when finished) one stage run; returns its final checkpoint.
 
     One worker trains in this process; several (``resources.workers > 1``) in a Ray Train group (see ``workers``).
+    A failure no retry can fix (unusable data, a full disk, a diverged loss) is marked ``final`` in its
+    ``stage_error`` event; Tune's retry then raises :class:`~maskdm_sweeps.sweep.failures.NotRetried` here before
+    starting (see ``failures``).
     A pre-training line whose ``result.json`` is of a shorter length than ``trial``'s is extended: it resumes from
     its newest checkpoint, keeping ``milestones`` on the way.
     """
@@ -42,6 +46,9 @@ def run_stage(ctx: SweepContext, trial: TrialPlan, stage: str, stage_dir: Path, 
     if run.diverged.exists():  # training is deterministic: a retry would diverge at the same step
         raise TrainingDiverged((read_json(run.diverged) or {}).get("error", "the loss diverged"))
     sweep_dir = ctx.plan.sweep_dir
+    earlier = earlier_final_failure(sweep_dir, stage, key)
+    if earlier is not None:  # Tune's retry of a stage that met unusable data or a full disk: it would again
+        raise NotRetried(f"{earlier.get('error')} (not retried: it failed so earlier in this run, and a retry cannot fix that)")
     resumed = load_latest_checkpoint(run.checkpoints)
     append_event(sweep_dir, "stage_start", stage=stage, trial_id=trial.trial_id, key=key,
                  from_step=resumed[0]["step"] if resumed else 0, pid=os.getpid(),
@@ -58,8 +65,9 @@ def run_stage(ctx: SweepContext, trial: TrialPlan, stage: str, stage_dir: Path, 
     except Exception as err:
         if isinstance(err, TrainingDiverged):
             write_json(run.diverged, {"error": str(err)})
-        append_event(sweep_dir, "stage_error", stage=stage, trial_id=trial.trial_id, key=key,
-                     error=f"{type(err).__name__}: {err}"[:500])
+        with suppress(OSError):  # on a full disk the event may not fit either: the stage's own error is raised
+            append_event(sweep_dir, "stage_error", stage=stage, trial_id=trial.trial_id, key=key,
+                         error=f"{type(err).__name__}: {err}"[:500], **final_fields(err, stage_dir))
         raise
     _stage_done(ctx, trial, stage, key, result)
     return Path(result["checkpoint"])

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from ..layout import naming_write_errors
+
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^step_(\d{9})\.pt$")
 
@@ -34,7 +36,7 @@ def save_checkpoint(state: dict, directory: Path, step: int, keep: int = 2) -> P
     final = checkpoint_path(directory, step)
     # one temp file per writer (host and pid): two processes that write the same step never share a half file
     tmp = final.with_name(f".{final.name}.{socket.gethostname()}.{os.getpid()}.tmp")
-    with tmp.open("wb") as f:
+    with naming_write_errors(final), tmp.open("wb") as f:  # a full disk names the checkpoint, not just errno 28
         torch.save(state, f)
         f.flush()
         os.fsync(f.fileno())
