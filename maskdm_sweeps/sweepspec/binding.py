@@ -16,7 +16,8 @@ from typing import Any
 
 from ..layout import (RESOLVED_SPEC, SweepDir, SweepDirError, spec_content, spec_hash, verify_spec_hash)
 from .expand import SweepPlan, plan_of
-from .loading import SpecError, read_mapping
+from .loading import SpecError, read_mapping, validate
+from .schema import SweepSpec
 
 ABSENT = object()  # a field one of two specs does not have
 SHOWN_CHANGES = 20  # changed fields listed in full; the rest are counted
@@ -72,13 +73,24 @@ def read_bound_spec(sweep: SweepDir) -> dict:
     return data
 
 
+def _resolved(sweep: SweepDir, data: dict) -> dict:
+    """A held spec as this version resolves it (its defaults filled in, as a new spec's are), or as it is written
+    when it no longer validates."""
+    try:
+        spec = validate(SweepSpec, {**data, "output_dir": str(sweep.root)}, {}, str(sweep.resolved_spec),
+                        check_paths=False)
+    except SpecError:
+        return data
+    return spec.model_dump(mode="json")
+
+
 def check_binding(plan: SweepPlan) -> None:
     """Raise :class:`SpecChanged` when ``plan``'s sweep directory holds another spec than ``plan``'s (re-running the
     same spec passes: it finds its finished trials), ``SpecEdited`` when the one it holds was edited. Reads only."""
     sweep = plan.layout
     if not sweep.resolved_spec.exists():
         return
-    held = read_bound_spec(sweep)
+    held = _resolved(sweep, read_bound_spec(sweep))
     if spec_hash(held) == plan.spec_hash:
         return
     new = plan.spec.model_dump(mode="json")
