@@ -192,6 +192,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from .console import print_results_summary
     from .layout import RESOLVED_SPEC, SweepDirError
     from .results import write_all
+    from .sweepspec import SpecError
+    from .sweepspec.binding import load_sweep_dir
 
     sweep_dir = Path(args.dir)
     if not (sweep_dir / RESOLVED_SPEC).exists():
@@ -209,8 +211,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
         print(json.dumps(results_json(sweep_dir, paths), indent=2))
         return 0
-    plan = _load_sweep_dir(sweep_dir, check_paths=False)
-    print_results_summary(sweep_dir, paths, _tracking_uri(plan.spec) if plan is not None else None)
+    try:  # the store of the sweep where it is now (a moved results root has its store with it)
+        uri = _tracking_uri(load_sweep_dir(sweep_dir, check_paths=False).spec)
+    except (SweepDirError, SpecError):
+        uri = None
+    print_results_summary(sweep_dir, paths, uri)
     return 0
 
 

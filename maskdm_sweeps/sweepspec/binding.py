@@ -35,7 +35,8 @@ class SpecChanged(SweepDirError):
             f"{sweep_dir} holds sweep {name} run with another spec (hash {old}); this one (hash {new}) changes:\n"
             + "\n".join(shown) + "\n"
             f"Running it there would mix the trials of both specs in one report. Either\n"
-            f"  - give it a new name (or output_dir), e.g. --set name={name}-2 (shared pre-trainings are reused), or\n"
+            f"  - give it a new name, e.g. --set name={name}-2 (shared pre-trainings are reused), or another "
+            "output_dir, or\n"
             f"  - run it with --replace: {sweep_dir} is moved aside to {name}.replaced-<UTC time>/ beside it, and "
             "this spec starts afresh there (nothing is deleted; shared pre-trainings are reused)")
 
