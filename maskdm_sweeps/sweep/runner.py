@@ -304,6 +304,8 @@ def _run_locked(plan: SweepPlan, address: str | None, resume: bool, track: bool,
         outcome.killed = True
         ray.shutdown()
     started = {e["trial_id"] for e in read_events(sweep_dir) if e["event"] == "stage_start" and e["stage"] == "finetune"}
+    if plan.spec.sweep.search.method == "grid":  # a grid's trials are its plan's (an older directory may hold others)
+        started &= {t.trial_id for t in plan.trials}
     outcome.finished = sorted(t for t in started | {t.trial_id for t in plan.trials} if plan.trial_finished(t))
     outcome.stopped = sorted(t for t in started if not plan.trial_finished(t) and t not in outcome.failed)
     outcome.interrupted = [e for e in read_events(sweep_dir, since_invocation=number)
