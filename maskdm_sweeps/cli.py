@@ -89,13 +89,14 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _execute(plan, address: str | None, resume: bool, status_every: float = 60.0) -> int:
+    from .layout import SweepDirError
     from .sweep import run_sweep
     from .sweep.lock import SweepLocked
     from .sweep.runner import ClusterTooSmall, SweepStorageError
 
     try:
         outcome = run_sweep(plan, address=address, resume=resume, status_every=status_every)
-    except (ClusterTooSmall, SweepLocked) as err:
+    except (ClusterTooSmall, SweepLocked, SweepDirError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except SweepStorageError as err:
@@ -145,23 +146,55 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
         print_plan(plan)
         return 0
+    if not _bind_sweep_dir(plan, args.replace):
+        return 2
     return _execute(plan, args.address, resume=False, status_every=args.status_every)
 
 
-def _cmd_resume(args: argparse.Namespace) -> int:
-    from .sweepspec import SpecError, load_spec
-    from .layout import RESOLVED_SPEC
+def _bind_sweep_dir(plan, replace: bool) -> bool:
+    """Whether ``plan`` may run in its sweep directory: it holds nothing, or this same spec, or (``replace``) the
+    directory was moved aside. Prints why not (the caller exits with code 2); reads only, unless it moves."""
+    from .layout import SweepDirError
+    from .sweep.lock import DriverLock, SweepLocked
+    from .sweepspec.binding import check_binding, move_aside
 
-    spec_path = Path(args.dir) / RESOLVED_SPEC
-    if not spec_path.exists():
-        print(f"error: {args.dir} holds no {RESOLVED_SPEC}: not a sweep directory", file=sys.stderr)
-        return 2
     try:
-        plan = load_spec(spec_path)
-    except SpecError as err:
-        print(f"error: {spec_path}:\n{err}", file=sys.stderr)
+        check_binding(plan)
+        return True
+    except SweepDirError as err:
+        if not replace:
+            print(f"error: {err}", file=sys.stderr)
+            return False
+    try:
+        with DriverLock(plan.layout):  # never move a directory that another driver is running
+            moved = move_aside(plan.layout)
+    except SweepLocked as err:
+        print(f"error: {err}", file=sys.stderr)
+        return False
+    print(f"--replace: moved {plan.sweep_dir} aside to {moved}; sweep {plan.spec.name} starts afresh")
+    return True
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    plan = _load_sweep_dir(Path(args.dir))
+    if plan is None:
         return 2
     return _execute(plan, args.address, resume=True, status_every=args.status_every)
+
+
+def _load_sweep_dir(sweep_dir: Path, check_paths: bool = True):
+    """The plan of the sweep in ``sweep_dir``, where it is now, or None after printing why not (exit code 2)."""
+    from .layout import RESOLVED_SPEC, SweepDirError
+    from .sweepspec import SpecError
+    from .sweepspec.binding import load_sweep_dir
+
+    try:
+        return load_sweep_dir(sweep_dir, check_paths=check_paths)
+    except SweepDirError as err:
+        print(f"error: {err}", file=sys.stderr)
+    except SpecError as err:
+        print(f"error: {sweep_dir / RESOLVED_SPEC}:\n{err}", file=sys.stderr)
+    return None
 
 
 def _tracking_uri(spec) -> str:
@@ -172,15 +205,20 @@ def _tracking_uri(spec) -> str:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from .console import print_results_summary
+    from .layout import RESOLVED_SPEC, SweepDirError
     from .results import write_all
-    from .sweepspec import SpecError, load_spec
-    from .layout import RESOLVED_SPEC
+    from .sweepspec import SpecError
+    from .sweepspec.binding import load_sweep_dir
 
     sweep_dir = Path(args.dir)
     if not (sweep_dir / RESOLVED_SPEC).exists():
         print(f"error: {sweep_dir} holds no {RESOLVED_SPEC}: not a sweep directory", file=sys.stderr)
         return 2
-    paths = write_all(sweep_dir)
+    try:
+        paths = write_all(sweep_dir)
+    except SweepDirError as err:  # its plan and its spec disagree: no report could be trusted
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if args.json:
         import json
 
@@ -188,9 +226,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
         print(json.dumps(results_json(sweep_dir, paths), indent=2))
         return 0
-    try:
-        uri = _tracking_uri(load_spec(sweep_dir / RESOLVED_SPEC, check_paths=False).spec)
-    except SpecError:
+    try:  # the store of the sweep where it is now (a moved results root has its store with it)
+        uri = _tracking_uri(load_sweep_dir(sweep_dir, check_paths=False).spec)
+    except (SweepDirError, SpecError):
         uri = None
     print_results_summary(sweep_dir, paths, uri)
     return 0
@@ -298,15 +336,23 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser(
         "run", help="run a sweep on Ray Tune (this machine, or a cluster with --address)",
         description="Expand the spec into trials and run them on Ray Tune: shared pre-trainings first, then the "
-        "trials. Exit codes: 0 all trials finished, 1 some failed (listed), 2 bad input (nothing started).",
+        "trials. Re-running the same spec continues its sweep; a changed spec is refused (exit 2) unless it gets "
+        "a new name or --replace. Exit codes: 0 all trials finished, 1 some failed (listed), 2 bad input (nothing "
+        "started).",
     )
     _add_spec_args(run)
     _add_progress_args(run)
     run.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    run.add_argument("--replace", action="store_true",
+                     help="when the sweep's directory holds another spec (run refuses it otherwise, listing the "
+                     "changed fields), move that directory aside to <name>.replaced-<UTC time>/ and start afresh; "
+                     "nothing is deleted, and shared pre-trainings are reused")
     run.set_defaults(func=_cmd_run)
     resume = sub.add_parser("resume", help="continue an interrupted or partly failed sweep",
                             description="Finished trials are kept, unfinished ones continue from their "
-                            "checkpoints, failed ones are retried.")
+                            "checkpoints, failed ones are retried. The directory may have been moved or copied (with "
+                            "the _pretrain/ beside it): it resumes where it is. A spec.resolved.yaml edited by hand "
+                            "is refused (exit 2).")
     resume.add_argument("dir", type=Path, help="the sweep's results directory (results/<sweep name>)")
     _add_progress_args(resume)
     resume.set_defaults(func=_cmd_resume)

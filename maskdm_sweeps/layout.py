@@ -2,12 +2,14 @@
 
 One owner for the layout (standard library only, so the trainer may use it too); every other module asks here::
 
-    <output_dir>/                       results root (the spec's output_dir)
+    <output_dir>/                       results root (the spec's output_dir); mlflow.db, mlartifacts/ and train/
+                                        are its own entries, never a sweep's name
       _pretrain/<key>/                  a pre-training run (its main line): a stage run that serves every length
                                         asked of it from milestones/, reused and extended by later sweeps
       _pretrain/<key>/branches/<name>/  a line that starts from a kept state of another line (a length asked
                                         for after a longer run had rotated its checkpoint away)
-      <sweep name>/                     one sweep
+      <sweep name>/                     one sweep, bound to one resolved spec (plan.json records its hash)
+      <sweep name>.replaced-<UTC time>/ a sweep moved aside by ``run --replace`` (nothing is deleted)
         spec.resolved.yaml  plan.json  invocations.json  events.jsonl  .driver.lock  .stop_requested
         driver.log                      Ray's and Tune's own messages (tracebacks), kept off the terminal
         trials/<trial id>/trial.json    the trial's manifest (what it is, written when it starts)
@@ -20,10 +22,16 @@ One owner for the layout (standard library only, so the trainer may use it too);
 
 A stage run is finished exactly when its ``result.json`` exists (written last, atomically). A pre-training line is
 never "finished" for good: it holds the lengths in ``milestones/`` (kept forever, never rotated) and can be extended.
+
+Every path written into these files is relative to the directory of the file that holds it (``result.json``'s
+checkpoint, ``branch.json``'s parent, the resolved spec, which has no ``output_dir`` at all): a results root, or a
+sweep directory with the ``_pretrain/`` beside it, can be moved or copied and resumed where it is. Older files with
+absolute paths are read by the name at their end.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -61,7 +69,18 @@ MLFLOW_RUN_FILE = "mlflow_run.json"
 MLFLOW_TARGET_FILE = "mlflow_target.json"
 MLFLOW_BUFFER_FILE = "mlflow_buffer.jsonl"
 
-MLFLOW_DB = "mlflow.db"  # the default MLflow store, in the results root
+MLFLOW_DB = "mlflow.db"  # the default MLflow store, in the results root (SQLite adds mlflow.db-journal beside it)
+MLFLOW_ARTIFACTS_DIR = "mlartifacts"  # the default store's artifacts, in the results root
+TRAIN_DIR = "train"  # `maskdm-sweep train`'s default outputs, in the default results root
+REPLACED_MARK = ".replaced-"  # <sweep name>.replaced-<UTC time>: a sweep moved aside by `run --replace`
+
+# the results root's own entries, beside the sweeps: no sweep may take one of these names
+RESULTS_ROOT_ENTRIES = {
+    STORE_DIR: "the shared pre-trainings",
+    MLFLOW_DB: "the default MLflow store",
+    MLFLOW_ARTIFACTS_DIR: "the default MLflow store's artifacts",
+    TRAIN_DIR: "the outputs of `maskdm-sweep train`",
+}
 
 TRIALS_PARQUET = "trials.parquet"
 CURVES_PARQUET = "curves.parquet"
@@ -135,7 +154,19 @@ class StageRun:
     def origin(self) -> tuple["StageRun", int] | None:
         """For a branch line: the line it started from and the step (a milestone of that line); None otherwise."""
         record = read_json(self.branch)
-        return (StageRun(Path(record["parent"])), int(record["from_step"])) if isinstance(record, dict) else None
+        if not isinstance(record, dict):
+            return None
+        parent = Path(record["parent"])
+        if parent.is_absolute():  # written before paths were relative: the main line or a branch of the same key
+            key_dir = self.path.parent.parent  # <key>/branches/<name>
+            parent = key_dir if parent.name == key_dir.name else key_dir / BRANCHES_DIR / parent.name
+        return StageRun(Path(os.path.normpath(self.path / parent))), int(record["from_step"])
+
+    def result_checkpoint(self, result: dict) -> Path:
+        """The final checkpoint a ``result.json`` names (relative to this run; an older absolute path is read as the
+        file of that name in this run's ``checkpoints/``, where a stage always writes it)."""
+        named = Path(result["checkpoint"])
+        return self.checkpoints / named.name if named.is_absolute() else self.path / named
 
     @property
     def train_lock(self) -> Path:
@@ -199,6 +230,10 @@ class SweepDir:
         root = self.path / TRIALS_DIR
         return sorted(d.name for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
 
+    def replaced(self, stamp: str) -> Path:
+        """Where ``run --replace`` moves this sweep aside: ``<name>.replaced-<stamp>`` beside it."""
+        return Path(self.root) / f"{self.name}{REPLACED_MARK}{stamp}"
+
     @property
     def driver_lock(self) -> Path:
         return self.path / DRIVER_LOCK
@@ -247,6 +282,72 @@ class SweepDir:
     @property
     def plots(self) -> Path:
         return self.path / PLOTS_DIR
+
+
+# ------------------------------------------------------------------------------------------------ names and bindings
+def reserved_name(name: str) -> str | None:
+    """What a would-be sweep name collides with in the results root (case aside: some filesystems ignore it), or
+    None when the name is free."""
+    folded = name.casefold()
+    for entry, what in RESULTS_ROOT_ENTRIES.items():
+        if folded == entry.casefold() or (entry == MLFLOW_DB and folded.startswith(entry.casefold())):
+            return f"{entry} ({what})"
+    if name.startswith("."):
+        return "hidden files of the results root"
+    if REPLACED_MARK in name:
+        return f"<sweep>{REPLACED_MARK}<time> (sweeps moved aside by `run --replace`)"
+    return None
+
+
+LOCATION_FIELD = "output_dir"
+"""Where a sweep directory is, not what it holds: the one field of a resolved spec its hash leaves out."""
+SPEC_HASH_OF = f"{RESOLVED_SPEC} without its {LOCATION_FIELD}"
+"""What ``plan.json``'s ``spec_hash`` is the hash of (recorded beside it: directories written before lack it)."""
+
+
+def spec_content(resolved: dict) -> dict:
+    """A resolved spec (plain data) without its location: what binds a sweep directory."""
+    return {k: v for k, v in resolved.items() if k != LOCATION_FIELD}
+
+
+def spec_hash(resolved: dict) -> str:
+    """The hash of a resolved spec's content (16 hex digits): equal for the same question wherever it lives."""
+    canonical = json.dumps(spec_content(resolved), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def recorded_spec_hash(plan: Any) -> str | None:
+    """The spec hash a ``plan.json`` records, or None when it records none by this rule (an older directory)."""
+    if isinstance(plan, dict) and plan.get("spec_hash_of") == SPEC_HASH_OF:
+        return plan.get("spec_hash")
+    return None
+
+
+class SweepDirError(ValueError):
+    """A sweep directory that cannot be used as it is: bad input, the CLI exits 2 naming why."""
+
+
+class SpecEdited(SweepDirError):
+    """``spec.resolved.yaml`` no longer has the hash ``plan.json`` recorded: it was edited after the sweep ran."""
+
+    def __init__(self, path: Path, recorded: str, actual: str):
+        self.path, self.recorded, self.actual = Path(path), recorded, actual
+        super().__init__(f"{path} has hash {actual}, but {PLAN_FILE} beside it records {recorded}: the spec was "
+                         "edited after the sweep ran, and its trials would no longer match it. Restore it (each MLflow "
+                         "parent run of the sweep holds a copy), or run the edited spec under a new name")
+
+
+def verify_spec_hash(sweep: "SweepDir", resolved: dict) -> None:
+    """Raise :class:`SpecEdited` when ``resolved`` (the sweep's resolved spec) is not what its ``plan.json``
+    recorded; an older directory that records no hash by this rule passes."""
+    recorded, actual = recorded_spec_hash(read_json(sweep.plan_file)), spec_hash(resolved)
+    if recorded is not None and recorded != actual:
+        raise SpecEdited(sweep.resolved_spec, recorded, actual)
+
+
+def relative_path(path: Path, start: Path) -> str:
+    """``path`` relative to the directory ``start``: what a file under ``start`` writes, so that both can move."""
+    return os.path.relpath(Path(path), Path(start))
 
 
 # ------------------------------------------------------------------------------------------------ writing and reading

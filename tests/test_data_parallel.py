@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from maskdm_sweeps.layout import StageRun
 from maskdm_sweeps.testing import tiny_trial_config
 from maskdm_sweeps.trainer import JsonlReporter, fit, load_latest_checkpoint, read_jsonl_metrics
 from maskdm_sweeps.trainer.config import TrialConfig
@@ -125,7 +126,9 @@ def test_both_ranks_hold_identical_weights_and_only_rank_0_writes(one_and_two_wo
     # rank 0 writes the stage's files: config, checkpoints, result; rank 1 writes nothing at all
     rank0, rank1 = two / "rank0", two / "rank1"
     written = json.loads((rank0 / "result.json").read_text())
-    assert written == results[0] and written["workers"] == 2 and written["steps"] == STEPS
+    assert StageRun(rank0).result_checkpoint(written) == Path(results[0]["checkpoint"])  # relative to the run
+    assert {**written, "checkpoint": results[0]["checkpoint"]} == results[0]
+    assert written["workers"] == 2 and written["steps"] == STEPS
     assert json.loads((rank0 / "config.json").read_text()) == _config().model_dump(mode="json")
     assert sorted(p.name for p in (rank0 / "checkpoints").glob("step_*.pt")) == \
         [f"step_{s:09d}.pt" for s in range(6, STEPS + 1, 6)]

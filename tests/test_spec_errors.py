@@ -57,6 +57,9 @@ CASES = {
     "unknown-mask-strategy": (lambda s: s.replace("    strategy: patch", "    strategy: checkerboard"), "base.mask.strategy", 9),
     "unknown-axis-key": (lambda s: s.replace("    mask.rate:", "    mask.rat:"), "sweep.axes.mask.rat", 20),
     "unknown-preset": (lambda s: s.replace("    preset: tiny", "    preset: uvit-huge"), "base.model", 6),
+    # names the results root holds itself: a sweep there would collide with them
+    "sweep-named-mlflow.db": (lambda s: s.replace("name: bad-spec", "name: mlflow.db"), "name", 1),
+    "sweep-named-mlartifacts": (lambda s: s.replace("name: bad-spec", "name: mlartifacts"), "name", 1),
     # the knobs of the strategies beyond MaskDM's three
     "maskdit-without-a-decoder": (
         lambda s: s.replace("    strategy: patch\n    rate: 0.5", "    strategy: maskdit\n    rate: 0.5\n    decoder_depth: 0"),

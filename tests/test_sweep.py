@@ -8,7 +8,9 @@ import pytest
 import torch
 import yaml
 
+from maskdm_sweeps.layout import StageRun
 from maskdm_sweeps.sweepspec import load_spec
+from maskdm_sweeps.sweepspec.binding import SpecChanged
 from maskdm_sweeps.sweep import read_events, run_sweep
 from maskdm_sweeps.testing import crash_once, tiny_sweep_spec
 
@@ -50,12 +52,16 @@ def test_shared_pretrainings_run_once_and_are_reused_by_a_later_run(tmp_path, mo
     outcome = run_sweep(plan)
     assert outcome.exit_code == 0 and not outcome.failed
     assert stage_counts(plan) == Counter({"pretrain": 2, "finetune": 4})
-    # the same question with one more fine-tuning budget: no pre-training runs again
-    plan2 = plan_for(tmp_path, "share", {"axes": {"mask.rate": [0.25, 0.75], "finetune.steps": [10, 20, 30]}})
+    # another question (a longer fine-tuning budget) is refused in this sweep's directory ...
+    plan2 = plan_for(tmp_path, "share", {"axes": {"mask.rate": [0.25, 0.75], "finetune.steps": [30]}})
+    with pytest.raises(SpecChanged, match=r"sweep\.axes\.finetune\.steps: \[10, 20\] -> \[30\]"):
+        run_sweep(plan2)
+    # ... and, under a name of its own, runs no pre-training again
+    plan2 = plan_for(tmp_path, "share-longer", {"axes": {"mask.rate": [0.25, 0.75], "finetune.steps": [30]}})
     assert all(plan2.pretrain_finished(k) for k in plan2.pretrains)
     outcome2 = run_sweep(plan2)
-    assert outcome2.exit_code == 0 and len(outcome2.finished) == 6 and len(outcome2.reused) == 4
-    assert stage_counts(plan2, invocation=2) == Counter({"finetune": 2})
+    assert outcome2.exit_code == 0 and len(outcome2.finished) == 2 and not outcome2.reused
+    assert stage_counts(plan2) == Counter({"finetune": 2})
 
 
 def test_a_trial_that_crashes_once_is_retried_from_its_checkpoint_with_identical_results(tmp_path):
@@ -71,7 +77,8 @@ def test_a_trial_that_crashes_once_is_retried_from_its_checkpoint_with_identical
     a = json.loads((clean.trial_dir(trial.trial_id) / "finetune" / "result.json").read_text())
     b = json.loads((crashy.trial_dir(trial.trial_id) / "finetune" / "result.json").read_text())
     assert a["loss_final"] == b["loss_final"] and a["steps"] == b["steps"] == 30
-    wa, wb = (torch.load(r["checkpoint"], weights_only=True)["model"] for r in (a, b))
+    wa, wb = (torch.load(StageRun(p.trial_dir(trial.trial_id) / "finetune").result_checkpoint(r),
+                         weights_only=True)["model"] for p, r in ((clean, a), (crashy, b)))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 

@@ -20,30 +20,24 @@ A trial's pre-training curves are its run's metrics up to its own length (throug
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from ..layout import StageRun, SweepDir, read_json, read_jsonl
+from .membership import checked_plan, read_spec, trials_outside_plan
 from .pretraining import Pretraining, shares_of
 from .columns import (COVERED_BY_COLUMNS, CURVE_COLUMNS, TRIAL_COLUMNS, arm_name, assignment_value, column_dtype,
                       sort_trials, typed_frame)
 
 STAGE_ORDER = {"pretrain": 0, "finetune": 1}
+log = logging.getLogger(__name__)
 
 # ------------------------------------------------------------------------------------------------------ reading
-def read_spec(sweep_dir: Path) -> dict:
-    """The sweep's resolved spec as plain data ({} when missing or unreadable)."""
-    try:
-        return yaml.safe_load(SweepDir.of(sweep_dir).resolved_spec.read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return {}
-
-
 def _get(data: Any, dotted: str, default: Any = None) -> Any:
     node = data
     for part in dotted.split("."):
@@ -243,11 +237,12 @@ def collect(sweep_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(trials, curves)`` of a sweep directory; see :data:`TRIAL_COLUMNS` and :data:`CURVE_COLUMNS`.
 
     A trial is a row once it has a manifest and a fine-tuning stage run (a trial never started has neither: the
-    report lists the planned trials that are missing).
+    report lists the planned trials that are missing), and its plan holds it (others are left out with a warning).
+    Raises :class:`~maskdm_sweeps.layout.SpecEdited` when ``plan.json`` is not the plan of ``spec.resolved.yaml``.
     """
     layout = SweepDir.of(sweep_dir)
-    plan = read_json(layout.plan_file) or {}
     spec = read_spec(layout.path)
+    plan = checked_plan(layout, spec)
     sweep = plan.get("sweep") or spec.get("name") or layout.name
     plan_pretrains = plan.get("pretrains") or {}
     events = read_jsonl(layout.events)
@@ -256,7 +251,11 @@ def collect(sweep_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     scheduler = _get(spec, "sweep.scheduler.type", "none")
     grid = _get(spec, "sweep.search.method", "grid") == "grid"
 
-    manifests = {tid: read_json(layout.manifest(tid)) for tid in layout.trial_ids()}
+    outside = trials_outside_plan(layout.path)
+    if outside:
+        log.warning("%s: %d trial directories that its plan.json does not hold are left out of the results: %s",
+                    layout.path, len(outside), ", ".join(outside))
+    manifests = {tid: read_json(layout.manifest(tid)) for tid in layout.trial_ids() if tid not in outside}
     stages = {tid: _Stage(layout.finetune(tid)) for tid, m in manifests.items() if isinstance(m, dict)}
     # a trial whose fine-tuning never started (its pre-training failed) is a row too, from its manifest's config
     stages = {tid: st for tid, st in stages.items() if st.config is not None or manifests[tid].get("config")}

@@ -15,6 +15,7 @@ from .analysis import (arm_labels, clearly_lower, comparison_table, compute_unit
 from ..layout import SweepDir, read_json, read_notices
 from .collect import load, read_spec
 from .columns import STATUSES
+from .membership import trials_outside_plan
 
 
 # ------------------------------------------------------------------------------------------------- markdown
@@ -346,6 +347,10 @@ def _not_finished(sweep_dir: Path, trials: pd.DataFrame) -> list[str]:
     if missing:
         lines += [f"{len(missing)} planned trials never started (no `trials/<id>/finetune/`): "
                   + ", ".join(f"`{t['trial_id']}` ({t.get('label', '')})" for t in missing) + ".", ""]
+    outside = trials_outside_plan(sweep_dir)
+    if outside:
+        lines += [f"Warning: {len(outside)} trial directories that this sweep's `plan.json` does not hold (another "
+                  "spec's) are left out of every table: " + ", ".join(f"`{t}`" for t in outside) + ".", ""]
     return lines
 
 

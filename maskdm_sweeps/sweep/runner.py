@@ -15,7 +15,8 @@ from typing import Any, Callable
 
 import yaml
 
-from ..layout import NOTICE_EVENT, read_json, write_json
+from ..layout import LOCATION_FIELD, NOTICE_EVENT, PLAN_FILE, SPEC_HASH_OF, read_json, spec_content, write_json
+from ..sweepspec.binding import check_binding
 from ..sweepspec.expand import SweepPlan, TrialPlan
 from ..trainer import Reporter
 from ..trainer.config import affects_pretraining
@@ -107,12 +108,14 @@ def max_concurrent_trials(plan: SweepPlan) -> int | None:
 
 
 def save_resolved_spec(plan: SweepPlan) -> Path:
-    """The spec as it ran (overrides and --smoke applied, output_dir absolute): what ``resume`` reloads."""
+    """The spec as it ran (overrides and --smoke applied), without its location: what ``resume`` reloads where the
+    directory is then; ``plan.json`` beside it records its hash (the sweep directory's binding, see
+    :mod:`~maskdm_sweeps.sweepspec.binding`)."""
     plan.sweep_dir.mkdir(parents=True, exist_ok=True)
-    data = plan.spec.model_dump(mode="json")
-    data["output_dir"] = str(plan.spec.output_dir.resolve())
+    data = spec_content(plan.spec.model_dump(mode="json"))
     path = plan.layout.resolved_spec
-    path.write_text(f"# resolved spec of sweep {plan.spec.name} (hash {plan.spec_hash})\n"
+    path.write_text(f"# resolved spec of sweep {plan.spec.name} (hash {plan.spec_hash}, recorded in {PLAN_FILE})\n"
+                    f"# {LOCATION_FIELD}: the folder above this sweep directory, wherever it is\n"
                     + yaml.safe_dump(data, sort_keys=False))
     write_json(plan.layout.plan_file, plan_summary(plan))
     return path
@@ -120,7 +123,7 @@ def save_resolved_spec(plan: SweepPlan) -> Path:
 
 def plan_summary(plan: SweepPlan) -> dict[str, Any]:
     return {
-        "sweep": plan.spec.name, "spec_hash": plan.spec_hash,
+        "sweep": plan.spec.name, "spec_hash": plan.spec_hash, "spec_hash_of": SPEC_HASH_OF,
         "trials": [{"trial_id": t.trial_id, "label": t.label, "assignments": t.assignments,
                     "pretrain_key": t.pretrain_key, "pretrain_steps": t.config.pretrain.steps} for t in plan.trials],
         "pretrains": {k: {"trial_ids": p.trial_ids, "lengths": p.lengths, "reused": plan.pretrain_finished(k)}
@@ -230,9 +233,11 @@ def run_sweep(plan: SweepPlan, address: str | None = None, resume: bool = False,
     the trial's process (picklable: it travels to the trials), e.g. :func:`maskdm_sweeps.testing.crash_once`.
 
     Raises :class:`~maskdm_sweeps.sweep.lock.SweepLocked` before anything starts when another driver runs the sweep,
-    and :class:`~maskdm_sweeps.sweep.failures.SweepStorageError` naming the file that could not be written when the
+    :class:`~maskdm_sweeps.sweepspec.binding.SpecChanged` when its directory holds another spec, and
+    :class:`~maskdm_sweeps.sweep.failures.SweepStorageError` naming the file that could not be written when the
     disk filled up (the driver's, or a stage's). Ray's and Tune's own messages go to ``<sweep>/driver.log``.
     """
+    check_binding(plan)  # before the lock: nothing is written into a directory bound to another spec
     with DriverLock(plan.layout):
         earlier_events = len(read_events(plan.sweep_dir))  # what a full disk is looked for after
         try:
@@ -283,6 +288,8 @@ def _run_locked(plan: SweepPlan, address: str | None, resume: bool, track: bool,
         outcome.killed = True
         ray.shutdown()
     started = {e["trial_id"] for e in read_events(sweep_dir) if e["event"] == "stage_start" and e["stage"] == "finetune"}
+    if plan.spec.sweep.search.method == "grid":  # a grid's trials are its plan's (an older directory may hold others)
+        started &= {t.trial_id for t in plan.trials}
     outcome.finished = sorted(t for t in started | {t.trial_id for t in plan.trials} if plan.trial_finished(t))
     outcome.stopped = sorted(t for t in started if not plan.trial_finished(t) and t not in outcome.failed)
     outcome.interrupted = [e for e in read_events(sweep_dir, since_invocation=number)
@@ -334,7 +341,7 @@ def _run_phases(plan: SweepPlan, ctx: SweepContext, outcome: SweepOutcome, last:
             outcome.failed[t.trial_id] = f"its pre-training {unit} failed: {failed_lines[unit]}"
             # its manifest, so that trials.parquet and report.md list it as failed, with the reason
             plan.layout.trial_dir(t.trial_id).mkdir(parents=True, exist_ok=True)
-            write_json(plan.layout.manifest(t.trial_id), t.manifest(plan.spec.resources))
+            write_json(plan.layout.manifest(t.trial_id), t.manifest(plan.spec.resources, plan.spec_hash))
     for unit in failed_lines:  # name them as pre-trainings, keeping the reason
         outcome.failed[f"pretrain {unit}"] = outcome.failed.pop(unit)
     if search.method == "grid":

@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..layout import StageRun, read_json, write_json
+from ..layout import StageRun, read_json, relative_path, write_json
 from ..sweepspec.expand import TrialPlan, with_pretrain_steps
 from ..trainer import TrainingDiverged, load_latest_checkpoint
 from ..trainer.checkpoint import checkpoint_path, keep_state
@@ -42,7 +42,7 @@ def run_stage(ctx: SweepContext, trial: TrialPlan, stage: str, stage_dir: Path, 
     run = StageRun(stage_dir)
     done = read_json(run.result) if run.finished() else None
     if done is not None and (stage == "finetune" or done["steps"] >= trial.config.pretrain.steps):
-        return Path(done["checkpoint"])
+        return run.result_checkpoint(done)
     if run.diverged.exists():  # training is deterministic: a retry would diverge at the same step
         raise TrainingDiverged((read_json(run.diverged) or {}).get("error", "the loss diverged"))
     sweep_dir = ctx.plan.sweep_dir
@@ -70,7 +70,7 @@ def run_stage(ctx: SweepContext, trial: TrialPlan, stage: str, stage_dir: Path, 
                          error=f"{type(err).__name__}: {err}"[:500], **final_fields(err, stage_dir))
         raise
     _stage_done(ctx, trial, stage, key, result)
-    return Path(result["checkpoint"])
+    return run.result_checkpoint(result)
 
 
 def _stage_done(ctx: SweepContext, trial: TrialPlan, stage: str, key: str, result: dict) -> None:
@@ -135,7 +135,7 @@ def start_branch(layout, job: LineJob) -> None:
     parent = layout.pretrain(job.key) if parent_name == MAIN else layout.pretrain_branch(job.key, parent_name)
     run = StageRun(job.path)
     keep_state(parent.milestone(step), checkpoint_path(run.checkpoints, step))
-    write_json(run.branch, {"parent": str(parent.path), "from_step": step})
+    write_json(run.branch, {"parent": relative_path(parent.path, run.path), "from_step": step})
 
 
 @contextmanager
@@ -154,7 +154,7 @@ def trial_trainable(params: dict[str, Any], ctx: SweepContext) -> None:
     trial = ctx.trial_for(params)
     layout = plan.layout
     layout.trial_dir(trial.trial_id).mkdir(parents=True, exist_ok=True)
-    write_json(layout.manifest(trial.trial_id), trial.manifest(plan.spec.resources))  # what results/ reads
+    write_json(layout.manifest(trial.trial_id), trial.manifest(plan.spec.resources, plan.spec_hash))  # for results/
     with capture_notices(plan.sweep_dir, trial.trial_id), _stops_quietly():
         init = None
         if trial.pretrain_key:  # its milestone: there already after phase 1, else trained (or waited for) here

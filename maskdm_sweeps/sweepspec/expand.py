@@ -8,9 +8,7 @@ trials (and later sweeps) with equal pre-training settings share one run.
 from __future__ import annotations
 
 import copy
-import hashlib
 import itertools
-import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from ..layout import SweepDir
+from ..layout import SweepDir, spec_hash
 from ..naming import distinct, short_label
 from ..trainer.compute import train_flops_per_step
 from ..trainer.config import BASELINE_IGNORED_SECTIONS, TrialConfig, affects_pretraining
@@ -53,11 +51,12 @@ class TrialPlan:
         mask = None if self.is_baseline else self.config.mask.model_dump()
         return short_label(self.assignments, mask, self.config.seed)
 
-    def manifest(self, resources) -> dict[str, Any]:
+    def manifest(self, resources, spec_hash: str = "") -> dict[str, Any]:
         """What results need to know of this trial, written once to ``trials/<id>/trial.json`` when it starts:
-        its identity, its pre-training, the devices it holds (``resources``: the spec's), and its resolved config."""
+        its identity, the spec it belongs to (``spec_hash``: a searched trial is in no plan), its pre-training,
+        the devices it holds (``resources``: the spec's), and its resolved config."""
         return {
-            "trial_id": self.trial_id, "label": self.label, "assignments": self.assignments,
+            "trial_id": self.trial_id, "label": self.label, "assignments": self.assignments, "spec_hash": spec_hash,
             "pretrain_key": self.pretrain_key, "effective_mask_rate": self.config.effective_mask_rate,
             "resources": {"device": resources.device, "workers": resources.workers,
                           "gpus_billed": resources.gpus_billed, "devices_billed": resources.devices_billed},
@@ -342,6 +341,10 @@ def load_spec(path: Path, overrides: list[str] = (), smoke: bool = False, check_
     data, lines, touched = read_mapping(path, overrides)
     if smoke:
         data = smoke_spec(data)
-    spec = validate(SweepSpec, data, lines, str(path), touched, check_paths)
-    resolved = json.dumps(spec.model_dump(mode="json"), sort_keys=True)
-    return build_plan(spec, lines, str(path), hashlib.sha256(resolved.encode()).hexdigest()[:16], check_paths)
+    return plan_of(data, lines, str(path), touched, check_paths)
+
+
+def plan_of(data: dict, lines: dict, source: str, touched=frozenset(), check_paths: bool = True) -> SweepPlan:
+    """Validate spec data and expand it; the plan's hash is its resolved content's (:func:`layout.spec_hash`)."""
+    spec = validate(SweepSpec, data, lines, source, touched, check_paths)
+    return build_plan(spec, lines, source, spec_hash(spec.model_dump(mode="json")), check_paths)

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ..layout import reserved_name
 from ..trainer.config import TrialConfig
 
 
@@ -241,4 +242,7 @@ class SweepSpec(_Strict):
     def _slug(cls, name: str) -> str:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
             raise ValueError(f"name {name!r} must be letters, digits, '_', '-' or '.' (it names a directory)")
+        taken = reserved_name(name)
+        if taken:
+            raise ValueError(f"name {name!r} is taken by the results root's own {taken}: choose another name")
         return name

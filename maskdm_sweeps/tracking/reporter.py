@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 from ..layout import (MLFLOW_BUFFER_FILE, MLFLOW_RUN_FILE, MLFLOW_TARGET_FILE, SAMPLES_DIR, append_jsonl, read_json,
-                      read_jsonl, write_json)
+                      read_jsonl, relative_path, write_json)
 from ..trainer.reporter import NullReporter
-from .store import client, flatten
+from .store import client, flatten, portable_target, target_uri
 
 log = logging.getLogger(__name__)
 BATCH = 200  # metrics per log_batch call (MLflow accepts up to 1000)
@@ -31,7 +31,7 @@ class MlflowReporter(NullReporter):
         self.flush_every = flush_every
         self.unsent_metrics = 0  # metric records appended since the last send
         self.stage_dir.mkdir(parents=True, exist_ok=True)
-        write_json(self.stage_dir / MLFLOW_TARGET_FILE, {"uri": uri})
+        write_json(self.stage_dir / MLFLOW_TARGET_FILE, portable_target(uri, self.stage_dir))
         self.run_id = self._existing_run_id()
         # the create record carries everything needed to create the run later (replay, `maskdm-sweep sync`)
         self._enqueue({"op": "create", "experiment_id": experiment_id, "run_name": run_name,
@@ -54,7 +54,8 @@ class MlflowReporter(NullReporter):
         self._flush()
 
     def artifact(self, step: int, path: Path) -> None:
-        self._enqueue({"op": "artifact", "path": str(path), "dir": SAMPLES_DIR})
+        # relative to the stage run (the buffer may be replayed after the run moved)
+        self._enqueue({"op": "artifact", "path": relative_path(path, self.stage_dir), "dir": SAMPLES_DIR})
         self._flush()
 
     def finish(self, status: str = "FINISHED", cost: dict[str, float] | None = None) -> None:
@@ -96,7 +97,7 @@ class BufferReplayer(MlflowReporter):
 
     def __init__(self, stage_dir: Path):
         self.stage_dir = Path(stage_dir)
-        self.uri = read_json(self.stage_dir / MLFLOW_TARGET_FILE)["uri"]
+        self.uri = target_uri(read_json(self.stage_dir / MLFLOW_TARGET_FILE), self.stage_dir)
         self.run_id = self._existing_run_id()
         self.unsent_metrics = 0
 
@@ -149,7 +150,7 @@ def _send_one(c, rep: MlflowReporter, record: dict) -> None:
 
     op = record["op"]
     if op == "create":
-        if rep.run_id is not None:  # re-attached: the run goes on
+        if rep.run_id is not None and _run_exists(c, rep.run_id):  # re-attached: the run goes on
             c.update_run(rep.run_id, status="RUNNING")
             return
         tags = dict(record["tags"])
@@ -157,7 +158,7 @@ def _send_one(c, rep: MlflowReporter, record: dict) -> None:
             tags["mlflow.parentRunId"] = record["parent_run_id"]
         run = c.create_run(record["experiment_id"], tags=tags, run_name=record["run_name"])
         rep.run_id = run.info.run_id
-        write_json(rep.stage_dir / MLFLOW_RUN_FILE, {"run_id": rep.run_id, "uri": rep.uri})
+        write_json(rep.stage_dir / MLFLOW_RUN_FILE, {"run_id": rep.run_id, **portable_target(rep.uri, rep.stage_dir)})
         params = [Param(k, v[:6000]) for k, v in record["params"].items()]
         for i in range(0, len(params), 100):
             c.log_batch(rep.run_id, params=params[i : i + 100])
@@ -166,10 +167,25 @@ def _send_one(c, rep: MlflowReporter, record: dict) -> None:
     elif op == "tags":
         c.log_batch(rep.run_id, tags=[RunTag(k, v) for k, v in record["values"].items()])
     elif op == "artifact":
-        if Path(record["path"]).exists():
-            c.log_artifact(rep.run_id, record["path"], artifact_path=record["dir"])
+        path = rep.stage_dir / record["path"]  # relative to the stage run (older buffers: absolute)
+        if path.exists():
+            c.log_artifact(rep.run_id, str(path), artifact_path=record["dir"])
     elif op == "end":
         c.set_terminated(rep.run_id, status=record["status"])
+
+
+def _run_exists(c, run_id: str) -> bool:
+    """Whether the store holds ``run_id``: a stage run copied to another results root without its MLflow store
+    starts a new run there instead of failing on a run it does not know."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        c.get_run(run_id)
+        return True
+    except MlflowException as err:
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise
 
 
 def _send_metrics(c, run_id: str, metrics: list) -> None:

@@ -6,7 +6,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from ..layout import MLFLOW_DB
+from ..layout import MLFLOW_ARTIFACTS_DIR, MLFLOW_DB, relative_path
 
 # a tracking server that is down must not stall training for minutes of HTTP retries: fail fast, buffer, replay
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -16,6 +16,24 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
 def default_tracking_uri(results_root: Path) -> str:
     """``sqlite:///<absolute results root>/mlflow.db`` (MLflow refuses the ./mlruns file store)."""
     return f"sqlite:///{Path(results_root).resolve() / MLFLOW_DB}"
+
+
+def portable_target(uri: str, stage_dir: Path) -> dict[str, str]:
+    """How a stage run's files record ``uri``: the default store of a results root above ``stage_dir`` as a path
+    relative to the stage run (``{"store": "../../mlflow.db"}``: a moved results root uses its own store), any other
+    store as its URI (``{"uri": ...}``)."""
+    stage_dir = Path(stage_dir).resolve()
+    for root in stage_dir.parents:
+        if uri == default_tracking_uri(root):
+            return {"store": relative_path(root / MLFLOW_DB, stage_dir)}
+    return {"uri": uri}
+
+
+def target_uri(target: dict, stage_dir: Path) -> str:
+    """The tracking URI a ``mlflow_target.json`` names, its ``store`` (where the stage run is now) first."""
+    if target.get("store"):
+        return f"sqlite:///{(Path(stage_dir).resolve() / target['store']).resolve()}"
+    return target["uri"]
 
 
 def client(uri: str):
@@ -30,7 +48,7 @@ def ensure_experiment(uri: str, name: str, results_root: Path) -> str:
     found = c.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
-    location = None if uri.startswith("http") else (Path(results_root).resolve() / "mlartifacts" / name).as_uri()
+    location = None if uri.startswith("http") else (Path(results_root).resolve() / MLFLOW_ARTIFACTS_DIR / name).as_uri()
     return c.create_experiment(name, artifact_location=location)
 
 

@@ -21,7 +21,7 @@ from typing import Sequence
 import torch
 
 from ..data import ImageBatches, load_dataset
-from ..layout import StageRun, write_json
+from ..layout import StageRun, relative_path, write_json
 from ..maskdm import UViT, build_schedule, training_loss
 from .checkpoint import checkpoint_path, keep_state, load_checkpoint, load_latest_checkpoint, save_checkpoint
 from .compute import TERA, stage_flops, stage_tflops, train_flops_per_step
@@ -141,7 +141,8 @@ class _StageRun:
         self.loss_last = math.nan
         self.wall_before = 0.0  # seconds spent in earlier attempts of this stage (restored from the checkpoint)
         self.started = time.perf_counter()
-        self.init_checkpoint = str(init_checkpoint) if init_checkpoint else ""
+        # where it started, relative to the run (saved in its checkpoints; the two may move together)
+        self.init_checkpoint = relative_path(init_checkpoint, workdir) if init_checkpoint else ""
 
     # ------------------------------------------------------------------------------------------ state
     def _load_initial_weights(self, path: Path) -> None:
@@ -315,7 +316,9 @@ class _StageRun:
             eval_tflops=cost["cost/eval_tflops"], replica_checksums=checksums,
         )
         if main:
-            write_json(self.files.result, result.to_json())  # last: the stage run is finished from here on
+            # last: the stage run is finished from here on; its checkpoint relative to it, so that the run can move
+            write_json(self.files.result, {**result.to_json(),
+                                           "checkpoint": relative_path(result.checkpoint, self.files.path)})
         return result
 
     def _load_resume_state(self) -> dict | None:

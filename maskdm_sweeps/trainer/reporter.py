@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from ..layout import append_jsonl, read_jsonl
+from ..layout import append_jsonl, read_jsonl, relative_path
 
 
 @runtime_checkable
@@ -51,7 +51,9 @@ class NullReporter:
 
 
 class JsonlReporter(NullReporter):
-    """Appends one JSON object per report to a file: ``{"time", "step", "kind", ...}``. Survives restarts."""
+    """Appends one JSON object per report to a file: ``{"time", "step", "kind", ...}``. Survives restarts.
+
+    Checkpoint and artifact paths are written relative to the file's folder (the stage run: they move with it)."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -67,10 +69,10 @@ class JsonlReporter(NullReporter):
         self._write({"step": 0, "kind": "params", "values": values})
 
     def checkpoint(self, step: int, path: Path) -> None:
-        self._write({"step": step, "kind": "checkpoint", "path": str(path)})
+        self._write({"step": step, "kind": "checkpoint", "path": relative_path(path, self.path.parent)})
 
     def artifact(self, step: int, path: Path) -> None:
-        self._write({"step": step, "kind": "artifact", "path": str(path)})
+        self._write({"step": step, "kind": "artifact", "path": relative_path(path, self.path.parent)})
 
 
 class MultiReporter(NullReporter):
