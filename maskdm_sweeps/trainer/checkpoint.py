@@ -210,17 +210,21 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
 
 def load_latest_checkpoint(directory: Path, map_location="cpu") -> tuple[dict, Path] | None:
     """The newest usable checkpoint; each newer one that is unusable (corrupt, truncated, not the bytes written) is
-    reported with a warning and set aside. None if there is none."""
+    reported with a warning and set aside. None if there is none (every one set aside: the stage starts afresh);
+    :class:`CheckpointError` when none could be read for an I/O error (it may pass: nothing is set aside)."""
     candidates = list_checkpoints(directory)
+    unreadable = 0
     for path in reversed(candidates):
         try:
             return load_checkpoint(path, map_location), path
         except UnusableState as bad:  # a partial write, flipped bytes: fall back to the previous one
             if bad.bad_bytes:
                 set_aside(path)
+            else:
+                unreadable += 1
             log.warning("checkpoint %s is unusable: %s; %strying the previous one", path, bad.problem,
                         f"set aside as {path.name}{SET_ASIDE_SUFFIX}; " if bad.bad_bytes else "")
-    if candidates:
+    if unreadable:
         raise CheckpointError(f"none of the {len(candidates)} checkpoints in {directory} could be read")
     return None
 
