@@ -30,6 +30,7 @@ from .workers import StageJob, run_stage_on_workers
 
 log = logging.getLogger(__name__)
 
+
 def run_stage(ctx: SweepContext, trial: TrialPlan, stage: str, stage_dir: Path, init: Path | None,
               key: str, milestones: tuple[int, ...] = ()) -> Path:
     """Run (or resume, or skip when finished) one stage run; returns its final checkpoint.
@@ -135,7 +136,7 @@ def _intact(line: StageRun | None, step: int) -> bool:
         verify_state(path)
         return True
     except UnusableState as bad:
-        if not bad.bad_bytes and bad.problem != "missing":
+        if not bad.bad_bytes and path.exists():
             raise  # an I/O error: training the length again would not cure it
     with LineLock(line):
         try:
