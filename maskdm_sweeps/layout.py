@@ -19,6 +19,9 @@ One owner for the layout (standard library only, so the trainer may use it too);
     <stage run>/                        config.json  metrics.jsonl  result.json  checkpoints/  samples/
                                         mlflow_run.json  mlflow_target.json  mlflow_buffer.jsonl  diverged.json
                                         milestones/step_<n>.pt  milestones/step_<n>.json  branch.json  .train.lock
+                                        (every state file step_<n>.pt, in checkpoints/ or milestones/, has its
+                                        record step_<n>.json beside it, holding its sha256: trainer/checkpoint.py;
+                                        one found corrupt is renamed step_<n>.pt.corrupt, its record with it)
 
 A stage run is finished exactly when its ``result.json`` exists (written last, atomically). A pre-training line is
 never "finished" for good: it holds the lengths in ``milestones/`` (kept forever, never rotated) and can be extended.
@@ -129,11 +132,12 @@ class StageRun:
         return self.path / MILESTONES_DIR
 
     def milestone(self, step: int) -> Path:
-        """The kept state at ``step`` (a checkpoint, hard-linked out of the rotation)."""
+        """The kept state at ``step`` (a copy of a checkpoint, out of the rotation)."""
         return self.milestones / f"step_{step:09d}.pt"
 
     def milestone_info(self, step: int) -> Path:
-        """What reaching ``step`` cost: ``{step, wall_seconds, train_tflops, eval_tflops, loss}``."""
+        """The kept state's record: what reaching ``step`` cost, ``{step, wall_seconds, train_tflops, eval_tflops,
+        loss}``, and the digest of its bytes, ``{sha256, bytes}`` (missing in records from before digests)."""
         return self.milestones / f"step_{step:09d}.json"
 
     def milestone_steps(self) -> list[int]:

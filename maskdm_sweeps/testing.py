@@ -135,6 +135,30 @@ class corrupt_once:  # noqa: N801 (used like a function, as crash_once)
         return [CorruptNewestCheckpoint(self.step, stage_dir)] if stage == self.stage and rank == 0 else []
 
 
+def corrupt_state_file(path: Path, how: str) -> None:
+    """Damage a checkpoint or milestone file as a failing disk or a careless copy does: a few bits of its largest
+    weight ``flipped`` (it still loads), ``truncated`` to half its size, or that weight overwritten with ``garbage``
+    (0xFF bytes: NaN; it still loads)."""
+    import torch
+
+    path = Path(path)
+    data = bytearray(path.read_bytes())
+    if how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+        return
+    weights = torch.load(path, weights_only=True)["model"]
+    raw = max(weights.values(), key=lambda t: t.numel()).contiguous().numpy().tobytes()
+    start = data.find(raw)  # stored uncompressed: the weight's bytes as they are in memory
+    if how == "flipped":
+        for i in (start + 5, start + len(raw) // 2, start + len(raw) - 3):
+            data[i] ^= 0x10
+    elif how == "garbage":
+        data[start: start + len(raw)] = b"\xff" * len(raw)
+    else:
+        raise ValueError(f"unknown damage {how!r}: flipped, truncated or garbage")
+    path.write_bytes(data)
+
+
 def flop_counter_cpu_attention() -> dict:
     """``custom_mapping`` for ``torch.utils.flop_counter.FlopCounterMode``: torch's own SDPA formulas for the CPU
     flash-attention kernel, which the counter has none for (without it, attention counts 0 FLOPs on a CPU)."""

@@ -8,6 +8,7 @@ rotated away errored the trial on resume.)
 
 from __future__ import annotations
 
+import logging
 import os
 from contextlib import contextmanager, suppress
 from dataclasses import replace
@@ -17,7 +18,8 @@ from typing import Any
 from ..layout import StageRun, read_json, relative_path, write_json
 from ..sweepspec.expand import TrialPlan, with_pretrain_steps
 from ..trainer import TrainingDiverged, load_latest_checkpoint
-from ..trainer.checkpoint import checkpoint_path, keep_state
+from ..trainer.checkpoint import (SET_ASIDE_SUFFIX, UnusableState, checkpoint_path, keep_state, recorded_sha256,
+                                  set_aside, verify_state)
 from .context import SweepContext
 from .events import append_event
 from .failures import NotRetried, earlier_final_failure, final_fields
@@ -28,6 +30,9 @@ from .notices import capture_notices
 from .stage import limit_threads, train_stage
 from .workers import StageJob, run_stage_on_workers
 
+log = logging.getLogger(__name__)
+
+
 def run_stage(ctx: SweepContext, trial: TrialPlan, stage: str, stage_dir: Path, init: Path | None,
               key: str, milestones: tuple[int, ...] = ()) -> Path:
     """Run (or resume, or skip when finished) one stage run; returns its final checkpoint.
@@ -36,12 +41,13 @@ def run_stage(ctx: SweepContext, trial: TrialPlan, stage: str, stage_dir: Path, 
     A failure no retry can fix (unusable data, a full disk, a diverged loss) is marked ``final`` in its
     ``stage_error`` event; Tune's retry then raises :class:`~maskdm_sweeps.sweep.failures.NotRetried` here before
     starting (see ``failures``).
-    A pre-training line whose ``result.json`` is of a shorter length than ``trial``'s is extended: it resumes from
-    its newest checkpoint, keeping ``milestones`` on the way.
+    A pre-training line whose ``result.json`` is of a shorter length than ``trial``'s, or that lacks one of
+    ``milestones`` (one found corrupt and set aside), resumes from its newest checkpoint, keeping ``milestones``.
     """
     run = StageRun(stage_dir)
     done = read_json(run.result) if run.finished() else None
-    if done is not None and (stage == "finetune" or done["steps"] >= trial.config.pretrain.steps):
+    if done is not None and (stage == "finetune" or (done["steps"] >= trial.config.pretrain.steps
+                                                     and set(milestones) <= set(run.milestone_steps()))):
         return run.result_checkpoint(done)
     if run.diverged.exists():  # training is deterministic: a retry would diverge at the same step
         raise TrainingDiverged((read_json(run.diverged) or {}).get("error", "the loss diverged"))
@@ -105,12 +111,16 @@ def serve_pretraining(ctx: SweepContext, trial: TrialPlan, asked: list[int] = ()
     every other length of ``asked`` it passes), or waited for while another process trains that line.
 
     Each line is trained under its lock, and re-planned once the lock is held: what the wait found on disk changes
-    what is left to train. Returns the milestone's checkpoint.
+    what is left to train. A kept state (the one served, or the one a branch starts from) is first checked against
+    its digest; a corrupt one is set aside, so the plan trains that length again. Returns the milestone's checkpoint.
     """
     layout, key, length = ctx.plan.layout, trial.pretrain_key, trial.config.pretrain.steps
     asked = sorted(set(asked) | {length})
-    while layout.milestone_line(key, length) is None:
+    while not _intact(layout.milestone_line(key, length), length):
         job = _job_serving(layout, key, length, asked)
+        if job.branch_from is not None and not _intact(_line_named(layout, key, job.branch_from[0]),
+                                                       job.branch_from[1]):
+            continue  # the state it would start from was corrupt: set aside, plan again
         with LineLock(StageRun(job.path)):  # blocks while another process trains this line
             again = _job_serving(layout, key, length, asked)
             if layout.milestone_line(key, length) is not None or again.unit != job.unit:
@@ -124,15 +134,45 @@ def serve_pretraining(ctx: SweepContext, trial: TrialPlan, asked: list[int] = ()
     return layout.milestone_line(key, length).milestone(length)
 
 
+def _intact(line: StageRun | None, step: int) -> bool:
+    """Whether ``line`` keeps a state at ``step`` whose bytes are those written (its digest). A corrupt one is set
+    aside (``*.corrupt``) with a warning, under the line's lock and checked again there (another process may have
+    replaced it meanwhile), so that the planner no longer counts it."""
+    if line is None:
+        return False
+    path = line.milestone(step)
+    try:
+        verify_state(path)
+        return True
+    except UnusableState as bad:
+        if not bad.bad_bytes and path.exists():
+            raise  # an I/O error: training the length again would not cure it
+    with LineLock(line):
+        try:
+            verify_state(path)
+            return True
+        except UnusableState as bad:
+            if bad.bad_bytes:
+                set_aside(path)
+                log.warning("pre-training milestone %s is unusable: %s; set aside as %s%s, step %d is trained again",
+                            path, bad.problem, path.name, SET_ASIDE_SUFFIX, step)
+            return False
+
+
+def _line_named(layout, key: str, name: str) -> StageRun:
+    return layout.pretrain(key) if name == MAIN else layout.pretrain_branch(key, name)
+
+
 def _job_serving(layout, key: str, length: int, asked: list[int]) -> LineJob:
     jobs, serving = plan_lines(layout, key, asked)
     return next(job for job in jobs if job.unit == serving[length].unit)
 
 
 def start_branch(layout, job: LineJob) -> None:
-    """Seed a new branch line with the milestone it starts from (its first checkpoint: training resumes there)."""
+    """Seed a new branch line with a copy of the milestone it starts from (its first checkpoint: training resumes
+    there), checked against the milestone's digest as it is copied."""
     parent_name, step = job.branch_from
-    parent = layout.pretrain(job.key) if parent_name == MAIN else layout.pretrain_branch(job.key, parent_name)
+    parent = _line_named(layout, job.key, parent_name)
     run = StageRun(job.path)
     keep_state(parent.milestone(step), checkpoint_path(run.checkpoints, step))
     write_json(run.branch, {"parent": relative_path(parent.path, run.path), "from_step": step})
@@ -154,10 +194,14 @@ def trial_trainable(params: dict[str, Any], ctx: SweepContext) -> None:
     trial = ctx.trial_for(params)
     layout = plan.layout
     layout.trial_dir(trial.trial_id).mkdir(parents=True, exist_ok=True)
-    write_json(layout.manifest(trial.trial_id), trial.manifest(plan.spec.resources, plan.spec_hash))  # for results/
+    manifest = trial.manifest(plan.spec.resources, plan.spec_hash)
+    write_json(layout.manifest(trial.trial_id), manifest)  # what results/ reads
     with capture_notices(plan.sweep_dir, trial.trial_id), _stops_quietly():
         init = None
         if trial.pretrain_key:  # its milestone: there already after phase 1, else trained (or waited for) here
             shared = plan.pretrains.get(trial.pretrain_key)
             init = serve_pretraining(ctx, trial, shared.asked if shared else ())
+            # the state it starts from, by the digest of its bytes (the fine-tuning checks the file against it)
+            write_json(layout.manifest(trial.trial_id), {**manifest, "pretrain_checkpoint": str(init),
+                                                          "pretrain_sha256": recorded_sha256(init)})
         run_stage(ctx, trial, "finetune", layout.finetune(trial.trial_id).path, init, trial.trial_id)

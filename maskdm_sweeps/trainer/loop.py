@@ -23,7 +23,8 @@ import torch
 from ..data import ImageBatches, load_dataset
 from ..layout import StageRun, relative_path, write_json
 from ..maskdm import UViT, build_schedule, training_loss
-from .checkpoint import checkpoint_path, keep_state, load_checkpoint, load_latest_checkpoint, save_checkpoint
+from .checkpoint import (checkpoint_path, keep_state, load_checkpoint, load_latest_checkpoint, read_state,
+                         save_checkpoint)
 from .compute import TERA, stage_flops, stage_tflops, train_flops_per_step
 from .config import Stage, TrialConfig, build_mask_from_config
 from .device import autocast_dtype, resolve_device
@@ -57,6 +58,7 @@ class StageResult:
     train_tflops: float = 0.0  # the stage's training compute (maskdm_sweeps.trainer.compute)
     eval_tflops: float = 0.0  # the compute of its evaluations
     replica_checksums: list[float] | None = None  # every rank's weights checksum at the end (equal: in sync)
+    init_sha256: str | None = None  # the digest of the state file it started from (a fine-tuning's pre-training)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -78,7 +80,8 @@ def fit(
 ) -> StageResult:
     """Run ``stage`` of the trial described by ``config`` in ``workdir``; resume if it holds a checkpoint.
 
-    ``init_checkpoint``: for ``finetune``, the pre-training checkpoint to start from (None: the DDPM baseline).
+    ``init_checkpoint``: for ``finetune``, the pre-training checkpoint to start from (None: the DDPM baseline), read
+    when the stage starts (not when it resumes), checked against its recorded digest, which the stage reports.
     ``parallel``: this process's rank in a data-parallel group (default: the initialised ``torch.distributed``
     group, if any; else a lone process). Every rank of the group calls ``fit`` alike.
     ``milestones``: steps whose state is kept for good in ``workdir/milestones/`` (never rotated), each with what
@@ -118,8 +121,6 @@ class _StageRun:
 
         torch.manual_seed(stage_seed(config.seed, stage, 0))
         self.model = UViT(self.model_cfg).to(self.device)
-        if init_checkpoint is not None:
-            self._load_initial_weights(Path(init_checkpoint))
         self.ema = EMA(self.model, config.ema.decay, config.ema.warmup)
         s = self.stage_cfg
         self.optimizer = torch.optim.AdamW(
@@ -141,15 +142,19 @@ class _StageRun:
         self.loss_last = math.nan
         self.wall_before = 0.0  # seconds spent in earlier attempts of this stage (restored from the checkpoint)
         self.started = time.perf_counter()
+        self.init_path = Path(init_checkpoint) if init_checkpoint else None  # the file read (absolute or cwd's)
         # where it started, relative to the run (saved in its checkpoints; the two may move together)
         self.init_checkpoint = relative_path(init_checkpoint, workdir) if init_checkpoint else ""
+        self.init_sha256: str | None = None  # known once the initial weights are read (or restored on resume)
 
     # ------------------------------------------------------------------------------------------ state
-    def _load_initial_weights(self, path: Path) -> None:
-        """Fine-tuning starts from the pre-trained online (or EMA) weights, every tensor; nothing else is kept."""
-        state = load_checkpoint(path, map_location=self.device)
+    def _load_initial_weights(self) -> None:
+        """Fine-tuning starts from the pre-trained online (or EMA) weights, every tensor (the EMA too), read from the
+        bytes whose digest it records; nothing else is kept. Raises ``UnusableState`` naming a corrupt file."""
+        state, self.init_sha256 = read_state(self.init_path, map_location=self.device)
         weights = state["model"] if self.config.finetune.init_from == "online" else state["ema"]["model"]
         self.model.load_state_dict(weights)
+        self.ema.load_state_dict({"model": self.model.state_dict(), "num_updates": 0})
 
     def state_dict(self) -> dict:
         rng = {"torch": torch.get_rng_state(), "data": self.data_gen.get_state(), "noise": self.noise_gen.get_state()}
@@ -169,6 +174,7 @@ class _StageRun:
             "progress": {"fid_last": self.fid_last, "fid_best": self.fid_best, "loss_last": self.loss_last,
                          "wall_seconds": self.wall_seconds()},
             "init_checkpoint": self.init_checkpoint,
+            "init_sha256": self.init_sha256,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -185,6 +191,7 @@ class _StageRun:
         progress = state["progress"]
         self.fid_last, self.fid_best, self.loss_last = progress["fid_last"], progress["fid_best"], progress["loss_last"]
         self.wall_before = float(progress["wall_seconds"])
+        self.init_sha256 = state.get("init_sha256")  # None in checkpoints from before digests
 
     def wall_seconds(self) -> float:
         """Wall-clock seconds of this stage over all its attempts."""
@@ -203,11 +210,10 @@ class _StageRun:
         return checksums
 
     def _keep_milestone(self, checkpoint: Path) -> None:
-        """The state at this step, out of the rotation (a hard link: no copy), then what reaching it cost (written
-        last: a milestone counts once its record exists)."""
-        keep_state(checkpoint, self.files.milestone(self.step))
+        """The state at this step, out of the rotation: a copy of the checkpoint, checked against its digest as it
+        is copied, with its record (its digest and what reaching it cost; a milestone counts once both exist)."""
         train, evaluation = stage_flops(self.config, self.stage, self.step)
-        write_json(self.files.milestone_info(self.step), {
+        keep_state(checkpoint, self.files.milestone(self.step), {
             "step": self.step, "wall_seconds": self.wall_seconds(), "train_tflops": train / TERA,
             "eval_tflops": evaluation / TERA, "loss": self.loss_last})
 
@@ -271,9 +277,11 @@ class _StageRun:
             if self.step > s.steps:
                 raise ValueError(f"{self.stage}: {self.files.checkpoints} holds step {self.step}, past the "
                                  f"{s.steps} steps asked for; a shorter run needs its own directory")
-            if main and self.step in self.milestones and not self.files.milestone_info(self.step).exists():
-                self._keep_milestone(checkpoint_path(self.files.checkpoints, self.step))  # killed in between
+            if main and self.step in self.milestones and self.step not in self.files.milestone_steps():
+                self._keep_milestone(checkpoint_path(self.files.checkpoints, self.step))  # killed, or set aside
         else:
+            if self.init_checkpoint:
+                self._load_initial_weights()
             self._report_params()
         self.started = window_start = time.perf_counter()
         window_steps = 0
@@ -313,7 +321,7 @@ class _StageRun:
             effective_mask_rate=self.effective_rate, wall_seconds=self.wall_seconds(),
             checkpoint=str(checkpoint_path(self.files.checkpoints, self.step)), stopped_early=stopped,
             workers=self.parallel.world_size, train_tflops=cost["cost/train_tflops"],
-            eval_tflops=cost["cost/eval_tflops"], replica_checksums=checksums,
+            eval_tflops=cost["cost/eval_tflops"], replica_checksums=checksums, init_sha256=self.init_sha256,
         )
         if main:
             # last: the stage run is finished from here on; its checkpoint relative to it, so that the run can move
@@ -352,6 +360,8 @@ class _StageRun:
             params.update({"workers": self.parallel.world_size, "batch_per_worker": self.rows.stop - self.rows.start,
                            "seed_data": stage_seed(self.config.seed, self.stage, 1),
                            "seed_noise_and_masks": stage_seed(self.config.seed, self.stage, 2)})
+        if self.init_sha256:  # which pre-trained state this stage started from, by the digest of its bytes
+            params.update({"init_checkpoint": self.init_checkpoint, "init_sha256": self.init_sha256})
         if self.evaluator and self.evaluator.protocol:
             params.update(self.evaluator.protocol.as_params())
         self.reporter.params(params)
