@@ -13,9 +13,15 @@ One owner for the layout (standard library only, so the trainer may use it too);
         trials/<trial id>/finetune/     the trial's fine-tuning: a stage run
         tune/                           Ray Tune's own state (resume)
         trials.parquet  curves.parquet  report.md  plots/*.png
+        mlflow_parents/<n>/             the MLflow parent run of invocation n: a run directory (below)
+      mlflow.db  .mlflow.lock           the default MLflow store; the lock held while a store, experiment or run
+                                        is created
     <stage run>/                        config.json  metrics.jsonl  result.json  checkpoints/  samples/
                                         mlflow_run.json  mlflow_target.json  mlflow_buffer.jsonl  diverged.json
                                         milestones/step_<n>.pt  milestones/step_<n>.json  branch.json  .train.lock
+    <run directory>                     an MLflow run's: mlflow_run.json (its id)  mlflow_target.json (store, results
+                                        root)  mlflow_buffer.jsonl (records not yet sent)  mlflow_files/ (copies of
+                                        artifacts waiting to be sent); every stage run is one
 
 A stage run is finished exactly when its ``result.json`` exists (written last, atomically). A pre-training line is
 never "finished" for good: it holds the lengths in ``milestones/`` (kept forever, never rotated) and can be extended.
@@ -56,7 +62,11 @@ MLFLOW_RUN_FILE = "mlflow_run.json"
 MLFLOW_TARGET_FILE = "mlflow_target.json"
 MLFLOW_BUFFER_FILE = "mlflow_buffer.jsonl"
 
+MLFLOW_FILES_DIR = "mlflow_files"  # copies of a run's artifacts taken when queued, kept until sent
+PARENT_RUNS_DIR = "mlflow_parents"  # <sweep>/mlflow_parents/<n>/: the parent run of invocation n
+
 MLFLOW_DB = "mlflow.db"  # the default MLflow store, in the results root
+MLFLOW_LOCK = ".mlflow.lock"  # in the results root, held (fcntl) while a store, an experiment or a run is created
 
 TRIALS_PARQUET = "trials.parquet"
 CURVES_PARQUET = "curves.parquet"
@@ -194,6 +204,15 @@ class SweepDir:
         root = self.path / TRIALS_DIR
         return sorted(d.name for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
 
+    def parent_run(self, invocation: int) -> Path:
+        """The run directory of invocation ``invocation``'s MLflow parent run."""
+        return self.path / PARENT_RUNS_DIR / f"{invocation:04d}"
+
+    def parent_runs(self) -> list[Path]:
+        """The run directories of every invocation's parent run on disk, oldest first."""
+        root = self.path / PARENT_RUNS_DIR
+        return sorted(d for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
+
     @property
     def driver_lock(self) -> Path:
         return self.path / DRIVER_LOCK
@@ -237,6 +256,16 @@ class SweepDir:
     @property
     def plots(self) -> Path:
         return self.path / PLOTS_DIR
+
+
+def mlflow_lock(results_root: Path) -> Path:
+    """The lock file held while the MLflow store, an experiment or a run of this results root is created."""
+    return Path(results_root) / MLFLOW_LOCK
+
+
+def is_parent_run_dir(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a sweep invocation's parent run (not a stage run)."""
+    return Path(run_dir).parent.name == PARENT_RUNS_DIR
 
 
 # ------------------------------------------------------------------------------------------------ writing and reading
