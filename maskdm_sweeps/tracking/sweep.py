@@ -61,7 +61,6 @@ class SweepTracking:
         return [MlflowReporter(self.uri, Path(self.results_root), self.experiment, stage_dir, name,
                                Path(self.parent_dir), tags, cfg.model_dump(mode="json"))]
 
-
     def _run_name(self, trial, stage: str, line: str | None) -> str:
         """What the runs table shows: the trial's short label (``patch r=0.5 · ema · s0``) or the pre-training's
         (``pretrain patch r=0.9 · s0``, a branch line with where it starts); the hashes are in the tags."""
@@ -98,28 +97,38 @@ def start_sweep_tracking(plan, invocation: int, resume: bool) -> SweepTracking:
 
 def _close_abandoned_parents(layout: SweepDir, invocation: int, uri: str, experiment: str, root: Path) -> None:
     """Parent runs of earlier invocations still open were left by a driver that was killed (this driver holds the
-    sweep's lock, so no other one is alive): those still buffered get a KILLED end, those in MLflow are marked
-    KILLED."""
+    sweep's lock, so no other one is alive): they are closed as KILLED, buffered or in MLflow."""
+    _end_buffered_parents(layout, invocation)
+    try:
+        _kill_running_parents(client(uri, root), experiment, layout.name)
+    except Exception:  # MLflow away: this invocation's own parent run says so when it is buffered
+        pass
+
+
+def _end_buffered_parents(layout: SweepDir, invocation: int) -> None:
+    """Give an earlier invocation's buffered parent run the end its killed driver never wrote, and send what it
+    holds if MLflow takes it now."""
     for run_dir in layout.parent_runs():
         earlier = RunBuffer.existing(run_dir)
         if run_dir == layout.parent_run(invocation) or earlier is None:
             continue
         records = read_jsonl(earlier.buffer)
-        if records and not any(r["op"] == "end" for r in records):
+        if not records:
+            continue
+        if not any(r["op"] == "end" for r in records):
             earlier.enqueue({"op": "end", "status": "KILLED"})
-        if records:
-            earlier.flush()
-    try:
-        c = client(uri, root)
-        found = c.get_experiment_by_name(experiment)
-        if found is None:
-            return
-        runs = c.search_runs([found.experiment_id], filter_string=f"tags.kind = 'sweep' and tags.sweep = "
-                             f"'{layout.name}' and attributes.status = 'RUNNING'", max_results=1000)
-        for run in runs:
-            c.set_terminated(run.info.run_id, status="KILLED")
-    except Exception:  # MLflow away: the parent's own send says so
-        pass
+        earlier.flush()
+
+
+def _kill_running_parents(c, experiment: str, sweep: str) -> None:
+    """Mark KILLED this sweep's parent runs that MLflow still has RUNNING."""
+    found = c.get_experiment_by_name(experiment)
+    if found is None:
+        return
+    runs = c.search_runs([found.experiment_id], filter_string=f"tags.kind = 'sweep' and tags.sweep = '{sweep}' and "
+                         "attributes.status = 'RUNNING'", max_results=1000)
+    for run in runs:
+        c.set_terminated(run.info.run_id, status="KILLED")
 
 
 def finish_sweep_tracking(tracking: SweepTracking, status: str, artifacts: list[Path] = (),
