@@ -53,6 +53,7 @@ class RunBuffer:
         self.uri, self.results_root = uri, Path(results_root)
         self.run_id: str | None = self.stored_run_id()
         self.held: dict[str, set[int]] | None = None  # metric key -> the steps MLflow holds (read once at attach)
+        self.failing = False  # the last send failed: the outage was reported
 
     @classmethod
     def existing(cls, run_dir: Path) -> "RunBuffer | None":
@@ -93,10 +94,12 @@ class RunBuffer:
         records = read_jsonl(self.buffer)  # a line cut short by a kill mid-write is skipped
         try:
             sent = self._send(records)
+            self.failing = False
         except _Partial as err:  # an unreachable server: training goes on, records wait on disk
-            log.warning("MLflow unreachable at %s (%s); %d records stay buffered in %s", self.uri, err,
-                        len(records) - err.sent, self.buffer)
-            sent = err.sent
+            if not self.failing:  # once per outage, not at every checkpoint
+                log.warning("MLflow unreachable at %s (%s); records stay buffered in %s until it is back",
+                            self.uri, err, self.buffer)
+            self.failing, sent = True, err.sent
         remaining = records[sent:]
         if remaining:
             tmp = self.buffer.with_suffix(".tmp")
