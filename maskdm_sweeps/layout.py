@@ -16,12 +16,18 @@ One owner for the layout (standard library only, so the trainer may use it too);
         trials/<trial id>/finetune/     the trial's fine-tuning: a stage run
         tune/                           Ray Tune's own state (resume)
         trials.parquet  curves.parquet  report.md  plots/*.png
+        mlflow_parents/<n>/             the MLflow parent run of invocation n: a run directory (below)
+      mlflow.db  .mlflow.lock           the default MLflow store; the lock held while a store, experiment or run
+                                        is created
     <stage run>/                        config.json  metrics.jsonl  result.json  checkpoints/  samples/
                                         mlflow_run.json  mlflow_target.json  mlflow_buffer.jsonl  diverged.json
                                         milestones/step_<n>.pt  milestones/step_<n>.json  branch.json  .train.lock
                                         (every state file step_<n>.pt, in checkpoints/ or milestones/, has its
                                         record step_<n>.json beside it, holding its sha256: trainer/checkpoint.py;
                                         one found corrupt is renamed step_<n>.pt.corrupt, its record with it)
+    <run directory>                     an MLflow run's: mlflow_run.json (its id)  mlflow_target.json (store, results
+                                        root)  mlflow_buffer.jsonl (records not yet sent)  mlflow_files/ (copies of
+                                        artifacts waiting to be sent); every stage run is one
 
 A stage run is finished exactly when its ``result.json`` exists (written last, atomically). A pre-training line is
 never "finished" for good: it holds the lengths in ``milestones/`` (kept forever, never rotated) and can be extended.
@@ -84,6 +90,9 @@ RESULTS_ROOT_ENTRIES = {
     MLFLOW_ARTIFACTS_DIR: "the default MLflow store's artifacts",
     TRAIN_DIR: "the outputs of `maskdm-sweep train`",
 }
+MLFLOW_FILES_DIR = "mlflow_files"  # copies of a run's artifacts taken when queued, kept until sent
+PARENT_RUNS_DIR = "mlflow_parents"  # <sweep>/mlflow_parents/<n>/: the parent run of invocation n
+MLFLOW_LOCK = ".mlflow.lock"  # in the results root, held (fcntl) while a store, an experiment or a run is created
 
 TRIALS_PARQUET = "trials.parquet"
 CURVES_PARQUET = "curves.parquet"
@@ -238,6 +247,15 @@ class SweepDir:
         """Where ``run --replace`` moves this sweep aside: ``<name>.replaced-<stamp>`` beside it."""
         return Path(self.root) / f"{self.name}{REPLACED_MARK}{stamp}"
 
+    def parent_run(self, invocation: int) -> Path:
+        """The run directory of invocation ``invocation``'s MLflow parent run."""
+        return self.path / PARENT_RUNS_DIR / f"{invocation:04d}"
+
+    def parent_runs(self) -> list[Path]:
+        """The run directories of every invocation's parent run on disk, oldest first."""
+        root = self.path / PARENT_RUNS_DIR
+        return sorted(d for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
+
     @property
     def driver_lock(self) -> Path:
         return self.path / DRIVER_LOCK
@@ -352,6 +370,15 @@ def verify_spec_hash(sweep: "SweepDir", resolved: dict) -> None:
 def relative_path(path: Path, start: Path) -> str:
     """``path`` relative to the directory ``start``: what a file under ``start`` writes, so that both can move."""
     return os.path.relpath(Path(path), Path(start))
+
+def mlflow_lock(results_root: Path) -> Path:
+    """The lock file held while the MLflow store, an experiment or a run of this results root is created."""
+    return Path(results_root) / MLFLOW_LOCK
+
+
+def is_parent_run_dir(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a sweep invocation's parent run (not a stage run)."""
+    return Path(run_dir).parent.name == PARENT_RUNS_DIR
 
 
 # ------------------------------------------------------------------------------------------------ writing and reading

@@ -177,3 +177,49 @@ def test_server_stopped_and_restarted_mid_sweep_loses_no_metric(tmp_path):
         if sweep.poll() is None:
             sweep.kill()
         stop_server(server)
+
+
+def test_a_sweep_run_while_mlflow_is_down_reaches_it_nested_through_sync(tmp_path):
+    """No server when the sweep starts: everything is buffered, the parent run too; once a server is up, `sync` makes
+    the experiment, the parent run with the spec, the results and the speed-ups, and every stage run under it."""
+    from maskdm_sweeps.results import headline, headline_metrics, load
+    from maskdm_sweeps.testing import tiny_sweep_spec
+
+    port = free_port()
+    results = tmp_path / "results"
+    spec = tiny_sweep_spec("down", results, {"axes": {"mask.rate": [0.5]}, "baseline": True},
+                           pretrain={"steps": 10}, finetune={"steps": 10},
+                           eval={"num_samples": 16, "batch_size": 16, "sampling_steps": 2, "grid_size": 4},
+                           runtime={"log_every_steps": 5, "checkpoint_every_steps": 5})
+    spec["tracking"] = {"mlflow_uri": f"http://127.0.0.1:{port}"}  # nothing listens there yet
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    env = {**os.environ, "MASKDM_CACHE": str(tmp_path / "cache"), "RAY_AUTH_MODE": "disabled"}
+    run = subprocess.run([str(BIN / "maskdm-sweep"), "run", str(tmp_path / "spec.yaml")], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert list(results.rglob(BUFFER_FILE)), "nothing was buffered"
+
+    server = start_server(tmp_path, port)
+    try:
+        sync = subprocess.run([str(BIN / "maskdm-sweep"), "sync", str(results)], capture_output=True, text=True,
+                              env=env, timeout=300)
+        print(sync.stdout)
+        assert sync.returncode == 0, sync.stdout + sync.stderr
+        assert not list(results.rglob(BUFFER_FILE))
+        c = MlflowClient(f"http://127.0.0.1:{port}")
+        assert c.search_runs(["0"]) == []  # nothing in Default
+        runs = c.search_runs([c.get_experiment_by_name("down").experiment_id], max_results=100)
+        (parent,) = [r for r in runs if r.data.tags.get("kind") == "sweep"]
+        assert parent.info.status == "FINISHED"
+        files = {a.path for a in c.list_artifacts(parent.info.run_id)}
+        assert {"spec.resolved.yaml", "plan.json", "report.md", "trials.parquet", "curves.parquet", "plots"} <= files
+        sweep_dir = results / "down"
+        answer = headline_metrics(headline(sweep_dir, *load(sweep_dir))[0])
+        assert answer and parent.data.metrics == pytest.approx(answer)
+        children = [r for r in runs if r is not parent]
+        assert sorted(r.data.tags["stage"] for r in children) == ["finetune", "finetune", "pretrain"]
+        for child in children:
+            assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id and child.info.status == "FINISHED"
+            assert [m.step for m in c.get_metric_history(child.info.run_id, "train/loss")] == [5, 10]
+    finally:
+        stop_server(server)

@@ -1,12 +1,20 @@
-"""Where runs go: the tracking URI, the experiment, and fast failure when a server is away."""
+"""Where runs go: the tracking URI, the experiment, and fast failure when a server is away.
+
+The store, each experiment and each run are created once: creators of one results root take turns under
+``<results root>/.mlflow.lock`` (two drivers of two sweeps creating ``mlflow.db`` at once otherwise race in its
+migrations, and the loser's runs had nowhere to go).
+"""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from ..layout import MLFLOW_ARTIFACTS_DIR, MLFLOW_DB, relative_path
+from ..layout import MLFLOW_ARTIFACTS_DIR, MLFLOW_DB, mlflow_lock, relative_path
 
 # a tracking server that is down must not stall training for minutes of HTTP retries: fail fast, buffer, replay
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -18,38 +26,78 @@ def default_tracking_uri(results_root: Path) -> str:
     return f"sqlite:///{Path(results_root).resolve() / MLFLOW_DB}"
 
 
-def portable_target(uri: str, stage_dir: Path) -> dict[str, str]:
-    """How a stage run's files record ``uri``: the default store of a results root above ``stage_dir`` as a path
-    relative to the stage run (``{"store": "../../mlflow.db"}``: a moved results root uses its own store), any other
+def portable_target(uri: str, run_dir: Path) -> dict[str, str]:
+    """How a run directory's files record ``uri``: the default store of a results root above ``run_dir`` as a path
+    relative to it (``{"store": "../../mlflow.db"}``: a moved or copied results root uses its own store), any other
     store as its URI (``{"uri": ...}``)."""
-    stage_dir = Path(stage_dir).resolve()
-    for root in stage_dir.parents:
+    run_dir = Path(run_dir).resolve()
+    for root in run_dir.parents:
         if uri == default_tracking_uri(root):
-            return {"store": relative_path(root / MLFLOW_DB, stage_dir)}
+            return {"store": relative_path(root / MLFLOW_DB, run_dir)}
     return {"uri": uri}
 
 
-def target_uri(target: dict, stage_dir: Path) -> str:
-    """The tracking URI a ``mlflow_target.json`` names, its ``store`` (where the stage run is now) first."""
+def target_uri(target: dict, run_dir: Path) -> str:
+    """The tracking URI a ``mlflow_target.json`` names: its ``store`` (where the run directory is now) first."""
     if target.get("store"):
-        return f"sqlite:///{(Path(stage_dir).resolve() / target['store']).resolve()}"
+        return f"sqlite:///{(Path(run_dir).resolve() / target['store']).resolve()}"
     return target["uri"]
 
 
-def client(uri: str):
+@contextmanager
+def store_lock(results_root: Path) -> Iterator[None]:
+    """Held while the store, an experiment or a run of ``results_root`` is created; the OS frees it when a holder
+    dies. Not re-entrant: a holder must not take it again."""
+    path = mlflow_lock(results_root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+_READY_STORES: set[str] = set()  # database stores this process has opened (and so created, when new)
+
+
+def client(uri: str, results_root: Path):
+    """An ``MlflowClient``; a database store is opened the first time under the lock, because opening a new one
+    creates its tables."""
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=uri)
+    if uri.startswith("http") or uri in _READY_STORES:
+        return MlflowClient(tracking_uri=uri)
+    with store_lock(results_root):
+        c = MlflowClient(tracking_uri=uri)  # MLflow caches the store per URI: later clients reuse it
+    _READY_STORES.add(uri)
+    return c
 
 
 def ensure_experiment(uri: str, name: str, results_root: Path) -> str:
-    """The id of experiment ``name``, created with artifacts under ``<results root>/mlartifacts`` for local stores."""
-    c = client(uri)
+    """The id of experiment ``name``, created once (under the lock) with artifacts under
+    ``<results root>/mlartifacts`` for local stores."""
+    c = client(uri, results_root)
+    found = c.get_experiment_by_name(name)  # without the lock: an unreachable server fails here, holding nothing
+    if found is not None:
+        return found.experiment_id
+    with store_lock(results_root):
+        return experiment_id_locked(c, uri, name, results_root)
+
+
+def experiment_id_locked(c, uri: str, name: str, results_root: Path) -> str:
+    """:func:`ensure_experiment` for a caller that holds the lock."""
     found = c.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
     location = None if uri.startswith("http") else (Path(results_root).resolve() / MLFLOW_ARTIFACTS_DIR / name).as_uri()
-    return c.create_experiment(name, artifact_location=location)
+    try:
+        return c.create_experiment(name, artifact_location=location)
+    except Exception:  # a driver of another results root, on the same server, created it meanwhile
+        found = c.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
 
 
 def git_commit(cwd: Path | None = None) -> str:
