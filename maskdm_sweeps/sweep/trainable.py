@@ -9,7 +9,6 @@ rotated away errored the trial on resume.)
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -100,11 +99,10 @@ def serve_pretraining(ctx: SweepContext, trial: TrialPlan, asked: list[int] = ()
     """
     layout, key, length = ctx.plan.layout, trial.pretrain_key, trial.config.pretrain.steps
     asked = sorted(set(asked) | {length})
-    while layout.milestone_line(key, length) is None:
-        job = _job_serving(layout, key, length, asked)
+    while (job := _job_serving(layout, key, length, asked)) is not None:
         with LineLock(StageRun(job.path)):  # blocks while another process trains this line
             again = _job_serving(layout, key, length, asked)
-            if layout.milestone_line(key, length) is not None or again.unit != job.unit:
+            if again is None or again.unit != job.unit:
                 continue  # served meanwhile, or better served by another line now
             if again.branch_from is not None:
                 start_branch(layout, again)
@@ -115,8 +113,16 @@ def serve_pretraining(ctx: SweepContext, trial: TrialPlan, asked: list[int] = ()
     return layout.milestone_line(key, length).milestone(length)
 
 
-def _job_serving(layout, key: str, length: int, asked: list[int]) -> LineJob:
+def _job_serving(layout, key: str, length: int, asked: list[int]) -> LineJob | None:
+    """The job that trains ``length`` now; None once a line keeps it (another process may have trained it meanwhile).
+
+    A kept length has no job: looking one up anyway raised ``StopIteration``, which, escaping a Tune function
+    trainable, ends its thread as if the function had returned but without the final report Tune waits for, so Tune
+    failed the trial with "Should not have reached here".
+    """
     jobs, serving = plan_lines(layout, key, asked)
+    if serving[length].how == "kept":
+        return None
     return next(job for job in jobs if job.unit == serving[length].unit)
 
 
@@ -129,13 +135,21 @@ def start_branch(layout, job: LineJob) -> None:
     write_json(run.branch, {"parent": str(parent.path), "from_step": step})
 
 
-@contextmanager
-def _stops_quietly():
-    """A stage stopped on request ends its Tune trial normally: no error, so no retry (``resume`` continues it)."""
-    try:
-        yield
-    except StageInterrupted:
-        pass
+class _stops_quietly:  # noqa: N801 (used like a function: ``with _stops_quietly():``)
+    """A stage stopped on request ends its Tune trial normally: no error, so no retry (``resume`` continues it).
+
+    A ``StopIteration`` is turned into an error: Ray's runner thread takes it for a normal end and drops the trial's
+    last report, so Tune would fail the trial with "Should not have reached here" instead of the real traceback. (A
+    class, not ``@contextmanager``: contextlib gives back the ``StopIteration`` that a ``RuntimeError`` wraps.)
+    """
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, err, tb) -> bool:
+        if kind is not None and issubclass(kind, StopIteration):
+            raise RuntimeError(f"StopIteration escaped the trial's function: {err!r}") from err
+        return kind is not None and issubclass(kind, StageInterrupted)
 
 
 def trial_trainable(params: dict[str, Any], ctx: SweepContext) -> None:
