@@ -22,7 +22,7 @@ from ..trainer.config import affects_pretraining
 from .events import append_event, read_events
 from .interrupt import InterruptHandler
 from .lock import DriverLock
-from .milestones import plan_lines
+from .milestones import asks_of, plan_lines
 from .progress import STATUS_EVERY_SECONDS, progress_callbacks, sweep_progress
 from .context import SweepContext
 from .trainable import first_phase_trainable, trial_trainable
@@ -228,7 +228,7 @@ def run_sweep(plan: SweepPlan, address: str | None = None, resume: bool = False,
 
     Raises :class:`~maskdm_sweeps.sweep.lock.SweepLocked` before anything starts when another driver runs the sweep.
     """
-    with DriverLock(plan.layout):
+    with DriverLock(plan.layout), asks_of(plan):
         try:
             return _run_locked(plan, address, resume, track, reporters, status_every)
         except ClusterTooSmall:

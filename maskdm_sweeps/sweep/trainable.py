@@ -21,7 +21,7 @@ from .context import SweepContext
 from .events import append_event
 from .interrupt import StageInterrupted
 from .lock import LineLock
-from .milestones import MAIN, LineJob, plan_lines
+from .milestones import MAIN, Asking, KeptLengths, LineJob, plan_lines
 from .stage import limit_threads, train_stage
 from .workers import StageJob, run_stage_on_workers
 
@@ -31,7 +31,8 @@ def run_stage(ctx: SweepContext, trial: TrialPlan, stage: str, stage_dir: Path, 
 
     One worker trains in this process; several (``resources.workers > 1``) in a Ray Train group (see ``workers``).
     A pre-training line whose ``result.json`` is of a shorter length than ``trial``'s is extended: it resumes from
-    its newest checkpoint, keeping ``milestones`` on the way.
+    its newest checkpoint, keeping ``milestones`` on the way, and every length other processes ask of its run
+    meanwhile (:class:`~maskdm_sweeps.sweep.milestones.KeptLengths`).
     """
     run = StageRun(stage_dir)
     done = read_json(run.result) if run.finished() else None
@@ -44,12 +45,15 @@ def run_stage(ctx: SweepContext, trial: TrialPlan, stage: str, stage_dir: Path, 
     append_event(sweep_dir, "stage_start", stage=stage, trial_id=trial.trial_id, key=key,
                  from_step=resumed[0]["step"] if resumed else 0, pid=os.getpid(),
                  to_step=getattr(trial.config, stage).steps, **({"milestones": list(milestones)} if milestones else {}))
+    keeps = KeptLengths(ctx.plan.layout.pretrain(trial.pretrain_key), milestones) if stage == "pretrain" else None
     try:
-        if ctx.plan.spec.resources.workers > 1:
-            run_stage_on_workers(StageJob(ctx, trial, stage, stage_dir, init, key, milestones))
+        if ctx.plan.spec.resources.workers > 1:  # every rank must save at the same steps: the asks known now, fixed
+            fixed = tuple(sorted(keeps.now())) if keeps is not None else milestones
+            run_stage_on_workers(StageJob(ctx, trial, stage, stage_dir, init, key, fixed))
             result = read_json(run.result)  # written by rank 0
         else:
-            result = train_stage(ctx, trial, stage, stage_dir, init, milestones=milestones, key=key).to_json()
+            result = train_stage(ctx, trial, stage, stage_dir, init, milestones=keeps if keeps is not None
+                                 else milestones, key=key).to_json()
     except StageInterrupted as stop:
         append_event(sweep_dir, "stage_interrupted", stage=stage, trial_id=trial.trial_id, key=key, step=stop.step)
         raise
@@ -99,17 +103,19 @@ def serve_pretraining(ctx: SweepContext, trial: TrialPlan, asked: list[int] = ()
     """
     layout, key, length = ctx.plan.layout, trial.pretrain_key, trial.config.pretrain.steps
     asked = sorted(set(asked) | {length})
-    while (job := _job_serving(layout, key, length, asked)) is not None:
-        with LineLock(StageRun(job.path)):  # blocks while another process trains this line
-            again = _job_serving(layout, key, length, asked)
-            if again is None or again.unit != job.unit:
-                continue  # served meanwhile, or better served by another line now
-            if again.branch_from is not None:
-                start_branch(layout, again)
-            line_trial = replace(trial, config=with_pretrain_steps(trial.config, again.target))
-            run_stage(ctx, line_trial, "pretrain", again.path, None, again.unit, tuple(again.milestones))
-            if layout.milestone_line(key, length) is None:
-                raise RuntimeError(f"pre-training {again.unit} ended without keeping step {length}")
+    # asked first: a process training the line now keeps this length on its way, so the wait below ends served
+    with Asking(layout, key, [length]):
+        while (job := _job_serving(layout, key, length, asked)) is not None:
+            with LineLock(StageRun(job.path)):  # blocks while another process trains this line
+                again = _job_serving(layout, key, length, asked)
+                if again is None or again.unit != job.unit:
+                    continue  # served meanwhile, or better served by another line now
+                if again.branch_from is not None:
+                    start_branch(layout, again)
+                line_trial = replace(trial, config=with_pretrain_steps(trial.config, again.target))
+                run_stage(ctx, line_trial, "pretrain", again.path, None, again.unit, tuple(again.milestones))
+                if layout.milestone_line(key, length) is None:
+                    raise RuntimeError(f"pre-training {again.unit} ended without keeping step {length}")
     return layout.milestone_line(key, length).milestone(length)
 
 
