@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Container
 
 from ..layout import StageRun, read_json, write_json
 from ..sweepspec.expand import TrialPlan, with_pretrain_steps
@@ -45,15 +45,16 @@ def run_stage(ctx: SweepContext, trial: TrialPlan, stage: str, stage_dir: Path, 
     append_event(sweep_dir, "stage_start", stage=stage, trial_id=trial.trial_id, key=key,
                  from_step=resumed[0]["step"] if resumed else 0, pid=os.getpid(),
                  to_step=getattr(trial.config, stage).steps, **({"milestones": list(milestones)} if milestones else {}))
-    keeps = KeptLengths(ctx.plan.layout.pretrain(trial.pretrain_key), milestones) if stage == "pretrain" else None
+    keeps: Container[int] = milestones
+    if stage == "pretrain":
+        keeps = KeptLengths(ctx.plan.layout.pretrain(trial.pretrain_key), milestones)
     try:
         if ctx.plan.spec.resources.workers > 1:  # every rank must save at the same steps: the asks known now, fixed
-            fixed = tuple(sorted(keeps.now())) if keeps is not None else milestones
+            fixed = tuple(sorted(keeps.now())) if isinstance(keeps, KeptLengths) else milestones
             run_stage_on_workers(StageJob(ctx, trial, stage, stage_dir, init, key, fixed))
             result = read_json(run.result)  # written by rank 0
         else:
-            result = train_stage(ctx, trial, stage, stage_dir, init, milestones=keeps if keeps is not None
-                                 else milestones, key=key).to_json()
+            result = train_stage(ctx, trial, stage, stage_dir, init, milestones=keeps, key=key).to_json()
     except StageInterrupted as stop:
         append_event(sweep_dir, "stage_interrupted", stage=stage, trial_id=trial.trial_id, key=key, step=stop.step)
         raise
@@ -122,9 +123,9 @@ def serve_pretraining(ctx: SweepContext, trial: TrialPlan, asked: list[int] = ()
 def _job_serving(layout, key: str, length: int, asked: list[int]) -> LineJob | None:
     """The job that trains ``length`` now; None once a line keeps it (another process may have trained it meanwhile).
 
-    A kept length has no job: looking one up anyway raised ``StopIteration``, which, escaping a Tune function
-    trainable, ends its thread as if the function had returned but without the final report Tune waits for, so Tune
-    failed the trial with "Should not have reached here".
+    A kept length has no job, and looking one up would raise ``StopIteration``: escaping a Tune function trainable,
+    that ends its thread as if the function had returned but without the final report Tune waits for, and Tune fails
+    the trial with "Should not have reached here" (what a unit that waited for another sweep's line did).
     """
     jobs, serving = plan_lines(layout, key, asked)
     if serving[length].how == "kept":
