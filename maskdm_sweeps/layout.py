@@ -8,6 +8,8 @@ One owner for the layout (standard library only, so the trainer may use it too);
                                         asked of it from milestones/, reused and extended by later sweeps
       _pretrain/<key>/branches/<name>/  a line that starts from a kept state of another line (a length asked
                                         for after a longer run had rotated its checkpoint away)
+      _pretrain/<key>/asks/             lengths other processes need of the run (step_<n>.<token>): whichever of
+                                        its lines trains past one keeps it
       <sweep name>/                     one sweep, bound to one resolved spec (plan.json records its hash)
       <sweep name>.replaced-<UTC time>/ a sweep moved aside by ``run --replace`` (nothing is deleted)
         spec.resolved.yaml  plan.json  invocations.json  events.jsonl  .driver.lock  .stop_requested
@@ -69,6 +71,7 @@ MILESTONES_DIR = "milestones"  # a pre-training's states at the lengths trials a
 BRANCHES_DIR = "branches"
 BRANCH_FILE = "branch.json"  # a branch line: the line and step it started from
 TRAIN_LOCK = ".train.lock"  # held (fcntl) by the one process that trains a line
+ASKS_DIR = "asks"  # on a run's main line: one file per length a process needs of the run while another trains it
 SAMPLES_DIR = "samples"
 DIVERGED = "diverged.json"
 DRIVER_LOCK = ".driver.lock"  # held (fcntl) by the one run or resume driving the sweep
@@ -184,6 +187,23 @@ class StageRun:
     @property
     def train_lock(self) -> Path:
         return self.path / TRAIN_LOCK
+
+    @property
+    def asks(self) -> Path:
+        """On a run's main line: the lengths processes wait for, which any line of the run keeps as it passes them."""
+        return self.path / ASKS_DIR
+
+    def ask(self, step: int, token: str) -> Path:
+        """One process's ask for the state at ``step`` (``token`` tells the askers apart; each removes its own)."""
+        return self.asks / f"step_{step:09d}.{token}"
+
+    def asked_files(self) -> list[Path]:
+        """The asks made of the run now, one file per asking process and length."""
+        return sorted(self.asks.glob("step_*.*")) if self.asks.is_dir() else []
+
+    def asked_steps(self) -> set[int]:
+        """Every length asked of the run now."""
+        return {int(p.name.split(".")[0].split("_")[1]) for p in self.asked_files()}
 
     def finished(self) -> bool:
         return self.result.exists()

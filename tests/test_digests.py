@@ -95,7 +95,8 @@ def test_a_finetuning_records_the_digest_of_the_state_it_started_from(line, tmp_
     expected = sha256(milestone)
     (params,) = [r["values"] for r in map(json.loads, (tmp_path / "ft.jsonl").read_text().splitlines())
                  if r["kind"] == "params"]
-    assert params["init_sha256"] == expected and params["init_checkpoint"] == str(milestone)  # -> MLflow params
+    assert params["init_sha256"] == expected  # -> MLflow params, with the file relative to the run (movable)
+    assert (tmp_path / "ft" / params["init_checkpoint"]).resolve() == milestone.resolve()
     assert result.init_sha256 == expected
     assert json.loads((tmp_path / "ft" / "result.json").read_text())["init_sha256"] == expected
     # resumed (the stage asked for more steps), it keeps the digest it started from, without reading the file again

@@ -1,5 +1,6 @@
 """Pre-trainings shared by prefix: the state at step n of a longer run is the n-step run, bit for bit; which line
-serves which length; milestones outlive the checkpoint rotation; a schedule that depends on the length is not shared.
+serves which length; milestones outlive the checkpoint rotation; a schedule that depends on the length is not shared;
+a line keeps the lengths other processes ask of its run, also while it trains.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ import pytest
 import torch
 
 from maskdm_sweeps.layout import SweepDir
-from maskdm_sweeps.sweep.milestones import MAIN, LineState, plan_lines
+from maskdm_sweeps.sweep.milestones import MAIN, Asking, KeptLengths, LineState, plan_lines
 from maskdm_sweeps.sweepspec import SweepSpec, build_plan
 from maskdm_sweeps.testing import tiny_trial_config
-from maskdm_sweeps.trainer import fit
+from maskdm_sweeps.trainer import NullReporter, fit
 from maskdm_sweeps.trainer.checkpoint import list_checkpoints, load_checkpoint
 from maskdm_sweeps.trainer.lr_schedule import learning_rate
 
@@ -177,3 +178,28 @@ def test_a_milestone_whose_checkpoint_was_written_before_a_crash_is_kept_on_resu
         assert same_tensors(load_checkpoint(run / "milestones" / f"step_{step:09d}.pt")["model"],
                             load_checkpoint(long_run / "milestones" / f"step_{step:09d}.pt")["model"])
         assert (run / "milestones" / f"step_{step:09d}.json").exists()
+
+
+class AsksAt(NullReporter):
+    """Another process, as the trainer sees it: it asks for ``length`` of the run once the trainer reports ``step``."""
+
+    def __init__(self, layout: SweepDir, key: str, step: int, length: int):
+        self.layout, self.key, self.step, self.length, self.asking = layout, key, step, length, None
+
+    def metrics(self, step: int, values: dict) -> None:
+        if step >= self.step and self.asking is None:
+            self.asking = Asking(self.layout, self.key, [self.length]).__enter__()
+
+
+def test_a_line_keeps_a_length_asked_while_it_trains_and_one_asked_before_it_started(tmp_path):
+    layout = SweepDir(tmp_path, "sweep")
+    main = layout.pretrain("key")
+    settings = pretraining(30, batch_size=8)
+    config = tiny_trial_config(**{**settings, "runtime": {**settings["runtime"], "log_every_steps": 1}})
+    asker = AsksAt(layout, "key", step=5, length=20)
+    with Asking(layout, "key", [10]) as before:
+        fit(config, "pretrain", main.path, asker, milestones=KeptLengths(main, [30], refresh=0.0))
+    assert main.milestone_steps() == [10, 20, 30]
+    assert [p.name for p in main.asked_files()] == [asker.asking.files[0].name]  # each asker withdraws its own
+    asker.asking.__exit__(None, None, None)
+    assert not main.asked_files() and before.files

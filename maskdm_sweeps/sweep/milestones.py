@@ -12,16 +12,28 @@ optimizer, generators) and trains the rest of the way: the same steps, trained a
 
 :func:`plan_lines` decides, from what is on disk, the cheapest way to serve every asked length: the fewest steps to
 train, each line extended at most once. It is pure (no training, no ray): ``plan`` prints it, ``run`` executes it.
+
+Processes that need lengths of a run while another one trains it (two sweeps on one results root) say so in the run's
+``asks/`` (:class:`Asking`), and the training process keeps every asked length it passes (:class:`KeptLengths`): asks
+of 30 and 40 steps made at once train one line to 40 that keeps 30, not a line to 40 and then a branch to 30.
 """
 
 from __future__ import annotations
 
+import os
+import socket
+import time
+import uuid
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Iterable, Literal
 
-from ..layout import StageRun, SweepDir
+from ..layout import StageRun, SweepDir, write_json
 from ..trainer.checkpoint import list_checkpoints
+
+if TYPE_CHECKING:
+    from ..sweepspec.expand import SweepPlan
 
 MAIN = "main"
 
@@ -136,3 +148,57 @@ def _cheapest_job(layout: SweepDir, key: str, length: int, lines: list[LineState
     options.append((length - start, 2, LineJob(key, name, layout.pretrain_branch(key, name).path, start, start,
                                                branch_from=(parent, start) if start else None)))
     return min(options, key=lambda o: (o[0], o[1]))[2]
+
+
+class Asking:
+    """``with Asking(layout, key, lengths):`` the lengths this process needs of pre-training ``key``, asked where
+    a process training any line of it sees them (one file each under the run's ``asks/``, removed on exit)."""
+
+    def __init__(self, layout: SweepDir, key: str, lengths: Iterable[int]):
+        token = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.files = [layout.pretrain(key).ask(n, token) for n in sorted(set(lengths))]
+
+    def __enter__(self) -> "Asking":
+        for path in self.files:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_json(path, {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()})
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for path in self.files:
+            path.unlink(missing_ok=True)
+
+
+class KeptLengths:
+    """The lengths a training line keeps: its ``planned`` milestones, and every length asked of its run (``main``:
+    the run's main line, which holds the asks) by the time the line reaches it. The trainer's ``fit(milestones=...)``
+    only asks ``step in`` it; the asks are re-read at most every ``refresh`` seconds."""
+
+    def __init__(self, main: StageRun, planned: Iterable[int], refresh: float = 1.0):
+        self.main, self.planned, self.refresh = main, frozenset(planned), refresh
+        self._asked: set[int] = set()
+        self._read_at = -float("inf")
+
+    def __contains__(self, step: object) -> bool:
+        if step in self.planned:
+            return True
+        if time.monotonic() - self._read_at >= self.refresh:
+            self._asked |= self.main.asked_steps()  # only grows: an ask withdrawn meanwhile is kept all the same
+            self._read_at = time.monotonic()
+        return step in self._asked
+
+    def now(self) -> frozenset[int]:
+        """The lengths known now, fixed (for data-parallel ranks, which must all save at the same steps)."""
+        return self.planned | self.main.asked_steps()
+
+
+def asks_of(plan: "SweepPlan") -> ExitStack:
+    """The lengths of shared pre-trainings that ``plan`` needs and no line keeps yet, asked for as long as the
+    returned stack is open: a sweep started beside this one that trains one of those runs keeps them on its way,
+    instead of this sweep branching off the run afterwards."""
+    stack = ExitStack()
+    for key, pre in plan.pretrains.items():
+        missing = [n for n in pre.asked if plan.milestone(key, n) is None]
+        if missing:
+            stack.enter_context(Asking(plan.layout, key, missing))
+    return stack

@@ -25,7 +25,7 @@ from .events import append_event, read_events
 from .failures import SweepStorageError, stage_storage_failure, storage_problem
 from .interrupt import InterruptHandler
 from .lock import DriverLock
-from .milestones import plan_lines
+from .milestones import asks_of, plan_lines
 from .progress import STATUS_EVERY_SECONDS, progress_callbacks, sweep_progress
 from .context import SweepContext
 from .trainable import first_phase_trainable, trial_trainable
@@ -238,7 +238,7 @@ def run_sweep(plan: SweepPlan, address: str | None = None, resume: bool = False,
     disk filled up (the driver's, or a stage's). Ray's and Tune's own messages go to ``<sweep>/driver.log``.
     """
     check_binding(plan)  # before the lock: nothing is written into a directory bound to another spec
-    with DriverLock(plan.layout):
+    with DriverLock(plan.layout), asks_of(plan):
         earlier_events = len(read_events(plan.sweep_dir))  # what a full disk is looked for after
         try:
             init_ray(address)  # before Ray's messages are sent to driver.log: ray.init clears its logger's handlers

@@ -8,7 +8,7 @@ its own ``report``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Container
 
 from ray import tune
 
@@ -46,7 +46,7 @@ def stage_cost(resources, result: StageResult) -> dict[str, float]:
 
 
 def train_stage(ctx: SweepContext, trial: TrialPlan, stage: str, stage_dir: Path, init: Path | None, rank: int = 0,
-                report: Callable[[dict], None] | None = None, milestones: tuple[int, ...] = (),
+                report: Callable[[dict], None] | None = None, milestones: Container[int] = (),
                 key: str = "") -> StageResult:
     """One rank's part of a stage run through the shared trainer (rank 0 of one: the whole run).
 

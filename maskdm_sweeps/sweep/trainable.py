@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import logging
 import os
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Container
 
 from ..layout import StageRun, read_json, relative_path, write_json
 from ..sweepspec.expand import TrialPlan, with_pretrain_steps
@@ -25,7 +25,7 @@ from .events import append_event
 from .failures import NotRetried, earlier_final_failure, final_fields
 from .interrupt import StageInterrupted
 from .lock import LineLock
-from .milestones import MAIN, LineJob, plan_lines
+from .milestones import MAIN, Asking, KeptLengths, LineJob, plan_lines
 from .notices import capture_notices
 from .stage import limit_threads, train_stage
 from .workers import StageJob, run_stage_on_workers
@@ -42,7 +42,9 @@ def run_stage(ctx: SweepContext, trial: TrialPlan, stage: str, stage_dir: Path, 
     ``stage_error`` event; Tune's retry then raises :class:`~maskdm_sweeps.sweep.failures.NotRetried` here before
     starting (see ``failures``).
     A pre-training line whose ``result.json`` is of a shorter length than ``trial``'s, or that lacks one of
-    ``milestones`` (one found corrupt and set aside), resumes from its newest checkpoint, keeping ``milestones``.
+    ``milestones`` (one found corrupt and set aside), resumes from its newest checkpoint, keeping ``milestones`` on
+    the way, and every length other processes ask of its run meanwhile
+    (:class:`~maskdm_sweeps.sweep.milestones.KeptLengths`).
     """
     run = StageRun(stage_dir)
     done = read_json(run.result) if run.finished() else None
@@ -59,12 +61,16 @@ def run_stage(ctx: SweepContext, trial: TrialPlan, stage: str, stage_dir: Path, 
     append_event(sweep_dir, "stage_start", stage=stage, trial_id=trial.trial_id, key=key,
                  from_step=resumed[0]["step"] if resumed else 0, pid=os.getpid(),
                  to_step=getattr(trial.config, stage).steps, **({"milestones": list(milestones)} if milestones else {}))
+    keeps: Container[int] = milestones
+    if stage == "pretrain":
+        keeps = KeptLengths(ctx.plan.layout.pretrain(trial.pretrain_key), milestones)
     try:
-        if ctx.plan.spec.resources.workers > 1:
-            run_stage_on_workers(StageJob(ctx, trial, stage, stage_dir, init, key, milestones))
+        if ctx.plan.spec.resources.workers > 1:  # every rank must save at the same steps: the asks known now, fixed
+            fixed = tuple(sorted(keeps.now())) if isinstance(keeps, KeptLengths) else milestones
+            run_stage_on_workers(StageJob(ctx, trial, stage, stage_dir, init, key, fixed))
             result = read_json(run.result)  # written by rank 0
         else:
-            result = train_stage(ctx, trial, stage, stage_dir, init, milestones=milestones, key=key).to_json()
+            result = train_stage(ctx, trial, stage, stage_dir, init, milestones=keeps, key=key).to_json()
     except StageInterrupted as stop:
         append_event(sweep_dir, "stage_interrupted", stage=stage, trial_id=trial.trial_id, key=key, step=stop.step)
         raise
@@ -116,21 +122,25 @@ def serve_pretraining(ctx: SweepContext, trial: TrialPlan, asked: list[int] = ()
     """
     layout, key, length = ctx.plan.layout, trial.pretrain_key, trial.config.pretrain.steps
     asked = sorted(set(asked) | {length})
-    while not _intact(layout.milestone_line(key, length), length):
-        job = _job_serving(layout, key, length, asked)
-        if job.branch_from is not None and not _intact(_line_named(layout, key, job.branch_from[0]),
-                                                       job.branch_from[1]):
-            continue  # the state it would start from was corrupt: set aside, plan again
-        with LineLock(StageRun(job.path)):  # blocks while another process trains this line
-            again = _job_serving(layout, key, length, asked)
-            if layout.milestone_line(key, length) is not None or again.unit != job.unit:
-                continue  # served meanwhile, or better served by another line now
-            if again.branch_from is not None:
-                start_branch(layout, again)
-            line_trial = replace(trial, config=with_pretrain_steps(trial.config, again.target))
-            run_stage(ctx, line_trial, "pretrain", again.path, None, again.unit, tuple(again.milestones))
-            if layout.milestone_line(key, length) is None:
-                raise RuntimeError(f"pre-training {again.unit} ended without keeping step {length}")
+    # asked first: a process training the line now keeps this length on its way, so the wait below ends served
+    with Asking(layout, key, [length]):
+        while not _intact(layout.milestone_line(key, length), length):
+            job = _job_serving(layout, key, length, asked)
+            if job is None:
+                continue  # kept meanwhile (checked above)
+            if job.branch_from is not None and not _intact(_line_named(layout, key, job.branch_from[0]),
+                                                           job.branch_from[1]):
+                continue  # the state it would start from was corrupt: set aside, plan again
+            with LineLock(StageRun(job.path)):  # blocks while another process trains this line
+                again = _job_serving(layout, key, length, asked)
+                if again is None or again.unit != job.unit:
+                    continue  # served meanwhile, or better served by another line now
+                if again.branch_from is not None:
+                    start_branch(layout, again)
+                line_trial = replace(trial, config=with_pretrain_steps(trial.config, again.target))
+                run_stage(ctx, line_trial, "pretrain", again.path, None, again.unit, tuple(again.milestones))
+                if layout.milestone_line(key, length) is None:
+                    raise RuntimeError(f"pre-training {again.unit} ended without keeping step {length}")
     return layout.milestone_line(key, length).milestone(length)
 
 
@@ -163,8 +173,16 @@ def _line_named(layout, key: str, name: str) -> StageRun:
     return layout.pretrain(key) if name == MAIN else layout.pretrain_branch(key, name)
 
 
-def _job_serving(layout, key: str, length: int, asked: list[int]) -> LineJob:
+def _job_serving(layout, key: str, length: int, asked: list[int]) -> LineJob | None:
+    """The job that trains ``length`` now; None once a line keeps it (another process may have trained it meanwhile).
+
+    A kept length has no job, and looking one up would raise ``StopIteration``: escaping a Tune function trainable,
+    that ends its thread as if the function had returned but without the final report Tune waits for, and Tune fails
+    the trial with "Should not have reached here" (what a unit that waited for another sweep's line did).
+    """
     jobs, serving = plan_lines(layout, key, asked)
+    if serving[length].how == "kept":
+        return None
     return next(job for job in jobs if job.unit == serving[length].unit)
 
 
@@ -178,13 +196,21 @@ def start_branch(layout, job: LineJob) -> None:
     write_json(run.branch, {"parent": relative_path(parent.path, run.path), "from_step": step})
 
 
-@contextmanager
-def _stops_quietly():
-    """A stage stopped on request ends its Tune trial normally: no error, so no retry (``resume`` continues it)."""
-    try:
-        yield
-    except StageInterrupted:
-        pass
+class _stops_quietly:  # noqa: N801 (used like a function: ``with _stops_quietly():``)
+    """A stage stopped on request ends its Tune trial normally: no error, so no retry (``resume`` continues it).
+
+    A ``StopIteration`` is turned into an error: Ray's runner thread takes it for a normal end and drops the trial's
+    last report, so Tune would fail the trial with "Should not have reached here" instead of the real traceback. (A
+    class, not ``@contextmanager``: contextlib gives back the ``StopIteration`` that a ``RuntimeError`` wraps.)
+    """
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, err, tb) -> bool:
+        if kind is not None and issubclass(kind, StopIteration):
+            raise RuntimeError(f"StopIteration escaped the trial's function: {err!r}") from err
+        return kind is not None and issubclass(kind, StageInterrupted)
 
 
 def trial_trainable(params: dict[str, Any], ctx: SweepContext) -> None:

@@ -16,7 +16,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Container
 
 import torch
 
@@ -76,7 +76,7 @@ def fit(
     reporter: Reporter | None = None,
     init_checkpoint: Path | None = None,
     parallel: DataParallel | None = None,
-    milestones: Sequence[int] = (),
+    milestones: Container[int] = (),
 ) -> StageResult:
     """Run ``stage`` of the trial described by ``config`` in ``workdir``; resume if it holds a checkpoint.
 
@@ -85,7 +85,8 @@ def fit(
     ``parallel``: this process's rank in a data-parallel group (default: the initialised ``torch.distributed``
     group, if any; else a lone process). Every rank of the group calls ``fit`` alike.
     ``milestones``: steps whose state is kept for good in ``workdir/milestones/`` (never rotated), each with what
-    reaching it cost; a run that resumes from a checkpoint older than ``config``'s length extends itself.
+    reaching it cost; any container (only ``step in milestones`` is asked, at each step: it may learn of new ones
+    while the run trains); a run that resumes from a checkpoint older than ``config``'s length extends itself.
     """
     parallel = parallel or DataParallel.from_process_group()
     run = _StageRun(config, stage, Path(workdir).resolve(), reporter or NullReporter(), init_checkpoint, parallel,
@@ -95,9 +96,9 @@ def fit(
 
 class _StageRun:
     def __init__(self, config: TrialConfig, stage: Stage, workdir: Path, reporter: Reporter, init_checkpoint,
-                 parallel: DataParallel, milestones: Sequence[int] = ()):
+                 parallel: DataParallel, milestones: Container[int] = ()):
         self.config, self.stage, self.workdir, self.reporter = config, stage, workdir, reporter
-        self.milestones = frozenset(milestones)
+        self.milestones = milestones
         self.files = StageRun(workdir)
         self.parallel = parallel
         self.stage_cfg = config.pretrain if stage == "pretrain" else config.finetune
