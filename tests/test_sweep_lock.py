@@ -37,13 +37,12 @@ def test_a_second_driver_is_refused_with_exit_2_naming_the_holder_before_anythin
     layout = SweepDir(tmp_path / "results", "locked")
     with DriverLock(layout):
         layout.resolved_spec.write_text(spec.read_text())  # what `resume` reads
-        started = time.monotonic()
         for command in (["run", str(spec)], ["resume", str(layout.path)]):
             out = subprocess.run([EXE, *command], capture_output=True, text=True, env=env(tmp_path), timeout=120)
             assert out.returncode == 2, out.stderr
             assert f"pid {os.getpid()}" in out.stderr and "another maskdm-sweep driver" in out.stderr, out.stderr
-        assert time.monotonic() - started < 60  # refused before Ray starts
-        assert sorted(p.name for p in layout.path.iterdir()) == [".driver.lock", "spec.resolved.yaml"]  # nothing new
+        # refused before anything starts: no Ray log, no Tune state, no event (tests never time things)
+        assert sorted(p.name for p in layout.path.iterdir()) == [".driver.lock", "spec.resolved.yaml"]
         with pytest.raises(SweepLocked):  # and in-process alike
             DriverLock(layout)
 
