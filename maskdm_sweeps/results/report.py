@@ -325,7 +325,8 @@ def _notices(sweep_dir: Path, trials: pd.DataFrame) -> list[str]:
     if not notices:
         return []
     labels = dict(zip(trials["trial_id"], trials["label"])) if len(trials) else {}
-    lines = ["## Notices", "", f"{len(notices)} things the trial processes noticed while this sweep ran (each once; "
+    things = "thing" if len(notices) == 1 else "things"
+    lines = ["## Notices", "", f"{len(notices)} {things} the trial processes noticed while this sweep ran (each once; "
              "`events.jsonl` holds them with their times):", ""]
     for e in notices:
         unit = str(e.get("unit", "?"))
