@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from maskdm_sweeps.layout import SweepDir, read_json
+from maskdm_sweeps.layout import SweepDir, read_json, read_notices
 from maskdm_sweeps.sweep import read_events, run_sweep
 from maskdm_sweeps.sweepspec import load_spec
 from maskdm_sweeps.sweepspec.expand import with_pretrain_steps
@@ -33,14 +33,6 @@ def lengths_sweep(tmp_path: Path, name: str, output_dir: Path):
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec))
     return load_spec(path)
-
-
-def trial_process_logs() -> str:
-    """What the trial processes of this Ray session wrote to stderr (their warnings among it)."""
-    import ray
-
-    logs = Path(ray._private.worker._global_node.get_logs_dir_path())
-    return "".join(p.read_text(errors="replace") for p in logs.glob("worker-*.err"))
 
 
 def sha256(path: Path) -> str:
@@ -85,11 +77,12 @@ def test_corrupt_milestones_are_set_aside_trained_again_and_fine_tuned_from_as_t
     assert all(again.pretrain_finished(k) for k in again.pretrains)  # on disk, every length looks kept
     outcome = run_sweep(again, track=False)
     assert outcome.exit_code == 0 and not outcome.failed
-    logs = trial_process_logs()
+    notices = [e["message"] for e in read_notices(again.sweep_dir)]
+    assert outcome.notices and all(any(m in line for line in outcome.notices) for m in notices)  # on the driver's output
     for length, how in damage.items():
         path = main.milestone(length)
         # the user is told which file, and what was wrong with it
-        warned = [line for line in logs.splitlines() if f"milestone {path} is unusable" in line]
+        warned = [m for m in notices if f"milestone {path} is unusable" in m]
         assert warned and ("truncated" if how == "truncated" else "sha256") in warned[0], (how, warned)
         assert path.with_name(path.name + ".corrupt").exists(), length  # kept for inspection
         verify_state(again.milestone(key, length))  # kept again, intact
