@@ -50,6 +50,8 @@ IGNORED = {"tune", "events.jsonl", "invocations.json", "spec.resolved.yaml", "ml
 RUN_IDS = {"run_id", "mlflow_run_id"}
 WORKER_COUNT = {"workers", "replica_checksums", "spec_hash",  # the spec holds resources.workers
                 "batch_per_worker", "seed_data", "seed_noise_and_masks"}  # params a data-parallel run adds
+# the digests of state files: the files hold clocks (wall seconds) and weights equal only within float tolerance
+DIGESTS = {"sha256", "init_sha256", "pretrain_sha256", "bytes"}
 REL = 1e-2  # numbers that follow from weights equal within float tolerance (losses, FID)
 
 
@@ -59,7 +61,7 @@ def _is_clock(name: str) -> bool:
 
 def _is_masked(name: str) -> bool:
     """Whether a field, column, param or metric ``name`` may differ between the two runs."""
-    return _is_clock(name) or name in RUN_IDS or name in WORKER_COUNT \
+    return _is_clock(name) or name in RUN_IDS or name in WORKER_COUNT or name in DIGESTS \
         or name.endswith(("_per_trial", "_billed"))  # the devices a trial holds: one per worker
 RUN_ID = re.compile(r"\b[0-9a-f]{32}\b")
 NUMBER = re.compile(r"\d+(?:\.\d+)?(?:e[-+]?\d+)?")
