@@ -44,7 +44,7 @@ SPEC = {
     "resources": {"gpus": 0, "cpus": 1, "max_failures": 1},
 }
 # runner state and the MLflow database, not results (the MLflow runs are compared through MLflow below)
-IGNORED = {"tune", "events.jsonl", "invocations.json", "spec.resolved.yaml", "mlflow.db"}
+IGNORED = {"tune", "events.jsonl", "invocations.json", "spec.resolved.yaml", "mlflow.db", "driver.log"}  # logs: clocks
 # What may differ between the two runs (fields, columns, params, metrics): clocks and what follows from them
 # (wall seconds, images per second, device hours), run ids, and what counts the workers.
 RUN_IDS = {"run_id", "mlflow_run_id"}
