@@ -246,54 +246,39 @@ def _cmd_sync(args: argparse.Namespace) -> int:
     return 1 if any(left.values()) else 0
 
 
-def _cmd_ui(args: argparse.Namespace) -> int:
-    import os
-    import subprocess
+def _experiment_of(sweep_dir: Path) -> str | None:
+    """The MLflow experiment of the sweep in ``sweep_dir``; None when its spec cannot be read (the UI still serves
+    the store, on the list of experiments)."""
+    from .layout import SweepDirError
+    from .sweepspec import SpecError
+    from .sweepspec.binding import load_sweep_dir
 
+    try:
+        spec = load_sweep_dir(sweep_dir, check_paths=False).spec
+    except (SweepDirError, SpecError):
+        return None
+    return spec.tracking.experiment or spec.name
+
+
+def _cmd_ui(args: argparse.Namespace) -> int:
     from .layout import MLFLOW_DB, RESOLVED_SPEC
     from .tracking import default_tracking_uri
+    from .tracking.ui import mark_sweeps_as_training, runs_page, serve, start_server, ui_address
 
-    root = Path(args.dir)
+    root, sweep = Path(args.dir), None
     if (root / RESOLVED_SPEC).exists():  # a sweep directory: its store is in the results root above it
-        root = root.parent
+        root, sweep = root.parent, _experiment_of(root)
     uri = default_tracking_uri(root)
     if not (root / MLFLOW_DB).exists():
         print(f"error: no MLflow store at {root / MLFLOW_DB}", file=sys.stderr)
         return 2
-    print(f"MLflow UI for {uri}\n  open http://127.0.0.1:{args.port}  (Ctrl-C to stop)", flush=True)
-    cmd = [str(Path(sys.executable).with_name("mlflow")), "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
-           "--port", str(args.port), "--workers", "1"]
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    return _serve(subprocess.Popen(cmd, env=env, start_new_session=True))
-
-
-def _serve(server) -> int:
-    """Wait for the UI server; SIGTERM or SIGINT to this process is passed on to the server's whole process group
-    (mlflow ui runs a uvicorn child), and we wait for it to end: nothing is left listening. Exit 0 when stopped."""
-    import os
-    import signal
-
-    stopping = []
-
-    def stop(signum, frame) -> None:
-        stopping.append(signum)
-        try:
-            os.killpg(server.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        while True:
-            try:
-                code = server.wait(timeout=0.5)
-                break
-            except Exception:  # subprocess.TimeoutExpired: keep waiting (signals run their handler meanwhile)
-                continue
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    return 0 if stopping else code
+    experiments = mark_sweeps_as_training(uri, root)
+    if sweep is None and len(experiments) == 1:  # a results root of one sweep: its runs
+        sweep = next(iter(experiments))
+    url = runs_page(args.port, experiments.get(sweep) if sweep else None)
+    what = f"the runs of sweep {sweep}" if sweep in experiments else "the sweeps' experiments"
+    print(f"MLflow UI for {uri} on {ui_address(args.port)}\n  {what}: {url}  (Ctrl-C to stop)", flush=True)
+    return serve(start_server(uri, args.port), args.port, url if args.open else None)
 
 
 def _add_spec_args(p: argparse.ArgumentParser, smoke: bool = True) -> None:
@@ -370,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("dir", type=Path, nargs="?", default=Path("results"),
                     help="results root or sweep directory (default: %(default)s)")
     ui.add_argument("--port", type=int, default=5000, help="port (default: %(default)s)")
+    ui.add_argument("--open", action="store_true", help="open the sweep's runs in a browser once the UI is up "
+                    "($BROWSER, or what Python's webbrowser finds)")
     ui.set_defaults(func=_cmd_ui)
     train = sub.add_parser(
         "train",

@@ -20,6 +20,11 @@ from ..layout import MLFLOW_ARTIFACTS_DIR, MLFLOW_DB, mlflow_lock, relative_path
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
 
+# MLflow 3's experiment kind tag: its UI reads it to tell model training from GenAI work (traces, prompts)
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"  # shown as "Machine learning" in the UI; GenAI is "genai_development"
+UNCHOSEN_KINDS = {"", "no_inferred_type", "genai_development_inferred", "custom_model_development_inferred"}
+
 
 def default_tracking_uri(results_root: Path) -> str:
     """``sqlite:///<absolute results root>/mlflow.db`` (MLflow refuses the ./mlruns file store)."""
@@ -92,12 +97,21 @@ def experiment_id_locked(c, uri: str, name: str, results_root: Path) -> str:
         return found.experiment_id
     location = None if uri.startswith("http") else (Path(results_root).resolve() / MLFLOW_ARTIFACTS_DIR / name).as_uri()
     try:
-        return c.create_experiment(name, artifact_location=location)
+        return c.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
     except Exception:  # a driver of another results root, on the same server, created it meanwhile
         found = c.get_experiment_by_name(name)
         if found is None:
             raise
         return found.experiment_id
+
+
+def mark_model_training(c, experiment_id: str) -> bool:
+    """Tag experiment ``experiment_id`` as model training unless someone chose its kind (a sweep made before
+    sweeps tagged theirs has none, or one the UI guessed); True when it was tagged now."""
+    if c.get_experiment(experiment_id).tags.get(EXPERIMENT_KIND_TAG, "") not in UNCHOSEN_KINDS:
+        return False
+    c.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+    return True
 
 
 def git_commit(cwd: Path | None = None) -> str:
