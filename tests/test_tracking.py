@@ -3,6 +3,7 @@
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -75,6 +76,8 @@ def test_parent_and_child_runs_nest_with_params_tags_metrics_and_artifacts(track
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(children) == len(runs) - 1 == 2 + 3  # two shared pre-trainings, three fine-tunings
     assert parent.data.tags["spec_hash"] == plan.spec_hash and parent.data.tags["git_commit"]
+    # the sweep made its experiment as model training (MLflow's UI tells it from GenAI work by this tag)
+    assert c.get_experiment(parent.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
     assert {a.path for a in c.list_artifacts(parent.info.run_id)} >= {"spec.resolved.yaml", "plan.json"}
     # the sweep's answer on the parent run: each arm's target (the baseline's final FID) as the report has it
     from maskdm_sweeps.results import headline, load
@@ -175,7 +178,7 @@ def _free_port() -> int:
 
 @pytest.fixture
 def ui_url(tracked, tmp_path):
-    """``maskdm-sweep ui <sweep dir> --port P`` running; yields its URL."""
+    """``maskdm-sweep ui <sweep dir> --port P`` running; yields the URL it prints for the sweep's runs."""
     port = _free_port()
     log = tmp_path / "ui.log"
     proc = subprocess.Popen([str(Path(sys.executable).parent / "maskdm-sweep"), "ui", str(tracked.sweep_dir),
@@ -192,8 +195,10 @@ def ui_url(tracked, tmp_path):
                 pass
             assert proc.poll() is None and time.time() < deadline, f"the UI did not come up: {log.read_text()}"
             time.sleep(0.5)
-        assert f"http://127.0.0.1:{port}" in log.read_text()  # the command prints its URL
-        yield f"http://127.0.0.1:{port}"
+        printed = re.search(rf"the runs of sweep {tracked.spec.name}: (http://127\.0\.0\.1:{port}/\S+)",
+                            log.read_text())
+        assert printed, log.read_text()  # the command prints where the sweep's runs are
+        yield printed.group(1)
     finally:
         proc.terminate()  # SIGTERM to `maskdm-sweep ui` alone: it stops its server and waits for it
         assert proc.wait(timeout=60) == 0
@@ -236,8 +241,13 @@ def test_mlflow_ui_shows_the_sweep_with_nested_runs_and_fid(tracked, ui_url, bro
     wait = WebDriverWait(browser, 90)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
 
-    # 1. The runs table: only the parent at first; its expander shows every child under it.
-    browser.get(f"{ui_url}/#/experiments/{parent.info.experiment_id}/runs")
+    # 0. The sweep's experiment is marked as model training, and the printed URL is its runs page in the UI's
+    # model-training view (the bare address opens on MLflow's GenAI overview instead).
+    assert c.get_experiment(parent.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert ui_url.endswith(f"/#/experiments/{parent.info.experiment_id}/runs?workflowType=machine_learning")
+
+    # 1. Where the printed URL lands, the runs table lists the parent alone; its expander shows every child under it.
+    browser.get(ui_url)
 
     def run_links() -> list[str]:
         return [a.text for a in browser.find_elements(By.CSS_SELECTOR, "a[href*='/runs/']") if a.text]

@@ -1,4 +1,4 @@
-"""``python -m maskdm_sweeps.docgen [--check]``: rewrite (or check) the README's generated sections and the schema."""
+"""``python -m maskdm_sweeps.docgen [--check]``: rewrite (or check) the docs' generated sections and the schema."""
 
 import sys
 

@@ -1,7 +1,8 @@
-"""The README's generated sections and the JSON Schema file: render them, tell what is stale, rewrite it.
+"""The documentation's generated sections and the JSON Schema file: render them, tell what is stale, rewrite it.
 
-The README holds each generated section between ``<!-- BEGIN name -->`` / ``<!-- END name -->`` markers; other
-markers are left alone. This module also renders the CLI's ``--help`` texts (``cli.build_parser()``).
+A page under ``docs/`` holds each generated section between ``<!-- BEGIN name -->`` / ``<!-- END name -->`` markers
+(:data:`PAGES` says which page holds which); other markers are left alone. This module also renders the CLI's
+``--help`` texts (``cli.build_parser()``).
 """
 
 from __future__ import annotations
@@ -14,15 +15,17 @@ from pathlib import Path
 from typing import Callable
 
 from .columns import results_columns_markdown
+from .modules import module_table_markdown
 from .spec_reference import json_schema_text, spec_reference_markdown
 
 ROOT = Path(__file__).resolve().parents[2]
 README = "README.md"
+DESIGN = "docs/design.md"
 SCHEMA_FILE = "experiments/maskdm-sweep.schema.json"
 HELP_WIDTH = 100  # argparse wraps to the terminal: a fixed width keeps the README's help text stable
 REGENERATE = ".venv/bin/python -m maskdm_sweeps.docgen"
-DESCRIPTION = ("Generated documentation: the README's spec field reference, CLI help and parquet columns, "
-               "and the JSON Schema.")
+DESCRIPTION = ("Generated documentation: the spec field reference, CLI help, parquet columns and the module table "
+               "of the pages under docs/, and the JSON Schema.")
 
 
 # ------------------------------------------------------------------------------------------------- CLI help
@@ -53,13 +56,21 @@ def cli_help_markdown() -> str:
     return "\n\n".join(f"```text\n$ {cmd}\n{text.rstrip()}\n```" for cmd, text in blocks)
 
 
-# ------------------------------------------------------------------------------------------------- the README
+# ------------------------------------------------------------------------------------------------- the pages
 GENERATED: dict[str, Callable[[], str]] = {
     "spec-reference": spec_reference_markdown,
     "cli-help": cli_help_markdown,
     "results-columns": results_columns_markdown,
+    "module-table": module_table_markdown,
 }
-"""Marker name -> generator of the README section between ``<!-- BEGIN name -->`` and ``<!-- END name -->``."""
+"""Marker name -> generator of the section between ``<!-- BEGIN name -->`` and ``<!-- END name -->``."""
+PAGES: dict[str, str] = {
+    "spec-reference": "docs/spec-reference.md",
+    "cli-help": "docs/cli.md",
+    "results-columns": "docs/results.md",
+    "module-table": DESIGN,
+}
+"""Marker name -> the page (relative to the repository root) that holds its section."""
 
 
 def _marked(name: str) -> re.Pattern[str]:
@@ -67,31 +78,38 @@ def _marked(name: str) -> re.Pattern[str]:
     return re.compile(rf"(<!-- BEGIN {re.escape(name)} -->\n).*?(<!-- END {re.escape(name)} -->)", re.DOTALL)
 
 
-def render_readme(text: str) -> str:
-    """``text`` with every generated section replaced by its fresh rendering (other markers are left alone)."""
-    for name, generate in GENERATED.items():
+def sections_of(page: str) -> list[str]:
+    """The generated sections ``page`` holds."""
+    return [name for name, home in PAGES.items() if home == page]
+
+
+def render_page(text: str, page: str) -> str:
+    """``text`` of ``page`` with each of its generated sections replaced by a fresh rendering (other markers are
+    left alone)."""
+    for name in sections_of(page):
         pattern = _marked(name)
         if not pattern.search(text):
-            raise ValueError(f"README has no <!-- BEGIN {name} --> ... <!-- END {name} --> markers")
-        body = generate()
+            raise ValueError(f"{page} has no <!-- BEGIN {name} --> ... <!-- END {name} --> markers")
+        body = GENERATED[name]()
         text = pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text, count=1)
     return text
 
 
-def readme_section(text: str, name: str) -> str:
+def section(text: str, name: str) -> str:
     """The text between one pair of markers (for tests and ``--check``)."""
     match = _marked(name).search(text)
     if match is None:
-        raise ValueError(f"README has no <!-- BEGIN {name} --> markers")
+        raise ValueError(f"no <!-- BEGIN {name} --> markers (expected in {PAGES.get(name, 'a page')})")
     return match.group(0)
 
 
 def stale(root: Path = ROOT) -> list[str]:
-    """What differs from a fresh generation: ``README.md (<section>)`` and/or the schema file."""
+    """What differs from a fresh generation: ``<page> (<section>)`` and/or the schema file."""
     out = []
-    readme = (root / README).read_text()
-    fresh = render_readme(readme)
-    out += [f"{README} ({name})" for name in GENERATED if readme_section(readme, name) != readme_section(fresh, name)]
+    for page in dict.fromkeys(PAGES.values()):
+        text = (root / page).read_text()
+        fresh = render_page(text, page)
+        out += [f"{page} ({name})" for name in sections_of(page) if section(text, name) != section(fresh, name)]
     schema = root / SCHEMA_FILE
     if not schema.exists() or schema.read_text() != json_schema_text():
         out.append(SCHEMA_FILE)
@@ -101,12 +119,13 @@ def stale(root: Path = ROOT) -> list[str]:
 def write(root: Path = ROOT) -> list[str]:
     """Rewrite what is stale; returns the files written."""
     written = []
-    readme = root / README
-    text = readme.read_text()
-    fresh = render_readme(text)
-    if fresh != text:
-        readme.write_text(fresh)
-        written.append(README)
+    for page in dict.fromkeys(PAGES.values()):
+        path = root / page
+        text = path.read_text()
+        fresh = render_page(text, page)
+        if fresh != text:
+            path.write_text(fresh)
+            written.append(page)
     schema = root / SCHEMA_FILE
     if not schema.exists() or schema.read_text() != json_schema_text():
         schema.write_text(json_schema_text())
