@@ -23,6 +23,7 @@ from .spec_reference import (Section, field_default_text, field_type_text, json_
 __all__ = [
     "CURVE_COLUMN_DOCS", "TRIAL_COLUMN_DOCS", "results_columns_markdown", "module_rows", "module_table_markdown",
     "DESCRIPTION", "DESIGN", "GENERATED", "PAGES", "README", "REGENERATE", "ROOT", "SCHEMA_FILE", "cli_help_markdown",
-    "main", "render_page", "section", "sections_of", "stale", "write", "Section", "field_default_text", "field_type_text", "json_schema", "json_schema_text", "model_sections",
+    "main", "render_page", "section", "sections_of", "stale", "write",
+    "Section", "field_default_text", "field_type_text", "json_schema", "json_schema_text", "model_sections",
     "spec_reference_markdown", "spec_sections",
 ]

@@ -1,5 +1,5 @@
-"""The README's tables of the results files: every column of ``trials.parquet`` and ``curves.parquet`` with its pandas
-dtype (read from the results package), unit and meaning (written here; a column without one is an error)."""
+"""The tables of the results files (docs/results.md): every column of ``trials.parquet`` and ``curves.parquet`` with
+its pandas dtype (read from the results package), unit and meaning (written here; a column without one is an error)."""
 
 from __future__ import annotations
 

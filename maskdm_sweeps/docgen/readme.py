@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 README = "README.md"
 DESIGN = "docs/design.md"
 SCHEMA_FILE = "experiments/maskdm-sweep.schema.json"
-HELP_WIDTH = 100  # argparse wraps to the terminal: a fixed width keeps the README's help text stable
+HELP_WIDTH = 100  # argparse wraps to the terminal: a fixed width keeps the generated help text stable
 REGENERATE = ".venv/bin/python -m maskdm_sweeps.docgen"
 DESCRIPTION = ("Generated documentation: the spec field reference, CLI help, parquet columns and the module table "
                "of the pages under docs/, and the JSON Schema.")
