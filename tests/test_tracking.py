@@ -253,6 +253,7 @@ def test_mlflow_ui_shows_the_sweep_with_nested_runs_and_fid(tracked, ui_url, bro
         return [a.text for a in browser.find_elements(By.CSS_SELECTOR, "a[href*='/runs/']") if a.text]
 
     wait.until(lambda _: parent.info.run_name in run_links())
+    assert f"#/experiments/{parent.info.experiment_id}/runs" in browser.current_url  # not sent on to an overview
     assert not set(children) & set(run_links()), "children are listed before their parent is expanded"
     expander = wait.until(ec.element_to_be_clickable(
         (By.CSS_SELECTOR, "button[data-component-id$='runnamecellrenderer.tsx_46']")))
