@@ -86,6 +86,7 @@ def test_ui_marks_earlier_sweeps_as_model_training_and_opens_where_their_runs_ar
     # two sweeps in the store: the list of experiments, in the UI's model-training view
     url = f"http://127.0.0.1:{port}/#/experiments?workflowType=machine_learning"
     assert opened.read_text().strip() == url and f"the sweeps' experiments: {url}" in out, out
+    assert f"opened {url} in a browser" in out, out
     c = MlflowClient(default_tracking_uri(root))
     kinds = {name: c.get_experiment(i).tags.get("mlflow.experimentKind") for name, i in ids.items()}
     assert kinds == {"old": "custom_model_development", "chosen": "finetuning", "scratch": None}

@@ -63,7 +63,7 @@ def start_server(uri: str, port: int) -> subprocess.Popen:
     return subprocess.Popen(cmd, env=env, start_new_session=True)
 
 
-def wait_until_up(server: subprocess.Popen, port: int, timeout: float = 120.0) -> bool:
+def wait_until_up(server: subprocess.Popen, port: int, timeout: float = 300.0) -> bool:
     """Poll the server's ``/health`` until it answers (True) or the server exits or ``timeout`` passes (False)."""
     deadline = time.monotonic() + timeout
     while server.poll() is None and time.monotonic() < deadline:
@@ -101,8 +101,8 @@ def serve(server: subprocess.Popen, port: int, open_url: str | None = None) -> i
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:  # the handlers come first: a stop while the server starts must reach it too
-        if open_url and wait_until_up(server, port):
-            why_not = open_in_browser(open_url)
+        if open_url:
+            why_not = open_in_browser(open_url) if wait_until_up(server, port) else "the UI did not answer"
             print(f"  opened {open_url} in a browser" if why_not is None else f"  not opened: {why_not}", flush=True)
         while True:
             try:
