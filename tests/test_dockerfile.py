@@ -3,7 +3,8 @@
 The Dockerfile as dockerfile-parse reads it (line continuations, comments, ARG scoping, ENV and ``${VAR}``
 substitution), COPY destinations followed through WORKDIR, and a .dockerignore matcher with Docker's rules (``**``,
 ``!`` exceptions, last match wins, a matched folder excludes what is inside it) feed one checking function,
-``dockerfile_problems``. The real files must give no problem; mutated copies of them must each give the problem they introduce, so every check can fail.
+``dockerfile_problems``. The real files must give no problem; mutated copies of them must each give the problem they
+introduce, so every check can fail.
 
 What is checked: only known instructions; the base image is pytorch/pytorch with the torch version of pyproject's
 ``torch==`` pin and a CUDA wheel index of the same CUDA version; the package is installed from its pyproject (``.``)
