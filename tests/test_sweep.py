@@ -8,7 +8,6 @@ import pytest
 import torch
 import yaml
 
-from maskdm_sweeps.layout import StageRun
 from maskdm_sweeps.sweepspec import load_spec
 from maskdm_sweeps.sweepspec.binding import SpecChanged
 from maskdm_sweeps.sweep import read_events, run_sweep
@@ -74,10 +73,10 @@ def test_a_trial_that_crashes_once_is_retried_from_its_checkpoint_with_identical
     starts = [e for e in read_events(crashy.sweep_dir) if e["event"] == "stage_start" and e["stage"] == "finetune"]
     assert [e["from_step"] for e in starts] == [0, 15]  # the retry resumed from the step-15 checkpoint
     (trial,) = crashy.trials
-    a = json.loads((clean.trial_dir(trial.trial_id) / "finetune" / "result.json").read_text())
-    b = json.loads((crashy.trial_dir(trial.trial_id) / "finetune" / "result.json").read_text())
+    a = json.loads(clean.layout.finetune(trial.trial_id).result.read_text())
+    b = json.loads(crashy.layout.finetune(trial.trial_id).result.read_text())
     assert a["loss_final"] == b["loss_final"] and a["steps"] == b["steps"] == 30
-    wa, wb = (torch.load(StageRun(p.trial_dir(trial.trial_id) / "finetune").result_checkpoint(r),
+    wa, wb = (torch.load(p.layout.finetune(trial.trial_id).result_checkpoint(r),
                          weights_only=True)["model"] for p, r in ((clean, a), (crashy, b)))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
@@ -105,7 +104,7 @@ def test_optuna_search_samples_with_the_seeded_tpe_sampler(tmp_path):
                     {"max_concurrent_trials": 1})
     outcome = run_sweep(plan)
     assert outcome.exit_code == 0 and len(outcome.finished) == 3
-    used = sorted(json.loads((plan.trial_dir(t) / "finetune" / "config.json").read_text())["finetune"]["lr"]
+    used = sorted(json.loads(plan.layout.finetune(t).config.read_text())["finetune"]["lr"]
                   for t in outcome.finished)
     # independent: the same seeded sampler asked directly (TPE's first trials are its seeded random start-up)
     study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=7))
@@ -129,7 +128,7 @@ def test_a_diverging_stage_fails_once_without_a_retry_and_its_reason_reaches_the
     trials, _ = load(bad.sweep_dir)
     row = trials.set_index("trial_id").loc[baseline.trial_id]
     assert row["status"] == "failed" and "NaN or infinite at step" in row["error"]
-    report = (bad.sweep_dir / "report.md").read_text().split("## Trials that did not finish")[1]
+    report = bad.layout.report.read_text().split("## Trials that did not finish")[1]
     assert baseline.trial_id in report and "NaN or infinite" in report
 
 
@@ -144,7 +143,7 @@ def test_a_failed_pretraining_lists_its_trials_as_failed_with_the_reason(tmp_pat
     trials, _ = load(plan.sweep_dir)
     row = trials.set_index("trial_id").loc[trial.trial_id]  # a row, though its fine-tuning never started
     assert row["status"] == "failed" and "NaN or infinite" in row["error"] and row["steps_done"] == 0
-    assert trial.trial_id in (plan.sweep_dir / "report.md").read_text().split("## Trials that did not finish")[1]
+    assert trial.trial_id in plan.layout.report.read_text().split("## Trials that did not finish")[1]
 
 
 def pretrain_starts(plan, invocation: int = 1) -> list[dict]:
