@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from maskdm_sweeps.cli import main
-from maskdm_sweeps.layout import (BRANCHES_DIR, DRIVER_LOCK, MLFLOW_BUFFER_FILE, MLFLOW_DB, MLFLOW_TARGET_FILE,
-                                  STORE_DIR, TUNE_DIR, StageRun, SweepDir)
+from maskdm_sweeps.layout import (BRANCHES_DIR, CHECKPOINTS_DIR, DRIVER_LOCK, MLFLOW_BUFFER_FILE, MLFLOW_DB,
+                                  MLFLOW_TARGET_FILE, STORE_DIR, TUNE_DIR, StageRun, SweepDir)
 from maskdm_sweeps.sweep import read_events, run_sweep
 from maskdm_sweeps.sweepspec import load_spec
 from maskdm_sweeps.testing import crash_once, tiny_sweep_spec
@@ -126,7 +126,7 @@ def test_a_copied_sweep_directory_resumes_in_place_and_leaves_the_original_untou
     (trial,) = plan.trials
     ft = copy.finetune(trial.trial_id)
     result = json.loads(ft.result.read_text())
-    assert result["checkpoint"] == f"checkpoints/step_{20:09d}.pt" and ft.result_checkpoint(result).exists()
+    assert result["checkpoint"] == f"{CHECKPOINTS_DIR}/step_{20:09d}.pt" and ft.result_checkpoint(result).exists()
     starts = [e for e in read_events(copy.path) if e["event"] == "stage_start"]
     assert [(e["stage"], e["from_step"]) for e in starts][-1] == ("finetune", 10)  # from the copied checkpoint
     assert (tmp_path / "moved" / MLFLOW_DB).exists()  # the default store follows the directory
@@ -171,4 +171,5 @@ def test_paths_written_before_they_were_relative_are_read_by_their_name(tmp_path
     run = StageRun(tmp_path / "ft")
     assert run.result_checkpoint({"checkpoint": "/gone/ft/checkpoints/step_000000020.pt"}) == \
         run.checkpoints / "step_000000020.pt"
-    assert run.result_checkpoint({"checkpoint": "checkpoints/step_000000020.pt"}) == run.checkpoints / "step_000000020.pt"
+    assert run.result_checkpoint({"checkpoint": f"{CHECKPOINTS_DIR}/step_000000020.pt"}) == \
+        run.checkpoints / "step_000000020.pt"
