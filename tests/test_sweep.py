@@ -178,6 +178,7 @@ def test_pretraining_lengths_share_one_run_which_later_sweeps_extend_reuse_or_br
     from maskdm_sweeps.results import load
     from maskdm_sweeps.sweep.milestones import plan_lines
     from maskdm_sweeps.sweepspec.expand import with_pretrain_steps
+
     out, tiny = str(tmp_path / "results"), {"finetune": {"steps": 10}}
     # 1. two lengths in one sweep: one run, trained to the longer, keeping both
     both = plan_for(tmp_path, "both", {"axes": {"pretrain.steps": [10, 20]}}, tiny, output_dir=out)
