@@ -105,9 +105,7 @@ def server_history(c: MlflowClient, run_id: str, key: str) -> dict[int, list[flo
 
 def test_server_stopped_and_restarted_mid_sweep_loses_no_metric(tmp_path):
     port = free_port()
-    # one pre-training (30 steps) beside the baseline's fine-tuning (60 steps), then the masked trial's: the server
-    # goes away when the pre-training is done, half-way through the baseline
-    spec = tiny_sweep_spec("server", tmp_path / "results", {"axes": {"mask.rate": [0.5]}, "baseline": True},
+    spec = tiny_sweep_spec("server", tmp_path / "results", {"axes": {"mask.rate": [0.25, 0.5]}, "baseline": True},
                            pretrain={"steps": 30, "batch_size": 16}, finetune={"steps": 60, "batch_size": 16},
                            runtime={"log_every_steps": LOG_EVERY, "checkpoint_every_steps": CHECKPOINT_EVERY})
     spec["tracking"] = {"mlflow_uri": f"http://127.0.0.1:{port}"}
@@ -159,7 +157,7 @@ def test_server_stopped_and_restarted_mid_sweep_loses_no_metric(tmp_path):
                 assert values[key] in on_server_approx(on_server), (stage_dir, step, key, values[key], on_server)
         # every metric point of every stage run is on the server with its value (the run may hold more: cost/*)
         stage_dirs = [p.parent for p in results.rglob(STAGE_METRICS)]
-        assert len(stage_dirs) == 3  # the pre-training, 2 fine-tunings
+        assert len(stage_dirs) == 5  # 2 pre-trainings, 3 fine-tunings
         for stage_dir in stage_dirs:
             local = read_jsonl_metrics(StageRun(stage_dir).metrics)
             assert {"train/loss", "train/lr", "train/grad_norm"} <= {k for _, values in local for k in values}
