@@ -9,6 +9,8 @@ from pathlib import Path
 
 import yaml
 
+from maskdm_sweeps.layout import TRIALS_DIR, SweepDir
+
 DESCRIPTION = "FID after fine-tuning, by the patch-masking rate of pre-training, against the baseline."
 PRE_STEPS, FT_STEPS = 30, 40
 FT_TFLOPS_PER_STEP = 1.0  # training compute of a fine-tuning step; a pre-training step costs 1 - its mask rate
@@ -76,8 +78,9 @@ def build_sweep(root: Path, name: str = "fake", rates=(0.5, 0.9), seeds=(0, 1), 
     ``lrs``: a finetune.lr axis (then each pre-training feeds one trial per lr). ``no_result``: (rate, seed[, lr])
     points left without result.json; ``error_for``: those with a Tune error.txt too.
     """
-    sweep = root / name
-    (sweep / "trials").mkdir(parents=True)
+    layout = SweepDir(root, name)
+    sweep = layout.path
+    (sweep / TRIALS_DIR).mkdir(parents=True)
     axes = {"mask.rate": list(rates)}
     if lrs:
         axes["finetune.lr"] = list(lrs)
@@ -89,7 +92,7 @@ def build_sweep(root: Path, name: str = "fake", rates=(0.5, 0.9), seeds=(0, 1), 
                                     "reduction_factor": 2.0}},
             "resources": {"gpus": gpus, "cpus": 1.0, "max_concurrent_trials": 0, "max_failures": 2},
             "tracking": {"mlflow_uri": None, "experiment": None}}
-    (sweep / "spec.resolved.yaml").write_text(f"# resolved spec of sweep {name} (hash abc)\n"
+    layout.resolved_spec.write_text(f"# resolved spec of sweep {name} (hash abc)\n"
                                               + yaml.safe_dump(spec, sort_keys=False))
     points = [{"mask.rate": r, **({"finetune.lr": lr} if lrs else {}), "seed": s}
               for r in rates for lr in (lrs or [None]) for s in seeds]
@@ -115,19 +118,20 @@ def build_sweep(root: Path, name: str = "fake", rates=(0.5, 0.9), seeds=(0, 1), 
         trials.append({"trial_id": tid, "label": label, "assignments": point, "pretrain_key": key})
         if key is not None and key not in pretrains:
             eff = int(rate * 256) / 256  # the tiny model's 16x16 grid floors the patch count
-            pre = root / "_pretrain" / key
+            run = layout.pretrain(key)
+            pre = run.path
             pre.mkdir(parents=True)
-            (pre / "config.json").write_text(json.dumps(cfg, indent=2))
-            _jsonl(pre / "metrics.jsonl", [{"time": 1.0, "step": 0, "kind": "params",
+            run.config.write_text(json.dumps(cfg, indent=2))
+            _jsonl(run.metrics, [{"time": 1.0, "step": 0, "kind": "params",
                                             "values": {"effective_mask_rate": eff, "stage": "pretrain"}}]
                    + _train_records(PRE_STEPS, eff, 0.6, 1.0))
-            (pre / "result.json").write_text(json.dumps({
+            run.result.write_text(json.dumps({
                 "stage": "pretrain", "steps": PRE_STEPS, "loss_final": 0.5, "fid": None, "fid_best": None,
                 "effective_mask_rate": eff, "wall_seconds": pre_wall, "checkpoint": str(pre / "c.pt"),
                 "stopped_early": False, "train_tflops": PRE_STEPS * (1 - eff), "eval_tflops": 0.0}))
-            (pre / "milestones").mkdir()  # the one length asked of it, kept with what reaching it cost
-            (pre / "milestones" / f"step_{PRE_STEPS:09d}.pt").write_bytes(b"state")
-            (pre / "milestones" / f"step_{PRE_STEPS:09d}.json").write_text(json.dumps({
+            run.milestones.mkdir()  # the one length asked of it, kept with what reaching it cost
+            run.milestone(PRE_STEPS).write_bytes(b"state")
+            run.milestone_info(PRE_STEPS).write_text(json.dumps({
                 "step": PRE_STEPS, "wall_seconds": pre_wall, "train_tflops": PRE_STEPS * (1 - eff),
                 "eval_tflops": 0.0, "loss": 0.5}))
             events += [{"time": 1.0, "event": "stage_start", "stage": "pretrain", "trial_id": tid, "key": key,
@@ -139,11 +143,12 @@ def build_sweep(root: Path, name: str = "fake", rates=(0.5, 0.9), seeds=(0, 1), 
         if key is not None:
             pretrains[key]["trial_ids"].append(tid)
 
-        ft = sweep / "trials" / tid / "finetune"
+        stage = layout.finetune(tid)
+        ft = stage.path
         ft.mkdir(parents=True)
-        (ft / "config.json").write_text(json.dumps(cfg, indent=2))
+        stage.config.write_text(json.dumps(cfg, indent=2))
         gpus_billed = max(1.0, gpus) if gpus > 0 else 0.0
-        (sweep / "trials" / tid / "trial.json").write_text(json.dumps({  # the manifest, as a starting trial writes it
+        layout.manifest(tid).write_text(json.dumps({  # the manifest, as a starting trial writes it
             "trial_id": tid, "label": label, "assignments": point, "pretrain_key": key,
             "effective_mask_rate": 0.0 if key is None else int(rate * 256) / 256,
             "resources": {"device": "gpu" if gpus > 0 else "cpu", "workers": 1, "gpus_billed": gpus_billed,
@@ -157,34 +162,34 @@ def build_sweep(root: Path, name: str = "fake", rates=(0.5, 0.9), seeds=(0, 1), 
         records.append({"time": 30.0, "step": 20, "kind": "metrics", "values": {
             "eval/fid": fid + 5, "eval/fid_best": fid + 5, "cost/train_tflops": 20 * FT_TFLOPS_PER_STEP,
             "cost/eval_tflops": 0.5}})
-        records.append({"time": 30.5, "step": 20, "kind": "artifact", "path": str(ft / "samples/step_20.png")})
+        records.append({"time": 30.5, "step": 20, "kind": "artifact", "path": str(stage.samples / "step_20.png")})
         if finished:
             records.append({"time": 50.0, "step": 40, "kind": "metrics", "values": {"eval/fid": fid,
                                                                                    "eval/fid_best": fid}})
             records.append({"time": 50.5, "step": 40, "kind": "checkpoint", "path": str(ft / "c.pt")})
         if dup_step and i == 0:  # a resumed stage appends: step 20 again, the later record wins
             records.append({"time": 60.0, "step": 20, "kind": "metrics", "values": {"train/loss": 0.123}})
-        _jsonl(ft / "metrics.jsonl", records)
+        _jsonl(stage.metrics, records)
         events.append({"time": 3.0, "event": "stage_start", "stage": "finetune", "trial_id": tid, "key": tid,
                        "from_step": 0, "pid": 2})
         if finished:
-            (ft / "result.json").write_text(json.dumps({
+            stage.result.write_text(json.dumps({
                 "stage": "finetune", "steps": FT_STEPS, "loss_final": 0.25, "fid": fid, "fid_best": fid,
                 "effective_mask_rate": 0.0, "wall_seconds": ft_wall, "checkpoint": str(ft / "c.pt"),
                 "stopped_early": False, "train_tflops": FT_STEPS * FT_TFLOPS_PER_STEP, "eval_tflops": 1.0}))
             events.append({"time": 4.0, "event": "stage_done", "stage": "finetune", "trial_id": tid, "key": tid,
                            "steps": FT_STEPS, "fid": fid, "node_id": "n", "stopped_early": False})
         if ident in error_for:
-            err = sweep / "tune" / "trials-1" / f"trial_trainable_{i:05d}"
+            err = layout.tune / "trials-1" / f"trial_trainable_{i:05d}"
             err.mkdir(parents=True)
             (err / "params.json").write_text(json.dumps({"trial_id": tid}))
             (err / "error.txt").write_text("Traceback ...\nRuntimeError: CUDA error: out of memory\n")
         if ident in mlflow_for:
-            (ft / "mlflow_run.json").write_text(json.dumps({"run_id": f"run{i:03d}"}))
+            stage.mlflow_run.write_text(json.dumps({"run_id": f"run{i:03d}"}))
         written["trials"][tid] = {"rate": rate, "seed": point["seed"], "lr": lr, "fid": fid, "finished": finished,
                                   "pretrain_key": key, "dup": dup_step and i == 0}
     plan = {"sweep": name, "spec_hash": "abc", "trials": trials, "pretrains": pretrains}
-    (sweep / "plan.json").write_text(json.dumps(plan, indent=2))
-    _jsonl(sweep / "events.jsonl", events)
+    layout.plan_file.write_text(json.dumps(plan, indent=2))
+    _jsonl(layout.events, events)
     written["dir"] = sweep
     return written

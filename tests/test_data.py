@@ -29,7 +29,7 @@ from maskdm_sweeps.data import (
 )
 from maskdm_sweeps.data.cifar10 import UnsafeBatchFile, load_cifar10
 from maskdm_sweeps.data.image_folder import list_image_files
-from maskdm_sweeps.testing import write_png_with_a_broken_stream
+from maskdm_sweeps.testing import tiny_sweep_spec, write_png_with_a_broken_stream
 
 DIGIT_LEVELS = {round(v * 255 / 16) for v in range(17)}
 
@@ -196,9 +196,8 @@ def test_a_crafted_cifar10_batch_is_refused_by_validate_and_runs_nothing(tmp_pat
     marker = tmp_path / "pwned"
     (batches / "data_batch_1").write_bytes(pickle.dumps({b"data": _WritesAFile(str(marker)), b"labels": [0]}))
     spec = tmp_path / "spec.yaml"
-    spec.write_text(yaml.safe_dump({"name": "c", "output_dir": str(tmp_path / "out"), "base": {
-        "data": {"name": "cifar10", "path": str(tmp_path)}, "model": {"preset": "tiny"},
-        "eval": {"num_samples": 0}}, "resources": {"gpus": 0}}))
+    spec.write_text(yaml.safe_dump(tiny_sweep_spec("c", tmp_path / "out", data={
+        "name": "cifar10", "path": str(tmp_path), "image_size": None})))  # None: the data set's own size
     run = subprocess.run([sys.executable, "-m", "maskdm_sweeps.cli", "validate", str(spec)], capture_output=True,
                          text=True)
     assert run.returncode == 2 and "base.data" in run.stderr and "data_batch_1" in run.stderr, run.stderr

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from maskdm_sweeps.layout import StageRun
 from maskdm_sweeps.testing import corrupt_state_file, tiny_trial_config
 from maskdm_sweeps.trainer import JsonlReporter, fit, list_checkpoints, read_jsonl_metrics
 from maskdm_sweeps.trainer.checkpoint import UnusableState, load_checkpoint, read_state, state_record
@@ -42,16 +43,16 @@ def _one_thread():
 
 
 @pytest.fixture(scope="module")
-def line(tmp_path_factory) -> Path:
+def line(tmp_path_factory) -> StageRun:
     """A 20-step pre-training keeping its states at 10 and 20."""
-    run = tmp_path_factory.mktemp("digests") / "line"
-    fit(config(), "pretrain", run, milestones=[10, 20])
+    run = StageRun(tmp_path_factory.mktemp("digests") / "line")
+    fit(config(), "pretrain", run.path, milestones=[10, 20])
     return run
 
 
 def test_every_state_file_has_the_sha256_of_its_bytes_recorded_beside_it_and_a_milestone_is_a_file_of_its_own(line):
-    checkpoints = list_checkpoints(line / "checkpoints")
-    milestones = [line / "milestones" / f"step_{n:09d}.pt" for n in (10, 20)]
+    checkpoints = list_checkpoints(line.checkpoints)
+    milestones = [line.milestone(n) for n in (10, 20)]
     assert [p.name for p in checkpoints] == [p.name for p in milestones]
     for path in checkpoints + milestones:
         record = json.loads(state_record(path).read_text())
@@ -63,14 +64,14 @@ def test_every_state_file_has_the_sha256_of_its_bytes_recorded_beside_it_and_a_m
 
 def test_a_rolling_checkpoint_with_flipped_bytes_is_set_aside_and_the_stage_resumes_from_the_previous_one(
         tmp_path, caplog):
-    run = tmp_path / "run"
-    first = fit(config(), "finetune", run, JsonlReporter(tmp_path / "first.jsonl"))
-    newest = list_checkpoints(run / "checkpoints")[-1]
+    run = StageRun(tmp_path / "run")
+    first = fit(config(), "finetune", run.path, JsonlReporter(tmp_path / "first.jsonl"))
+    newest = list_checkpoints(run.checkpoints)[-1]
     corrupt_state_file(newest, "flipped")
     with caplog.at_level(logging.WARNING, logger="maskdm_sweeps"):
-        again = fit(config(), "finetune", run, JsonlReporter(tmp_path / "again.jsonl"))
+        again = fit(config(), "finetune", run.path, JsonlReporter(tmp_path / "again.jsonl"))
     assert any(str(newest) in r.getMessage() and "sha256" in r.getMessage() for r in caplog.records), caplog.text
-    assert (run / "checkpoints" / f"{newest.name}.corrupt").exists()  # kept for inspection
+    assert (run.checkpoints / f"{newest.name}.corrupt").exists()  # kept for inspection
     first_losses, again_losses = losses(tmp_path / "first.jsonl"), losses(tmp_path / "again.jsonl")
     assert sorted(again_losses) == [15, 20]  # trained again from the step-10 checkpoint (logged every 5 steps) ...
     assert again_losses == {s: first_losses[s] for s in (15, 20)} and again.loss_final == first.loss_final  # alike
@@ -78,9 +79,9 @@ def test_a_rolling_checkpoint_with_flipped_bytes_is_set_aside_and_the_stage_resu
 
 @pytest.mark.parametrize("how", ["flipped", "truncated", "garbage"])
 def test_a_finetuning_refuses_a_damaged_pretrained_state_naming_the_file(line, tmp_path, how):
-    kept = tmp_path / "milestones" / "step_000000010.pt"
+    kept = StageRun(tmp_path).milestone(10)
     kept.parent.mkdir()
-    for src in (line / "milestones" / kept.name, state_record(line / "milestones" / kept.name)):
+    for src in (line.milestone(10), state_record(line.milestone(10))):
         shutil.copy(src, kept.parent / src.name)
     corrupt_state_file(kept, how)
     with pytest.raises(UnusableState, match=str(kept)) as err:
@@ -89,7 +90,7 @@ def test_a_finetuning_refuses_a_damaged_pretrained_state_naming_the_file(line, t
 
 
 def test_a_finetuning_records_the_digest_of_the_state_it_started_from(line, tmp_path):
-    milestone = line / "milestones" / "step_000000010.pt"
+    milestone = line.milestone(10)
     result = fit(config(steps=5), "finetune", tmp_path / "ft", JsonlReporter(tmp_path / "ft.jsonl"),
                  init_checkpoint=milestone)
     expected = sha256(milestone)
@@ -98,7 +99,7 @@ def test_a_finetuning_records_the_digest_of_the_state_it_started_from(line, tmp_
     assert params["init_sha256"] == expected  # -> MLflow params, with the file relative to the run (movable)
     assert (tmp_path / "ft" / params["init_checkpoint"]).resolve() == milestone.resolve()
     assert result.init_sha256 == expected
-    assert json.loads((tmp_path / "ft" / "result.json").read_text())["init_sha256"] == expected
+    assert json.loads(StageRun(tmp_path / "ft").result.read_text())["init_sha256"] == expected
     # resumed (the stage asked for more steps), it keeps the digest it started from, without reading the file again
     away = milestone.rename(tmp_path / "away.pt")
     try:
@@ -110,15 +111,15 @@ def test_a_finetuning_records_the_digest_of_the_state_it_started_from(line, tmp_
 
 def test_a_state_from_before_digests_is_used_with_a_warning_only_if_it_loads_cleanly(line, tmp_path, caplog):
     old = tmp_path / "step_000000010.pt"  # as written before digests: no record beside it
-    shutil.copy(line / "checkpoints" / old.name, old)
+    shutil.copy(line.checkpoints / old.name, old)
     with caplog.at_level(logging.WARNING, logger="maskdm_sweeps"):
         state, digest = read_state(old)
     assert "unverified" in caplog.text and str(old) in caplog.text
     assert digest == sha256(old) and state["step"] == 10
-    assert all(torch.equal(state["model"][k], v) for k, v in load_checkpoint(line / "checkpoints" / old.name)[
+    assert all(torch.equal(state["model"][k], v) for k, v in load_checkpoint(line.checkpoints / old.name)[
         "model"].items())
     for how, problem in (("garbage", "not finite"), ("truncated", "does not load")):
-        shutil.copy(line / "checkpoints" / old.name, old)
+        shutil.copy(line.checkpoints / old.name, old)
         corrupt_state_file(old, how)
         with pytest.raises(UnusableState, match=problem):
             read_state(old)

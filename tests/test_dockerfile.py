@@ -1,9 +1,10 @@
 """The Dockerfile and .dockerignore, checked without a Docker engine.
 
-A small Dockerfile parser (line continuations, comments, ARG scoping and ``${VAR}`` substitution, COPY destinations
-followed through WORKDIR) and a .dockerignore matcher with Docker's rules (``**``, ``!`` exceptions, last match wins,
-a matched folder excludes what is inside it) feed one checking function, ``dockerfile_problems``. The real files must
-give no problem; mutated copies of them must each give the problem they introduce, so every check can fail.
+The Dockerfile as dockerfile-parse reads it (line continuations, comments, ARG scoping, ENV and ``${VAR}``
+substitution), COPY destinations followed through WORKDIR, and a .dockerignore matcher with Docker's rules (``**``,
+``!`` exceptions, last match wins, a matched folder excludes what is inside it) feed one checking function,
+``dockerfile_problems``. The real files must give no problem; mutated copies of them must each give the problem they
+introduce, so every check can fail.
 
 What is checked: only known instructions; the base image is pytorch/pytorch with the torch version of pyproject's
 ``torch==`` pin and a CUDA wheel index of the same CUDA version; the package is installed from its pyproject (``.``)
@@ -15,6 +16,7 @@ every COPY source exists and .dockerignore keeps it.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import shlex
@@ -25,6 +27,8 @@ from fnmatch import fnmatchcase
 from pathlib import Path, PurePosixPath
 
 import pytest
+from dockerfile_parse import DockerfileParser
+from dockerfile_parse.util import WordSplitter
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -45,66 +49,48 @@ class Instruction:
     keyword: str
     value: str
     line: int
+    args: dict[str, str]  # the ARG values in effect at this instruction (dockerfile-parse's scoping)
+    env: dict[str, str]  # the ENV values in effect at this instruction
+
+    @property
+    def variables(self) -> dict[str, str]:
+        return {**self.args, **self.env}  # ENV wins over ARG, as in Docker
 
 
 def parse_dockerfile(text: str) -> list[Instruction]:
-    """Instructions in order. Comment lines (also inside a continued instruction) and blank lines are dropped; a
-    line ending in a backslash continues on the next one. Unknown instructions and heredocs raise ValueError."""
-    out: list[Instruction] = []
-    parts: list[str] = []
-    start = 0
-    for number, raw in enumerate(text.splitlines(), 1):
-        stripped = raw.strip()
-        if stripped.startswith("#") or (not stripped and not parts):
-            continue
-        if not parts:
-            start = number
-        body = raw.rstrip()
-        if body.endswith("\\"):
-            parts.append(body[:-1])
-            continue
-        parts.append(body)
-        joined = "".join(parts).strip()
-        parts = []
-        keyword, _, value = joined.partition(" ")
-        keyword = keyword.upper()
-        if keyword not in KNOWN:
-            raise ValueError(f"line {start}: unknown or unsupported instruction {keyword}")
-        if re.search(r"<<-?\s*['\"]?\w+", value) and keyword in {"RUN", "COPY"}:
-            raise ValueError(f"line {start}: heredocs are not supported by this check")
-        out.append(Instruction(keyword, value.strip(), start))
-    if parts:
+    """Instructions in order, read by dockerfile-parse (continuations joined, comment lines dropped, ARG scoping and
+    ENV followed). Unknown instructions, heredocs and a last line that continues raise ValueError."""
+    if text.rstrip("\n").endswith("\\"):
         raise ValueError("the Dockerfile ends inside a line continuation")
+    parser = DockerfileParser(fileobj=io.BytesIO(text.encode()))
+    out: list[Instruction] = []
+    for item, context in zip(parser.structure, parser.context_structure):
+        keyword, value, line = item["instruction"], item["value"].strip(), item["startline"] + 1
+        if keyword == "COMMENT":
+            continue
+        if keyword not in KNOWN:
+            raise ValueError(f"line {line}: unknown or unsupported instruction {keyword}")
+        if re.search(r"<<-?\s*['\"]?\w+", value) and keyword in {"RUN", "COPY"}:
+            raise ValueError(f"line {line}: heredocs are not supported by this check")
+        out.append(Instruction(keyword, value, line, context.get_values("ARG"), context.get_values("ENV")))
     return out
 
 
-def expand(text: str, env: dict[str, str]) -> str:
-    """``$VAR``, ``${VAR}``, ``${VAR:-default}`` and ``${VAR:+alternative}``; unset variables become ''."""
-    def sub(m: re.Match) -> str:
-        name = m.group("braced") or m.group("plain")
-        op, word = m.group("op"), m.group("word") or ""
-        value = env.get(name, "")
-        if op == ":-":
-            return value or word
-        if op == ":+":
-            return word if value else ""
-        return value
-    return re.sub(r"\$(?:\{(?P<braced>\w+)(?:(?P<op>:[-+])(?P<word>[^}]*))?\}|(?P<plain>[A-Za-z_]\w*))", sub, text)
+def base_images(text: str) -> list[str]:
+    """Each FROM's image, its ARGs substituted (dockerfile-parse)."""
+    return DockerfileParser(fileobj=io.BytesIO(text.encode())).parent_images
 
 
-def json_or_words(value: str) -> list[str]:
+def words(value: str, variables: dict[str, str]) -> list[str]:
+    """An instruction's arguments: a JSON array, or words split, unquoted and substituted as Docker does."""
     if value.startswith("["):
-        return json.loads(value)
-    return value.split()
+        return [WordSplitter(w, args=variables).dequote() for w in json.loads(value)]
+    return list(WordSplitter(value, args=variables).split())
 
 
-def key_values(value: str, legacy: bool = True) -> dict[str, str | None]:
-    """ENV/LABEL bodies: ``K=V K2="V 2"`` or the legacy ``K V``; ARG bodies (``legacy=False``): ``K=V`` or a bare
-    ``K`` (None: no default)."""
-    words = shlex.split(value)
-    if legacy and words and "=" not in words[0]:
-        return {words[0]: " ".join(words[1:])}
-    return dict(w.split("=", 1) if "=" in w else (w, None) for w in words)
+def expand(text: str, env: dict[str, str]) -> str:
+    """``$VAR`` and ``${VAR}`` in a RUN script's words, as the shell sees them; unset variables become ''."""
+    return re.sub(r"\$(?:\{(\w+)\}|([A-Za-z_]\w*))", lambda m: env.get(m.group(1) or m.group(2), ""), text)
 
 
 @dataclass
@@ -122,54 +108,46 @@ class Stage:
     copy_sources: list[str] | None = None
 
 
-def interpret(instructions: list[Instruction]) -> tuple[list[Stage], list[str]]:
-    """Follow ARG scoping, ENV, WORKDIR, USER and COPY through the stages. Returns stages and problems."""
+def interpret(instructions: list[Instruction], bases: list[str]) -> tuple[list[Stage], list[str]]:
+    """Follow WORKDIR, USER and COPY through the stages (``bases``: each FROM's image). Returns stages and
+    problems."""
     problems: list[str] = []
-    global_args: dict[str, str] = {}
     stages: list[Stage] = []
     stage: Stage | None = None
     for ins in instructions:
-        if ins.keyword == "ARG" and stage is None:
-            for k, v in key_values(ins.value, legacy=False).items():
-                global_args[k] = "" if v is None else expand(v, global_args)
-            continue
         if ins.keyword == "FROM":
-            words = expand(ins.value, global_args).split()
-            stage = Stage(base=words[0] if words else "", env={}, volumes=[], copies={}, runs=[], copy_sources=[])
+            base = bases[len(stages)] if len(stages) < len(bases) else ""
+            stage = Stage(base=base, env={}, volumes=[], copies={}, runs=[], copy_sources=[])
             stages.append(stage)
             continue
         if stage is None:
-            problems.append(f"line {ins.line}: {ins.keyword} before the first FROM")
+            if ins.keyword != "ARG":
+                problems.append(f"line {ins.line}: {ins.keyword} before the first FROM")
             continue
-        env = stage.env
-        if ins.keyword == "ARG":
-            for k, v in key_values(ins.value, legacy=False).items():  # a bare ARG re-declares a global one, default included
-                env[k] = global_args.get(k, "") if v is None else expand(v, env)
-        elif ins.keyword == "ENV":
-            for k, v in key_values(ins.value).items():
-                env[k] = expand(v or "", env)
+        variables = ins.variables
+        if ins.keyword == "ENV":
+            stage.env = dict(ins.env)
         elif ins.keyword == "WORKDIR":
-            stage.workdir = str(PurePosixPath(stage.workdir) / expand(ins.value, env))
+            stage.workdir = str(PurePosixPath(stage.workdir) / " ".join(words(ins.value, variables)))
         elif ins.keyword == "USER":
-            stage.user = expand(ins.value, env).strip()
+            stage.user = " ".join(words(ins.value, variables)).strip()
         elif ins.keyword == "ENTRYPOINT":
-            stage.entrypoint = json_or_words(ins.value) if ins.value.startswith("[") else ["/bin/sh", "-c", ins.value]
+            stage.entrypoint = json.loads(ins.value) if ins.value.startswith("[") else ["/bin/sh", "-c", ins.value]
         elif ins.keyword == "CMD":
-            stage.cmd = json_or_words(ins.value)
+            stage.cmd = words(ins.value, variables)
         elif ins.keyword == "VOLUME":
-            stage.volumes += [expand(v, env) for v in json_or_words(ins.value)]
+            stage.volumes += words(ins.value, variables)
         elif ins.keyword == "RUN":
-            stage.runs.append((stage.workdir, simple_commands(ins.value, env), ins.value))
+            stage.runs.append((stage.workdir, simple_commands(ins.value, variables), ins.value))
         elif ins.keyword == "COPY":
             problems += follow_copy(ins, stage)
     return stages, problems
 
 
 def follow_copy(ins: Instruction, stage: Stage) -> list[str]:
-    words = [expand(w, stage.env) for w in (json_or_words(ins.value) if ins.value.startswith("[")
-                                             else shlex.split(ins.value))]
-    flags = [w for w in words if w.startswith("--")]
-    args = [w for w in words if not w.startswith("--")]
+    arguments = words(ins.value, ins.variables)
+    flags = [w for w in arguments if w.startswith("--")]
+    args = [w for w in arguments if not w.startswith("--")]
     if any(f.startswith("--from") for f in flags):
         return []
     if len(args) < 2:
@@ -352,7 +330,7 @@ def dockerfile_problems(dockerfile: str, dockerignore: str, pyproject: dict, mak
         instructions = parse_dockerfile(dockerfile)
     except ValueError as e:
         return [f"parse: {e}"]
-    stages, problems = interpret(instructions)
+    stages, problems = interpret(instructions, base_images(dockerfile))
     if len(stages) != 1:
         return problems + [f"expected one FROM (a single-stage build), found {len(stages)}"]
     image = stages[0]
@@ -485,7 +463,7 @@ def test_pins_that_matter_are_exact_in_pyproject(pyproject):
 
 
 def test_the_base_image_resolves_to_the_pinned_torch(real, pyproject):
-    stages, problems = interpret(parse_dockerfile(real[0]))
+    stages, problems = interpret(parse_dockerfile(real[0]), base_images(real[0]))
     assert problems == []
     torch_pin = next(r for r in map(Requirement, pyproject["project"]["dependencies"]) if r.name == "torch")
     assert stages[0].base == f"pytorch/pytorch:{str(torch_pin.specifier)[2:]}-cuda12.8-cudnn9-runtime"
@@ -497,13 +475,14 @@ def test_parser_joins_continuations_and_drops_comment_lines():
     ins = parse_dockerfile(text)
     assert [i.keyword for i in ins] == ["ARG", "FROM", "RUN", "ENV", "CMD"]
     assert ins[2].value == "echo one   && echo two" and ins[2].line == 4
-    stages, _ = interpret(ins)
+    stages, _ = interpret(ins, base_images(text))
     assert stages[0].base == "img:1" and stages[0].env == {"X": "a b", "Y": "2"} and stages[0].cmd == ["--help"]
     assert [c[0] for c in stages[0].runs[0][1]] == ["echo", "echo"]
 
 
 def test_arg_scoping_follows_docker():
-    stages, _ = interpret(parse_dockerfile("ARG V=1\nARG W=2\nFROM x:$V\nARG V\nENV A=${V}-${W}\n"))
+    text = "ARG V=1\nARG W=2\nFROM x:$V\nARG V\nENV A=${V}-${W}\n"
+    stages, _ = interpret(parse_dockerfile(text), base_images(text))
     assert stages[0].base == "x:1" and stages[0].env["A"] == "1-"  # W was not re-declared after FROM
 
 

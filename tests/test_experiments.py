@@ -7,8 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from maskdm_sweeps.cli import main
+from maskdm_sweeps.layout import MLFLOW_DB, SweepDir
+from maskdm_sweeps.testing import tiny_sweep_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = sorted((ROOT / "experiments").glob("*.yaml"))
@@ -58,14 +61,14 @@ def check_results(out_dir: Path, name: str, n_trials: int, n_pretrains: int) -> 
 
     from maskdm_sweeps.results import load
 
-    sweep_dir = out_dir / name
-    trials, curves = load(sweep_dir)
+    sweep = SweepDir(out_dir, name)
+    trials, curves = load(sweep.path)
     assert len(trials) == n_trials and (trials["status"] == "finished").all() and trials["fid"].notna().all()
     assert set(curves["trial_id"]) == set(trials["trial_id"]) and "eval/fid" in set(curves["metric"])
-    assert "## FID by arm" in (sweep_dir / "report.md").read_text()
+    assert "## FID by arm" in sweep.report.read_text()
     for png in ("curves", "fid_vs_mask_rate", "fid_vs_device_hours"):
-        assert (sweep_dir / "plots" / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    client = MlflowClient(f"sqlite:///{out_dir / 'mlflow.db'}")
+        assert (sweep.plots / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    client = MlflowClient(f"sqlite:///{out_dir / MLFLOW_DB}")
     runs = client.search_runs([client.get_experiment_by_name(name).experiment_id], max_results=1000)
     parents = [r for r in runs if r.data.tags.get("kind") == "sweep"]
     assert len(parents) == 1 and len(runs) == 1 + n_trials + n_pretrains
@@ -85,17 +88,18 @@ def test_quickstart_runs_under_smoke_and_prints_the_table_and_paths(tmp_path):
     assert rows[-3:] == ["baseline", "patch r=0.5", "patch r=0.9"]  # the FID-by-arm table, whole arm names
     for arm in ("patch r=0.5", "patch r=0.9"):  # and each arm's speed-up in words
         assert any(line.startswith(f"speed-up: {arm}: ") for line in out.splitlines()), out
-    for path in ("trials.parquet", "curves.parquet", "report.md", "plots/fid_vs_mask_rate.png",
-                 "plots/fid_vs_tflops.png", "plots/final_samples.png"):
-        assert str(tmp_path / "quickstart" / path) in out
-    assert f"maskdm-sweep ui {tmp_path / 'quickstart'}" in out
+    sweep = SweepDir(tmp_path, "quickstart")
+    for path in (sweep.trials_parquet, sweep.curves_parquet, sweep.report, sweep.plots / "fid_vs_mask_rate.png",
+                 sweep.plots / "fid_vs_tflops.png", sweep.plots / "final_samples.png"):
+        assert str(path) in out
+    assert f"maskdm-sweep ui {sweep.path}" in out
 
 
 @pytest.mark.slow
 def test_mask_rate_spec_runs_under_smoke(tmp_path):
     # one seed and the two extreme rates keep the suite short (every spec's full grid validates under --smoke above)
     run_smoke("mask_rate.yaml", tmp_path, "sweep.seeds=[0]", "sweep.axes={mask.rate: [0.1, 0.9]}")
-    plan = json.loads((tmp_path / "mask_rate" / "plan.json").read_text())
+    plan = json.loads(SweepDir(tmp_path, "mask_rate").plan_file.read_text())
     assert len(plan["trials"]) == 3  # 2 rates + the baseline
     check_results(tmp_path, "mask_rate", n_trials=3, n_pretrains=2)
 
@@ -107,9 +111,10 @@ def test_relative_paths_are_made_absolute_where_the_command_runs(tmp_path, monke
     monkeypatch.chdir(tmp_path)
     (tmp_path / "faces").mkdir()
     spec = tmp_path / "spec.yaml"
-    spec.write_text("name: rel\nbase:\n  data: {name: image_folder, path: faces, image_size: 16}\n"
-                    "  model: {preset: tiny}\n  eval: {backend: digits-classifier}\n")
-    plan = load_spec(spec, check_paths=False)  # output_dir left at its default, "results"
+    data = tiny_sweep_spec("rel", tmp_path, data={"name": "image_folder", "path": "faces", "image_size": 16})
+    del data["output_dir"]  # left at its default, "results"
+    spec.write_text(yaml.safe_dump(data))
+    plan = load_spec(spec, check_paths=False)
     assert plan.spec.output_dir == tmp_path / "results"  # absolute in the spec that travels to the trials
     assert all(t.config.data.path == tmp_path / "faces" for t in plan.trials)
 
@@ -118,7 +123,7 @@ def test_relative_paths_are_made_absolute_where_the_command_runs(tmp_path, monke
 def test_budget_spec_trains_one_pretraining_per_seed_for_all_its_lengths(tmp_path):
     run_smoke("budget.yaml", tmp_path, "sweep.seeds=[0,1]", "sweep.zip={pretrain.steps: [0, 20000, 80000], "
               "finetune.steps: [100000, 80000, 20000]}")  # two seeds, two of the four lengths: a shorter suite
-    events = [json.loads(line) for line in (tmp_path / "budget" / "events.jsonl").read_text().splitlines()]
+    events = [json.loads(line) for line in SweepDir(tmp_path, "budget").events.read_text().splitlines()]
     pretrainings = [e for e in events if e["event"] == "stage_done" and e["stage"] == "pretrain"]
     assert len(pretrainings) == 2 and {e["steps"] for e in pretrainings} == {30}  # the longest length, per seed
     check_results(tmp_path, "budget", n_trials=6, n_pretrains=2)  # one MLflow run per pre-training run
@@ -142,7 +147,7 @@ def test_methods_spec_compares_every_strategy_with_its_compute_under_smoke(tmp_p
     assert set(trials["arm"]) == {"baseline", "patch r=0.9", "maskdit r=0.5", "deferred r=0.75", "routing r=0.5"}
     per_step = (trials["pretrain_tflops"] / trials["pretrain_steps"]).dropna()
     assert per_step.nunique() == 4  # every strategy's step costs its own FLOPs
-    report = (tmp_path / "methods" / "report.md").read_text()
+    report = SweepDir(tmp_path, "methods").report.read_text()
     for arm in ("maskdit r=0.5", "deferred r=0.75", "routing r=0.5"):
         assert arm in report.split("## Speed-up")[1].split("##")[0]  # each arm's speed-up, by compute
     assert "TFLOPs" in report

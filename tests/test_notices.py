@@ -6,7 +6,7 @@ from __future__ import annotations
 import yaml
 
 from maskdm_sweeps.cli import main
-from maskdm_sweeps.layout import SweepDir, read_notices
+from maskdm_sweeps.layout import EVENTS_FILE, SweepDir, read_notices
 from maskdm_sweeps.sweep import run_sweep
 from maskdm_sweeps.sweepspec import load_spec
 from maskdm_sweeps.testing import corrupt_once, tiny_sweep_spec
@@ -41,7 +41,7 @@ def test_the_progress_log_prints_notices_as_they_arrive(tmp_path):
     from maskdm_sweeps.sweep.progress import ProgressLog, SweepProgress
     import io
 
-    events = tmp_path / "events.jsonl"
+    events = tmp_path / EVENTS_FILE
     progress = SweepProgress(events, 1.0, {"t-1": "patch r=0.5 · s0"}, {"k": "pretrain patch r=0.5 · s0"}, {})
     out = io.StringIO()
     log = ProgressLog(progress, every_seconds=1e9, stream=out)

@@ -15,6 +15,7 @@ import pytest  # noqa: E402
 from matplotlib.collections import PolyCollection  # noqa: E402
 from matplotlib.container import ErrorbarContainer  # noqa: E402
 
+from maskdm_sweeps.layout import PLOTS_DIR  # noqa: E402
 from maskdm_sweeps.results.analysis import comparison_table, speedup_table  # noqa: E402
 from maskdm_sweeps.results.plots import (  # noqa: E402
     fid_vs_mask_rate_figure, fid_vs_tflops_figure, plot_fid_vs_tflops, seed_spread, write_plots)
@@ -141,7 +142,7 @@ def test_nothing_is_written_for_a_sweep_without_tflops_nor_for_one_without_finis
     sweep.mkdir()
     names = [p.name for p in write_plots(sweep, *old)]
     assert names == ["fid_vs_mask_rate.png", "curves.png", "fid_vs_device_hours.png"]
-    assert not (sweep / "plots" / "fid_vs_tflops.png").exists()
+    assert not (sweep / PLOTS_DIR / "fid_vs_tflops.png").exists()
 
 
 def test_write_plots_writes_the_tflops_plot_with_the_specs_targets(tmp_path):
@@ -152,7 +153,7 @@ def test_write_plots_writes_the_tflops_plot_with_the_specs_targets(tmp_path):
     assert [p.name for p in paths] == ["fid_vs_mask_rate.png", "curves.png", "fid_vs_device_hours.png",
                                        "fid_vs_tflops.png"]
     for p in paths:
-        assert p.parent == sweep / "plots" and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert p.parent == sweep / PLOTS_DIR and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 # --------------------------------------------------------------------------------------- FID vs mask rate

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from maskdm_sweeps.layout import SweepDir
+from maskdm_sweeps.layout import StageRun, SweepDir
 from maskdm_sweeps.sweep.milestones import MAIN, Asking, KeptLengths, LineState, plan_lines
 from maskdm_sweeps.sweepspec import SweepSpec, build_plan
 from maskdm_sweeps.testing import tiny_trial_config
@@ -52,8 +52,8 @@ def long_and_short(tmp_path_factory):
 def test_a_finetuning_from_the_40_step_milestone_of_an_80_step_run_equals_one_from_a_separate_run(long_and_short,
                                                                                                  tmp_path):
     long_run, short_run = long_and_short
-    milestone = long_run / "milestones" / f"step_{40:09d}.pt"
-    separate = list_checkpoints(short_run / "checkpoints")[-1]
+    milestone = StageRun(long_run).milestone(40)
+    separate = list_checkpoints(StageRun(short_run).checkpoints)[-1]
     assert separate.name == f"step_{40:09d}.pt"
     # the whole state: weights, EMA, optimizer moments, every generator
     kept, alone = load_checkpoint(milestone), load_checkpoint(separate)
@@ -69,14 +69,14 @@ def test_a_finetuning_from_the_40_step_milestone_of_an_80_step_run_equals_one_fr
         assert a.loss_final == b.loss_final
         assert same_tensors(load_checkpoint(Path(a.checkpoint))["model"], load_checkpoint(Path(b.checkpoint))["model"])
     # and the milestone is not the end of the run: the run went on learning
-    final = load_checkpoint(long_run / "milestones" / f"step_{80:09d}.pt")
+    final = load_checkpoint(StageRun(long_run).milestone(80))
     assert not same_tensors(final["model"], kept["model"])
 
 
 def test_milestones_outlive_the_checkpoint_rotation_with_what_reaching_them_cost(long_and_short):
     long_run, _ = long_and_short
-    assert [p.name for p in list_checkpoints(long_run / "checkpoints")] == [f"step_{80:09d}.pt"]  # keep 1
-    info = {step: json.loads((long_run / "milestones" / f"step_{step:09d}.json").read_text())
+    assert [p.name for p in list_checkpoints(StageRun(long_run).checkpoints)] == [f"step_{80:09d}.pt"]  # keep 1
+    info = {step: json.loads(StageRun(long_run).milestone_info(step).read_text())
             for step in (40, 80)}
     assert info[40]["train_tflops"] * 2 == pytest.approx(info[80]["train_tflops"])  # linear in the steps
     assert 0 < info[40]["wall_seconds"] < info[80]["wall_seconds"]
@@ -85,13 +85,13 @@ def test_milestones_outlive_the_checkpoint_rotation_with_what_reaching_them_cost
 def test_a_run_extended_past_its_end_continues_as_if_it_had_never_stopped(long_and_short, tmp_path):
     long_run, short_run = long_and_short
     extended = tmp_path / "extended"
-    (extended / "checkpoints").mkdir(parents=True)
+    StageRun(extended).checkpoints.mkdir(parents=True)
     # a 40-step run, asked later for 80: it resumes from its last checkpoint
     fit(tiny_trial_config(**pretraining(40)), "pretrain", extended, milestones=[40])
     result = fit(tiny_trial_config(**pretraining(80)), "pretrain", extended, milestones=[80])
     assert result.steps == 80
-    assert same_tensors(load_checkpoint(extended / "milestones" / f"step_{80:09d}.pt")["model"],
-                        load_checkpoint(long_run / "milestones" / f"step_{80:09d}.pt")["model"])
+    assert same_tensors(load_checkpoint(StageRun(extended).milestone(80))["model"],
+                        load_checkpoint(StageRun(long_run).milestone(80))["model"])
 
 
 def test_with_a_decay_to_the_end_lengths_are_trained_apart(tmp_path):
@@ -99,8 +99,8 @@ def test_with_a_decay_to_the_end_lengths_are_trained_apart(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     fit(tiny_trial_config(**pretraining(80, lr_decay="cosine")), "pretrain", a, milestones=[40])
     fit(tiny_trial_config(**pretraining(40, lr_decay="cosine")), "pretrain", b)
-    assert not same_tensors(load_checkpoint(a / "milestones" / f"step_{40:09d}.pt")["model"],
-                            load_checkpoint(list_checkpoints(b / "checkpoints")[-1])["model"])
+    assert not same_tensors(load_checkpoint(StageRun(a).milestone(40))["model"],
+                            load_checkpoint(list_checkpoints(StageRun(b).checkpoints)[-1])["model"])
     # ... and a sweep over the length plans one run per length; without the decay, one run for both
     for decay, runs in (("cosine", 2), ("linear", 2), ("none", 1)):
         base = tiny_trial_config(**pretraining(40, lr_decay=decay)).model_dump(mode="json")
@@ -171,13 +171,13 @@ def test_a_milestone_whose_checkpoint_was_written_before_a_crash_is_kept_on_resu
     # the process died after the step-40 checkpoint, before keeping it: the resume starts there and keeps it
     run = tmp_path / "crashed"
     fit(tiny_trial_config(**pretraining(40)), "pretrain", run)  # a checkpoint at 40, no milestone
-    assert not (run / "milestones").exists()
+    assert not StageRun(run).milestones.exists()
     fit(tiny_trial_config(**pretraining(80)), "pretrain", run, milestones=[40, 80])
     long_run, _ = long_and_short
     for step in (40, 80):
-        assert same_tensors(load_checkpoint(run / "milestones" / f"step_{step:09d}.pt")["model"],
-                            load_checkpoint(long_run / "milestones" / f"step_{step:09d}.pt")["model"])
-        assert (run / "milestones" / f"step_{step:09d}.json").exists()
+        assert same_tensors(load_checkpoint(StageRun(run).milestone(step))["model"],
+                            load_checkpoint(StageRun(long_run).milestone(step))["model"])
+        assert StageRun(run).milestone_info(step).exists()
 
 
 class AsksAt(NullReporter):

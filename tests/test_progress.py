@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from maskdm_sweeps.layout import EVENTS_FILE, REPORT_FILE
 from maskdm_sweeps.naming import distinct, short_label
 from maskdm_sweeps.sweep.progress import SweepProgress
 from maskdm_sweeps.testing import tiny_sweep_spec
@@ -40,7 +41,7 @@ def test_labels_two_trials_would_share_are_made_distinct_by_their_ids():
 
 # ------------------------------------------------------------------------------------------------ the ETA
 def test_the_eta_is_the_compute_left_over_the_rate_measured_so_far(tmp_path):
-    events = tmp_path / "events.jsonl"
+    events = tmp_path / EVENTS_FILE
     progress = SweepProgress(events, work_flops=1000.0, labels={"t-1": "patch r=0.5 · s0"}, pretrain_labels={},
                              flops_per_step={("finetune", "t-1"): 2.0}, eval_flops={("finetune", "t-1"): 100.0},
                              started=0.0)
@@ -142,11 +143,11 @@ def test_report_json_holds_the_fid_table_and_the_speedups(tmp_path, capsys):
     assert [a["fid_mean"] for a in data["arms"]] == pytest.approx(list(table["fid_mean"]))
     assert {row["arm"] for row in data["speedup"]} == set(table["arm"]) - {"baseline"}
     assert len(data["speedup_sentences"]) == len(data["speedup"])
-    assert Path(data["files"]["report"]).name == "report.md"
+    assert Path(data["files"]["report"]).name == REPORT_FILE
 
 
 def test_a_searched_trial_the_plan_did_not_list_is_measured_from_its_running_total(tmp_path):
-    events = tmp_path / "events.jsonl"
+    events = tmp_path / EVENTS_FILE
     progress = SweepProgress(events, work_flops=1000.0, labels={}, pretrain_labels={}, flops_per_step={}, started=0.0)
     events.write_text(json.dumps({"time": 1, "event": "stage_start", "stage": "finetune", "key": "t-sampled",
                                   "trial_id": "t-sampled", "from_step": 0, "to_step": 100}) + "\n")

@@ -17,7 +17,8 @@ import pytest
 import yaml
 
 from maskdm_sweeps.cli import main
-from maskdm_sweeps.layout import StageRun, SweepDir
+from maskdm_sweeps.layout import (BRANCHES_DIR, CHECKPOINTS_DIR, DRIVER_LOCK, MLFLOW_BUFFER_FILE, MLFLOW_DB,
+                                  MLFLOW_TARGET_FILE, STORE_DIR, TUNE_DIR, StageRun, SweepDir)
 from maskdm_sweeps.sweep import read_events, run_sweep
 from maskdm_sweeps.sweepspec import load_spec
 from maskdm_sweeps.testing import crash_once, tiny_sweep_spec
@@ -41,10 +42,11 @@ def snapshot(root: Path) -> dict[str, tuple[int, int]]:
 
 def copy_sweep(src_root: Path, dst_root: Path, with_store: bool = True) -> SweepDir:
     """The sweep directory (and its results root's shared pre-trainings) copied to another results root."""
-    shutil.copytree(src_root / NAME, dst_root / NAME, symlinks=True)
+    src, dst = SweepDir(src_root, NAME), SweepDir(dst_root, NAME)
+    shutil.copytree(src.path, dst.path, symlinks=True)
     if with_store:
-        shutil.copytree(src_root / "_pretrain", dst_root / "_pretrain", symlinks=True)
-    return SweepDir(dst_root, NAME)
+        shutil.copytree(src.store, dst.store, symlinks=True)
+    return dst
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +85,7 @@ def test_replace_moves_the_old_directory_aside_and_a_rerun_of_the_same_spec_find
     assert "--replace: moved" in capsys.readouterr().out
     (aside,) = tmp_path.glob(f"{NAME}.replaced-*")
     moved = snapshot(aside)
-    assert moved.pop(".driver.lock") and old_files.pop(".driver.lock")  # held while it moved
+    assert moved.pop(DRIVER_LOCK) and old_files.pop(DRIVER_LOCK)  # held while it moved
     assert moved == old_files  # moved whole, nothing deleted
     new = load_spec(edited)
     assert new.spec_hash != plan.spec_hash and json.loads(new.layout.plan_file.read_text())["spec_hash"] == new.spec_hash
@@ -124,15 +126,15 @@ def test_a_copied_sweep_directory_resumes_in_place_and_leaves_the_original_untou
     (trial,) = plan.trials
     ft = copy.finetune(trial.trial_id)
     result = json.loads(ft.result.read_text())
-    assert result["checkpoint"] == f"checkpoints/step_{20:09d}.pt" and ft.result_checkpoint(result).exists()
+    assert result["checkpoint"] == f"{CHECKPOINTS_DIR}/step_{20:09d}.pt" and ft.result_checkpoint(result).exists()
     starts = [e for e in read_events(copy.path) if e["event"] == "stage_start"]
     assert [(e["stage"], e["from_step"]) for e in starts][-1] == ("finetune", 10)  # from the copied checkpoint
-    assert (tmp_path / "moved" / "mlflow.db").exists()  # the default store follows the directory
-    target = json.loads((ft.path / "mlflow_target.json").read_text())
-    assert target["store"] == "../../../../mlflow.db"
+    assert (tmp_path / "moved" / MLFLOW_DB).exists()  # the default store follows the directory
+    target = json.loads((ft.path / MLFLOW_TARGET_FILE).read_text())
+    assert target["store"] == f"../../../../{MLFLOW_DB}"
     # no file the sweep reads names the original (Tune's own state and MLflow's write-ahead buffer aside)
     ours = [p for p in copy.path.rglob("*") if p.is_file() and p.suffix in (".json", ".jsonl", ".yaml")
-            and "tune" not in p.relative_to(copy.path).parts and p.name != "mlflow_buffer.jsonl"]
+            and TUNE_DIR not in p.relative_to(copy.path).parts and p.name != MLFLOW_BUFFER_FILE]
     assert ours and not [p for p in ours if str(tmp / "a") in p.read_text()]
 
 
@@ -143,8 +145,8 @@ def test_results_leave_out_trial_directories_the_plan_does_not_hold_and_say_so(p
     (trial,) = plan.trials
     stray = copy.trial_dir("t-0123456789")  # another spec's trial, left in the directory
     shutil.copytree(copy.trial_dir(trial.trial_id), stray)
-    manifest = json.loads((stray / "trial.json").read_text())
-    (stray / "trial.json").write_text(json.dumps({**manifest, "trial_id": stray.name}))
+    manifest = json.loads(copy.manifest(stray.name).read_text())
+    copy.manifest(stray.name).write_text(json.dumps({**manifest, "trial_id": stray.name}))
     assert main(["report", str(copy.path)]) == 0
     trials = pd.read_parquet(copy.trials_parquet)
     assert trials["trial_id"].tolist() == [trial.trial_id]
@@ -159,14 +161,15 @@ def test_results_leave_out_trial_directories_the_plan_does_not_hold_and_say_so(p
 
 # ------------------------------------------------------------------------------------------------ older files
 def test_paths_written_before_they_were_relative_are_read_by_their_name(tmp_path):
-    key = tmp_path / "_pretrain" / "k"
-    branch = StageRun(key / "branches" / "b2")
+    sweep = SweepDir(tmp_path, NAME)
+    key, branch, b1 = sweep.pretrain("k").path, sweep.pretrain_branch("k", "b2"), sweep.pretrain_branch("k", "b1").path
     branch.path.mkdir(parents=True)
-    for written, parent in (("/gone/_pretrain/k", key), ("/gone/_pretrain/k/branches/b1", key / "branches" / "b1"),
-                            ("../b1", key / "branches" / "b1"), ("../..", key)):
+    for written, parent in ((f"/gone/{STORE_DIR}/k", key), (f"/gone/{STORE_DIR}/k/{BRANCHES_DIR}/b1", b1),
+                            ("../b1", b1), ("../..", key)):
         branch.branch.write_text(json.dumps({"parent": written, "from_step": 5}))
         assert branch.origin() == (StageRun(parent), 5), written
     run = StageRun(tmp_path / "ft")
     assert run.result_checkpoint({"checkpoint": "/gone/ft/checkpoints/step_000000020.pt"}) == \
         run.checkpoints / "step_000000020.pt"
-    assert run.result_checkpoint({"checkpoint": "checkpoints/step_000000020.pt"}) == run.checkpoints / "step_000000020.pt"
+    assert run.result_checkpoint({"checkpoint": f"{CHECKPOINTS_DIR}/step_000000020.pt"}) == \
+        run.checkpoints / "step_000000020.pt"

@@ -2,6 +2,7 @@
 
 import json
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -9,10 +10,11 @@ import torch
 import yaml
 
 from maskdm_sweeps.layout import StageRun
+from maskdm_sweeps.sweep import read_events, run_sweep
 from maskdm_sweeps.sweepspec import load_spec
 from maskdm_sweeps.sweepspec.binding import SpecChanged
-from maskdm_sweeps.sweep import read_events, run_sweep
 from maskdm_sweeps.testing import crash_once, tiny_sweep_spec
+from maskdm_sweeps.trainer import fit
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
 
@@ -30,6 +32,17 @@ def plan_for(tmp_path: Path, name: str, sweep: dict, base_overrides: dict | None
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec))
     return load_spec(path)
+
+
+@contextmanager
+def one_torch_thread():
+    """As the trial processes run (resources.cpus: 1): CPU reductions, so the trained weights, depend on the threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def stage_counts(plan, invocation: int | None = None) -> Counter:
@@ -66,19 +79,22 @@ def test_shared_pretrainings_run_once_and_are_reused_by_a_later_run(tmp_path, mo
 
 def test_a_trial_that_crashes_once_is_retried_from_its_checkpoint_with_identical_results(tmp_path):
     sweep, one_stage = {}, {"pretrain": {"steps": 0}, "finetune": {"steps": 30}}  # one stage run keeps it short
-    clean = plan_for(tmp_path / "clean", "fault", sweep, one_stage)
     crashy = plan_for(tmp_path / "crashy", "fault", sweep, one_stage, {"max_failures": 1})
-    assert run_sweep(clean).exit_code == 0
     outcome = run_sweep(crashy, reporters=crash_once("finetune", 17))  # the trial process dies once at step 17
     assert outcome.exit_code == 0, outcome.failed
     starts = [e for e in read_events(crashy.sweep_dir) if e["event"] == "stage_start" and e["stage"] == "finetune"]
     assert [e["from_step"] for e in starts] == [0, 15]  # the retry resumed from the step-15 checkpoint
     (trial,) = crashy.trials
-    a = json.loads((clean.trial_dir(trial.trial_id) / "finetune" / "result.json").read_text())
-    b = json.loads((crashy.trial_dir(trial.trial_id) / "finetune" / "result.json").read_text())
+    # the fine-tuning run through without a crash: in this process, as a trial process of one CPU runs it (a sweep
+    # of its own would train the same weights, bit for bit, only slower)
+    clean = StageRun(tmp_path / "clean")
+    with one_torch_thread():
+        fit(trial.config, "finetune", clean.path)
+    a = json.loads(clean.result.read_text())
+    b = json.loads(crashy.layout.finetune(trial.trial_id).result.read_text())
     assert a["loss_final"] == b["loss_final"] and a["steps"] == b["steps"] == 30
-    wa, wb = (torch.load(StageRun(p.trial_dir(trial.trial_id) / "finetune").result_checkpoint(r),
-                         weights_only=True)["model"] for p, r in ((clean, a), (crashy, b)))
+    wa, wb = (torch.load(run.result_checkpoint(r), weights_only=True)["model"]
+              for run, r in ((clean, a), (crashy.layout.finetune(trial.trial_id), b)))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
@@ -105,7 +121,7 @@ def test_optuna_search_samples_with_the_seeded_tpe_sampler(tmp_path):
                     {"max_concurrent_trials": 1})
     outcome = run_sweep(plan)
     assert outcome.exit_code == 0 and len(outcome.finished) == 3
-    used = sorted(json.loads((plan.trial_dir(t) / "finetune" / "config.json").read_text())["finetune"]["lr"]
+    used = sorted(json.loads(plan.layout.finetune(t).config.read_text())["finetune"]["lr"]
                   for t in outcome.finished)
     # independent: the same seeded sampler asked directly (TPE's first trials are its seeded random start-up)
     study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=7))
@@ -129,7 +145,7 @@ def test_a_diverging_stage_fails_once_without_a_retry_and_its_reason_reaches_the
     trials, _ = load(bad.sweep_dir)
     row = trials.set_index("trial_id").loc[baseline.trial_id]
     assert row["status"] == "failed" and "NaN or infinite at step" in row["error"]
-    report = (bad.sweep_dir / "report.md").read_text().split("## Trials that did not finish")[1]
+    report = bad.layout.report.read_text().split("## Trials that did not finish")[1]
     assert baseline.trial_id in report and "NaN or infinite" in report
 
 
@@ -144,7 +160,7 @@ def test_a_failed_pretraining_lists_its_trials_as_failed_with_the_reason(tmp_pat
     trials, _ = load(plan.sweep_dir)
     row = trials.set_index("trial_id").loc[trial.trial_id]  # a row, though its fine-tuning never started
     assert row["status"] == "failed" and "NaN or infinite" in row["error"] and row["steps_done"] == 0
-    assert trial.trial_id in (plan.sweep_dir / "report.md").read_text().split("## Trials that did not finish")[1]
+    assert trial.trial_id in plan.layout.report.read_text().split("## Trials that did not finish")[1]
 
 
 def pretrain_starts(plan, invocation: int = 1) -> list[dict]:
@@ -162,7 +178,6 @@ def test_pretraining_lengths_share_one_run_which_later_sweeps_extend_reuse_or_br
     from maskdm_sweeps.results import load
     from maskdm_sweeps.sweep.milestones import plan_lines
     from maskdm_sweeps.sweepspec.expand import with_pretrain_steps
-    from maskdm_sweeps.trainer import fit
 
     out, tiny = str(tmp_path / "results"), {"finetune": {"steps": 10}}
     # 1. two lengths in one sweep: one run, trained to the longer, keeping both
@@ -192,12 +207,8 @@ def test_pretraining_lengths_share_one_run_which_later_sweeps_extend_reuse_or_br
     assert (job.unit, job.branch_from) == (f"{key}/from-10-to-15", ("main", 10))
     assert run_sweep(branch, track=False).exit_code == 0
     assert [(e["key"], e["from_step"]) for e in pretrain_starts(branch)] == [(job.unit, 10)]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the trial processes do (resources.cpus: 1): CPU reductions depend on the threads
-    try:
+    with one_torch_thread():
         alone = fit(with_pretrain_steps(branch.trials[0].config, 15), "pretrain", tmp_path / "alone")
-    finally:
-        torch.set_num_threads(threads)
     served = torch.load(branch.milestone(key, 15), weights_only=True)["model"]
     separate = torch.load(alone.checkpoint, weights_only=True)["model"]
     assert all(torch.equal(served[k], separate[k]) for k in served)

@@ -21,27 +21,23 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import yaml
+
+from maskdm_sweeps.layout import STAGE_RESULT, SweepDir
+from maskdm_sweeps.testing import tiny_sweep_spec
 
 BIN = Path(sys.executable).parent
 SWEEP = BIN / "maskdm-sweep"
 RAY = BIN / "ray"
 
-SPEC = """\
-name: {name}
-base:
-  data: {{name: digits, image_size: 8}}
-  model: {{preset: tiny}}
-  mask: {{strategy: patch, rate: 0.5}}
-  pretrain: {{steps: 20, batch_size: 16}}
-  finetune: {{steps: 30, batch_size: 16}}
-  eval: {{num_samples: 0, backend: digits-classifier}}
-  runtime: {{device: cpu, log_every_steps: 5, checkpoint_every_steps: 5}}
-sweep:
-  axes:
-    mask.rate: [0.25, 0.5]
-    finetune.steps: [30, 40]
-resources: {{gpus: 0, cpus: 1}}
-"""
+
+def _spec(name: str, output_dir: Path) -> str:
+    """Two pre-trainings, four fine-tunings of two lengths: more trials than either node has CPUs."""
+    axes = {"mask.rate": [0.25, 0.5], "finetune.steps": [30, 40]}
+    return yaml.safe_dump(tiny_sweep_spec(name, output_dir, {"axes": axes},
+                                          pretrain={"steps": 20, "batch_size": 16}, finetune={"batch_size": 16},
+                                          runtime={"log_every_steps": 5, "checkpoint_every_steps": 5}))
+
 
 pytestmark = pytest.mark.slow
 
@@ -201,20 +197,20 @@ def _run_driver(cmd: list[str], env: dict[str, str], log: Path, timeout: float) 
 
 def test_sweep_runs_on_a_two_node_cluster_and_spreads_over_both_nodes(tmp_path, cluster):
     spec = tmp_path / "spec.yaml"
-    spec.write_text(SPEC.format(name="cluster-smoke"))
     out_dir = tmp_path / "out"
+    spec.write_text(_spec("cluster-smoke", out_dir))
     code, output = _run_driver(
         [str(SWEEP), "run", str(spec), "--set", f"output_dir={out_dir}", "--address", cluster.address],
         _env(tmp_path / "cache"), tmp_path / "driver.log", timeout=400)
     assert code == 0, f"maskdm-sweep run exited with {code}; output tail:\n{output}"
 
-    sweep_dir = out_dir / "cluster-smoke"
-    plan = json.loads((sweep_dir / "plan.json").read_text())
+    sweep = SweepDir(out_dir, "cluster-smoke")
+    plan = json.loads(sweep.plan_file.read_text())
     trial_ids = {t["trial_id"] for t in plan["trials"]}
     pretrain_keys = set(plan["pretrains"])
     assert len(trial_ids) == 4 and len(pretrain_keys) == 2, plan
 
-    events_path = sweep_dir / "events.jsonl"
+    events_path = sweep.events
     events = [json.loads(line) for line in events_path.read_text().splitlines() if line.strip()]
     done = [e for e in events if e["event"] == "stage_done"]
     context = f"events:\n{events_path.read_text()[-6000:]}\ndriver output tail:\n{output}"
@@ -227,10 +223,10 @@ def test_sweep_runs_on_a_two_node_cluster_and_spreads_over_both_nodes(tmp_path, 
     assert all(n == 1 for n in starts.values()), f"a stage run started more than once: {starts}\n{context}"
 
     for t in trial_ids:
-        result = sweep_dir / "trials" / t / "finetune" / "result.json"
+        result = sweep.finetune(t).result
         assert result.exists(), f"{result} is missing\n{context}"
     for key in pretrain_keys:
-        assert (out_dir / "_pretrain" / key / "result.json").exists(), f"pre-training {key} has no result.json"
+        assert sweep.pretrain(key).result.exists(), f"pre-training {key} has no {STAGE_RESULT}"
 
     steps = {e["key"]: e["steps"] for e in done if e["stage"] == "finetune"}
     by_trial = {t["trial_id"]: t["assignments"]["finetune.steps"] for t in plan["trials"]}

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from maskdm_sweeps.layout import StageRun, SweepDir, read_json, read_jsonl
+from maskdm_sweeps.layout import BRANCHES_DIR, StageRun, SweepDir, read_json, read_jsonl
 from maskdm_sweeps.sweep.lock import LineLock
 from maskdm_sweeps.sweepspec import load_spec
 from maskdm_sweeps.testing import tiny_sweep_spec
@@ -112,7 +112,7 @@ def test_two_sweeps_started_together_train_each_shared_run_once_and_fail_nothing
     # 40 (A) and 30 (B) of key2: one line, 40 steps in all, that keeps both; no branch
     trained = [(e["key"], e["from_step"], e["to_step"]) for e in _pretrain_starts(out, key2)]
     assert sum(end - start for _, start, end in trained) == 40, f"key2 trained as {trained}"
-    assert not (out / "_pretrain" / key2 / "branches").exists(), f"key2 trained as {trained}"
+    assert not (store.pretrain(key2).path / BRANCHES_DIR).exists(), f"key2 trained as {trained}"
     assert store.pretrain(key2).milestone_steps() == [30, 40]
     assert not store.pretrain(key1).asked_files() and not store.pretrain(key2).asked_files(), "asks left behind"
     for name in ("sweep-a", "sweep-b"):

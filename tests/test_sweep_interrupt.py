@@ -14,11 +14,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from maskdm_sweeps.layout import SweepDir
+from maskdm_sweeps.layout import CHECKPOINTS_DIR, MLFLOW_DB, SweepDir
 from maskdm_sweeps.testing import tiny_sweep_spec
 
 pytestmark = pytest.mark.slow
 EXE = str(Path(sys.executable).with_name("maskdm-sweep"))
+# Long enough that the pre-training is still running when the SIGINT sent after its first checkpoint arrives (seconds
+# at a few dozen steps a second), short enough that the resume, which trains the rest of it, stays short.
+PRETRAIN_STEPS = 1200
 
 
 def events(layout: SweepDir) -> list[dict]:
@@ -28,7 +31,7 @@ def events(layout: SweepDir) -> list[dict]:
 def test_ctrl_c_stops_after_the_checkpoint_exits_130_and_resume_trains_nothing_twice(tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump(tiny_sweep_spec(
-        "stop", tmp_path / "results", {"baseline": True}, pretrain={"steps": 4000}, finetune={"steps": 200},
+        "stop", tmp_path / "results", {"baseline": True}, pretrain={"steps": PRETRAIN_STEPS}, finetune={"steps": 200},
         runtime={"log_every_steps": 20, "checkpoint_every_steps": 40})))
     layout = SweepDir(tmp_path / "results", "stop")
     env = {**os.environ, "MASKDM_CACHE": str(tmp_path / "cache"), "RAY_AUTH_MODE": "disabled"}
@@ -37,7 +40,7 @@ def test_ctrl_c_stops_after_the_checkpoint_exits_130_and_resume_trains_nothing_t
     deadline = time.monotonic() + 300
     # wait until the pre-training (phase 1, beside the baseline) has written a checkpoint
     while not any(e["event"] == "stage_start" and e["stage"] == "pretrain" for e in events(layout)) or \
-            not list((tmp_path / "results" / "_pretrain").glob("*/checkpoints/step_*.pt")):
+            not list(layout.store.glob(f"*/{CHECKPOINTS_DIR}/step_*.pt")):
         assert time.monotonic() < deadline and driver.poll() is None, driver.communicate()
         time.sleep(0.2)
     driver.send_signal(signal.SIGINT)  # the driver alone, as `kill -INT <pid>` does
@@ -47,7 +50,7 @@ def test_ctrl_c_stops_after_the_checkpoint_exits_130_and_resume_trains_nothing_t
     assert any(e["stage"] == "pretrain" for e in stops), events(layout)
     for e in stops:
         assert f"stopped: {e['stage']} {e['key']} at step {e['step']}" in err
-        assert 0 < e["step"] < 4000 and e["step"] % 40 == 0  # at a checkpoint, before the end
+        assert 0 < e["step"] < PRETRAIN_STEPS and e["step"] % 40 == 0  # at a checkpoint, before the end
     assert f"maskdm-sweep resume {layout.path}" in err
     # the progress lines of a piped run say so too, with the step
     pre_stop = next(e for e in stops if e["stage"] == "pretrain")
@@ -69,7 +72,7 @@ def test_ctrl_c_stops_after_the_checkpoint_exits_130_and_resume_trains_nothing_t
 
     from mlflow import MlflowClient
 
-    client = MlflowClient(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'results' / MLFLOW_DB}")
     runs = client.search_runs([client.get_experiment_by_name("stop").experiment_id],
                               filter_string="tags.kind = 'sweep'", order_by=["attributes.start_time ASC"])
     assert [r.info.status for r in runs] == ["KILLED", "FINISHED"]

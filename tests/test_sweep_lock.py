@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from maskdm_sweeps.layout import SweepDir
+from maskdm_sweeps.layout import DRIVER_LOCK, MLFLOW_DB, RESOLVED_SPEC, SweepDir
 from maskdm_sweeps.sweep.lock import DriverLock, SweepLocked
 from maskdm_sweeps.testing import tiny_sweep_spec
 
@@ -42,7 +42,7 @@ def test_a_second_driver_is_refused_with_exit_2_naming_the_holder_before_anythin
             assert out.returncode == 2, out.stderr
             assert f"pid {os.getpid()}" in out.stderr and "another maskdm-sweep driver" in out.stderr, out.stderr
         # refused before anything starts: no Ray log, no Tune state, no event (tests never time things)
-        assert sorted(p.name for p in layout.path.iterdir()) == [".driver.lock", "spec.resolved.yaml"]
+        assert sorted(p.name for p in layout.path.iterdir()) == sorted([DRIVER_LOCK, RESOLVED_SPEC])
         with pytest.raises(SweepLocked):  # and in-process alike
             DriverLock(layout)
 
@@ -77,6 +77,6 @@ def test_two_concurrent_runs_train_each_stage_once(tmp_path):
 
     from mlflow import MlflowClient
 
-    client = MlflowClient(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'results' / MLFLOW_DB}")
     runs = client.search_runs([client.get_experiment_by_name("locked").experiment_id])
     assert len(runs) == 1 + 5  # one parent, one child per stage run

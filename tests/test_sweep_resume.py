@@ -20,28 +20,24 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import yaml
+
+from maskdm_sweeps.layout import CHECKPOINTS_DIR, MLFLOW_DB, StageRun, SweepDir
+from maskdm_sweeps.testing import tiny_sweep_spec
 
 BIN = Path(sys.executable).parent
 SWEEP = BIN / "maskdm-sweep"
 
-# More work than the cluster smoke spec, so that the run is still busy when it is killed. The plan order puts a short
-# and a long fine-tuning side by side (two CPUs, one per trial): when the short one finishes, the long one is part-way.
-SPEC = """\
-name: {name}
-base:
-  data: {{name: digits, image_size: 8}}
-  model: {{preset: tiny}}
-  mask: {{strategy: patch, rate: 0.5}}
-  pretrain: {{steps: 40, batch_size: 16}}
-  finetune: {{steps: 40, batch_size: 16}}
-  eval: {{num_samples: 0, backend: digits-classifier}}
-  runtime: {{device: cpu, log_every_steps: 5, checkpoint_every_steps: 5}}
-sweep:
-  axes:
-    mask.rate: [0.25, 0.5]
-    finetune.steps: [40, 120]
-resources: {{gpus: 0, cpus: 1}}
-"""
+
+def _spec(name: str, output_dir: Path) -> str:
+    # More work than the cluster smoke spec, so that the run is still busy when it is killed. The plan order puts a
+    # short and a long fine-tuning side by side (two CPUs, one per trial): when the short one finishes, the long one
+    # is part-way.
+    axes = {"mask.rate": [0.25, 0.5], "finetune.steps": [40, 120]}
+    return yaml.safe_dump(tiny_sweep_spec(name, output_dir, {"axes": axes}, pretrain={"batch_size": 16},
+                                          finetune={"batch_size": 16},
+                                          runtime={"log_every_steps": 5, "checkpoint_every_steps": 5}))
+
 
 CKPT = re.compile(r"^step_(\d+)\.pt$")
 
@@ -130,17 +126,17 @@ def _newest_checkpoint(directory: Path) -> int:
     return max(steps, default=0)
 
 
-def _stage_dir(out_dir: Path, sweep_dir: Path, stage: str, key: str) -> Path:
-    return out_dir / "_pretrain" / key if stage == "pretrain" else sweep_dir / "trials" / key / "finetune"
+def _checkpoints(sweep: SweepDir, stage: str, key: str) -> Path:
+    return (sweep.pretrain(key) if stage == "pretrain" else sweep.finetune(key)).checkpoints
 
 
 def test_resume_after_the_driver_is_killed_continues_and_runs_nothing_twice(tmp_path):
     name = "resume-smoke"
     spec = tmp_path / "spec.yaml"
-    spec.write_text(SPEC.format(name=name))
     out_dir = tmp_path / "out"
-    sweep_dir = out_dir / name
-    events_path = sweep_dir / "events.jsonl"
+    spec.write_text(_spec(name, out_dir))
+    sweep = SweepDir(out_dir, name)
+    sweep_dir, events_path = sweep.path, sweep.events
     ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
     env = _env(tmp_path / "cache", ray_tmp)
     # Every process of a run inherits its driver's environment: this tells the killed run's processes apart from
@@ -164,17 +160,17 @@ def test_resume_after_the_driver_is_killed_continues_and_runs_nothing_twice(tmp_
         deadline = time.monotonic() + 420
         planned: dict[str, int] = {}
         while True:
-            if not planned and (sweep_dir / "plan.json").exists():
+            if not planned and sweep.plan_file.exists():
                 try:
                     planned = {t["trial_id"]: t["assignments"]["finetune.steps"]
-                               for t in json.loads((sweep_dir / "plan.json").read_text())["trials"]}
+                               for t in json.loads(sweep.plan_file.read_text())["trials"]}
                 except json.JSONDecodeError:  # being written
                     pass
             events = _events(events_path)
             done = {(e["stage"], e["key"]) for e in events if e["event"] == "stage_done"}
             running = {(e["stage"], e["key"]) for e in events if e["event"] == "stage_start"} - done
             part_way = [k for k in running if k[0] == "finetune" and k[1] in planned
-                        and 0 < _newest_checkpoint(_stage_dir(out_dir, sweep_dir, *k) / "checkpoints")
+                        and 0 < _newest_checkpoint(_checkpoints(sweep, *k))
                         <= planned[k[1]] - 10]
             if any(stage == "finetune" for stage, _ in done) and part_way:
                 break
@@ -187,7 +183,7 @@ def test_resume_after_the_driver_is_killed_continues_and_runs_nothing_twice(tmp_
         running_pids = {e["pid"] for e in events if e["event"] == "stage_start" and (e["stage"], e["key"]) in running}
         assert any(_alive(p) and _ours(p, marker) for p in running_pids), \
             f"no live trial process among {running_pids} carries {marker}: the liveness check below cannot work"
-        at_kill = {k: _newest_checkpoint(_stage_dir(out_dir, sweep_dir, *k) / "checkpoints") for k in part_way}
+        at_kill = {k: _newest_checkpoint(_checkpoints(sweep, *k)) for k in part_way}
         os.kill(driver.pid, signal.SIGKILL)  # the driver only: Ray's processes must die with it
         killed_at = time.monotonic()
         driver.wait(timeout=30)
@@ -224,8 +220,7 @@ def test_resume_after_the_driver_is_killed_continues_and_runs_nothing_twice(tmp_
         assert not any(e["event"] == "invocation" and e.get("resume") for e in first_events)
         done_before = {(e["stage"], e["key"]) for e in first_events if e["event"] == "stage_done"}
         started_before = {(e["stage"], e["key"]) for e in first_events if e["event"] == "stage_start"}
-        interrupted = {k: _newest_checkpoint(_stage_dir(out_dir, sweep_dir, *k) / "checkpoints")
-                       for k in started_before - done_before}
+        interrupted = {k: _newest_checkpoint(_checkpoints(sweep, *k)) for k in started_before - done_before}
         print(f"killed part-way (stage, key) -> newest checkpoint step: at the kill {at_kill}, after {interrupted}; "
               f"finished by the dying run: {sorted(set(at_kill) & done_before)}")
         for key, step in at_kill.items():
@@ -248,11 +243,11 @@ def test_resume_after_the_driver_is_killed_continues_and_runs_nothing_twice(tmp_
         assert code == 0, f"maskdm-sweep resume exited with {code}{context()}"
 
         # 4. Every planned trial finished.
-        plan = json.loads((sweep_dir / "plan.json").read_text())
+        plan = json.loads(sweep.plan_file.read_text())
         trial_ids = {t["trial_id"] for t in plan["trials"]}
         pretrain_keys = set(plan["pretrains"])
         assert len(trial_ids) == 4 and len(pretrain_keys) == 2, plan
-        missing = [t for t in trial_ids if not (sweep_dir / "trials" / t / "finetune" / "result.json").exists()]
+        missing = [t for t in trial_ids if not sweep.finetune(t).result.exists()]
         assert not missing, f"trials without finetune/result.json after resume: {missing}{context()}"
 
         # 5. None run twice: one stage_done per stage run, no start after its done.
@@ -292,7 +287,7 @@ def test_resume_after_the_driver_is_killed_continues_and_runs_nothing_twice(tmp_
         # twice).
         from mlflow import MlflowClient
 
-        client = MlflowClient(f"sqlite:///{(out_dir / 'mlflow.db').resolve()}")
+        client = MlflowClient(f"sqlite:///{(out_dir / MLFLOW_DB).resolve()}")
         runs = client.search_runs([client.get_experiment_by_name(name).experiment_id], max_results=1000)
         parents = {r.info.run_id for r in runs if r.data.tags.get("kind") == "sweep"}
         assert len(parents) == 2, f"expected one parent run per invocation: {len(parents)}"
@@ -335,30 +330,21 @@ def test_resume_after_the_driver_is_killed_continues_and_runs_nothing_twice(tmp_
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
-SHARED_SPEC = """\
-name: {name}
-base:
-  data: {{name: digits, image_size: 8}}
-  model: {{preset: tiny}}
-  mask: {{strategy: patch, rate: 0.5}}
-  pretrain: {{steps: 30, batch_size: 16}}
-  finetune: {{steps: 20, batch_size: 16}}
-  eval: {{num_samples: 0, backend: digits-classifier}}
-  runtime: {{device: cpu, log_every_steps: 5, checkpoint_every_steps: 5}}
-sweep:
-  axes:
-    pretrain.steps: [30, 400]
-resources: {{gpus: 0, cpus: 1}}
-"""
+def _shared_spec(name: str, output_dir: Path) -> str:
+    """One pre-training run that serves two lengths, 30 and 400 steps."""
+    return yaml.safe_dump(tiny_sweep_spec(name, output_dir, {"axes": {"pretrain.steps": [30, 400]}},
+                                          pretrain={"steps": 30, "batch_size": 16},
+                                          finetune={"steps": 20, "batch_size": 16},
+                                          runtime={"log_every_steps": 5, "checkpoint_every_steps": 5}))
 
 
 def test_a_driver_killed_during_a_shared_pretraining_resumes_it_with_its_milestones_intact(tmp_path):
     """One pre-training run serves 30 and 400 steps; the driver dies after the 30-step milestone was kept."""
     name = "shared-kill"
     spec = tmp_path / "spec.yaml"
-    spec.write_text(SHARED_SPEC.format(name=name))
-    out_dir, sweep_dir = tmp_path / "out", tmp_path / "out" / name
-    events_path = sweep_dir / "events.jsonl"
+    out_dir, sweep = tmp_path / "out", SweepDir(tmp_path / "out", name)
+    spec.write_text(_shared_spec(name, out_dir))
+    sweep_dir, events_path = sweep.path, sweep.events
     env = _env(tmp_path / "cache", Path(tempfile.mkdtemp(prefix="rt", dir="/tmp")))
     token = uuid.uuid4().hex
     marker = f"MASKDM_TEST_RUN={token}-first"
@@ -375,8 +361,8 @@ def test_a_driver_killed_during_a_shared_pretraining_resumes_it_with_its_milesto
     try:
         deadline = time.monotonic() + 420
         while True:
-            lines = list((out_dir / "_pretrain").glob("*/checkpoints")) if (out_dir / "_pretrain").is_dir() else []
-            if lines and 40 <= _newest_checkpoint(lines[0]) <= 300:
+            lines = [StageRun(d.parent) for d in sweep.store.glob(f"*/{CHECKPOINTS_DIR}")]
+            if lines and 40 <= _newest_checkpoint(lines[0].checkpoints) <= 300:
                 break
             assert driver.poll() is None, f"the run ended before it could be killed{context()}"
             assert time.monotonic() < deadline, f"the pre-training did not pass step 40 within 420 s{context()}"
@@ -387,12 +373,12 @@ def test_a_driver_killed_during_a_shared_pretraining_resumes_it_with_its_milesto
         while _session_processes(marker) and time.monotonic() < deadline:
             time.sleep(1)
         _kill_session(marker)  # Ray's agents linger a minute: not what this test is about
-        line = lines[0].parent
-        key = line.name
-        kept = line / "milestones" / f"step_{30:09d}.pt"
-        assert kept.exists() and (line / "milestones" / f"step_{30:09d}.json").exists(), context()
+        line = lines[0]
+        key = line.path.name
+        kept = line.milestone(30)
+        assert kept.exists() and line.milestone_info(30).exists(), context()
         kept_stat = kept.stat()
-        newest = _newest_checkpoint(line / "checkpoints")
+        newest = _newest_checkpoint(line.checkpoints)
         before = _events(events_path)
         assert not any(e["event"] == "stage_start" and e["stage"] == "finetune" for e in before), \
             "a fine-tuning started before the pre-training phase ended"
@@ -403,12 +389,12 @@ def test_a_driver_killed_during_a_shared_pretraining_resumes_it_with_its_milesto
         assert resumer.returncode == 0, context()
 
         # every trial finished, each from its own length
-        plan = json.loads((sweep_dir / "plan.json").read_text())
+        plan = json.loads(sweep.plan_file.read_text())
         assert list(plan["pretrains"]) == [key] and len(plan["trials"]) == 2
         for trial in plan["trials"]:
-            result = json.loads((sweep_dir / "trials" / trial["trial_id"] / "finetune" / "result.json").read_text())
+            result = json.loads(sweep.finetune(trial["trial_id"]).result.read_text())
             assert result["steps"] == 20
-            config = json.loads((sweep_dir / "trials" / trial["trial_id"] / "finetune" / "config.json").read_text())
+            config = json.loads(sweep.finetune(trial["trial_id"]).config.read_text())
             assert config["pretrain"]["steps"] == trial["pretrain_steps"]
         # the pre-training resumed from its newest checkpoint, its kept 30-step state untouched, nothing twice
         events = _events(events_path)
@@ -417,12 +403,12 @@ def test_a_driver_killed_during_a_shared_pretraining_resumes_it_with_its_milesto
         assert kept.stat().st_ino == kept_stat.st_ino and kept.stat().st_mtime == kept_stat.st_mtime
         done = Counter((e["stage"], e["key"]) for e in events if e["event"] == "stage_done")
         assert done == Counter({("pretrain", key): 1, **{("finetune", t["trial_id"]): 1 for t in plan["trials"]}})
-        assert sorted(p.name for p in (line / "milestones").glob("*.pt")) == [f"step_{30:09d}.pt", f"step_{400:09d}.pt"]
+        assert sorted(p.name for p in line.milestones.glob("*.pt")) == [f"step_{30:09d}.pt", f"step_{400:09d}.pt"]
 
         # one MLflow child run per stage run: the pre-training line (re-attached, not duplicated) and two fine-tunings
         from mlflow import MlflowClient
 
-        client = MlflowClient(f"sqlite:///{(out_dir / 'mlflow.db').resolve()}")
+        client = MlflowClient(f"sqlite:///{(out_dir / MLFLOW_DB).resolve()}")
         runs = client.search_runs([client.get_experiment_by_name(name).experiment_id], max_results=1000)
         children = [r for r in runs if r.data.tags.get("kind") != "sweep"]
         assert Counter(r.data.tags["stage"] for r in children) == Counter({"pretrain": 1, "finetune": 2})

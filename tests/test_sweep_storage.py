@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from maskdm_sweeps.layout import SweepDir
 from maskdm_sweeps.testing import tiny_sweep_spec
 
 pytestmark = pytest.mark.slow
@@ -44,7 +45,8 @@ def test_a_full_disk_ends_the_run_with_one_block_naming_the_file_and_resume_fini
     free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
     filler.write_bytes(b"\0" * (free - 1_600_000))  # 1.6 MB left: the MLflow store (about 1 MB) fits, the first checkpoints do not
     env = {**os.environ, "MASKDM_CACHE": str(tmp_path / "cache"), "RAY_AUTH_MODE": "disabled"}
-    sweep_dir = small_disk / "results" / "full"
+    layout = SweepDir(small_disk / "results", "full")
+    sweep_dir = layout.path
     run = subprocess.run([EXE, "run", str(spec)], capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 1, run.stderr[-3000:]
     # Ray's tracebacks went to driver.log; the run's last words are ours: the file, the log, the way on
@@ -54,9 +56,9 @@ def test_a_full_disk_ends_the_run_with_one_block_naming_the_file_and_resume_fini
     named = Path(block[0].removeprefix("error: ").removesuffix(": No space left on device"))
     # the file (or the directory being made) that could not be written, not the results root
     assert named.is_relative_to(small_disk / "results") and named not in (small_disk / "results", sweep_dir), block[0]
-    assert block[1].startswith(f"Ray's messages and tracebacks: {sweep_dir / 'driver.log'}"), block
+    assert block[1].startswith(f"Ray's messages and tracebacks: {layout.driver_log}"), block
     assert block[2].startswith("sweep full: ") and f"maskdm-sweep resume {sweep_dir}" in block[2], block
-    starts = Counter(e["key"] for e in map(json.loads, (sweep_dir / "events.jsonl").read_text().splitlines())
+    starts = Counter(e["key"] for e in map(json.loads, layout.events.read_text().splitlines())
                      if e["event"] == "stage_start")
     assert starts and set(starts.values()) == {1}, starts  # max_failures is 1, but no stage ran twice on it
     filler.unlink()

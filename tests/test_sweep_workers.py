@@ -21,30 +21,28 @@ import pytest
 import torch
 import yaml
 
+from maskdm_sweeps import layout
+from maskdm_sweeps.layout import MLFLOW_DB
 from maskdm_sweeps.sweepspec import SpecError, load_spec
 from maskdm_sweeps.sweep import read_events, run_sweep
-from maskdm_sweeps.testing import crash_once
+from maskdm_sweeps.testing import crash_once, tiny_sweep_spec
 from maskdm_sweeps.trainer import load_latest_checkpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
 
-SPEC = {
-    "name": "workers",
-    "base": {
-        "data": {"name": "digits", "image_size": 8},
-        "model": {"preset": "tiny"},
-        "mask": {"strategy": "patch", "rate": 0.5},
-        "pretrain": {"steps": 0, "batch_size": 16},
-        "finetune": {"steps": 30, "batch_size": 16},
-        "eval": {"num_samples": 32, "batch_size": 32, "sampling_steps": 5, "grid_size": 16,
-                 "backend": "digits-classifier"},
-        "runtime": {"device": "cpu", "log_every_steps": 5, "checkpoint_every_steps": 10},
-    },
-    "sweep": {"axes": {"finetune.lr": [1e-3]}},
-    "resources": {"gpus": 0, "cpus": 1, "max_failures": 1},
-}
+
+def _spec(output_dir: Path, workers: int = 1, **resources) -> dict:
+    """One fine-tuning trial (no pre-training) evaluated with FID, on ``workers`` data-parallel workers."""
+    return tiny_sweep_spec("workers", output_dir, {"axes": {"finetune.lr": [1e-3]}},
+                           {"max_failures": 1, "workers": workers, "cpus": 1 / workers, **resources},
+                           pretrain={"steps": 0, "batch_size": 16}, finetune={"steps": 30, "batch_size": 16},
+                           eval={"num_samples": 32, "batch_size": 32, "sampling_steps": 5, "grid_size": 16},
+                           runtime={"log_every_steps": 5, "checkpoint_every_steps": 10})
+
+
 # runner state and the MLflow database, not results (the MLflow runs are compared through MLflow below)
-IGNORED = {"tune", "events.jsonl", "invocations.json", "spec.resolved.yaml", "mlflow.db", "driver.log"}  # logs: clocks
+IGNORED = {layout.TUNE_DIR, layout.EVENTS_FILE, layout.INVOCATIONS_FILE, layout.RESOLVED_SPEC, layout.MLFLOW_DB,
+           layout.DRIVER_LOG}  # logs: clocks
 # What may differ between the two runs (fields, columns, params, metrics): clocks and what follows from them
 # (wall seconds, images per second, device hours), run ids, and what counts the workers.
 RUN_IDS = {"run_id", "mlflow_run_id"}
@@ -68,11 +66,8 @@ NUMBER = re.compile(r"\d+(?:\.\d+)?(?:e[-+]?\d+)?")
 
 
 def _write_spec(tmp_path: Path, workers: int) -> Path:
-    spec = json.loads(json.dumps(SPEC))
-    spec["output_dir"] = str(tmp_path / f"w{workers}")
-    spec["resources"].update({"workers": workers, "cpus": 1 / workers})
     path = tmp_path / f"w{workers}.yaml"
-    path.write_text(yaml.safe_dump(spec))
+    path.write_text(yaml.safe_dump(_spec(tmp_path / f"w{workers}", workers)))
     return path
 
 
@@ -97,7 +92,7 @@ def _result_files(output_dir: Path) -> dict[str, list[Path]]:
     for p in sorted(output_dir.rglob("*")):
         parts = list(p.relative_to(output_dir).parts)
         if p.is_file() and not IGNORED & set(parts) and not p.name.startswith("."):
-            if parts[0] == "mlartifacts":
+            if parts[0] == layout.MLFLOW_ARTIFACTS_DIR:
                 parts[2] = "<run id>"
             files.setdefault("/".join(parts), []).append(p)
     return files
@@ -190,7 +185,7 @@ def test_two_workers_write_the_files_of_one_worker_with_the_same_content(runs):
     out1, out2 = (runs[w].spec.output_dir for w in (1, 2))
     one, two = _result_files(out1), _result_files(out2)
     assert Counter({k: len(v) for k, v in one.items()}) == Counter({k: len(v) for k, v in two.items()})
-    assert "workers/trials.parquet" in one and sum(f.endswith("/result.json") for f in one) == 1
+    assert f"workers/{layout.TRIALS_PARQUET}" in one and sum(Path(f).name == layout.STAGE_RESULT for f in one) == 1
     kinds = Counter(Path(name).suffix for name in one)
     assert {".json", ".jsonl", ".parquet", ".md", ".png", ".pt"} <= set(kinds), kinds
     for name in one:
@@ -200,7 +195,7 @@ def test_two_workers_write_the_files_of_one_worker_with_the_same_content(runs):
 
 def test_two_workers_train_the_weights_of_one_worker(runs):
     out1, out2 = runs[1].spec.output_dir, runs[2].spec.output_dir
-    stages = sorted(out1.rglob("checkpoints"))
+    stages = sorted(out1.rglob(layout.CHECKPOINTS_DIR))
     assert len(stages) == 1
     for ckpt_dir in stages:
         rel = ckpt_dir.relative_to(out1)
@@ -208,7 +203,7 @@ def test_two_workers_train_the_weights_of_one_worker(runs):
         assert p1.name == p2.name == "step_000000030.pt"
         for key, w in s1["model"].items():
             torch.testing.assert_close(s2["model"][key], w, rtol=1e-3, atol=1e-4, msg=f"{rel}: {key}")
-        result = json.loads((out2 / rel.parent / "result.json").read_text())
+        result = json.loads(layout.StageRun(out2 / rel.parent).result.read_text())
         assert result["workers"] == 2
         assert len(result["replica_checksums"]) == 2 and len(set(result["replica_checksums"])) == 1
 
@@ -223,7 +218,7 @@ def test_a_dead_worker_restarts_its_group_from_the_last_checkpoint(runs):
     assert restarts == [None, "step_000000010.pt"]
     assert all(e["workers"] == 2 for e in events if e["event"] == "stage_done")
     # the restarted group resumed from the step-10 checkpoint: no step is missing; 15 was reported before the death
-    for metrics in runs[2].sweep_dir.rglob("finetune/metrics.jsonl"):
+    for metrics in runs[2].sweep_dir.rglob(f"{layout.FINETUNE_DIR}/{layout.STAGE_METRICS}"):
         steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()
                  if json.loads(line)["kind"] == "metrics" and "train/loss" in json.loads(line)["values"]]
         assert sorted(set(steps)) == list(range(5, 31, 5))
@@ -231,20 +226,20 @@ def test_a_dead_worker_restarts_its_group_from_the_last_checkpoint(runs):
 
 
 def test_two_workers_give_the_parquet_rows_of_one_worker(runs):
-    t1, t2 = (pd.read_parquet(runs[w].sweep_dir / "trials.parquet").sort_values("trial_id").reset_index(drop=True)
+    t1, t2 = (pd.read_parquet(runs[w].layout.trials_parquet).sort_values("trial_id").reset_index(drop=True)
               for w in (1, 2))
     assert list(t1.columns) == list(t2.columns)
     assert list(t1["trial_id"]) == list(t2["trial_id"]) and len(t1) == 1
     for col in ("loss_final", "fid"):
         assert t2[col].to_numpy() == pytest.approx(t1[col].to_numpy(), rel=1e-2), col
     outs = [runs[w].spec.output_dir for w in (1, 2)]
-    for name in ("trials.parquet", "curves.parquet"):  # every other column and curve point alike too
+    for name in (layout.TRIALS_PARQUET, layout.CURVES_PARQUET):  # every other column and curve point alike too
         _same(*(_table_rows(runs[w].sweep_dir / name, out) for w, out in zip((1, 2), outs)), name)
     assert list(t1["devices_per_trial"]) == [1.0] and list(t2["devices_per_trial"]) == [2.0]  # all its devices
     for t, devices in ((t1, 1), (t2, 2)):
         assert (t["device_hours"] * 3600 / devices).to_numpy() == pytest.approx(t["wall_seconds"].to_numpy())
         assert list(t["gpus_per_trial"]) == [0.0] and list(t["gpu_hours"]) == [0.0]  # a CPU trial bills no GPU
-    c1, c2 = (pd.read_parquet(runs[w].sweep_dir / "curves.parquet") for w in (1, 2))
+    c1, c2 = (pd.read_parquet(runs[w].layout.curves_parquet) for w in (1, 2))
     key = ["trial_id", "stage", "metric", "step"]
     assert sorted(map(tuple, c1[key].drop_duplicates().to_numpy())) == sorted(map(tuple, c2[key].drop_duplicates().to_numpy()))
     assert "train/images_per_second" in set(c1["metric"])  # a clock: its values are left out above
@@ -254,7 +249,7 @@ def test_two_workers_log_the_mlflow_runs_of_one_worker(runs):
     from mlflow import MlflowClient
 
     def summary(plan):
-        client = MlflowClient(plan.spec.tracking.mlflow_uri or f"sqlite:///{plan.spec.output_dir / 'mlflow.db'}")
+        client = MlflowClient(plan.spec.tracking.mlflow_uri or f"sqlite:///{plan.spec.output_dir / MLFLOW_DB}")
         runs_ = client.search_runs([client.get_experiment_by_name(plan.spec.name).experiment_id], max_results=100)
         return sorted((r.data.tags.get("stage", "sweep"), r.info.run_name, r.info.status,
                        tuple(sorted(k for k in r.data.params if k not in WORKER_COUNT)),
@@ -263,7 +258,7 @@ def test_two_workers_log_the_mlflow_runs_of_one_worker(runs):
     def values(plan):
         """Per run: its params but the data-parallel ones, and every metric but the clocks as step -> value (a step
         logged again after the restart: its last value)."""
-        client = MlflowClient(plan.spec.tracking.mlflow_uri or f"sqlite:///{plan.spec.output_dir / 'mlflow.db'}")
+        client = MlflowClient(plan.spec.tracking.mlflow_uri or f"sqlite:///{plan.spec.output_dir / MLFLOW_DB}")
         runs_ = client.search_runs([client.get_experiment_by_name(plan.spec.name).experiment_id], max_results=100)
         return {r.info.run_name: _masked({
             "params": r.data.params,
@@ -294,10 +289,7 @@ def test_plan_counts_all_gpus_of_a_trial_and_says_how_the_batch_splits(tmp_path)
 
     spec = tmp_path / "gpu.yaml"
     for workers in (1, 4):
-        data = json.loads(json.dumps(SPEC))
-        data["output_dir"] = str(tmp_path)
-        data["resources"].update({"workers": workers, "gpus": 1, "cpus": 4})
-        spec.write_text(yaml.safe_dump(data))
+        spec.write_text(yaml.safe_dump(_spec(tmp_path, workers, gpus=1, cpus=4)))
         plan = load_spec(spec)
         console = Console(record=True, width=400)
         tot = print_plan(plan, console)

@@ -14,11 +14,14 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
+from maskdm_sweeps.layout import (CURVES_PARQUET, MLFLOW_BUFFER_FILE, PLAN_FILE, PLOTS_DIR, REPORT_FILE, RESOLVED_SPEC,
+                                  STAGE_METRICS, TRIALS_PARQUET, StageRun, SweepDir)
+from maskdm_sweeps.testing import tiny_sweep_spec
 from maskdm_sweeps.trainer import read_jsonl_metrics
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
-BUFFER_FILE = "mlflow_buffer.jsonl"  # a stage run's write-ahead buffer of MLflow records
+BUFFER_FILE = MLFLOW_BUFFER_FILE  # a stage run's write-ahead buffer of MLflow records
 LOG_EVERY, CHECKPOINT_EVERY = 5, 10  # steps; every checkpoint sends the buffer (MlflowReporter)
 
 
@@ -102,24 +105,16 @@ def server_history(c: MlflowClient, run_id: str, key: str) -> dict[int, list[flo
 
 def test_server_stopped_and_restarted_mid_sweep_loses_no_metric(tmp_path):
     port = free_port()
-    spec = {
-        "name": "server", "output_dir": str(tmp_path / "results"),
-        "base": {"data": {"name": "digits", "image_size": 8}, "model": {"preset": "tiny"},
-                 "mask": {"strategy": "patch", "rate": 0.5}, "pretrain": {"steps": 30, "batch_size": 16},
-                 "finetune": {"steps": 60, "batch_size": 16},
-                 "eval": {"num_samples": 0, "backend": "digits-classifier"},
-                 "runtime": {"device": "cpu", "log_every_steps": LOG_EVERY,
-                             "checkpoint_every_steps": CHECKPOINT_EVERY}},
-        "sweep": {"axes": {"mask.rate": [0.25, 0.5]}, "baseline": True},
-        "resources": {"gpus": 0, "cpus": 1},
-        "tracking": {"mlflow_uri": f"http://127.0.0.1:{port}"},
-    }
+    spec = tiny_sweep_spec("server", tmp_path / "results", {"axes": {"mask.rate": [0.25, 0.5]}, "baseline": True},
+                           pretrain={"steps": 30, "batch_size": 16}, finetune={"steps": 60, "batch_size": 16},
+                           runtime={"log_every_steps": LOG_EVERY, "checkpoint_every_steps": CHECKPOINT_EVERY})
+    spec["tracking"] = {"mlflow_uri": f"http://127.0.0.1:{port}"}
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
     server = start_server(tmp_path, port)
     env = {**os.environ, "MASKDM_CACHE": str(tmp_path / "cache"), "RAY_AUTH_MODE": "disabled"}
     sweep = subprocess.Popen([str(BIN / "maskdm-sweep"), "run", str(tmp_path / "spec.yaml")], env=env,
                              stdout=open(tmp_path / "sweep.log", "wb"), stderr=subprocess.STDOUT)
-    events = tmp_path / "results" / "server" / "events.jsonl"
+    events = SweepDir(tmp_path / "results", "server").events
     results = tmp_path / "results"
     try:
         while not (events.exists() and "stage_done" in events.read_text()):  # some runs exist on the server
@@ -151,7 +146,7 @@ def test_server_stopped_and_restarted_mid_sweep_loses_no_metric(tmp_path):
         c = MlflowClient(f"http://127.0.0.1:{port}")
 
         def run_id(stage_dir: Path) -> str:
-            path = stage_dir / "mlflow_run.json"
+            path = StageRun(stage_dir).mlflow_run
             assert path.exists(), f"{stage_dir} has no MLflow run"
             return json.loads(path.read_text())["run_id"]
 
@@ -161,10 +156,10 @@ def test_server_stopped_and_restarted_mid_sweep_loses_no_metric(tmp_path):
                 on_server = server_history(c, run_id(stage_dir), key).get(step, [])
                 assert values[key] in on_server_approx(on_server), (stage_dir, step, key, values[key], on_server)
         # every metric point of every stage run is on the server with its value (the run may hold more: cost/*)
-        stage_dirs = [p.parent for p in results.rglob("metrics.jsonl")]
+        stage_dirs = [p.parent for p in results.rglob(STAGE_METRICS)]
         assert len(stage_dirs) == 5  # 2 pre-trainings, 3 fine-tunings
         for stage_dir in stage_dirs:
-            local = read_jsonl_metrics(stage_dir / "metrics.jsonl")
+            local = read_jsonl_metrics(StageRun(stage_dir).metrics)
             assert {"train/loss", "train/lr", "train/grad_norm"} <= {k for _, values in local for k in values}
             histories: dict[str, dict[int, list[float]]] = {}
             for step, values in local:
@@ -183,7 +178,6 @@ def test_a_sweep_run_while_mlflow_is_down_reaches_it_nested_through_sync(tmp_pat
     """No server when the sweep starts: everything is buffered, the parent run too; once a server is up, `sync` makes
     the experiment, the parent run with the spec, the results and the speed-ups, and every stage run under it."""
     from maskdm_sweeps.results import headline, headline_metrics, load
-    from maskdm_sweeps.testing import tiny_sweep_spec
 
     port = free_port()
     results = tmp_path / "results"
@@ -212,8 +206,8 @@ def test_a_sweep_run_while_mlflow_is_down_reaches_it_nested_through_sync(tmp_pat
         (parent,) = [r for r in runs if r.data.tags.get("kind") == "sweep"]
         assert parent.info.status == "FINISHED"
         files = {a.path for a in c.list_artifacts(parent.info.run_id)}
-        assert {"spec.resolved.yaml", "plan.json", "report.md", "trials.parquet", "curves.parquet", "plots"} <= files
-        sweep_dir = results / "down"
+        assert {RESOLVED_SPEC, PLAN_FILE, REPORT_FILE, TRIALS_PARQUET, CURVES_PARQUET, PLOTS_DIR} <= files
+        sweep_dir = SweepDir(results, "down").path
         answer = headline_metrics(headline(sweep_dir, *load(sweep_dir))[0])
         assert answer and parent.data.metrics == pytest.approx(answer)
         children = [r for r in runs if r is not parent]

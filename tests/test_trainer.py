@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from maskdm_sweeps.layout import StageRun
 from maskdm_sweeps.maskdm import UViT
 from maskdm_sweeps.testing import CrashAt, InjectedFault, tiny_trial_config
 from maskdm_sweeps.trainer import (
@@ -56,7 +57,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, stage):
     whole = fit(cfg, stage, tmp_path / "whole", JsonlReporter(tmp_path / "whole.jsonl"))
     with pytest.raises(InjectedFault):
         fit(cfg, stage, tmp_path / "crash", MultiReporter(CrashAt(17), JsonlReporter(tmp_path / "crash.jsonl")))
-    assert [p.name for p in list_checkpoints(tmp_path / "crash" / "checkpoints")] == ["step_000000010.pt"]
+    assert [p.name for p in list_checkpoints(StageRun(tmp_path / "crash").checkpoints)] == ["step_000000010.pt"]
     resumed = fit(cfg, stage, tmp_path / "crash", JsonlReporter(tmp_path / "resumed.jsonl"))
     expected, got = losses(tmp_path / "whole.jsonl"), losses(tmp_path / "resumed.jsonl")
     assert sorted(got) == list(range(11, 31))  # continued from the step-10 checkpoint
@@ -71,11 +72,11 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, stage):
 def test_truncated_checkpoint_falls_back_to_the_previous_one(tmp_path):
     cfg = tiny_trial_config(finetune={"steps": 30}, runtime={"keep_checkpoints": 3})
     fit(cfg, "finetune", tmp_path / "run", JsonlReporter(tmp_path / "first.jsonl"))
-    ckpts = list_checkpoints(tmp_path / "run" / "checkpoints")
+    ckpts = list_checkpoints(StageRun(tmp_path / "run").checkpoints)
     assert [p.name for p in ckpts] == ["step_000000010.pt", "step_000000020.pt", "step_000000030.pt"]
     newest = ckpts[-1]
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
-    state, path = load_latest_checkpoint(tmp_path / "run" / "checkpoints")
+    state, path = load_latest_checkpoint(StageRun(tmp_path / "run").checkpoints)
     assert path == ckpts[-2] and state["step"] == 20
     # and the stage continues from it: steps 21-30 are trained again, with the losses of the first time
     result = fit(cfg, "finetune", tmp_path / "run", JsonlReporter(tmp_path / "again.jsonl"))
@@ -100,7 +101,7 @@ def test_finetune_starts_from_the_pretrained_weights_it_is_told_to(tmp_path, ini
     pre_checkpoint = Path(fit(cfg, "pretrain", tmp_path / "pre").checkpoint)
     pre = torch.load(pre_checkpoint, weights_only=True)
     fit(cfg, "finetune", tmp_path / "ft", init_checkpoint=pre_checkpoint)
-    ft = torch.load(list_checkpoints(tmp_path / "ft" / "checkpoints")[-1], weights_only=True)["model"]
+    ft = torch.load(list_checkpoints(StageRun(tmp_path / "ft").checkpoints)[-1], weights_only=True)["model"]
     chosen = pre["model"] if init_from == "online" else pre["ema"]["model"]
     other = pre["ema"]["model"] if init_from == "online" else pre["model"]
     for name in ("pos_embed", "head.weight", "patch_embed.weight"):
@@ -151,7 +152,7 @@ def test_a_nan_between_log_steps_stops_the_stage_before_it_is_evaluated_or_saved
     assert bad <= 4  # lr 1e12 breaks the model within a couple of steps
     fids = [v["eval/fid"] for v in reports.values() if "eval/fid" in v]
     assert all(math.isfinite(f) for f in fids) and len(fids) <= bad // 2  # only evaluations before the NaN
-    assert not list((tmp_path / "run" / "checkpoints").glob("*.pt"))  # the diverged weights were never saved
+    assert not list(StageRun(tmp_path / "run").checkpoints.glob("*.pt"))  # the diverged weights were never saved
 
 
 def test_two_stage_trial_evaluates_with_the_in_domain_fid(tmp_path):
@@ -166,7 +167,8 @@ def test_two_stage_trial_evaluates_with_the_in_domain_fid(tmp_path):
     fids = [(s, v["eval/fid"]) for s, v in read_jsonl_metrics(tmp_path / "finetune.jsonl") if "eval/fid" in v]
     assert [s for s, _ in fids] == [10, 20] and all(math.isfinite(f) and f > 0 for _, f in fids)
     assert results["finetune"].fid == fids[-1][1] and results["finetune"].fid_best == min(f for _, f in fids)
-    assert sorted(p.name for p in (tmp_path / "finetune" / "samples").iterdir()) == ["step_000000010.png", "step_000000020.png"]
+    samples = StageRun(tmp_path / "finetune").samples
+    assert sorted(p.name for p in samples.iterdir()) == ["step_000000010.png", "step_000000020.png"]
     # re-running a finished trial reports no training step, rewrites no checkpoint and returns the same results
     written = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.pt")}
     again = run_trial(cfg, tmp_path, lambda stage: JsonlReporter(tmp_path / f"again-{stage}.jsonl"))
@@ -286,8 +288,9 @@ def test_train_command_runs_both_stages_and_prints_its_outputs(tmp_path):
     out = maskdm_sweep("train", str(spec), "--out", str(tmp_path / "out"), "--set", "finetune.steps=12")
     assert out.returncode == 0, out.stderr
     assert f"outputs: {tmp_path / 'out'}" in out.stdout
-    assert (tmp_path / "out" / "finetune" / "result.json").exists()
-    assert list_checkpoints(tmp_path / "out" / "finetune" / "checkpoints")[-1].name == "step_000000012.pt"
+    trained = StageRun(tmp_path / "out" / "finetune")  # `train` names each stage run after its stage
+    assert trained.result.exists()
+    assert list_checkpoints(trained.checkpoints)[-1].name == "step_000000012.pt"
 
 
 @pytest.mark.parametrize(
