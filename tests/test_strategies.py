@@ -249,3 +249,52 @@ def test_a_tiny_model_learns_with_each_strategy(mask, tmp_path, monkeypatch):
     losses = [v["train/loss"] for _, v in read_jsonl_metrics(tmp_path / "m.jsonl") if "train/loss" in v]
     assert len(losses) == 10
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+# ------------------------------------------------------------------------------------------------ names in results
+def old_collect_columns(mask: dict) -> dict:
+    """The mask columns and arm as ``results.collect`` computed them from a trial's mask section before strategies
+    named themselves (written out here, apart from the code under test)."""
+    strategy = mask.get("strategy")
+    rate = float(mask["rate"]) if strategy not in (None, "crop") else float("nan")
+    block = mask.get("block_size") if strategy == "block" else None
+    crop = mask.get("crop_size") if strategy == "crop" else None
+    if strategy == "block":
+        arm = f"block b={block} r={rate:g}"
+    elif strategy == "crop":
+        arm = f"crop c={crop}"
+    else:
+        arm = f"{strategy} r={rate:g}"
+    return {"arm": arm, "mask_strategy": strategy, "mask_rate": rate, "mask_block_size": block,
+            "mask_crop_size": crop}
+
+
+SECTIONS = [{"strategy": "patch", "rate": 0.5}, {"strategy": "patch", "rate": 0.0},
+            {"strategy": "block", "rate": 0.9, "block_size": 4}, {"strategy": "crop", "crop_size": 11},
+            {"strategy": "maskdit", "rate": 0.5, "decoder_depth": 2, "mae_coef": 0.1},
+            {"strategy": "deferred", "rate": 0.75, "mixer_depth": 2},
+            {"strategy": "routing", "rate": 0.5, "route_from": 1},
+            {"strategy": "sprint", "rate": 0.75, "encoder_depth": 2, "decoder_depth": 2}]
+
+
+@pytest.mark.parametrize("section", SECTIONS, ids=[s["strategy"] + str(s.get("rate", "")) for s in SECTIONS])
+def test_each_strategy_names_its_arm_and_fills_its_mask_columns_as_results_always_did(section):
+    from maskdm_sweeps.maskdm import build_strategy, strategy_from_columns
+    from maskdm_sweeps.results.columns import TRIAL_COLUMNS, arm_name, typed_frame
+
+    strategy = build_strategy(**section)
+    expected = old_collect_columns(section)
+    columns = strategy.mask_columns()
+    assert strategy.arm() == expected["arm"] == arm_name(*columns.values())
+    assert {"arm": strategy.arm(), **columns} == pytest.approx(expected, nan_ok=True)
+    assert strategy_from_columns(columns) == strategy.model_copy(update={k: v for k, v in section.items()})
+    dtypes = {k: TRIAL_COLUMNS[k] for k in ("arm", *columns)}  # the dtypes of trials.parquet
+    assert typed_frame([{"arm": strategy.arm(), **columns}], dtypes).equals(typed_frame([expected], dtypes))
+
+
+def test_the_baseline_has_no_mask_columns():
+    from maskdm_sweeps.maskdm import BASELINE_MASK_COLUMNS
+    from maskdm_sweeps.results.columns import arm_name
+
+    assert arm_name(*BASELINE_MASK_COLUMNS.values()) == "baseline"
+    assert BASELINE_MASK_COLUMNS["mask_strategy"] is None and BASELINE_MASK_COLUMNS["mask_rate"] != 0.0
