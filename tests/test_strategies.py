@@ -1,6 +1,7 @@
 """The masking strategies that followed MaskDM: MaskDiT's decoder and MAE term, deferred masking's patch-mixer, token
-routing, SPRINT's sparse-dense residual fusion. Each one's output contract, its loss against an independent computation, which positions it sees, its FLOPs
-against ``FlopCounterMode``, and that a tiny model learns with it on the CPU."""
+routing, SPRINT's sparse-dense residual fusion. Each one's output contract, its loss against an independent
+computation, which positions it sees, its FLOPs against ``FlopCounterMode``, that a tiny model learns with it on the
+CPU, and its names in results."""
 
 from __future__ import annotations
 

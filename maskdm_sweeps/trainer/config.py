@@ -237,7 +237,8 @@ class TrialConfig(_Strict):
 
     def model_config_resolved(self) -> UViTConfig:
         """The U-ViT of this trial: the preset, fitted to the data, with the parts its masking strategy adds (a
-        MaskDiT decoder, a patch-mixer) when it pre-trains; the baseline is the plain U-ViT."""
+        MaskDiT decoder, a patch-mixer, SPRINT's encoder, fusion and decoder) when it pre-trains; the baseline is the
+        plain U-ViT."""
         overrides = dict(img_size=self.image_size, in_chans=self.channels, time_mlp=self.model.time_mlp,
                          final_conv=self.model.final_conv)
         if self.pretrain.steps > 0:
