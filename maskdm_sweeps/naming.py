@@ -1,6 +1,7 @@
 """Names a person reads: an arm's name from its mask, and a trial's short label for tables, logs and MLflow run names.
 
-Standard library only: the results, the sweep's progress lines and the tracking all name things the same way.
+The results, the sweep's progress lines and the tracking all name things the same way; an arm's name is its
+strategy's (:meth:`maskdm_sweeps.maskdm.masking.MaskStrategy.arm`).
 """
 
 from __future__ import annotations
@@ -15,16 +16,15 @@ SHORT_KEYS = {"pretrain.steps": "pre", "finetune.steps": "ft", "finetune.lr": "f
 
 def arm_name(strategy: str | None, rate: float | None = None, block_size: int | None = None,
              crop_size: int | None = None) -> str:
-    """``baseline``, ``patch r=0.5``, ``block b=4 r=0.9``, ``crop c=11``, ``maskdit r=0.5``, ``routing r=0.5``."""
+    """``baseline``, ``patch r=0.5``, ``block b=4 r=0.9``, ``crop c=11``, ``maskdit r=0.5``, ``routing r=0.5``: the
+    strategy's own name for its arm (the strategy alone when the knobs do not make a valid one)."""
     if strategy is None:
         return "baseline"
-    if strategy == "block":
-        return f"block b={block_size} r={rate:g}"
-    if strategy == "crop":
-        return f"crop c={crop_size}"
-    if rate is not None and rate == rate:  # patch, MaskDiT, deferred masking, routing: the strategy and its rate
-        return f"{strategy} r={rate:g}"
-    return str(strategy)
+    from .maskdm.strategies import strategy_from_columns
+
+    found = strategy_from_columns({"mask_strategy": strategy, "mask_rate": rate, "mask_block_size": block_size,
+                                   "mask_crop_size": crop_size})
+    return found.arm() if found is not None else str(strategy)
 
 
 def mask_arm_name(mask: Mapping[str, Any] | None) -> str:

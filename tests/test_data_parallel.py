@@ -174,8 +174,9 @@ def _train_both_stages(rank: int, world: int, port: int, config_json: str, workd
 
 @pytest.mark.parametrize("mask", [{"strategy": "maskdit", "rate": 0.5, "decoder_depth": 1},
                                   {"strategy": "deferred", "rate": 0.75, "mixer_depth": 1},
-                                  {"strategy": "routing", "rate": 0.5, "route_from": 0}],
-                         ids=["maskdit", "deferred", "routing"])
+                                  {"strategy": "routing", "rate": 0.5, "route_from": 0},
+                                  {"strategy": "sprint", "rate": 0.75, "encoder_depth": 1, "decoder_depth": 1}],
+                         ids=["maskdit", "deferred", "routing", "sprint"])
 def test_each_masking_strategy_trains_both_stages_on_two_workers_in_sync(mask, tmp_path):
     # a MaskDiT decoder's mask token is unused once nothing is masked: DDP still needs its gradient every step
     config = tiny_trial_config(mask=mask, pretrain={"steps": 4, "batch_size": 16},

@@ -140,14 +140,15 @@ def test_budget_spec_trains_one_pretraining_per_seed_for_all_its_lengths(tmp_pat
 @pytest.mark.slow
 def test_methods_spec_compares_every_strategy_with_its_compute_under_smoke(tmp_path):
     run_smoke("methods.yaml", tmp_path, "sweep.seeds=[0]")
-    check_results(tmp_path, "methods", n_trials=5, n_pretrains=4)  # 4 strategies + the equal-compute baseline
+    check_results(tmp_path, "methods", n_trials=6, n_pretrains=5)  # 5 strategies + the equal-compute baseline
     from maskdm_sweeps.results import load
 
     trials, _ = load(tmp_path / "methods")
-    assert set(trials["arm"]) == {"baseline", "patch r=0.9", "maskdit r=0.5", "deferred r=0.75", "routing r=0.5"}
+    assert set(trials["arm"]) == {"baseline", "patch r=0.9", "maskdit r=0.5", "deferred r=0.75", "routing r=0.5",
+                                  "sprint r=0.75"}
     per_step = (trials["pretrain_tflops"] / trials["pretrain_steps"]).dropna()
-    assert per_step.nunique() == 4  # every strategy's step costs its own FLOPs
+    assert per_step.nunique() == 5  # every strategy's step costs its own FLOPs
     report = SweepDir(tmp_path, "methods").report.read_text()
-    for arm in ("maskdit r=0.5", "deferred r=0.75", "routing r=0.5"):
+    for arm in ("maskdit r=0.5", "deferred r=0.75", "routing r=0.5", "sprint r=0.75"):
         assert arm in report.split("## Speed-up")[1].split("##")[0]  # each arm's speed-up, by compute
     assert "TFLOPs" in report

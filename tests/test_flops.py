@@ -42,6 +42,8 @@ CONFIGS = {
     # the optional U-ViT parts no preset uses
     "tiny+time_mlp+final_conv": replace(MODEL_PRESETS["tiny"], time_mlp=True, final_conv=True),
     "tiny+time_mlp": replace(MODEL_PRESETS["tiny"], time_mlp=True),
+    # SPRINT's parts: a dense encoder (the mixer), the fusion Linear(2D, D) and the decoder on every position
+    "tiny+sprint": replace(MODEL_PRESETS["tiny"], mixer_depth=1, fusion_depth=2),
 }
 CASES = [(name, rate) for name, cfg in CONFIGS.items() for rate in (0.0, 0.9) if not (cfg.final_conv and rate)]
 
@@ -73,7 +75,8 @@ def count_step(name: str, rate: float, device: str) -> tuple[int, int]:
     with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION) as counter:
         out = model(x, t, keep)
         forward = counter.get_total_flops()
-        mdsm_loss(out, torch.randn_like(x), CONFIGS[name].patch_size, keep).backward()
+        every_position = CONFIGS[name].fusion_depth > 0  # SPRINT predicts every patch: its loss scores them all
+        mdsm_loss(out, torch.randn_like(x), CONFIGS[name].patch_size, None if every_position else keep).backward()
     model.zero_grad(set_to_none=True)
     return forward // BATCH, counter.get_total_flops() // BATCH
 

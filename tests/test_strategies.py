@@ -1,6 +1,7 @@
 """The masking strategies that followed MaskDM: MaskDiT's decoder and MAE term, deferred masking's patch-mixer, token
-routing. Each one's output contract, its loss against an independent computation, which positions it sees, its FLOPs
-against ``FlopCounterMode``, and that a tiny model learns with it on the CPU."""
+routing, SPRINT's sparse-dense residual fusion. Each one's output contract, its loss against an independent
+computation, which positions it sees, its FLOPs against ``FlopCounterMode``, that a tiny model learns with it on the
+CPU, and its names in results."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from maskdm_sweeps.maskdm import (MODEL_PRESETS, DeferredMasking, MaskDiT, PatchMask, TokenRouting, UViT,
+from maskdm_sweeps.maskdm import (MODEL_PRESETS, DeferredMasking, MaskDiT, PatchMask, Sprint, TokenRouting, UViT,
                                   forward_flops, gather_tokens, maskdit_loss, mdsm_loss, network_overrides,
                                   patchify, token_counts, training_loss)
 from maskdm_sweeps.testing import flop_counter_cpu_attention, tiny_trial_config
@@ -20,7 +21,8 @@ from maskdm_sweeps.trainer import JsonlReporter, fit, read_jsonl_metrics
 BASE = replace(MODEL_PRESETS["uvit-digits"], img_size=8)  # 4 x 4 patches of 2 x 2, depth 5: 2 in-blocks
 B = 3
 STRATEGY_OF = {"patch": PatchMask(0.5), "maskdit": MaskDiT(0.5, decoder_depth=2, mae_coef=0.1),
-               "deferred": DeferredMasking(0.75, mixer_depth=2), "routing": TokenRouting(0.5, route_from=1)}
+               "deferred": DeferredMasking(0.75, mixer_depth=2), "routing": TokenRouting(0.5, route_from=1),
+               "sprint": Sprint(0.75, encoder_depth=2, decoder_depth=2)}
 
 
 def network(name: str, seed: int = 0) -> UViT:
@@ -42,13 +44,13 @@ def keep_of(name: str, seed: int = 2) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------------------ output contract
 @pytest.mark.parametrize("name, shape", [("patch", (B, 8, 4)), ("maskdit", (B, 16, 4)), ("deferred", (B, 4, 4)),
-                                         ("routing", (B, 1, 8, 8))])
+                                         ("routing", (B, 1, 8, 8)), ("sprint", (B, 16, 4))])
 def test_each_strategy_predicts_where_its_loss_looks_and_samples_whole_images(name, shape):
     model, (x, t, _) = network(name), batch()
     keep = keep_of(name)
     with torch.no_grad():
         out = model(x, t, route_idx=keep) if name == "routing" else model(x, t, keep)
-        assert out.shape == shape  # MDSM and deferred: the kept patches; MaskDiT: every position; routing: the image
+        assert out.shape == shape  # MDSM, deferred: the kept patches; MaskDiT, SPRINT: every position; routing: image
         assert model(x, t).shape == (B, 1, 8, 8)  # sampling and fine-tuning: nothing masked, whole images
 
 
@@ -58,6 +60,8 @@ def test_added_parts_are_parameters_of_the_network_and_routing_adds_none():
     assert count["routing"] == count["patch"]
     assert count["deferred"] == count["patch"] + 2 * block
     assert count["maskdit"] == count["patch"] + 2 * block + 64 + 17 * 64  # blocks, mask token, decoder positions
+    assert count["sprint"] == count["patch"] + 4 * block + 2 * 64 * 64 + 64  # encoder, decoder, fusion Linear(2D, D)
+    assert "fusion_mask_token" in dict(network("sprint").named_buffers())  # SPRINT's mask token is not trained
 
 
 # ------------------------------------------------------------------------------------------------ MaskDiT's loss
@@ -180,6 +184,35 @@ def test_routing_every_token_through_the_span_is_the_plain_forward(route_from):
         assert torch.allclose(model(x, t, route_idx=everything), model(x, t), atol=1e-6)
 
 
+def test_sprint_fuses_the_dense_encoder_into_every_position_and_runs_the_same_network_unmasked():
+    model, (x, t, _) = network("sprint"), batch()
+    keep = keep_of("sprint")[:1].expand(B, -1)  # (B, 4): the same kept patches for every sample
+    dropped = sorted(set(range(16)) - set(keep[0].tolist()))[0]
+    row, col = divmod(dropped, 4)
+    changed = x.clone()
+    changed[:, :, 2 * row:2 * row + 2, 2 * col:2 * col + 2] += 1.0  # a patch the backbone never sees
+    with torch.no_grad():
+        out, moved = model(x, t, keep), model(changed, t, keep)  # (B, 16, 4) each
+        everything = torch.arange(16).expand(B, -1)
+        whole = model(x, t)  # (B, 1, 8, 8)
+        assert torch.allclose(model(x, t, everything), patchify(whole, 2), atol=1e-5)  # rate 0: the same network
+    # the dense path carries the dropped patch to its own position (MaskDiT's decoder would see a mask token there)
+    assert (out[:, dropped] - moved[:, dropped]).abs().amax() > 1e-4
+    sparse_only = network("sprint")
+    sparse_only.fusion.weight.data[:, 64:] = 0  # cut the dense half of the fusion
+    sparse_only.mixer_blocks = torch.nn.ModuleList()  # and the encoder: the dropped patch can reach nothing
+    with torch.no_grad():
+        assert torch.allclose(sparse_only(x, t, keep), sparse_only(changed, t, keep), atol=1e-6)
+
+
+def test_sprint_scores_every_patch():
+    model, (x, t, _) = network("sprint").train(), batch()
+    keep, noise = keep_of("sprint"), torch.randn_like(x)
+    loss = training_loss(STRATEGY_OF["sprint"], model, x, t, noise, keep, 2)
+    expected = (model(x, t, keep) - patchify(noise, 2)).pow(2).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
 # ------------------------------------------------------------------------------------------------ FLOPs
 @pytest.mark.parametrize("name", list(STRATEGY_OF))
 def test_training_flops_of_each_strategy_match_the_flop_counter(name):
@@ -206,8 +239,9 @@ def test_routing_counts_the_span_on_fewer_tokens_and_the_added_parts_on_all():
 # ------------------------------------------------------------------------------------------------ learning
 @pytest.mark.parametrize("mask", [{"strategy": "maskdit", "rate": 0.5, "decoder_depth": 1},
                                   {"strategy": "deferred", "rate": 0.75, "mixer_depth": 1},
-                                  {"strategy": "routing", "rate": 0.5, "route_from": 0}],
-                         ids=["maskdit", "deferred", "routing"])
+                                  {"strategy": "routing", "rate": 0.5, "route_from": 0},
+                                  {"strategy": "sprint", "rate": 0.75, "encoder_depth": 1, "decoder_depth": 1}],
+                         ids=["maskdit", "deferred", "routing", "sprint"])
 def test_a_tiny_model_learns_with_each_strategy(mask, tmp_path, monkeypatch):
     monkeypatch.setenv("MASKDM_CACHE", str(tmp_path / "cache"))
     steps = {"steps": 200, "batch_size": 64, "lr": 2e-3, "betas": (0.9, 0.999)}
@@ -216,3 +250,52 @@ def test_a_tiny_model_learns_with_each_strategy(mask, tmp_path, monkeypatch):
     losses = [v["train/loss"] for _, v in read_jsonl_metrics(tmp_path / "m.jsonl") if "train/loss" in v]
     assert len(losses) == 10
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+# ------------------------------------------------------------------------------------------------ names in results
+def old_collect_columns(mask: dict) -> dict:
+    """The mask columns and arm as ``results.collect`` computed them from a trial's mask section before strategies
+    named themselves (written out here, apart from the code under test)."""
+    strategy = mask.get("strategy")
+    rate = float(mask["rate"]) if strategy not in (None, "crop") else float("nan")
+    block = mask.get("block_size") if strategy == "block" else None
+    crop = mask.get("crop_size") if strategy == "crop" else None
+    if strategy == "block":
+        arm = f"block b={block} r={rate:g}"
+    elif strategy == "crop":
+        arm = f"crop c={crop}"
+    else:
+        arm = f"{strategy} r={rate:g}"
+    return {"arm": arm, "mask_strategy": strategy, "mask_rate": rate, "mask_block_size": block,
+            "mask_crop_size": crop}
+
+
+SECTIONS = [{"strategy": "patch", "rate": 0.5}, {"strategy": "patch", "rate": 0.0},
+            {"strategy": "block", "rate": 0.9, "block_size": 4}, {"strategy": "crop", "crop_size": 11},
+            {"strategy": "maskdit", "rate": 0.5, "decoder_depth": 2, "mae_coef": 0.1},
+            {"strategy": "deferred", "rate": 0.75, "mixer_depth": 2},
+            {"strategy": "routing", "rate": 0.5, "route_from": 1},
+            {"strategy": "sprint", "rate": 0.75, "encoder_depth": 2, "decoder_depth": 2}]
+
+
+@pytest.mark.parametrize("section", SECTIONS, ids=[s["strategy"] + str(s.get("rate", "")) for s in SECTIONS])
+def test_each_strategy_names_its_arm_and_fills_its_mask_columns_as_results_always_did(section):
+    from maskdm_sweeps.maskdm import build_strategy, strategy_from_columns
+    from maskdm_sweeps.results.columns import TRIAL_COLUMNS, arm_name, typed_frame
+
+    strategy = build_strategy(**section)
+    expected = old_collect_columns(section)
+    columns = strategy.mask_columns()
+    assert strategy.arm() == expected["arm"] == arm_name(*columns.values())
+    assert {"arm": strategy.arm(), **columns} == pytest.approx(expected, nan_ok=True)
+    assert strategy_from_columns(columns) == strategy.model_copy(update={k: v for k, v in section.items()})
+    dtypes = {k: TRIAL_COLUMNS[k] for k in ("arm", *columns)}  # the dtypes of trials.parquet
+    assert typed_frame([{"arm": strategy.arm(), **columns}], dtypes).equals(typed_frame([expected], dtypes))
+
+
+def test_the_baseline_has_no_mask_columns():
+    from maskdm_sweeps.maskdm import BASELINE_MASK_COLUMNS
+    from maskdm_sweeps.results.columns import arm_name
+
+    assert arm_name(*BASELINE_MASK_COLUMNS.values()) == "baseline"
+    assert BASELINE_MASK_COLUMNS["mask_strategy"] is None and BASELINE_MASK_COLUMNS["mask_rate"] != 0.0

@@ -3,7 +3,17 @@ its pandas dtype (read from the results package), unit and meaning (written here
 
 from __future__ import annotations
 
+from ..maskdm.strategies import STRATEGIES
 from .markdown import md_table
+
+
+def _choices(names: list[str]) -> str:
+    """```a`, `b` or `c``` for the names."""
+    quoted = [f"`{n}`" for n in names]
+    return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+
+
+_RATELESS = [name for name, cls in STRATEGIES.items() if "rate" not in cls.model_fields]  # their arms: no rate
 
 TRIAL_COLUMN_DOCS: dict[str, tuple[str, str]] = {
     "sweep": ("", "sweep name"),
@@ -13,8 +23,8 @@ TRIAL_COLUMN_DOCS: dict[str, tuple[str, str]] = {
     "stage": ("", "`finetune`: a row describes the trial's last stage"),
     "status": ("", "`finished`, `stopped` (early stopping), `failed` or `incomplete` (killed, running, not resumed)"),
     "error": ("", "why a failed trial failed (the last line of Ray Tune's error.txt); null otherwise"),
-    "mask_strategy": ("", "`patch`, `block` or `crop`; null for the baseline"),
-    "mask_rate": ("fraction", "nominal mask rate of pre-training; NaN for the baseline and for crop"),
+    "mask_strategy": ("", f"{_choices(list(STRATEGIES))}; null for the baseline"),
+    "mask_rate": ("fraction", f"nominal mask rate of pre-training; NaN for the baseline and for {_choices(_RATELESS)}"),
     "mask_block_size": ("patches", "block side (block strategy only)"),
     "mask_crop_size": ("patches", "visible window side (crop strategy only)"),
     "effective_mask_rate": ("fraction", "share of patches pre-training really dropped (counting rule); 0 for the "

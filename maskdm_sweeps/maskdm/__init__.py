@@ -12,10 +12,11 @@ _EXPORTS = {
         "backward_flops", "eval_flops_per_image", "forward_flops", "forward_flops_breakdown", "num_blocks",
         "train_flops_per_image"
     ],
-    "masking": ["MASK_STRATEGIES", "BlockMask", "CropMask", "PatchMask", "build_mask", "effective_mask_rate"],
+    "masking": ["BlockMask", "CropMask", "MaskStrategy", "PatchMask", "TokenCounts", "effective_mask_rate"],
     "model": ["UViT", "build_model", "count_parameters"],
-    "strategies": ["STRATEGIES", "DeferredMasking", "MaskDiT", "TokenRouting", "build_strategy", "maskdit_loss",
-                   "network_overrides", "token_counts", "training_loss"],
+    "strategies": ["BASELINE_MASK_COLUMNS", "STRATEGIES", "DeferredMasking", "MaskConfig", "MaskDiT", "Sprint",
+                   "TokenRouting", "build_strategy", "maskdit_loss", "network_overrides", "strategy_from_columns",
+                   "token_counts", "training_loss"],
     "patches": ["gather_tokens", "patchify", "unpatchify"],
     "presets": ["MODEL_PRESETS", "UViTConfig", "resolve_model_config"],
 }

@@ -21,11 +21,14 @@ per block (x blocks):
 long skips             ``2 L 2D D`` per out-block  ``Linear(2D, D)`` on ``cat(x, skip)``, ``depth // 2`` of them
 head                   ``2 L D p^2 C``             ``Linear(D, p^2 C)``, on all ``L`` tokens (the time token's row
                                                    is dropped afterwards)
+fusion                 ``2 (1 + N) 2D D``          SPRINT's ``Linear(2D, D)`` on ``cat(sparse, dense)``, every
+                                                   position; only with ``fusion_depth``
 final conv             ``2 H W C C 9``             only with ``final_conv`` (all patches kept); 3x3, padding 1
 =====================  ==========================  ==============================================================
 
-with ``2 (depth // 2) + 1`` backbone blocks, plus ``mixer_depth`` and ``decoder_depth`` blocks on ``1 + N`` tokens
-(deferred masking's mixer, MaskDiT's decoder, whose head then also runs on ``1 + N``); with token routing, the blocks
+with ``2 (depth // 2) + 1`` backbone blocks, plus ``mixer_depth``, ``decoder_depth`` and ``fusion_depth`` blocks on
+``1 + N`` tokens (deferred masking's mixer or SPRINT's encoder, MaskDiT's decoder or SPRINT's, after which the head
+also runs on ``1 + N``); with token routing, the blocks
 of the routed span (see :func:`block_tokens`) see ``1 + span`` tokens and the rest ``1 + K``. Not counted, as ``FlopCounterMode`` does not count them either: elementwise work
 (LayerNorms, GELU, SiLU, softmax, the attention scale, residual and position adds, biases, the sinusoidal time
 embedding), gathers, concatenations and reshapes: ``O(L D + L^2 h)`` per block against the ``O(L D^2)`` above.
@@ -71,26 +74,26 @@ def block_tokens(config: UViTConfig, kept_patches: int, span_patches: int | None
     full, span = 1 + kept_patches, 1 + (span_patches if routed else kept_patches)
     ins = [span if inside(i) else full for i in range(n_in)]
     mid = span if routed else full
-    return [1 + n] * c.mixer_depth + ins + [mid] + ins[::-1] + [1 + n] * c.decoder_depth
+    return [1 + n] * c.mixer_depth + ins + [mid] + ins[::-1] + [1 + n] * (c.decoder_depth + c.fusion_depth)
 
 
 def forward_flops_breakdown(config: UViTConfig, kept_patches: int, span_patches: int | None = None) -> dict[str, int]:
     """FLOPs of one forward pass on one image, by component (summed over blocks); see the module docstring.
 
     ``kept_patches``: patch tokens the backbone sees; ``span_patches``: those that go through a routed span (token
-    routing; None: no routing). A mixer and a decoder (``mixer_depth``, ``decoder_depth``) run on all ``N`` patches;
-    their blocks are summed with the backbone's. Keys: ``patch_embed``, ``time_mlp``, ``qkv``, ``attn_scores``
-    (``Q K^T``), ``attn_values`` (``softmax(.) V``), ``attn_proj``, ``mlp``, ``skip``, ``head``, ``final_conv``;
-    components a config does not have count 0.
+    routing; None: no routing). A mixer, a decoder and a fusion (``mixer_depth``, ``decoder_depth``, ``fusion_depth``)
+    run on all ``N`` patches; their blocks are summed with the backbone's. Keys: ``patch_embed``, ``time_mlp``,
+    ``qkv``, ``attn_scores`` (``Q K^T``), ``attn_values`` (``softmax(.) V``), ``attn_proj``, ``mlp``, ``skip``,
+    ``head``, ``fusion``, ``final_conv``; components a config does not have count 0.
     """
     _check_kept(config, kept_patches)
     c = config
     d, a, m, n = c.embed_dim, _attention_width(c), int(c.embed_dim * c.mlp_ratio), c.num_patches
     pixels_per_patch = c.patch_size**2 * c.in_chans
     tokens = block_tokens(c, kept_patches, span_patches)  # per block
-    backbone = tokens[c.mixer_depth:len(tokens) - c.decoder_depth]
+    backbone = tokens[c.mixer_depth:len(tokens) - c.decoder_depth - c.fusion_depth]
     out_tokens = backbone[len(backbone) - c.depth // 2:]  # the out-blocks fuse the long skips
-    head_tokens = 1 + (n if c.decoder_depth else kept_patches)
+    head_tokens = 1 + (n if c.decoder_depth or c.fusion_depth else kept_patches)
     return {
         "patch_embed": 2 * n * d * pixels_per_patch,
         "time_mlp": 2 * (d * 4 * d + 4 * d * d) if c.time_mlp else 0,
@@ -101,6 +104,7 @@ def forward_flops_breakdown(config: UViTConfig, kept_patches: int, span_patches:
         "mlp": sum(2 * L * d * m + 2 * L * m * d for L in tokens),
         "skip": sum(2 * L * 2 * d * d for L in out_tokens),
         "head": 2 * head_tokens * d * pixels_per_patch,
+        "fusion": 2 * (1 + n) * 2 * d * d if c.fusion_depth else 0,
         "final_conv": 2 * c.img_size**2 * c.in_chans * c.in_chans * 9 if c.final_conv else 0,
     }
 

@@ -18,7 +18,12 @@ with nothing masked:
 * routing (TREAD, Krause et al. 2025) needs no parameters: ``route_idx`` names the tokens that go THROUGH the routed
   span (in-blocks ``[route_from:]``, the mid-block and the out-blocks that mirror them); the others skip it and are
   put back at its end. The span is symmetric around the mid-block, so every long skip that an out-block in the span
-  fuses comes from an in-block in the span, on the same routed subset of tokens.
+  fuses comes from an in-block in the span, on the same routed subset of tokens;
+* ``fusion_depth`` blocks (SPRINT, Park et al. 2026) after a sparse-dense residual fusion: the mixer's output on every
+  token (SPRINT's dense shallow encoder, ``mixer_depth`` blocks) is kept aside; after the backbone (the sparse deep
+  path, on the kept tokens) a fixed random mask token fills each dropped position, ``Linear(2D -> D)`` fuses the
+  concatenation ``[sparse, dense]``, and the fusion blocks run on every position. SPRINT's code has no MaskDiT-style
+  second set of positions; its mask token is not trained (``requires_grad=False``), here a buffer.
 """
 
 from __future__ import annotations
@@ -102,6 +107,11 @@ class UViT(nn.Module):
             self.decoder_pos_embed = nn.Parameter(torch.zeros(1, 1 + c.num_patches, d))
             trunc_normal_(self.mask_token, std=0.02)
             trunc_normal_(self.decoder_pos_embed, std=0.02)
+        self.fusion_blocks = nn.ModuleList([block_layer(**block) for _ in range(c.fusion_depth)])
+        if c.fusion_depth:
+            self.fusion = nn.Linear(2 * d, d)
+            self.register_buffer("fusion_mask_token", torch.zeros(1, 1, d))
+            nn.init.normal_(self.fusion_mask_token, std=0.02)  # SPRINT's init; the buffer is never trained
         self.norm = nn.LayerNorm(d)
         self.head = nn.Linear(d, c.patch_size**2 * c.in_chans)
         self.final_layer = nn.Conv2d(c.in_chans, c.in_chans, 3, padding=1) if c.final_conv else nn.Identity()
@@ -124,8 +134,8 @@ class UViT(nn.Module):
 
         x_t: (B, C, H, W) noisy images; t: (B,) integer timesteps; keep_idx: (B, K) sorted visible patch indices, or
         None for all patches; route_idx: (B, R) sorted patch indices that go through the routed span (None: all).
-        Returns (B, K, p*p*C) per-patch eps for the kept patches when keep_idx is given (with a decoder: (B, N,
-        p*p*C), every position), else (B, C, H, W).
+        Returns (B, K, p*p*C) per-patch eps for the kept patches when keep_idx is given (with a decoder or a
+        fusion: (B, N, p*p*C), every position), else (B, C, H, W).
         """
         c = self.config
         x = self.patch_embed(x_t)  # (B, D, g, g)
@@ -136,6 +146,7 @@ class UViT(nn.Module):
         x = torch.cat([time_token, x], dim=1)  # (B, 1+N, D)
         for blk in self.mixer_blocks:
             x = blk(x)  # (B, 1+N, D): deferred masking mixes every token before the drop
+        dense = x if self.fusion_blocks else None  # (B, 1+N, D): SPRINT's dense shallow path
         if keep_idx is not None:
             if c.final_conv:
                 raise ValueError("final_conv needs the whole image; it cannot run with dropped tokens")
@@ -144,6 +155,8 @@ class UViT(nn.Module):
         x = self._backbone(x, route_idx)  # (B, 1+K, D)
         if self.decoder_blocks:
             x = self._decode(x, keep_idx)  # (B, 1+N, D)
+        if dense is not None:
+            x = self._fuse(x, dense, keep_idx)  # (B, 1+N, D)
         x = self.head(self.norm(x))  # (B, 1+K or 1+N, p*p*C)
         x = x[:, 1:]  # drop the time token
         if keep_idx is not None:
@@ -185,6 +198,22 @@ class UViT(nn.Module):
             full.scatter_(1, keep_idx[..., None].expand(-1, -1, d), x[:, 1:])  # kept tokens back in place
         x = torch.cat([x[:, :1], full], dim=1) + self.decoder_pos_embed.to(x.dtype)  # (B, 1+N, D)
         for blk in self.decoder_blocks:
+            x = blk(x)  # (B, 1+N, D)
+        return x
+
+    def _fuse(self, x: torch.Tensor, dense: torch.Tensor, keep_idx: torch.Tensor | None) -> torch.Tensor:
+        """SPRINT's residual fusion and decoder: the sparse path back in place (the fixed mask token in each dropped
+        position), ``Linear(cat(sparse, dense))``, then the fusion blocks. x: (B, 1+K, D), dense: (B, 1+N, D) ->
+        (B, 1+N, D)."""
+        b, n, d = dense.shape[0], self.config.num_patches, dense.shape[-1]
+        if keep_idx is None:
+            sparse = x  # (B, 1+N, D): nothing was dropped
+        else:
+            full = self.fusion_mask_token.to(x.dtype).expand(b, n, d).clone()  # (B, N, D)
+            full.scatter_(1, keep_idx[..., None].expand(-1, -1, d), x[:, 1:])  # kept tokens back in place
+            sparse = torch.cat([x[:, :1], full], dim=1)  # (B, 1+N, D)
+        x = self.fusion(torch.cat([sparse, dense.to(sparse.dtype)], dim=-1))  # (B, 1+N, D)
+        for blk in self.fusion_blocks:
             x = blk(x)  # (B, 1+N, D)
         return x
 

@@ -24,6 +24,7 @@ class UViTConfig:
     mixer_depth: int = 0  # deferred masking: blocks on every token before any is dropped
     decoder_depth: int = 0  # MaskDiT: blocks after the backbone on every position, dropped ones as a mask token
     route_from: int = 1  # token routing: routed tokens skip in-blocks [route_from:], the mid-block and their mirrors
+    fusion_depth: int = 0  # SPRINT: blocks on every position after the sparse-dense fusion (mixer_depth: its encoder)
 
     @property
     def grid(self) -> int:

@@ -1,8 +1,8 @@
-"""Masking strategies: where the masking happens in the network, what the loss sees, and what it costs.
+"""The masking strategies that followed MaskDM, and :data:`STRATEGIES`, the registry of every ``mask.strategy``.
 
 MaskDM's three masks (:mod:`.masking`: patch, block, crop) drop patch tokens before the backbone and score the
-visible patches (MDSM). The strategies that followed it change the network or the loss; each is a frozen dataclass
-of its knobs with the same contract, and registers in :data:`STRATEGIES`, the one place a new one is added:
+visible patches (MDSM). The strategies that followed it change the network or the loss; each is one
+:class:`~.masking.MaskStrategy` class (spec section and behaviour at once), registered below:
 
 ===========  ==================================================  ==============================================
 strategy     network part (stays for fine-tuning and sampling)   training loss
@@ -15,36 +15,37 @@ deferred     ``mixer_depth`` blocks on every token before the    eps-MSE on the 
              drop (Sehwag et al. 2024, "Stretching Each Dollar")
 routing      none: ``rate`` of the tokens skip the routed span   eps-MSE on every patch: nothing leaves the loss
              (TREAD, Krause et al. 2025)
+sprint       ``encoder_depth`` dense blocks on every token       eps-MSE on every patch
+             before the drop; after the backbone a fixed mask
+             token in each dropped position, fused with the
+             dense encoder's output (``Linear(2D, D)``), then
+             ``decoder_depth`` blocks on every position
+             (SPRINT, Park et al. 2026)
 ===========  ==================================================  ==============================================
 
 All of them draw which patches are kept (or, for routing, which go through the span) with MaskDM's patch-wise rule:
-``int(rate * N)`` random patches out of ``N``.
+``int(rate * N)`` random patches out of ``N``. A new strategy is one class here and one entry in
+:data:`STRATEGIES` (plus ``model.py`` and ``flops.py`` when it adds network parts).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Mapping, Union
 
-from .masking import BlockMask, CropMask, MaskStrategy, PatchMask
+from pydantic import Field
+
+from .masking import BASELINE_MASK_COLUMNS, BlockMask, CropMask, MaskStrategy, PatchMask, TokenCounts
 
 if TYPE_CHECKING:
     import torch
 
-
-@dataclass(frozen=True)
-class TokenCounts:
-    """Patch tokens one training forward processes: ``kept`` in the backbone, ``span`` in its routed span (``kept``
-    when nothing is routed); the mixer and decoder always see all ``N``."""
-
-    kept: int
-    span: int
+__all__ = ["BASELINE_MASK_COLUMNS", "STRATEGIES", "DeferredMasking", "MaskConfig", "MaskDiT", "Sprint", "TokenCounts",
+           "TokenRouting", "build_strategy", "maskdit_loss", "network_overrides", "strategy_from_columns",
+           "token_counts", "training_loss"]
 
 
-class _PatchDrawn:
+class _PatchDrawn(MaskStrategy):
     """What the newer strategies share: MaskDM's patch-wise draw at ``rate``."""
-
-    rate: float
 
     def _patches(self) -> PatchMask:
         return PatchMask(self.rate)
@@ -55,23 +56,27 @@ class _PatchDrawn:
     def sample(self, batch_size: int, grid: int, generator, device="cpu"):
         return self._patches().sample(batch_size, grid, generator, device)
 
-    def network(self) -> dict[str, int]:
-        return {}
 
-    def tokens(self, grid: int) -> TokenCounts:
-        kept = self.keep_count(grid)
-        return TokenCounts(kept, kept)
+def _every_patch_loss(model, x_t: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, patch_size: int,
+                      **how) -> torch.Tensor:
+    """eps-MSE on every patch of a network that predicts every position ((B, N, p*p*C) or (B, C, H, W))."""
+    from .diffusion import mdsm_loss
+
+    return mdsm_loss(model(x_t, t, **how), noise, patch_size)
 
 
-@dataclass(frozen=True)
 class MaskDiT(_PatchDrawn):
-    """MaskDiT: encoder on the visible tokens, a ``decoder_depth``-block decoder on every position, loss = MDSM on the
-    visible patches + ``mae_coef`` x MAE on the masked ones."""
+    """MaskDiT (Zheng et al., TMLR 2024): the backbone sees the visible patches, a small decoder every position (a
+    learned mask token in each dropped one); loss: denoising on the visible patches plus an MAE term on the masked
+    ones. The decoder stays part of the network for fine-tuning, which runs it on every patch (MaskDiT's "unmasking
+    tuning")."""
 
-    rate: float = 0.5
-    decoder_depth: int = 2
-    mae_coef: float = 0.1
-    name: ClassVar[str] = "maskdit"
+    strategy: Literal["maskdit"] = Field("maskdit", description="Masking strategy: MaskDiT's encoder-decoder.")
+    rate: float = Field(0.5, ge=0.0, lt=1.0, description="Fraction of patches dropped before the backbone (the "
+                        "paper: 0.5).")
+    decoder_depth: int = Field(2, ge=1, le=64, description="Transformer blocks of the decoder, on every position.")
+    mae_coef: float = Field(0.1, ge=0.0, description="Weight of the MAE term: the masked patches' MSE against the "
+                            "noisy input normalised per patch (the paper: 0.1; 0 leaves MaskDM's loss).")
 
     def network(self) -> dict[str, int]:
         return {"decoder_depth": self.decoder_depth}
@@ -82,43 +87,79 @@ class MaskDiT(_PatchDrawn):
         return maskdit_loss(pred, noise, x_t, keep, patch_size, self.mae_coef)
 
 
-@dataclass(frozen=True)
 class DeferredMasking(_PatchDrawn):
-    """Deferred masking: a ``mixer_depth``-block patch-mixer on every token, then ``rate`` of them dropped."""
+    """Deferred masking (Sehwag et al. 2024, "Stretching Each Dollar"): a small patch-mixer runs on every token,
+    then a share of them is dropped before the backbone; the loss covers the unmasked patches. The mixer stays part
+    of the network for fine-tuning."""
 
-    rate: float = 0.75
-    mixer_depth: int = 2
-    name: ClassVar[str] = "deferred"
+    strategy: Literal["deferred"] = Field("deferred", description="Masking strategy: a patch-mixer, then the drop.")
+    rate: float = Field(0.75, ge=0.0, lt=1.0, description="Fraction of patches dropped after the mixer (the "
+                        "paper: 0.75).")
+    mixer_depth: int = Field(2, ge=1, le=64, description="Transformer blocks of the patch-mixer, on every token.")
 
     def network(self) -> dict[str, int]:
         return {"mixer_depth": self.mixer_depth}
 
 
-@dataclass(frozen=True)
 class TokenRouting(_PatchDrawn):
-    """Token routing: ``rate`` of the patch tokens skip the routed span (``route_from``, see the U-ViT) and are put
-    back after it; every patch is scored. No parameters."""
+    """Token routing (TREAD, Krause et al., ICCV 2025): a random share of the patch tokens skips the middle of the
+    backbone and is put back after it; nothing leaves the loss and no parameters are added."""
 
-    rate: float = 0.5
-    route_from: int = 1
-    name: ClassVar[str] = "routing"
+    strategy: Literal["routing"] = Field("routing", description="Masking strategy: tokens routed past the middle "
+                                         "blocks.")
+    rate: float = Field(0.5, ge=0.0, lt=1.0, description="Selection rate: the fraction of patch tokens that skip "
+                        "the routed span (the paper: 0.5).")
+    route_from: int = Field(1, ge=0, le=64, description="The routed span: in-blocks from this index on, the "
+                            "mid-block and the out-blocks that mirror them (0: every block; depth // 2: the "
+                            "mid-block alone).")
 
     def network(self) -> dict[str, int]:
         return {"route_from": self.route_from}
+
+    def check_fits(self, grid: int, depth: int, preset: str) -> None:
+        super().check_fits(grid, depth, preset)
+        if self.route_from > depth // 2:
+            raise ValueError(f"route_from {self.route_from} is past the {depth // 2} in-blocks of {preset} "
+                             f"(depth {depth}); use 0 to {depth // 2}")
 
     def tokens(self, grid: int) -> TokenCounts:
         return TokenCounts(grid * grid, self.keep_count(grid))
 
     def loss(self, model, x_t: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, keep: torch.Tensor,
              patch_size: int) -> torch.Tensor:
-        from .diffusion import mdsm_loss
-
-        return mdsm_loss(model(x_t, t, route_idx=keep), noise, patch_size)  # (B, C, H, W) against all the noise
+        return _every_patch_loss(model, x_t, t, noise, patch_size, route_idx=keep)  # (B, C, H, W) vs all the noise
 
 
-STRATEGIES: dict[str, type] = {cls.name: cls for cls in (PatchMask, BlockMask, CropMask, MaskDiT, DeferredMasking,
-                                                         TokenRouting)}
+class Sprint(_PatchDrawn):
+    """SPRINT (Park et al., "Sparse-Dense Residual Fusion for Efficient Diffusion Transformers", ICLR 2026): a dense
+    shallow encoder on every token, the backbone on the kept ones, then a residual fusion of the two (a fixed mask
+    token in each dropped position, ``Linear(2D, D)`` on the concatenation with the encoder's output) before a
+    decoder on every position; loss on every patch. Encoder, fusion and decoder stay part of the network for
+    fine-tuning and sampling, which run the same network on every token."""
+
+    strategy: Literal["sprint"] = Field("sprint", description="Masking strategy: SPRINT's sparse-dense residual "
+                                        "fusion.")
+    rate: float = Field(0.75, ge=0.0, lt=1.0, description="Fraction of patches dropped before the backbone (the "
+                        "paper: 0.75).")
+    encoder_depth: int = Field(2, ge=1, le=64, description="Dense encoder blocks on every token before the drop (the "
+                               "paper: 2).")
+    decoder_depth: int = Field(2, ge=1, le=64, description="Decoder blocks on every position after the fusion (the "
+                               "paper: 2).")
+
+    def network(self) -> dict[str, int]:
+        return {"mixer_depth": self.encoder_depth, "fusion_depth": self.decoder_depth}
+
+    def loss(self, model, x_t: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, keep: torch.Tensor,
+             patch_size: int) -> torch.Tensor:
+        return _every_patch_loss(model, x_t, t, noise, patch_size, keep_idx=keep)  # (B, N, p*p*C) vs all the noise
+
+
+STRATEGIES: dict[str, type[MaskStrategy]] = {cls.name: cls for cls in (PatchMask, BlockMask, CropMask, MaskDiT,
+                                                                        DeferredMasking, TokenRouting, Sprint)}
 """Registry: every ``mask.strategy`` a spec may name, mapped to its class."""
+
+MaskConfig = Annotated[Union[tuple(STRATEGIES.values())], Field(discriminator="strategy")]
+"""The spec's ``mask`` section: one of the registered strategies, chosen by its ``strategy`` tag."""
 
 
 def build_strategy(strategy: str, **params) -> MaskStrategy:
@@ -130,17 +171,29 @@ def build_strategy(strategy: str, **params) -> MaskStrategy:
     return cls(**params)
 
 
+def strategy_from_columns(columns: Mapping[str, Any]) -> MaskStrategy | None:
+    """The strategy of a ``trials.parquet`` row's mask columns (``mask_strategy``, ``mask_rate``, ...; a missing
+    value as None or NaN); None for the baseline, an unknown strategy or columns that do not make a valid one."""
+    knobs = {key[len("mask_"):]: value for key, value in columns.items()
+             if key.startswith("mask_") and value is not None and value == value}  # NaN != NaN
+    name = knobs.pop("strategy", None)
+    cls = STRATEGIES.get(name) if isinstance(name, str) else None
+    if cls is None:
+        return None
+    try:
+        return cls(**{k: v for k, v in knobs.items() if k in cls.model_fields})
+    except ValueError:
+        return None
+
+
 def network_overrides(strategy: MaskStrategy) -> dict[str, int]:
-    """The U-ViT fields a strategy sets (``mixer_depth``, ``decoder_depth``, ``route_from``); MaskDM's masks none."""
-    return strategy.network() if hasattr(strategy, "network") else {}
+    """The U-ViT fields a strategy sets (``mixer_depth``, ``decoder_depth``, ``route_from``, ``fusion_depth``)."""
+    return strategy.network()
 
 
 def token_counts(strategy: MaskStrategy, grid: int) -> TokenCounts:
     """The patch tokens a training forward of ``strategy`` processes (see :class:`TokenCounts`)."""
-    if hasattr(strategy, "tokens"):
-        return strategy.tokens(grid)
-    kept = strategy.keep_count(grid)
-    return TokenCounts(kept, kept)
+    return strategy.tokens(grid)
 
 
 def training_loss(strategy: MaskStrategy | None, model, x_t: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
@@ -149,11 +202,11 @@ def training_loss(strategy: MaskStrategy | None, model, x_t: torch.Tensor, t: to
 
     ``model``: the U-ViT or a wrapper of it (DDP, ``torch.compile``), called as the U-ViT.
     """
-    if keep is not None and hasattr(strategy, "loss"):
+    if keep is not None and strategy is not None:
         return strategy.loss(model, x_t, t, noise, keep, patch_size)
     from .diffusion import mdsm_loss
 
-    return mdsm_loss(model(x_t, t, keep), noise, patch_size, keep)  # MaskDM's L_mdsm (or plain DSM)
+    return mdsm_loss(model(x_t, t, keep), noise, patch_size, keep)  # plain DSM
 
 
 def maskdit_loss(pred: torch.Tensor, noise: torch.Tensor, x_t: torch.Tensor, keep: torch.Tensor, patch_size: int,

@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..naming import arm_name  # noqa: F401 (re-exported: results name arms the one way)
+from ..naming import arm_name  # noqa: F401 (re-exported: results name arms the one way, the strategy's own)
 
 STATUSES = ("finished", "stopped", "failed", "incomplete")
 

@@ -18,10 +18,19 @@ from matplotlib.figure import Figure
 from .analysis import (arm_order, comparison_table, compute_unit, fid_at_budget, fid_points, finished, group_keys,
                        report_settings)
 from ..layout import SweepDir
+from ..maskdm.strategies import strategy_from_columns
 from .collect import load, read_spec
 from .figures import DPI, _colors, _fid_label, _figure, _save, _seeds_text, _title
 # the speed-up's figures live in speedup_plots; importable from here as before
 from .speedup_plots import final_samples_figure, fid_vs_tflops_figure, plot_fid_vs_tflops, seed_spread  # noqa: F401
+
+MASK_COLUMNS = ["mask_strategy", "mask_rate", "mask_block_size", "mask_crop_size"]
+
+
+def _plain(row: pd.Series) -> dict:
+    """A row's values as Python ones, missing ones (NaN, NA) as None."""
+    return {k: None if pd.isna(v) else (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}
+
 
 def _compute_label(trials: pd.DataFrame) -> str:
     unit, _ = compute_unit(trials)
@@ -56,12 +65,12 @@ def fid_vs_mask_rate_figure(trials: pd.DataFrame, spec: dict) -> Figure:
         drew = True
     masked = table[table["arm"] != "baseline"].copy()
     if len(masked):
-        block = trials.drop_duplicates("arm").set_index("arm")["mask_block_size"]
+        mask_of_arm = trials.drop_duplicates("arm").set_index("arm")[MASK_COLUMNS]
 
         def line_of(r) -> str:  # one line per strategy (and block size, and any other swept setting)
-            parts = [str(r["mask_strategy"])]
-            if r["mask_strategy"] == "block":
-                parts.append(f"b={block.get(r['arm'])}")
+            strategy = strategy_from_columns(_plain(mask_of_arm.loc[r["arm"]])) if r["arm"] in mask_of_arm.index \
+                else None
+            parts = [strategy.line() if strategy is not None else str(r["mask_strategy"])]
             return " ".join(parts + [f"{k}={r[k]}" for k in extra])
 
         masked["line"] = masked.apply(line_of, axis=1)

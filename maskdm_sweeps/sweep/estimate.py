@@ -45,15 +45,13 @@ def flops_per_image(mc: UViTConfig, effective_rate: float) -> float:
     return float(train_flops_per_image(mc, kept_patches(mc, effective_rate)))
 
 
-MEASURED_STRATEGIES = ("patch", "block", "crop")  # the table measured MaskDM's token dropping
-
-
 def images_per_second(config: TrialConfig, effective_rate: float) -> float:
     """Training images/s of ``config`` at an effective mask rate on the reference GPU (interpolated in the table,
     else scaled from U-ViT-S/2 by FLOPs per image, at most 2x faster). A strategy the table did not measure
-    (MaskDiT, deferred masking, routing) is scaled by its exact FLOPs per image from the unmasked reference."""
+    (one that adds network parts or routes tokens: MaskDiT, deferred masking, routing, SPRINT) is scaled by its exact
+    FLOPs per image from the unmasked reference."""
     preset = config.model.preset
-    measured = effective_rate == 0 or config.mask.strategy in MEASURED_STRATEGIES
+    measured = effective_rate == 0 or config.mask.plain_network  # the table measured MaskDM's token dropping
     if preset in REFERENCE_IMAGES_PER_SECOND and config.model_config_resolved() == MODEL_PRESETS[preset] and measured:
         table = REFERENCE_IMAGES_PER_SECOND[preset]
         rates = sorted(table)

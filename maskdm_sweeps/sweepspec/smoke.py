@@ -12,6 +12,8 @@ from typing import Any
 
 from ..data.config import DEFAULT_IMAGE_SIZE
 from ..maskdm import MODEL_PRESETS
+from ..maskdm.masking import MaskStrategy
+from ..maskdm.strategies import build_strategy
 
 SMOKE_PRETRAIN_STEPS = 30
 SMOKE_FINETUNE_STEPS = 40
@@ -41,17 +43,25 @@ def _mask_settings(spec: dict) -> list[dict]:
     return found
 
 
+def _strategy_of(mask: dict) -> MaskStrategy | None:
+    """The strategy a raw mask setting names (``patch`` when it names none); None when it is not a valid one (the
+    spec's validation reports it)."""
+    try:
+        return build_strategy(**{"strategy": "patch", **mask})
+    except (TypeError, ValueError):
+        return None
+
+
 def smoke_grid(spec: dict) -> int:
     """The smallest patch grid (4, 8 or 16 on a side) on which every mask setting of the spec stays meaningful.
 
-    Crop windows must fit, block sizes must divide the grid and leave at least two blocks per side. Patch masking
-    works on any grid, so a patch-only spec runs on 4 x 4 patches (17 tokens): cheap.
+    Each strategy says which grids it fits (``MaskStrategy.fits_smoke_grid``): crop windows must fit, block sizes
+    must divide the grid and leave at least two blocks per side. Patch masking works on any grid, so a patch-only
+    spec runs on 4 x 4 patches (17 tokens): cheap.
     """
-    settings = _mask_settings(spec)
-    crops = [m["crop_size"] for m in settings if m.get("strategy") == "crop" and isinstance(m.get("crop_size"), int)]
-    blocks = [m["block_size"] for m in settings if m.get("strategy") == "block" and isinstance(m.get("block_size"), int)]
+    strategies = [s for s in map(_strategy_of, _mask_settings(spec)) if s is not None]
     for grid in (4, 8, 16):
-        if all(c <= grid for c in crops) and all(grid % b == 0 and grid >= 2 * b for b in blocks):
+        if all(s.fits_smoke_grid(grid) for s in strategies):
             return grid
     return min(_base_grid(spec.get("base") or {}), 16)
 

@@ -9,14 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..data.config import DataConfig
 from ..maskdm import MODEL_PRESETS, UViTConfig, effective_mask_rate, resolve_model_config
-from ..maskdm.strategies import build_strategy, network_overrides
-from ..maskdm.masking import MaskStrategy
+from ..maskdm.masking import MaskStrategy, PatchMask
+from ..maskdm.strategies import MaskConfig
 
 STAGES = ("pretrain", "finetune")
 Stage = Literal["pretrain", "finetune"]
@@ -46,67 +46,10 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # finite numbers only
 
 
-# ----------------------------------------------------------------------------------------------------------- masks
-class PatchMaskConfig(_Strict):
-    """Patch-wise masking: ``int(rate * N)`` random patches are dropped."""
-
-    strategy: Literal["patch"] = Field("patch", description="Masking strategy: random patches.")
-    rate: float = Field(0.9, ge=0.0, lt=1.0, description="Nominal mask rate in [0, 1): the fraction of patches dropped.")
-
-
-class BlockMaskConfig(_Strict):
-    """Block-wise masking: ``int(rate * N) // block_size**2`` random blocks of patches are dropped."""
-
-    strategy: Literal["block"] = Field("block", description="Masking strategy: random square blocks of patches.")
-    rate: float = Field(0.9, ge=0.0, lt=1.0, description="Nominal mask rate in [0, 1); the effective rate is floored to whole blocks.")
-    block_size: int = Field(2, ge=1, description="Block side in patches; must divide the patch grid.")
-
-
-class CropMaskConfig(_Strict):
-    """Cropping: one random ``crop_size x crop_size`` window of patches stays visible."""
-
-    strategy: Literal["crop"] = Field("crop", description="Masking strategy: keep one random square window.")
-    crop_size: int = Field(..., ge=1, description="Window side in patches; the mask rate is 1 - crop_size^2 / N.")
-
-
-class MaskDiTConfig(_Strict):
-    """MaskDiT (Zheng et al., TMLR 2024): the backbone sees the visible patches, a small decoder every position (a
-    learned mask token in each dropped one); loss: denoising on the visible patches plus an MAE term on the masked
-    ones. The decoder stays part of the network for fine-tuning, which runs it on every patch (MaskDiT's "unmasking
-    tuning")."""
-
-    strategy: Literal["maskdit"] = Field("maskdit", description="Masking strategy: MaskDiT's encoder-decoder.")
-    rate: float = Field(0.5, ge=0.0, lt=1.0, description="Fraction of patches dropped before the backbone (the paper: 0.5).")
-    decoder_depth: int = Field(2, ge=1, le=64, description="Transformer blocks of the decoder, on every position.")
-    mae_coef: float = Field(0.1, ge=0.0, description="Weight of the MAE term: the masked patches' MSE against the noisy input normalised per patch (the paper: 0.1; 0 leaves MaskDM's loss).")
-
-
-class DeferredMaskConfig(_Strict):
-    """Deferred masking (Sehwag et al. 2024, "Stretching Each Dollar"): a small patch-mixer runs on every token,
-    then a share of them is dropped before the backbone; the loss covers the unmasked patches. The mixer stays part
-    of the network for fine-tuning."""
-
-    strategy: Literal["deferred"] = Field("deferred", description="Masking strategy: a patch-mixer, then the drop.")
-    rate: float = Field(0.75, ge=0.0, lt=1.0, description="Fraction of patches dropped after the mixer (the paper: 0.75).")
-    mixer_depth: int = Field(2, ge=1, le=64, description="Transformer blocks of the patch-mixer, on every token.")
-
-
-class RoutingConfig(_Strict):
-    """Token routing (TREAD, Krause et al., ICCV 2025): a random share of the patch tokens skips the middle of the
-    backbone and is put back after it; nothing leaves the loss and no parameters are added."""
-
-    strategy: Literal["routing"] = Field("routing", description="Masking strategy: tokens routed past the middle blocks.")
-    rate: float = Field(0.5, ge=0.0, lt=1.0, description="Selection rate: the fraction of patch tokens that skip the routed span (the paper: 0.5).")
-    route_from: int = Field(1, ge=0, le=64, description="The routed span: in-blocks from this index on, the mid-block and the out-blocks that mirror them (0: every block; depth // 2: the mid-block alone).")
-
-
-MaskConfig = Annotated[Union[PatchMaskConfig, BlockMaskConfig, CropMaskConfig, MaskDiTConfig, DeferredMaskConfig,
-                             RoutingConfig], Field(discriminator="strategy")]
-
-
-def build_mask_from_config(mask) -> MaskStrategy:
-    """The strategy a ``mask`` section names (``maskdm.strategies``), with its knobs."""
-    return build_strategy(mask.strategy, **mask.model_dump(exclude={"strategy"}))
+def build_mask_from_config(mask: MaskStrategy) -> MaskStrategy:
+    """The strategy of a ``mask`` section: the section itself (each strategy is its own spec section, see
+    ``maskdm.strategies``); kept for the callers that still ask for it."""
+    return mask
 
 
 # ----------------------------------------------------------------------------------------------------------- model
@@ -250,7 +193,7 @@ class TrialConfig(_Strict):
     data: DataConfig = Field(default_factory=DataConfig, description="Training data.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="The network.")
     diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig, description="Noise schedule.")
-    mask: MaskConfig = Field(default_factory=PatchMaskConfig, description="Mask used by pre-training.")
+    mask: MaskConfig = Field(default_factory=PatchMask, description="Mask used by pre-training.")
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig, description="Masked pre-training stage.")
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig, description="Fine-tuning stage.")
     ema: EMAConfig = Field(default_factory=EMAConfig, description="EMA of the weights.")
@@ -269,15 +212,11 @@ class TrialConfig(_Strict):
         grid = self.model_config_resolved().grid
         if self.pretrain.steps > 0:
             try:
-                build_mask_from_config(self.mask).keep_count(grid)
+                self.mask.check_fits(grid, MODEL_PRESETS[self.model.preset].depth, self.model.preset)
             except ValueError as err:
                 raise ValueError(f"mask: {err}") from None
             if self.model.final_conv:
                 raise ValueError("model.final_conv cannot be used with masked pre-training (tokens are dropped)")
-            depth = MODEL_PRESETS[self.model.preset].depth
-            if self.mask.strategy == "routing" and self.mask.route_from > depth // 2:
-                raise ValueError(f"mask: route_from {self.mask.route_from} is past the {depth // 2} in-blocks of "
-                                 f"{self.model.preset} (depth {depth}); use 0 to {depth // 2}")
         return self
 
     # -------------------------------------------------------------------------------------- derived quantities
@@ -294,15 +233,16 @@ class TrialConfig(_Strict):
         """The share of patches pre-training really drops (the counting rule on this grid); 0 without pre-training."""
         if self.pretrain.steps == 0:
             return 0.0
-        return effective_mask_rate(build_mask_from_config(self.mask), self.model_config_resolved().grid)
+        return effective_mask_rate(self.mask, self.model_config_resolved().grid)
 
     def model_config_resolved(self) -> UViTConfig:
         """The U-ViT of this trial: the preset, fitted to the data, with the parts its masking strategy adds (a
-        MaskDiT decoder, a patch-mixer) when it pre-trains; the baseline is the plain U-ViT."""
+        MaskDiT decoder, a patch-mixer, SPRINT's encoder, fusion and decoder) when it pre-trains; the baseline is the
+        plain U-ViT."""
         overrides = dict(img_size=self.image_size, in_chans=self.channels, time_mlp=self.model.time_mlp,
                          final_conv=self.model.final_conv)
         if self.pretrain.steps > 0:
-            overrides.update(network_overrides(build_mask_from_config(self.mask)))
+            overrides.update(self.mask.network())
         if self.model.patch_size:
             overrides["patch_size"] = self.model.patch_size
         return resolve_model_config(self.model.preset, **overrides)

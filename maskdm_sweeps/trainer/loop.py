@@ -26,7 +26,7 @@ from ..maskdm import UViT, build_schedule, training_loss
 from .checkpoint import (checkpoint_path, keep_state, load_checkpoint, load_latest_checkpoint, read_state,
                          save_checkpoint)
 from .compute import TERA, stage_flops, stage_tflops, train_flops_per_step
-from .config import Stage, TrialConfig, build_mask_from_config
+from .config import Stage, TrialConfig
 from .device import autocast_dtype, resolve_device
 from .lr_schedule import learning_rate
 from .ema import EMA
@@ -108,7 +108,7 @@ class _StageRun:
         self.schedule = build_schedule(config.diffusion.schedule, config.diffusion.num_timesteps)
         self.abar = self.schedule.alphas_cumprod.float().to(self.device)
         self.model_cfg = config.model_config_resolved()
-        self.mask = build_mask_from_config(config.mask) if stage == "pretrain" else None
+        self.mask = config.mask if stage == "pretrain" else None  # the strategy: its draw and its loss
         self.effective_rate = config.effective_mask_rate if stage == "pretrain" else 0.0
         if self.effective_rate == 0.0:  # every patch visible: no mask to draw, sort and gather every step
             self.mask = None
