@@ -301,7 +301,14 @@ def collect(sweep_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         rows.append(row)
         assignment_of[tid], config_of[tid] = assignments, config
 
-    # one column per axis key that has no column of its own (values from the trial's config: it is the truth)
+    trials = sort_trials(typed_frame(rows, _with_axis_columns(rows, assignment_of, config_of)))
+    curves = _curves(stages, pretrainings)
+    return trials, curves
+
+
+def _with_axis_columns(rows: list[dict], assignment_of: dict[str, dict], config_of: dict[str, dict]) -> dict[str, str]:
+    """Fill ``rows`` with one column per axis key that has no column of its own (values from the trial's config: it
+    is the truth); returns every column's dtype, the fixed ones first."""
     axis = [k for k in dict.fromkeys(k for a in assignment_of.values() for k in a) if k not in COVERED_BY_COLUMNS]
     columns = dict(TRIAL_COLUMNS)
     for key in axis:
@@ -316,10 +323,7 @@ def collect(sweep_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         columns[name] = column_dtype(values)
         for row, value in zip(rows, values):
             row[name] = value
-    trials = sort_trials(typed_frame(rows, columns))
-
-    curves = _curves(stages, pretrainings)
-    return trials, curves
+    return columns
 
 
 def _pretrain_steps(manifest: dict, ft: _Stage) -> int:
