@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from maskdm_sweeps.layout import TRIALS_DIR, SweepDir
+from maskdm_sweeps.sweepspec.identity import trial_label
 
 DESCRIPTION = "FID after fine-tuning, by the patch-masking rate of pre-training, against the baseline."
 PRE_STEPS, FT_STEPS = 30, 40
@@ -114,7 +115,7 @@ def build_sweep(root: Path, name: str = "fake", rates=(0.5, 0.9), seeds=(0, 1), 
         rate = None if is_base else point["mask.rate"]
         lr = point.get("finetune.lr", 2e-4)
         ident = (rate, point["seed"], lr) if lrs else (rate, point["seed"])
-        label = " ".join(f"{k}={v}" for k, v in point.items())
+        label = trial_label(point)  # the label the planner gives it
         trials.append({"trial_id": tid, "label": label, "assignments": point, "pretrain_key": key})
         if key is not None and key not in pretrains:
             eff = int(rate * 256) / 256  # the tiny model's 16x16 grid floors the patch count

@@ -15,7 +15,7 @@ import yaml
 from maskdm_sweeps.layout import SweepDir, read_json, read_notices
 from maskdm_sweeps.sweep import read_events, run_sweep
 from maskdm_sweeps.sweepspec import load_spec
-from maskdm_sweeps.sweepspec.expand import with_pretrain_steps
+from maskdm_sweeps.sweepspec.identity import with_pretrain_steps
 from maskdm_sweeps.testing import corrupt_state_file, tiny_sweep_spec
 from maskdm_sweeps.trainer import fit
 from maskdm_sweeps.trainer.checkpoint import load_checkpoint, verify_state

@@ -17,7 +17,8 @@ from maskdm_sweeps.metrics import feature_flops_per_image
 from maskdm_sweeps.sweep.estimate import REFERENCE_IMAGES_PER_SECOND, stage_gpu_hours
 from maskdm_sweeps.sweep.plan_view import totals
 from maskdm_sweeps.sweepspec import load_spec
-from maskdm_sweeps.sweepspec.expand import SweepPlan, with_pretrain_steps
+from maskdm_sweeps.sweepspec.expand import SweepPlan
+from maskdm_sweeps.sweepspec.identity import with_pretrain_steps
 from maskdm_sweeps.trainer.config import build_mask_from_config
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"

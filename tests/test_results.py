@@ -130,6 +130,43 @@ def test_a_trial_without_result_or_error_is_incomplete_or_stopped(tmp_path):
     assert trials["wall_seconds"].iloc[0] == pytest.approx(100.0 + (30.5 - 10.0))
 
 
+def test_the_rows_copy_the_arm_and_mask_columns_the_plan_wrote_into_the_manifest(tmp_path):
+    w = build_sweep(tmp_path, rates=(0.5,), seeds=(0,), baseline=False)
+    (tid,) = w["trials"]
+    path = w["dir"] / "trials" / tid / "trial.json"
+    before, _ = collect(w["dir"])  # a manifest without names (written before they were there): from the config
+    manifest = json.loads(path.read_text())
+    assert "arm" not in manifest and before["arm"].tolist() == ["patch r=0.5"]
+    # names the config would not give: copied, not worked out again
+    names = {"arm": "named r=0.25", "mask_columns": {"mask_strategy": "named", "mask_rate": 0.25,
+                                                     "mask_block_size": 4, "mask_crop_size": None}}
+    path.write_text(json.dumps({**manifest, **names}))
+    row = collect(w["dir"])[0].iloc[0]
+    assert (row["arm"], row["mask_strategy"], row["mask_rate"], row["mask_block_size"]) == ("named r=0.25", "named",
+                                                                                          0.25, 4)
+    assert pd.isna(row["mask_crop_size"]) and row["label"] == before["label"].iloc[0]
+
+
+def test_a_plans_manifests_name_every_strategy_as_the_parquet_columns_do():
+    from maskdm_sweeps.sweepspec import SweepSpec, build_plan
+    from maskdm_sweeps.testing import tiny_trial_config
+
+    base = tiny_trial_config(pretrain={"steps": 10}).model_dump(mode="json")
+    masks = [{"strategy": "patch", "rate": 0.5}, {"strategy": "block", "rate": 0.5, "block_size": 2},
+             {"strategy": "crop", "crop_size": 4}]
+    plan = build_plan(SweepSpec.model_validate({"name": "names", "base": base,
+                                                "sweep": {"axes": {"mask": masks}, "baseline": True}}))
+    names = {}
+    for trial in plan.trials:
+        m = trial.manifest(plan.spec.resources, plan.spec_hash)
+        assert json.loads(json.dumps(m, allow_nan=False)) == m  # plain JSON: no NaN for a missing rate
+        names[m["arm"]] = tuple(m["mask_columns"][c] for c in ("mask_strategy", "mask_rate", "mask_block_size",
+                                                                 "mask_crop_size"))
+        assert m["arm"] == trial.arm and m["short_label"] == trial.short_label and m["label"] == trial.label
+    assert names == {"patch r=0.5": ("patch", 0.5, None, None), "block b=2 r=0.5": ("block", 0.5, 2, None),
+                     "crop c=4": ("crop", None, None, 4), "baseline": (None, None, None, None)}
+
+
 # ------------------------------------------------------------------------------------------------ curves.parquet
 def test_curves_are_deduplicated_the_last_record_wins(sweep):
     curves = sweep.curves

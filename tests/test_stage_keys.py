@@ -3,6 +3,8 @@
 import pytest
 
 from maskdm_sweeps.sweepspec import SweepSpec, build_plan
+from maskdm_sweeps.sweepspec import identity
+from maskdm_sweeps.sweepspec.identity import stage_hash
 from maskdm_sweeps.testing import tiny_trial_config
 from maskdm_sweeps.trainer.config import EvalConfig, RuntimeConfig
 
@@ -51,7 +53,17 @@ def config(**overrides):
 
 
 def pretrain_key(**overrides) -> str:
-    return config(**overrides).stage_hash("pretrain")
+    return stage_hash(config(**overrides), "pretrain")
+
+
+def test_the_keys_of_a_trial_are_the_ones_finished_sweeps_were_filed_under():
+    # trial ids and pre-training keys name directories on disk: a changed hash orphans every finished run, so these
+    # are the values the tiny trial had when the keys were computed in trainer/config.py
+    masked, baseline = config(), config(pretrain={"steps": 0})
+    assert (stage_hash(masked, "pretrain"), stage_hash(masked, "finetune")) == ("778aa35d1e63d40d", "79bdbe98491056b4")
+    assert stage_hash(baseline, "finetune") == "ee878948d5d2f9e0"
+    assert identity.trial_id(masked) == "t-79bdbe9849"
+    assert (identity.pretrain_key(masked), identity.pretrain_key(baseline)) == ("778aa35d1e63d40d", None)
 
 
 def test_the_ignored_list_names_every_eval_and_runtime_setting_but_precision():
@@ -82,14 +94,14 @@ def test_the_length_of_a_pretraining_is_not_part_of_its_key_unless_its_schedule_
     for decay in ("cosine", "linear"):
         assert pretrain_key(pretrain={"steps": 30, "lr_decay": decay}) != pretrain_key(pretrain={"lr_decay": decay})
     # the trial (its fine-tuning key) always depends on the length it starts from
-    assert config(pretrain={"steps": 30}).stage_hash("finetune") != config().stage_hash("finetune")
+    assert stage_hash(config(pretrain={"steps": 30}), "finetune") != stage_hash(config(), "finetune")
 
 
 def test_finetune_settings_leave_the_pretraining_key_unchanged_but_change_the_trial():
     base = config()
     other = config(finetune={"lr": 1e-3, "steps": 30, "init_from": "ema"})
-    assert other.stage_hash("pretrain") == base.stage_hash("pretrain")
-    assert other.stage_hash("finetune") != base.stage_hash("finetune")
+    assert stage_hash(other, "pretrain") == stage_hash(base, "pretrain")
+    assert stage_hash(other, "finetune") != stage_hash(base, "finetune")
 
 
 def sweep_spec(axes: dict, seeds: list[int] = [0]) -> SweepSpec:

@@ -177,7 +177,7 @@ def pretrain_starts(plan, invocation: int = 1) -> list[dict]:
 def test_pretraining_lengths_share_one_run_which_later_sweeps_extend_reuse_or_branch(tmp_path):
     from maskdm_sweeps.results import load
     from maskdm_sweeps.sweep.milestones import plan_lines
-    from maskdm_sweeps.sweepspec.expand import with_pretrain_steps
+    from maskdm_sweeps.sweepspec.identity import with_pretrain_steps
 
     out, tiny = str(tmp_path / "results"), {"finetune": {"steps": 10}}
     # 1. two lengths in one sweep: one run, trained to the longer, keeping both

@@ -130,6 +130,24 @@ def test_a_cpu_sweep_bills_no_gpu_alike_in_mlflow_and_in_trials_parquet(tracked)
         assert (pre == 0) == (row["arm"] == "baseline")
 
 
+def test_the_arm_and_label_tags_mean_what_the_arm_and_label_columns_mean(tracked):
+    from maskdm_sweeps.results import load
+
+    _, runs = runs_of(tracked)
+    trials, _ = load(tracked.sweep_dir)
+    finetunes = {r.info.run_id: r.data.tags for r in runs if r.data.tags.get("stage") == "finetune"}
+    assert sorted(trials["arm"]) == ["baseline", "patch r=0.25", "patch r=0.5"]
+    for _, row in trials.iterrows():
+        tags = finetunes[row["mlflow_run_id"]]
+        assert (tags["arm"], tags["label"]) == (row["arm"], row["label"])  # e.g. patch r=0.5, mask.rate=0.5 seed=0
+    # a pre-training serves trials of one arm: it has their arm, and no trial's label
+    arms = dict(zip(trials["pretrain_key"].dropna(), trials["arm"][trials["pretrain_key"].notna()]))
+    pretrains = [r.data.tags for r in runs if r.data.tags.get("stage") == "pretrain"]
+    assert len(pretrains) == 2
+    for tags in pretrains:
+        assert tags["arm"] == arms[tags["pretrain_key"]] and "label" not in tags
+
+
 def _pretrain_cost(runs, row) -> float:
     """The ``cost/train_tflops`` MLflow logged for the row's pre-training run (0 for the baseline)."""
     if row["arm"] == "baseline":

@@ -1,9 +1,11 @@
 """A sweep directory -> two tables: ``trials.parquet`` (one row per trial) and ``curves.parquet`` (every metric).
 
 Only files are read (no ray, no mlflow), all through :mod:`maskdm_sweeps.layout`: each trial's manifest
-(``trials/<id>/trial.json``: label, assignments, pre-training key, effective mask rate, the devices it holds),
-its stage runs' ``config.json``, ``metrics.jsonl`` and ``result.json``, the sweep's ``plan.json``,
-``spec.resolved.yaml`` and ``events.jsonl``, and Tune's ``error.txt`` files for failure reasons.
+(``trials/<id>/trial.json``: label, arm and mask columns as the plan named them, assignments, pre-training key,
+effective mask rate, the devices it holds), its stage runs' ``config.json``, ``metrics.jsonl`` and ``result.json``,
+the sweep's ``plan.json``, ``spec.resolved.yaml`` and ``events.jsonl``, and Tune's ``error.txt`` files for failure
+reasons. The names come from :mod:`maskdm_sweeps.sweepspec.identity`, also for manifests written before they held
+them.
 
 Pre-trainings live in ``<results root>/_pretrain/<key>/`` and feed every trial that asks for one of their lengths
 (milestones). Two conventions of cost, both in ``trials.parquet``:
@@ -31,8 +33,9 @@ import pandas as pd
 from ..layout import StageRun, SweepDir, read_json, read_jsonl
 from .membership import checked_plan, read_spec, trials_outside_plan
 from .pretraining import Pretraining, shares_of
-from .columns import (COVERED_BY_COLUMNS, CURVE_COLUMNS, TRIAL_COLUMNS, arm_name, assignment_value, column_dtype,
-                      sort_trials, typed_frame)
+from ..sweepspec.identity import MASK_COLUMNS, arm_of, mask_columns
+from .columns import (COVERED_BY_COLUMNS, CURVE_COLUMNS, TRIAL_COLUMNS, assignment_value, column_dtype, sort_trials,
+                      typed_frame)
 
 STAGE_ORDER = {"pretrain": 0, "finetune": 1}
 log = logging.getLogger(__name__)
@@ -140,25 +143,48 @@ def _tune_errors(sweep_dir: Path) -> tuple[dict[str, str], dict[str, str]]:
 def _trial_row(sweep: str, manifest: dict, ft: _Stage, pretraining: "Pretraining | None", shared_by: int,
                share: tuple[float, float], reused: bool, errors: dict[str, str], pretrain_errors: dict[str, str],
                scheduler: str) -> tuple[dict, dict, dict]:
-    trial_id, pretrain_key = manifest["trial_id"], manifest.get("pretrain_key")
+    """One row of ``trials.parquet``, the trial's assignments and its config (the axis columns are filled later)."""
     config = ft.config or manifest.get("config") or {}
-    baseline = pretrain_key is None
-    mask = config.get("mask") or {}
-    strategy = None if baseline else mask.get("strategy")
-    rate = _float(mask.get("rate")) if strategy not in (None, "crop") else math.nan
-    block = mask.get("block_size") if strategy == "block" else None
-    crop = mask.get("crop_size") if strategy == "crop" else None
-
-    last = ft.last_values()
-    result = ft.result
+    assignments = dict(manifest.get("assignments") or {})
     pre = _Stage(pretraining.run) if pretraining is not None else None
-    for stage in (ft, pre):  # a diverged stage says why, with or without Tune's error files
+    errors = _with_divergence(manifest["trial_id"], (ft, pre), errors)
+    row = {"sweep": sweep, "stage": "finetune", **_identity_columns(manifest, config),
+           **_outcome_columns(manifest, ft, errors, pretrain_errors, scheduler),
+           **_setting_columns(config, assignments, ft), **_cost_columns(manifest, ft, pretraining, share),
+           **_pretraining_columns(manifest.get("pretrain_key"), shared_by, reused),
+           "mlflow_run_id": _mlflow_run_id(ft)}
+    return row, assignments, config
+
+
+def _identity_columns(manifest: dict, config: dict) -> dict[str, Any]:
+    """``trial_id``, ``arm``, ``label`` and the mask columns, as the plan wrote them into the manifest; a manifest
+    written before it carried them gets them from the trial's config, by the same functions."""
+    arm, mask = manifest.get("arm"), manifest.get("mask_columns")
+    if arm is None or not isinstance(mask, dict):
+        section = None if manifest.get("pretrain_key") is None else config.get("mask") or {}
+        arm, mask = arm_of(section), mask_columns(section)
+    return {"trial_id": manifest["trial_id"], "arm": arm, "label": manifest.get("label") or manifest["trial_id"],
+            **{name: mask.get(name) for name in MASK_COLUMNS}, "mask_rate": _float(mask.get("mask_rate")),
+            "effective_mask_rate": _float(manifest.get("effective_mask_rate"))}
+
+
+def _with_divergence(trial_id: str, stages: tuple["_Stage | None", ...], errors: dict[str, str]) -> dict[str, str]:
+    """``errors`` with the trial's reason from a diverged stage's file, unless Tune's error files gave one."""
+    for stage in stages:
         diverged = read_json(stage.run.diverged) if stage is not None else None
         if diverged and trial_id not in errors:
             errors = {**errors, trial_id: str(diverged.get("error", "the loss diverged"))}
-    if result is not None:
-        status = "stopped" if result.get("stopped_early") else "finished"
-        fid, fid_best, loss = (_float(result.get(k)) for k in ("fid", "fid_best", "loss_final"))
+    return errors
+
+
+def _outcome_columns(manifest: dict, ft: _Stage, errors: dict[str, str], pretrain_errors: dict[str, str],
+                     scheduler: str) -> dict[str, Any]:
+    """``status``, ``error`` and the FIDs and loss: from ``result.json``, else the latest metric reports."""
+    trial_id, pretrain_key = manifest["trial_id"], manifest.get("pretrain_key")
+    last = ft.last_values()
+    if ft.result is not None:
+        status = "stopped" if ft.result.get("stopped_early") else "finished"
+        fid, fid_best, loss = (_float(ft.result.get(k)) for k in ("fid", "fid_best", "loss_final"))
     else:
         if trial_id in errors or (pretrain_key and pretrain_key in pretrain_errors):
             status = "failed"
@@ -171,66 +197,53 @@ def _trial_row(sweep: str, manifest: dict, ft: _Stage, pretraining: "Pretraining
         fid_best = min(fids) if fids else math.nan
         loss = last.get("train/loss", (0, math.nan))[1]
     error = errors.get(trial_id) or (pretrain_errors.get(pretrain_key) if pretrain_key else None)
-    if status == "finished":
-        error = None
+    return {"status": status, "error": None if status == "finished" else error, "fid": fid, "fid_best": fid_best,
+            "loss_final": loss, **{name: last.get(f"eval/{name}", (0, math.nan))[1]
+                                   for name in ("recognisable", "fid_floor", "fid_noise_std")}}
 
-    ft_train, ft_eval = ft.tflops()
-    # its own pre-training length in full: what reaching that milestone cost (NaN while it is not kept)
-    pre_train, pre_eval, pre_wall = pretraining.cost if pretraining is not None else (0.0, 0.0, 0.0)
-    ft_wall = ft.wall_seconds()
-    wall = ft_wall + pre_wall
-    held = manifest.get("resources") or {}
-    run_json = read_json(ft.run.mlflow_run)
+
+def _setting_columns(config: dict, assignments: dict, ft: _Stage) -> dict[str, Any]:
+    """Lengths, seed and the FID protocol: from the trial's config and the params its fine-tuning logged."""
     params = ft.params()
-    assignments = dict(manifest.get("assignments") or {})
-
-    row = {
-        "sweep": sweep,
-        "trial_id": trial_id,
-        "arm": arm_name(strategy, rate, block, crop),
-        "label": manifest.get("label") or trial_id,
-        "stage": "finetune",
-        "status": status,
-        "error": error,
-        "mask_strategy": strategy,
-        "mask_rate": rate,
-        "mask_block_size": block,
-        "mask_crop_size": crop,
-        "effective_mask_rate": _float(manifest.get("effective_mask_rate")),
+    return {
         "pretrain_steps": int(_get(config, "pretrain.steps", 0) or 0),
         "finetune_steps": int(_get(config, "finetune.steps", 0) or 0),
         "steps_done": ft.steps_done(),
         "seed": int(config.get("seed", assignments.get("seed", 0)) or 0),
-        "fid": fid,
-        "fid_best": fid_best,
-        "loss_final": loss,
-        "recognisable": last.get("eval/recognisable", (0, math.nan))[1],
-        "fid_floor": last.get("eval/fid_floor", (0, math.nan))[1],
-        "fid_noise_std": last.get("eval/fid_noise_std", (0, math.nan))[1],
-        "train_tflops": ft_train + pre_train,
-        "finetune_tflops": ft_train,
-        "pretrain_tflops": pre_train,
-        "pretrain_tflops_share": share[0],
-        "eval_tflops": ft_eval + pre_eval,
-        "device": held.get("device"),
-        "devices_per_trial": _float(held.get("devices_billed")),
-        "device_hours": wall * _float(held.get("devices_billed")) / 3600.0,
-        "gpu_hours": wall * _float(held.get("gpus_billed")) / 3600.0,
-        "gpus_per_trial": _float(held.get("gpus_billed")),
-        "wall_seconds": wall,
-        "finetune_wall_seconds": ft_wall,
-        "pretrain_wall_seconds": pre_wall,
-        "pretrain_wall_seconds_share": share[1],
-        "mlflow_run_id": run_json.get("run_id") if isinstance(run_json, dict) else None,
-        "pretrain_trial_id": f"pre-{pretrain_key}" if pretrain_key else None,
-        "pretrain_key": pretrain_key,
-        "pretrain_reused": bool(reused),
-        "pretrain_shared_by": 0 if baseline else int(shared_by),
         "fid_backend": params.get("fid_backend") or _get(config, "eval.backend"),
         "fid_num_samples": int(params.get("fid_num_samples", _get(config, "eval.num_samples", 0)) or 0),
         "fid_reference": params.get("fid_reference"),
     }
-    return row, assignments, config
+
+
+def _cost_columns(manifest: dict, ft: _Stage, pretraining: "Pretraining | None",
+                  share: tuple[float, float]) -> dict[str, Any]:
+    """TFLOPs, wall seconds and device hours: the fine-tuning plus its own pre-training length in full (what
+    reaching that milestone cost; NaN while it is not kept), and the trial's shares of the run."""
+    ft_train, ft_eval = ft.tflops()
+    pre_train, pre_eval, pre_wall = pretraining.cost if pretraining is not None else (0.0, 0.0, 0.0)
+    ft_wall = ft.wall_seconds()
+    wall = ft_wall + pre_wall
+    held = manifest.get("resources") or {}
+    devices, gpus = _float(held.get("devices_billed")), _float(held.get("gpus_billed"))
+    return {
+        "train_tflops": ft_train + pre_train, "finetune_tflops": ft_train, "pretrain_tflops": pre_train,
+        "pretrain_tflops_share": share[0], "eval_tflops": ft_eval + pre_eval,
+        "device": held.get("device"), "devices_per_trial": devices, "device_hours": wall * devices / 3600.0,
+        "gpu_hours": wall * gpus / 3600.0, "gpus_per_trial": gpus,
+        "wall_seconds": wall, "finetune_wall_seconds": ft_wall, "pretrain_wall_seconds": pre_wall,
+        "pretrain_wall_seconds_share": share[1],
+    }
+
+
+def _pretraining_columns(pretrain_key: str | None, shared_by: int, reused: bool) -> dict[str, Any]:
+    return {"pretrain_trial_id": f"pre-{pretrain_key}" if pretrain_key else None, "pretrain_key": pretrain_key,
+            "pretrain_reused": bool(reused), "pretrain_shared_by": int(shared_by) if pretrain_key is not None else 0}
+
+
+def _mlflow_run_id(ft: _Stage) -> str | None:
+    run_json = read_json(ft.run.mlflow_run)
+    return run_json.get("run_id") if isinstance(run_json, dict) else None
 
 
 def collect(sweep_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -288,7 +301,14 @@ def collect(sweep_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         rows.append(row)
         assignment_of[tid], config_of[tid] = assignments, config
 
-    # one column per axis key that has no column of its own (values from the trial's config: it is the truth)
+    trials = sort_trials(typed_frame(rows, _with_axis_columns(rows, assignment_of, config_of)))
+    curves = _curves(stages, pretrainings)
+    return trials, curves
+
+
+def _with_axis_columns(rows: list[dict], assignment_of: dict[str, dict], config_of: dict[str, dict]) -> dict[str, str]:
+    """Fill ``rows`` with one column per axis key that has no column of its own (values from the trial's config: it
+    is the truth); returns every column's dtype, the fixed ones first."""
     axis = [k for k in dict.fromkeys(k for a in assignment_of.values() for k in a) if k not in COVERED_BY_COLUMNS]
     columns = dict(TRIAL_COLUMNS)
     for key in axis:
@@ -303,10 +323,7 @@ def collect(sweep_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         columns[name] = column_dtype(values)
         for row, value in zip(rows, values):
             row[name] = value
-    trials = sort_trials(typed_frame(rows, columns))
-
-    curves = _curves(stages, pretrainings)
-    return trials, curves
+    return columns
 
 
 def _pretrain_steps(manifest: dict, ft: _Stage) -> int:

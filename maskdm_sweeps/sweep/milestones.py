@@ -1,7 +1,7 @@
 """Pre-trainings shared by prefix: which line of a pre-training run serves each length a trial asks for.
 
-A pre-training whose first n steps do not depend on its length (``TrialConfig.pretrain_length_shared``) is one run
-for every length: its state at step n *is* the n-step pre-training, bit for bit (data order, noise and masks come
+A pre-training whose first n steps do not depend on its length (``sweepspec.identity.pretrain_length_shared``) is one
+run for every length: its state at step n *is* the n-step pre-training, bit for bit (data order, noise and masks come
 from step-indexed generators that the checkpoints carry). So a sweep asking for 20k, 40k, 60k and 80k steps trains
 one 80k run and keeps its states at the four lengths ("milestones"). A later sweep extends the run from its newest
 checkpoint, or is served from a kept milestone.

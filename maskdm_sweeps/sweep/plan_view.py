@@ -8,7 +8,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.tree import Tree
 
-from ..sweepspec.expand import SweepPlan, with_pretrain_steps
+from ..sweepspec.expand import SweepPlan
+from ..sweepspec.identity import pretrain_length_shared, with_pretrain_steps
 from ..trainer.compute import TERA, stage_flops
 from ..trainer.config import Stage, TrialConfig
 from .milestones import MAIN, LineJob, LineState, Serving, plan_lines, read_lines
@@ -191,7 +192,7 @@ def _pretraining_tree(plan: SweepPlan, jobs: dict[str, tuple[list[LineJob], dict
         key_jobs, serving = jobs[key]
         mask = " ".join(f"{k}={v}" for k, v in c.mask.model_dump().items())
         train = sum(j.steps_to_train for j in key_jobs)
-        shared = "" if c.pretrain_length_shared else " [yellow](lr decays to the end: each length its own run)[/]"
+        shared = "" if pretrain_length_shared(c) else " [yellow](lr decays to the end: each length its own run)[/]"
         node = tree.add(f"{key}  {mask} (effective {c.effective_mask_rate:.1%}), batch {c.pretrain.batch_size}, "
                         f"seed {c.seed}: {train:,} steps to train "
                         f"({format_tflops(sum(line_cost(plan, j).train_flops for j in key_jobs))} TFLOPs){shared}")
@@ -300,7 +301,7 @@ def plan_json(plan: SweepPlan) -> dict:
         pretrainings.append({
             "key": key, "label": plan.pretrain_label(key), "mask": c.mask.model_dump(mode="json"),
             "effective_mask_rate": c.effective_mask_rate, "batch_size": c.pretrain.batch_size, "seed": c.seed,
-            "length_shared": c.pretrain_length_shared,
+            "length_shared": pretrain_length_shared(c),
             "steps_to_train": sum(j.steps_to_train for j in key_jobs),
             "train_tflops_to_train": sum(line_cost(plan, j).train_flops for j in key_jobs) / TERA,
             "lengths": [{"steps": n, "how": serving[n].how, "line": serving[n].line, "from_step": serving[n].from_step,

@@ -18,8 +18,8 @@ import yaml
 from ..layout import LOCATION_FIELD, NOTICE_EVENT, PLAN_FILE, SPEC_HASH_OF, read_json, spec_content, write_json
 from ..sweepspec.binding import check_binding
 from ..sweepspec.expand import SweepPlan, TrialPlan
+from ..sweepspec.identity import affects_pretraining
 from ..trainer import Reporter
-from ..trainer.config import affects_pretraining
 from .driver_log import ray_messages_to
 from .events import append_event, read_events
 from .failures import SweepStorageError, stage_storage_failure, storage_problem

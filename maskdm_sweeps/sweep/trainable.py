@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Container
 
 from ..layout import StageRun, read_json, relative_path, write_json
-from ..sweepspec.expand import TrialPlan, with_pretrain_steps
+from ..sweepspec.expand import TrialPlan
+from ..sweepspec.identity import with_pretrain_steps
 from ..trainer import TrainingDiverged, load_latest_checkpoint
 from ..trainer.checkpoint import (SET_ASIDE_SUFFIX, UnusableState, checkpoint_path, keep_state, recorded_sha256,
                                   set_aside, verify_state)

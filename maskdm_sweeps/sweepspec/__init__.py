@@ -1,11 +1,17 @@
-"""Specs: YAML loading with line numbers, ``--set`` overrides, ``--smoke``, validation and expansion into a plan."""
+"""Specs: YAML loading with line numbers, ``--set`` overrides, ``--smoke``, validation and expansion into a plan.
 
-from .expand import PretrainPlan, SweepPlan, TrialPlan, build_plan, is_known_key, load_spec
-from .loading import Problem, SpecError, apply_overrides, load_model, read_yaml, validate
-from .schema import SweepSpec
-from .smoke import smoke_spec
+Exports are lazy (see ``maskdm_sweeps._lazy``): the results import :mod:`.identity` alone, to name the trials of a
+sweep directory, without the spec's models.
+"""
 
-__all__ = [
-    "PretrainPlan", "SweepPlan", "TrialPlan", "build_plan", "is_known_key", "Problem", "SpecError", "apply_overrides",
-    "load_model", "load_spec", "read_yaml", "validate", "SweepSpec", "smoke_spec",
-]
+from .._lazy import lazy_exports
+
+# public name -> the submodule that defines it, imported on first use
+_EXPORTS = {
+    "expand": ["PretrainPlan", "SweepPlan", "TrialPlan", "build_plan", "is_known_key", "load_spec"],
+    "loading": ["Problem", "SpecError", "apply_overrides", "load_model", "read_yaml", "validate"],
+    "schema": ["SweepSpec"],
+    "smoke": ["smoke_spec"],
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = [name for names in _EXPORTS.values() for name in names]

@@ -19,7 +19,9 @@ from pydantic import BaseModel, ValidationError
 from ..layout import SweepDir, spec_hash
 from ..naming import distinct, short_label
 from ..trainer.compute import train_flops_per_step
-from ..trainer.config import BASELINE_IGNORED_SECTIONS, TrialConfig, affects_pretraining
+from ..trainer.config import TrialConfig
+from .identity import (BASELINE_IGNORED_SECTIONS, affects_pretraining, arm_of, mask_columns, mask_section,
+                       pretrain_key, pretrain_length_shared, trial_id, trial_label)
 from .loading import Problem, SpecError, problems_from_validation, read_mapping, validate
 from .schema import SweepSpec
 from .smoke import smoke_spec
@@ -28,8 +30,8 @@ from .smoke import smoke_spec
 
 @dataclass(frozen=True)
 class TrialPlan:
-    trial_id: str  # "t-" + hash of every setting that affects the trial
-    label: str  # the axis values that make this trial, e.g. "mask.rate=0.9 seed=1"
+    trial_id: str  # "t-" + hash of every setting that affects the trial (see ``identity``)
+    label: str  # the axis values that make this trial, e.g. "mask.rate=0.9 seed=1" (``identity.trial_label``)
     assignments: dict[str, Any]  # axis key -> value
     config: TrialConfig
     pretrain_key: str | None  # None for the baseline
@@ -37,36 +39,36 @@ class TrialPlan:
     @classmethod
     def of(cls, config: TrialConfig, assignments: dict[str, Any]) -> "TrialPlan":
         """The trial of a resolved config: its id and pre-training key from the config's stage hashes."""
-        pretrain_key = config.stage_hash("pretrain") if config.pretrain.steps > 0 else None
-        return cls("t-" + config.stage_hash("finetune")[:10], trial_label(assignments), assignments, config,
-                   pretrain_key)
+        return cls(trial_id(config), trial_label(assignments), assignments, config, pretrain_key(config))
 
     @property
     def is_baseline(self) -> bool:
         return self.pretrain_key is None
 
     @property
+    def arm(self) -> str:
+        """The arm of this trial, from its mask: ``baseline``, ``patch r=0.5``, ... (``identity.arm_of``)."""
+        return arm_of(mask_section(self.config))
+
+    @property
     def short_label(self) -> str:
         """The trial in a few words for tables, logs and run names: ``patch r=0.5 · ema · s0`` (see ``naming``)."""
-        mask = None if self.is_baseline else self.config.mask.model_dump()
-        return short_label(self.assignments, mask, self.config.seed)
+        return short_label(self.assignments, mask_section(self.config), self.config.seed)
 
     def manifest(self, resources, spec_hash: str = "") -> dict[str, Any]:
         """What results need to know of this trial, written once to ``trials/<id>/trial.json`` when it starts:
-        its identity, the spec it belongs to (``spec_hash``: a searched trial is in no plan), its pre-training,
-        the devices it holds (``resources``: the spec's), and its resolved config."""
+        its identity and names (label, short label, arm, the mask columns of ``trials.parquet``), the spec it
+        belongs to (``spec_hash``: a searched trial is in no plan), its pre-training, the devices it holds
+        (``resources``: the spec's), and its resolved config."""
+        mask = mask_section(self.config)
         return {
-            "trial_id": self.trial_id, "label": self.label, "assignments": self.assignments, "spec_hash": spec_hash,
+            "trial_id": self.trial_id, "label": self.label, "short_label": self.short_label, "arm": arm_of(mask),
+            "mask_columns": mask_columns(mask), "assignments": self.assignments, "spec_hash": spec_hash,
             "pretrain_key": self.pretrain_key, "effective_mask_rate": self.config.effective_mask_rate,
             "resources": {"device": resources.device, "workers": resources.workers,
                           "gpus_billed": resources.gpus_billed, "devices_billed": resources.devices_billed},
             "config": self.config.model_dump(mode="json"),
         }
-
-
-def with_pretrain_steps(config: TrialConfig, steps: int) -> TrialConfig:
-    """``config`` with a pre-training of ``steps`` (a line of a shared run is trained to the longest length asked)."""
-    return config.model_copy(update={"pretrain": config.pretrain.model_copy(update={"steps": steps})})
 
 
 @dataclass
@@ -118,7 +120,7 @@ class SweepPlan:
         pre = self.pretrains[key]
         first = next(t for t in self.trials if t.trial_id == pre.trial_ids[0])
         shaping = {k: v for k, v in first.assignments.items()
-                   if affects_pretraining(k) and not (k == "pretrain.steps" and pre.config.pretrain_length_shared)}
+                   if affects_pretraining(k) and not (k == "pretrain.steps" and pretrain_length_shared(pre.config))}
         return "pretrain " + short_label(shaping, pre.config.mask.model_dump(), pre.config.seed)
 
     def pretrain_finished(self, key: str) -> bool:
@@ -161,21 +163,6 @@ def set_dotted(data: dict, key: str, value: Any) -> None:
             node[part] = {}
         node = node[part]
     node[parts[-1]] = copy.deepcopy(value)
-
-
-def trial_label(assignments: dict[str, Any]) -> str:
-    """The one label format of a trial: its axis values, e.g. ``mask.rate=0.9 finetune.lr=0.0002 seed=1``.
-
-    Sections print as ``k=v/k=v``; sampled floats with 3 significant digits (``finetune.lr=0.000123``).
-    """
-    def short(v):
-        if isinstance(v, dict):
-            return "/".join(f"{k}={x}" for k, x in v.items())
-        if isinstance(v, float):
-            return f"{v:.3g}"
-        return str(v)
-
-    return " ".join(f"{k}={short(v)}" for k, v in assignments.items()) or "base"
 
 
 # ----------------------------------------------------------------------------------------------------- expansion

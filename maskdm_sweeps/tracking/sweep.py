@@ -38,11 +38,14 @@ class SweepTracking:
     def reporters(self, trial, stage: str, stage_dir: Path) -> list[MlflowReporter]:
         cfg = trial.config
         mask = cfg.mask.model_dump()
+        # `arm` and `label` mean what they mean in trials.parquet: the arm (``patch r=0.5``) and the trial's label
+        # (its axis values); a pre-training serves several trials, so it has an arm but no trial label
         tags = {
             "sweep": self.sweep, "spec_hash": self.spec_hash, "git_commit": self.commit, "trial_id": trial.trial_id,
-            "stage": stage, "seed": str(cfg.seed), "arm": trial.label, "pretrain_key": trial.pretrain_key or "",
+            "stage": stage, "seed": str(cfg.seed), "arm": trial.arm, "pretrain_key": trial.pretrain_key or "",
             "mask_strategy": "none" if trial.is_baseline else mask["strategy"],
             "mask_rate": "0" if trial.is_baseline else str(mask.get("rate", "")),
+            **({"label": trial.label} if stage == "finetune" else {}),
         }
         store = SweepDir(Path(self.pretrain_store).parent, self.sweep)
         line = None

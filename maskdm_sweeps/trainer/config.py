@@ -6,8 +6,6 @@ these models). ``extra="forbid"`` everywhere: a typo is an error, never a silent
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Literal
 
@@ -20,23 +18,6 @@ from ..maskdm.strategies import MaskConfig
 
 STAGES = ("pretrain", "finetune")
 Stage = Literal["pretrain", "finetune"]
-
-# What a pre-training ignores, by top-level section: it ends before fine-tuning and evaluates nothing that changes its
-# weights, and runtime settings change speed, not results, except the numeric precision. The stage hash and the
-# sweep's search (does a searched key change the pre-training?) both read this table.
-PRETRAIN_IGNORED_SECTIONS = ("finetune", "eval", "runtime")
-RESULT_CHANGING_RUNTIME = ("precision",)
-# What a baseline (a trial without pre-training) ignores.
-BASELINE_IGNORED_SECTIONS = ("mask", "pretrain")
-
-
-def affects_pretraining(key: str) -> bool:
-    """Whether a dotted trial-config key (``mask.rate``, ``eval.num_samples``) changes what a pre-training computes."""
-    section, _, rest = key.partition(".")
-    if section == "runtime":
-        return rest.split(".")[0] in RESULT_CHANGING_RUNTIME
-    return section not in PRETRAIN_IGNORED_SECTIONS
-
 
 MAX_STEPS = 10**9
 """A bound on every step count: a billion optimizer steps is beyond any sweep (``1e15`` is a typo, not a plan)."""
@@ -252,29 +233,3 @@ class TrialConfig(_Strict):
 
     def stages(self) -> list[Stage]:
         return ["pretrain", "finetune"] if self.pretrain.steps > 0 else ["finetune"]
-
-    @property
-    def pretrain_length_shared(self) -> bool:
-        """Whether the pre-training's first n steps are the same whatever its length: then one run serves every
-        length (a prefix), and its key leaves ``pretrain.steps`` out. A learning rate that decays to the stage's
-        end depends on the length; warmup does not."""
-        return self.pretrain.lr_decay == "none"
-
-    def stage_hash(self, stage: Stage) -> str:
-        """A key of every setting that affects what ``stage`` computes.
-
-        Pre-trainings with equal keys are one run: the key is what the run is, not how long it runs (``pretrain.steps``
-        is left out when :attr:`pretrain_length_shared`; each trial asks for its length, a milestone of the run).
-        Fine-tuning keys include the pre-training settings and length (they start from it), except for the
-        baseline, which ignores mask and pre-training settings altogether.
-        """
-        cfg = self.model_dump(mode="json")
-        cfg["runtime"] = {k: cfg["runtime"][k] for k in RESULT_CHANGING_RUNTIME}  # the rest changes speed only
-        if stage == "pretrain":
-            cfg = {k: v for k, v in cfg.items() if k == "runtime" or k not in PRETRAIN_IGNORED_SECTIONS}
-            if self.pretrain_length_shared:
-                cfg["pretrain"] = {k: v for k, v in cfg["pretrain"].items() if k != "steps"}
-        elif self.pretrain.steps == 0:
-            cfg = {k: v for k, v in cfg.items() if k not in BASELINE_IGNORED_SECTIONS}
-            cfg["finetune"] = {k: v for k, v in cfg["finetune"].items() if k != "init_from"}  # nothing to init from
-        return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
