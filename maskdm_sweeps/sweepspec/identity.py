@@ -13,7 +13,7 @@ import json
 import math
 from typing import TYPE_CHECKING, Any, Mapping
 
-from ..naming import arm_name
+from ..naming import mask_arm_name
 
 if TYPE_CHECKING:
     from ..trainer.config import Stage, TrialConfig
@@ -104,24 +104,16 @@ def mask_section(config: TrialConfig) -> dict[str, Any] | None:
 
 
 def mask_columns(mask: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The mask columns of ``trials.parquet`` from a ``mask`` section (plain data; None for the baseline):
-    ``mask_strategy``, ``mask_rate`` (None for crop, which has a size instead), ``mask_block_size`` (block only)
-    and ``mask_crop_size`` (crop only). JSON-ready: a missing value is None."""
-    mask = mask or {}
-    strategy = mask.get("strategy")
-    rate = mask.get("rate") if strategy not in (None, "crop") else None
-    return {
-        "mask_strategy": strategy,
-        "mask_rate": float(rate) if rate is not None else None,
-        "mask_block_size": mask.get("block_size") if strategy == "block" else None,
-        "mask_crop_size": mask.get("crop_size") if strategy == "crop" else None,
-    }
+    """The mask columns of ``trials.parquet`` from a ``mask`` section (plain data; None for the baseline), as the
+    strategy gives them (:meth:`~maskdm_sweeps.maskdm.masking.MaskStrategy.mask_columns`): ``mask_strategy``,
+    ``mask_rate``, ``mask_block_size``, ``mask_crop_size``. JSON-ready: a missing value is None, never NaN."""
+    from ..maskdm.strategies import BASELINE_MASK_COLUMNS, build_strategy  # lazily: pydantic, not at import time
+
+    columns = build_strategy(**mask).mask_columns() if mask else dict(BASELINE_MASK_COLUMNS)
+    return {key: None if isinstance(value, float) and math.isnan(value) else value for key, value in columns.items()}
 
 
 def arm_of(mask: Mapping[str, Any] | None) -> str:
     """The arm a ``mask`` section (plain data; None for the baseline) names: ``baseline``, ``patch r=0.5``,
     ``block b=4 r=0.9``, ``crop c=11``: the ``arm`` of ``trials.parquet`` and the MLflow tag ``arm``."""
-    columns = mask_columns(mask)
-    rate = columns["mask_rate"]
-    return arm_name(columns["mask_strategy"], math.nan if rate is None else rate, columns["mask_block_size"],
-                    columns["mask_crop_size"])
+    return mask_arm_name(mask)
