@@ -32,7 +32,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"stages: {', '.join(config.stages())}; outputs would go to {out}", file=sys.stderr)
         return 0
     from .console import ProgressReporter, stage_progress
-    from .layout import STAGE_CONFIG, STAGE_METRICS, write_json
+    from .files import write_json
+    from .layout import STAGE_CONFIG, STAGE_METRICS
     from .trainer import JsonlReporter, MultiReporter, run_trial
 
     out.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import yaml
 
+from maskdm_sweeps.layout import step_file
+
 DESCRIPTION = "FID after fine-tuning, by the patch-masking rate of pre-training, against the baseline."
 PRE_STEPS, FT_STEPS = 30, 40
 FT_TFLOPS_PER_STEP = 1.0  # training compute of a fine-tuning step; a pre-training step costs 1 - its mask rate
@@ -126,8 +128,8 @@ def build_sweep(root: Path, name: str = "fake", rates=(0.5, 0.9), seeds=(0, 1), 
                 "effective_mask_rate": eff, "wall_seconds": pre_wall, "checkpoint": str(pre / "c.pt"),
                 "stopped_early": False, "train_tflops": PRE_STEPS * (1 - eff), "eval_tflops": 0.0}))
             (pre / "milestones").mkdir()  # the one length asked of it, kept with what reaching it cost
-            (pre / "milestones" / f"step_{PRE_STEPS:09d}.pt").write_bytes(b"state")
-            (pre / "milestones" / f"step_{PRE_STEPS:09d}.json").write_text(json.dumps({
+            (pre / "milestones" / step_file(PRE_STEPS, ".pt")).write_bytes(b"state")
+            (pre / "milestones" / step_file(PRE_STEPS, ".json")).write_text(json.dumps({
                 "step": PRE_STEPS, "wall_seconds": pre_wall, "train_tflops": PRE_STEPS * (1 - eff),
                 "eval_tflops": 0.0, "loss": 0.5}))
             events += [{"time": 1.0, "event": "stage_start", "stage": "pretrain", "trial_id": tid, "key": key,

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from maskdm_sweeps.layout import step_file
 from maskdm_sweeps.testing import corrupt_state_file, tiny_trial_config
 from maskdm_sweeps.trainer import JsonlReporter, fit, list_checkpoints, read_jsonl_metrics
 from maskdm_sweeps.trainer.checkpoint import UnusableState, load_checkpoint, read_state, state_record
@@ -51,7 +52,7 @@ def line(tmp_path_factory) -> Path:
 
 def test_every_state_file_has_the_sha256_of_its_bytes_recorded_beside_it_and_a_milestone_is_a_file_of_its_own(line):
     checkpoints = list_checkpoints(line / "checkpoints")
-    milestones = [line / "milestones" / f"step_{n:09d}.pt" for n in (10, 20)]
+    milestones = [line / "milestones" / step_file(n, ".pt") for n in (10, 20)]
     assert [p.name for p in checkpoints] == [p.name for p in milestones]
     for path in checkpoints + milestones:
         record = json.loads(state_record(path).read_text())
@@ -78,7 +79,7 @@ def test_a_rolling_checkpoint_with_flipped_bytes_is_set_aside_and_the_stage_resu
 
 @pytest.mark.parametrize("how", ["flipped", "truncated", "garbage"])
 def test_a_finetuning_refuses_a_damaged_pretrained_state_naming_the_file(line, tmp_path, how):
-    kept = tmp_path / "milestones" / "step_000000010.pt"
+    kept = tmp_path / "milestones" / step_file(10, ".pt")
     kept.parent.mkdir()
     for src in (line / "milestones" / kept.name, state_record(line / "milestones" / kept.name)):
         shutil.copy(src, kept.parent / src.name)
@@ -89,7 +90,7 @@ def test_a_finetuning_refuses_a_damaged_pretrained_state_naming_the_file(line, t
 
 
 def test_a_finetuning_records_the_digest_of_the_state_it_started_from(line, tmp_path):
-    milestone = line / "milestones" / "step_000000010.pt"
+    milestone = line / "milestones" / step_file(10, ".pt")
     result = fit(config(steps=5), "finetune", tmp_path / "ft", JsonlReporter(tmp_path / "ft.jsonl"),
                  init_checkpoint=milestone)
     expected = sha256(milestone)
@@ -109,7 +110,7 @@ def test_a_finetuning_records_the_digest_of_the_state_it_started_from(line, tmp_
 
 
 def test_a_state_from_before_digests_is_used_with_a_warning_only_if_it_loads_cleanly(line, tmp_path, caplog):
-    old = tmp_path / "step_000000010.pt"  # as written before digests: no record beside it
+    old = tmp_path / step_file(10, ".pt")  # as written before digests: no record beside it
     shutil.copy(line / "checkpoints" / old.name, old)
     with caplog.at_level(logging.WARNING, logger="maskdm_sweeps"):
         state, digest = read_state(old)

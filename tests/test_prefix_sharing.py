@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from maskdm_sweeps.layout import SweepDir
-from maskdm_sweeps.sweep.milestones import MAIN, Asking, KeptLengths, LineState, plan_lines
+from maskdm_sweeps.layout import SweepDir, step_file
+from maskdm_sweeps.lines import MAIN
+from maskdm_sweeps.sweep.milestones import Asking, KeptLengths, LineState, plan_lines
 from maskdm_sweeps.sweepspec import SweepSpec, build_plan
 from maskdm_sweeps.testing import tiny_trial_config
 from maskdm_sweeps.trainer import NullReporter, fit
@@ -52,9 +53,9 @@ def long_and_short(tmp_path_factory):
 def test_a_finetuning_from_the_40_step_milestone_of_an_80_step_run_equals_one_from_a_separate_run(long_and_short,
                                                                                                  tmp_path):
     long_run, short_run = long_and_short
-    milestone = long_run / "milestones" / f"step_{40:09d}.pt"
+    milestone = long_run / "milestones" / step_file(40, ".pt")
     separate = list_checkpoints(short_run / "checkpoints")[-1]
-    assert separate.name == f"step_{40:09d}.pt"
+    assert separate.name == step_file(40, ".pt")
     # the whole state: weights, EMA, optimizer moments, every generator
     kept, alone = load_checkpoint(milestone), load_checkpoint(separate)
     assert kept["step"] == alone["step"] == 40
@@ -69,14 +70,14 @@ def test_a_finetuning_from_the_40_step_milestone_of_an_80_step_run_equals_one_fr
         assert a.loss_final == b.loss_final
         assert same_tensors(load_checkpoint(Path(a.checkpoint))["model"], load_checkpoint(Path(b.checkpoint))["model"])
     # and the milestone is not the end of the run: the run went on learning
-    final = load_checkpoint(long_run / "milestones" / f"step_{80:09d}.pt")
+    final = load_checkpoint(long_run / "milestones" / step_file(80, ".pt"))
     assert not same_tensors(final["model"], kept["model"])
 
 
 def test_milestones_outlive_the_checkpoint_rotation_with_what_reaching_them_cost(long_and_short):
     long_run, _ = long_and_short
-    assert [p.name for p in list_checkpoints(long_run / "checkpoints")] == [f"step_{80:09d}.pt"]  # keep 1
-    info = {step: json.loads((long_run / "milestones" / f"step_{step:09d}.json").read_text())
+    assert [p.name for p in list_checkpoints(long_run / "checkpoints")] == [step_file(80, ".pt")]  # keep 1
+    info = {step: json.loads((long_run / "milestones" / step_file(step, ".json")).read_text())
             for step in (40, 80)}
     assert info[40]["train_tflops"] * 2 == pytest.approx(info[80]["train_tflops"])  # linear in the steps
     assert 0 < info[40]["wall_seconds"] < info[80]["wall_seconds"]
@@ -90,8 +91,8 @@ def test_a_run_extended_past_its_end_continues_as_if_it_had_never_stopped(long_a
     fit(tiny_trial_config(**pretraining(40)), "pretrain", extended, milestones=[40])
     result = fit(tiny_trial_config(**pretraining(80)), "pretrain", extended, milestones=[80])
     assert result.steps == 80
-    assert same_tensors(load_checkpoint(extended / "milestones" / f"step_{80:09d}.pt")["model"],
-                        load_checkpoint(long_run / "milestones" / f"step_{80:09d}.pt")["model"])
+    assert same_tensors(load_checkpoint(extended / "milestones" / step_file(80, ".pt"))["model"],
+                        load_checkpoint(long_run / "milestones" / step_file(80, ".pt"))["model"])
 
 
 def test_with_a_decay_to_the_end_lengths_are_trained_apart(tmp_path):
@@ -99,7 +100,7 @@ def test_with_a_decay_to_the_end_lengths_are_trained_apart(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     fit(tiny_trial_config(**pretraining(80, lr_decay="cosine")), "pretrain", a, milestones=[40])
     fit(tiny_trial_config(**pretraining(40, lr_decay="cosine")), "pretrain", b)
-    assert not same_tensors(load_checkpoint(a / "milestones" / f"step_{40:09d}.pt")["model"],
+    assert not same_tensors(load_checkpoint(a / "milestones" / step_file(40, ".pt"))["model"],
                             load_checkpoint(list_checkpoints(b / "checkpoints")[-1])["model"])
     # ... and a sweep over the length plans one run per length; without the decay, one run for both
     for decay, runs in (("cosine", 2), ("linear", 2), ("none", 1)):
@@ -175,9 +176,9 @@ def test_a_milestone_whose_checkpoint_was_written_before_a_crash_is_kept_on_resu
     fit(tiny_trial_config(**pretraining(80)), "pretrain", run, milestones=[40, 80])
     long_run, _ = long_and_short
     for step in (40, 80):
-        assert same_tensors(load_checkpoint(run / "milestones" / f"step_{step:09d}.pt")["model"],
-                            load_checkpoint(long_run / "milestones" / f"step_{step:09d}.pt")["model"])
-        assert (run / "milestones" / f"step_{step:09d}.json").exists()
+        assert same_tensors(load_checkpoint(run / "milestones" / step_file(step, ".pt"))["model"],
+                            load_checkpoint(long_run / "milestones" / step_file(step, ".pt"))["model"])
+        assert (run / "milestones" / step_file(step, ".json")).exists()
 
 
 class AsksAt(NullReporter):

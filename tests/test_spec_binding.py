@@ -17,7 +17,8 @@ import pytest
 import yaml
 
 from maskdm_sweeps.cli import main
-from maskdm_sweeps.layout import StageRun, SweepDir
+from maskdm_sweeps.layout import StageRun, SweepDir, step_file
+from maskdm_sweeps.lines import MAIN, Line, line_named
 from maskdm_sweeps.sweep import read_events, run_sweep
 from maskdm_sweeps.sweepspec import load_spec
 from maskdm_sweeps.testing import crash_once, tiny_sweep_spec
@@ -160,13 +161,14 @@ def test_results_leave_out_trial_directories_the_plan_does_not_hold_and_say_so(p
 # ------------------------------------------------------------------------------------------------ older files
 def test_paths_written_before_they_were_relative_are_read_by_their_name(tmp_path):
     key = tmp_path / "_pretrain" / "k"
-    branch = StageRun(key / "branches" / "b2")
+    branch = line_named(SweepDir(tmp_path, "s"), "k", "b2")
     branch.path.mkdir(parents=True)
-    for written, parent in (("/gone/_pretrain/k", key), ("/gone/_pretrain/k/branches/b1", key / "branches" / "b1"),
-                            ("../b1", key / "branches" / "b1"), ("../..", key)):
+    for written, parent, name in (("/gone/_pretrain/k", key, MAIN),
+                                  ("/gone/_pretrain/k/branches/b1", key / "branches" / "b1", "b1"),
+                                  ("../b1", key / "branches" / "b1", "b1"), ("../..", key, MAIN)):
         branch.branch.write_text(json.dumps({"parent": written, "from_step": 5}))
-        assert branch.origin() == (StageRun(parent), 5), written
+        assert branch.origin() == (Line(parent, "k", name), 5), written
     run = StageRun(tmp_path / "ft")
-    assert run.result_checkpoint({"checkpoint": "/gone/ft/checkpoints/step_000000020.pt"}) == \
-        run.checkpoints / "step_000000020.pt"
-    assert run.result_checkpoint({"checkpoint": "checkpoints/step_000000020.pt"}) == run.checkpoints / "step_000000020.pt"
+    ckpt = step_file(20, ".pt")
+    assert run.result_checkpoint({"checkpoint": f"/gone/ft/checkpoints/{ckpt}"}) == run.checkpoints / ckpt
+    assert run.result_checkpoint({"checkpoint": f"checkpoints/{ckpt}"}) == run.checkpoints / ckpt

@@ -15,7 +15,10 @@ from typing import Any, Callable
 
 import yaml
 
-from ..layout import LOCATION_FIELD, NOTICE_EVENT, PLAN_FILE, SPEC_HASH_OF, read_json, spec_content, write_json
+from ..files import read_json, write_json
+from ..layout import NOTICE_EVENT, PLAN_FILE
+from ..lines import unit_key
+from ..spec_hash import LOCATION_FIELD, SPEC_HASH_OF, spec_content
 from ..sweepspec.binding import check_binding
 from ..sweepspec.expand import SweepPlan, TrialPlan
 from ..trainer import Reporter
@@ -328,8 +331,8 @@ def _run_phases(plan: SweepPlan, ctx: SweepContext, outcome: SweepOutcome, last:
         outcome.killed = True
         return
 
-    failed_lines = {unit: reason for unit, reason in outcome.failed.items() if unit.split("/")[0] in plan.pretrains}
-    failed_keys = {unit.split("/")[0]: unit for unit in failed_lines}
+    failed_lines = {unit: reason for unit, reason in outcome.failed.items() if unit_key(unit) in plan.pretrains}
+    failed_keys = {unit_key(unit): unit for unit in failed_lines}
 
     def lost(t: TrialPlan) -> bool:  # its pre-training failed before keeping the length it asks for
         return t.pretrain_key in failed_keys and plan.milestone(t.pretrain_key, t.config.pretrain.steps) is None

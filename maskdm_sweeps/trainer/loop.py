@@ -21,7 +21,8 @@ from typing import Container
 import torch
 
 from ..data import ImageBatches, load_dataset
-from ..layout import StageRun, relative_path, write_json
+from ..files import write_json
+from ..layout import StageRun, relative_path
 from ..maskdm import UViT, build_schedule, training_loss
 from .checkpoint import (checkpoint_path, keep_state, load_checkpoint, load_latest_checkpoint, read_state,
                          save_checkpoint)

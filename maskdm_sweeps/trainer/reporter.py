@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from ..layout import append_jsonl, read_jsonl, relative_path
+from ..files import append_jsonl, read_jsonl
+from ..layout import relative_path
 
 
 @runtime_checkable
