@@ -91,9 +91,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 def _execute(plan, address: str | None, resume: bool, status_every: float = 60.0) -> int:
     from .layout import SweepDirError
-    from .sweep import run_sweep
+    from .sweep import ClusterTooSmall, SweepStorageError, run_sweep
     from .sweep.lock import SweepLocked
-    from .sweep.runner import ClusterTooSmall, SweepStorageError
 
     try:
         outcome = run_sweep(plan, address=address, resume=resume, status_every=status_every)
