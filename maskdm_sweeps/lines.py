@@ -75,6 +75,7 @@ class Line(StageRun):
 
     def start_from(self, parent: Line, step: int) -> None:
         """Record that this branch line starts from ``parent``'s kept state at ``step`` (read by :meth:`origin`)."""
+        self.path.mkdir(parents=True, exist_ok=True)
         write_json(self.branch, {"parent": relative_path(parent.path, self.path), "from_step": step})
 
     def stretches(self, end: int) -> list[Stretch]:
