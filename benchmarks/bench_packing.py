@@ -49,7 +49,7 @@ def _packing_trial(config: dict) -> dict:
 def local_ray(cpus: int, gpus: int):
     """A Ray of this benchmark's own, shut down on exit: the one Ray start-up of ``benchmarks/``.
 
-    Not the package's ``maskdm_sweeps.sweep.runner.init_ray``: that one connects to ``RAY_ADDRESS`` or a Ray already
+    Not the package's ``maskdm_sweeps.sweep.ray_setup.init_ray``: that one connects to ``RAY_ADDRESS`` or a Ray already
     running on the machine and lets Ray count the resources, where a measurement needs a fresh local instance
     (``address="local"``) that sees exactly ``cpus`` CPUs and one card, a short temporary folder of its own, and
     ``benchmarks/`` on the workers' ``PYTHONPATH`` (the trainable lives in this module). The environment defaults

@@ -32,7 +32,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"stages: {', '.join(config.stages())}; outputs would go to {out}", file=sys.stderr)
         return 0
     from .console import ProgressReporter, stage_progress
-    from .layout import STAGE_CONFIG, STAGE_METRICS, write_json
+    from .files import write_json
+    from .layout import STAGE_CONFIG, STAGE_METRICS
     from .trainer import JsonlReporter, MultiReporter, run_trial
 
     out.mkdir(parents=True, exist_ok=True)
@@ -90,9 +91,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 def _execute(plan, address: str | None, resume: bool, status_every: float = 60.0) -> int:
     from .layout import SweepDirError
-    from .sweep import run_sweep
+    from .sweep import ClusterTooSmall, SweepStorageError, run_sweep
     from .sweep.lock import SweepLocked
-    from .sweep.runner import ClusterTooSmall, SweepStorageError
 
     try:
         outcome = run_sweep(plan, address=address, resume=resume, status_every=status_every)

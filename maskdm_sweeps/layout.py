@@ -1,6 +1,8 @@
-"""The sweep directory on disk: every file name, every path, "is it finished", and how the files are written and read.
+"""The sweep directory on disk: every file name, every path, and "is it finished".
 
-One owner for the layout (standard library only, so the trainer may use it too); every other module asks here::
+One owner for the layout (standard library only, so the trainer may use it too); every other module asks here. How the
+files are written and read is :mod:`maskdm_sweeps.files`; what a pre-training line is (its unit name, its branches'
+origins, the stretches behind a state) is :mod:`maskdm_sweeps.lines`::
 
     <output_dir>/                       results root (the spec's output_dir); mlflow.db, mlartifacts/ and train/
                                         are its own entries, never a sweep's name
@@ -42,14 +44,12 @@ absolute paths are read by the name at their end.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from .files import read_json, read_jsonl  # noqa: F401 (read_json: also imported from here by results.collect)
 
 # ------------------------------------------------------------------------------------------------ file names
 STORE_DIR = "_pretrain"
@@ -102,6 +102,32 @@ CURVES_PARQUET = "curves.parquet"
 REPORT_FILE = "report.md"
 PLOTS_DIR = "plots"
 
+_STEP_NAME = re.compile(r"step_(\d{9,})(.*)")
+
+
+def step_file(step: int, suffix: str) -> str:
+    """The name of the file of ``step`` with ``suffix`` (``.pt``, ``.json``, ``.png``, ``.<token>``):
+    ``step_000000040.pt``; nine digits at least, so that the names sort by step."""
+    return f"step_{step:09d}{suffix}"
+
+
+def step_of(path: Path | str, suffix: str | None = None) -> int | None:
+    """The step of a file named by :func:`step_file` (with exactly ``suffix``, when given); None for any other
+    name (``step_000000040.pt.corrupt`` is not a ``.pt``)."""
+    match = _STEP_NAME.fullmatch(Path(path).name)
+    if match is None or (suffix is not None and match.group(2) != suffix):
+        return None
+    return int(match.group(1))
+
+
+def step_files(directory: Path, suffix: str | None) -> list[Path]:
+    """The files of ``directory`` named by :func:`step_file` with ``suffix`` (None: any), by step then name."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = (p for p in directory.iterdir() if step_of(p, suffix) is not None)
+    return sorted(found, key=lambda p: (step_of(p), p.name))
+
 
 # ------------------------------------------------------------------------------------------------ paths
 @dataclass(frozen=True)
@@ -145,38 +171,21 @@ class StageRun:
 
     def milestone(self, step: int) -> Path:
         """The kept state at ``step`` (a copy of a checkpoint, out of the rotation)."""
-        return self.milestones / f"step_{step:09d}.pt"
+        return self.milestones / step_file(step, ".pt")
 
     def milestone_info(self, step: int) -> Path:
         """The kept state's record: what reaching ``step`` cost, ``{step, wall_seconds, train_tflops, eval_tflops,
         loss}``, and the digest of its bytes, ``{sha256, bytes}`` (missing in records from before digests)."""
-        return self.milestones / f"step_{step:09d}.json"
+        return self.milestones / step_file(step, ".json")
 
     def milestone_steps(self) -> list[int]:
         """The lengths this line keeps (those with a state and its cost record), ascending."""
-        if not self.milestones.is_dir():
-            return []
-        steps = []
-        for p in self.milestones.glob("step_*.json"):
-            step = int(p.stem.split("_")[1])
-            if self.milestone(step).exists():
-                steps.append(step)
-        return sorted(steps)
+        steps = (step_of(p) for p in step_files(self.milestones, ".json"))
+        return [step for step in steps if self.milestone(step).exists()]
 
     @property
     def branch(self) -> Path:
         return self.path / BRANCH_FILE
-
-    def origin(self) -> tuple["StageRun", int] | None:
-        """For a branch line: the line it started from and the step (a milestone of that line); None otherwise."""
-        record = read_json(self.branch)
-        if not isinstance(record, dict):
-            return None
-        parent = Path(record["parent"])
-        if parent.is_absolute():  # written before paths were relative: the main line or a branch of the same key
-            key_dir = self.path.parent.parent  # <key>/branches/<name>
-            parent = key_dir if parent.name == key_dir.name else key_dir / BRANCHES_DIR / parent.name
-        return StageRun(Path(os.path.normpath(self.path / parent))), int(record["from_step"])
 
     def result_checkpoint(self, result: dict) -> Path:
         """The final checkpoint a ``result.json`` names (relative to this run; an older absolute path is read as the
@@ -195,15 +204,15 @@ class StageRun:
 
     def ask(self, step: int, token: str) -> Path:
         """One process's ask for the state at ``step`` (``token`` tells the askers apart; each removes its own)."""
-        return self.asks / f"step_{step:09d}.{token}"
+        return self.asks / step_file(step, f".{token}")
 
     def asked_files(self) -> list[Path]:
         """The asks made of the run now, one file per asking process and length."""
-        return sorted(self.asks.glob("step_*.*")) if self.asks.is_dir() else []
+        return step_files(self.asks, None)
 
     def asked_steps(self) -> set[int]:
         """Every length asked of the run now."""
-        return {int(p.name.split(".")[0].split("_")[1]) for p in self.asked_files()}
+        return {step_of(p) for p in self.asked_files()}
 
     def finished(self) -> bool:
         return self.result.exists()
@@ -232,22 +241,8 @@ class SweepDir:
         return Path(self.root) / STORE_DIR
 
     def pretrain(self, key: str) -> StageRun:
-        """The main line of pre-training ``key``."""
+        """The directory of pre-training run ``key``: its main line (:mod:`maskdm_sweeps.lines`)."""
         return StageRun(self.store / key)
-
-    def pretrain_lines(self, key: str) -> list[StageRun]:
-        """Every line of pre-training ``key`` on disk: the main line first, then its branches by name."""
-        main = self.pretrain(key)
-        branches = main.path / BRANCHES_DIR
-        found = sorted(d for d in branches.iterdir() if d.is_dir()) if branches.is_dir() else []
-        return [main] + [StageRun(d) for d in found]
-
-    def pretrain_branch(self, key: str, name: str) -> StageRun:
-        return StageRun(self.store / key / BRANCHES_DIR / name)
-
-    def milestone_line(self, key: str, step: int) -> StageRun | None:
-        """The line of pre-training ``key`` that keeps a state at ``step`` (the main line first), or None."""
-        return next((line for line in self.pretrain_lines(key) if step in line.milestone_steps()), None)
 
     def trial_dir(self, trial_id: str) -> Path:
         return self.path / TRIALS_DIR / trial_id
@@ -326,7 +321,7 @@ class SweepDir:
         return self.path / PLOTS_DIR
 
 
-# ------------------------------------------------------------------------------------------------ names and bindings
+# ------------------------------------------------------------------------------------------------ names
 def reserved_name(name: str) -> str | None:
     """What a would-be sweep name collides with in the results root (case aside: some filesystems ignore it), or
     None when the name is free."""
@@ -341,50 +336,8 @@ def reserved_name(name: str) -> str | None:
     return None
 
 
-LOCATION_FIELD = "output_dir"
-"""Where a sweep directory is, not what it holds: the one field of a resolved spec its hash leaves out."""
-SPEC_HASH_OF = f"{RESOLVED_SPEC} without its {LOCATION_FIELD}"
-"""What ``plan.json``'s ``spec_hash`` is the hash of (recorded beside it: directories written before lack it)."""
-
-
-def spec_content(resolved: dict) -> dict:
-    """A resolved spec (plain data) without its location: what binds a sweep directory."""
-    return {k: v for k, v in resolved.items() if k != LOCATION_FIELD}
-
-
-def spec_hash(resolved: dict) -> str:
-    """The hash of a resolved spec's content (16 hex digits): equal for the same question wherever it lives."""
-    canonical = json.dumps(spec_content(resolved), sort_keys=True)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-
-
-def recorded_spec_hash(plan: Any) -> str | None:
-    """The spec hash a ``plan.json`` records, or None when it records none by this rule (an older directory)."""
-    if isinstance(plan, dict) and plan.get("spec_hash_of") == SPEC_HASH_OF:
-        return plan.get("spec_hash")
-    return None
-
-
 class SweepDirError(ValueError):
     """A sweep directory that cannot be used as it is: bad input, the CLI exits 2 naming why."""
-
-
-class SpecEdited(SweepDirError):
-    """``spec.resolved.yaml`` no longer has the hash ``plan.json`` recorded: it was edited after the sweep ran."""
-
-    def __init__(self, path: Path, recorded: str, actual: str):
-        self.path, self.recorded, self.actual = Path(path), recorded, actual
-        super().__init__(f"{path} has hash {actual}, but {PLAN_FILE} beside it records {recorded}: the spec was "
-                         "edited after the sweep ran, and its trials would no longer match it. Restore it (each MLflow "
-                         "parent run of the sweep holds a copy), or run the edited spec under a new name")
-
-
-def verify_spec_hash(sweep: "SweepDir", resolved: dict) -> None:
-    """Raise :class:`SpecEdited` when ``resolved`` (the sweep's resolved spec) is not what its ``plan.json``
-    recorded; an older directory that records no hash by this rule passes."""
-    recorded, actual = recorded_spec_hash(read_json(sweep.plan_file)), spec_hash(resolved)
-    if recorded is not None and recorded != actual:
-        raise SpecEdited(sweep.resolved_spec, recorded, actual)
 
 
 def relative_path(path: Path, start: Path) -> str:
@@ -401,48 +354,6 @@ def is_parent_run_dir(run_dir: Path) -> bool:
     return Path(run_dir).parent.name == PARENT_RUNS_DIR
 
 
-# ------------------------------------------------------------------------------------------------ writing and reading
-@contextmanager
-def naming_write_errors(path: Path) -> Iterator[None]:
-    """An ``OSError`` raised while writing ``path`` names it: a write that fails when a buffer is flushed (a full
-    disk noticed on close) raises one that names no file."""
-    try:
-        yield
-    except OSError as err:
-        if err.filename is None and err.errno is not None:
-            raise OSError(err.errno, err.strerror, str(path)) from err
-        raise
-
-
-def write_json(path: Path, data: Any) -> Path:
-    """Write JSON whole or not at all: a reader (or a process killed mid-write) never sees half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with naming_write_errors(path):
-        tmp.write_text(json.dumps(data, indent=2))
-        tmp.replace(path)
-    return path
-
-
-def append_jsonl(path: Path, record: dict) -> None:
-    """Append one JSON line with a single O_APPEND write: lines of concurrent processes stay whole."""
-    line = (json.dumps(record) + "\n").encode()
-    with naming_write_errors(path):
-        fd = os.open(Path(path), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line)
-        finally:
-            os.close(fd)
-
-
-def read_json(path: Path) -> Any:
-    """The JSON in ``path``, or None when it is missing or unreadable."""
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def read_notices(sweep_path: Path) -> list[dict]:
     """The notices of a sweep (warnings its trial processes logged), oldest first, each (unit, message) once: a
     retried stage that notices the same thing again adds nothing."""
@@ -453,20 +364,3 @@ def read_notices(sweep_path: Path) -> list[dict]:
             seen.add(ident)
             out.append(e)
     return out
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """The whole records of a JSON-lines file; a line cut short (a process killed mid-write) is skipped."""
-    try:
-        text = Path(path).read_text(errors="replace")
-    except OSError:
-        return []
-    records = []
-    for line in text.splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .layout import step_files
 from .trainer.config import TrialConfig
 from .trainer.reporter import NullReporter
 
@@ -118,7 +119,7 @@ class CorruptNewestCheckpoint(CrashAt):
 
     def metrics(self, step: int, values: dict[str, float]) -> None:
         if step >= self.step and not self.marker.exists():
-            newest = sorted(self.checkpoints.glob("step_*.pt"))[-1]
+            newest = step_files(self.checkpoints, ".pt")[-1]
             newest.write_bytes(newest.read_bytes()[:100])
         super().metrics(step, values)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from maskdm_sweeps.layout import StageRun
+from maskdm_sweeps.layout import StageRun, step_file
 from maskdm_sweeps.testing import corrupt_state_file, tiny_trial_config
 from maskdm_sweeps.trainer import JsonlReporter, fit, list_checkpoints, read_jsonl_metrics
 from maskdm_sweeps.trainer.checkpoint import UnusableState, load_checkpoint, read_state, state_record
@@ -110,7 +110,7 @@ def test_a_finetuning_records_the_digest_of_the_state_it_started_from(line, tmp_
 
 
 def test_a_state_from_before_digests_is_used_with_a_warning_only_if_it_loads_cleanly(line, tmp_path, caplog):
-    old = tmp_path / "step_000000010.pt"  # as written before digests: no record beside it
+    old = tmp_path / step_file(10, ".pt")  # as written before digests: no record beside it
     shutil.copy(line.checkpoints / old.name, old)
     with caplog.at_level(logging.WARNING, logger="maskdm_sweeps"):
         state, digest = read_state(old)

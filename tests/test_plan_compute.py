@@ -182,3 +182,21 @@ def test_plan_command_shows_the_tflops_and_counts_evaluation(tmp_path):
     assert "TFLOPs" in text and "evaluation not counted" not in text
     assert "training TFLOPs" in text and "evaluation TFLOPs" in text
     assert " training + " in text and " evaluation, estimated from reference throughput" in text
+
+
+# ------------------------------------------------------------------------------------------------ reference throughput
+@pytest.mark.parametrize("preset, size", [("uvit-s2-cifar32", 32), ("maskdm-b256", 256)])
+def test_the_estimate_trains_faster_per_image_the_more_is_masked(preset, size, tmp_path):
+    """U-ViT-S/2 from its measured row (every rate measured one way: eager), another preset scaled by its FLOPs:
+    dropping more patches never makes a training image slower, so a pre-training never costs more GPU-hours."""
+    from maskdm_sweeps.sweep.estimate import images_per_second
+    from maskdm_sweeps.testing import tiny_trial_config
+
+    config = tiny_trial_config(data={"name": "cifar10", "image_size": size, "path": str(tmp_path), "download": True},
+                               model={"preset": preset}, pretrain={"steps": 1000, "batch_size": 128})
+    assert config.model_config_resolved() == MODEL_PRESETS[preset]  # S/2: read from the table; B/4: scaled
+    rates = [i / 20 for i in range(19)]  # 0 .. 0.9
+    speeds = [images_per_second(config, r) for r in rates]
+    hours = [stage_gpu_hours(config, "pretrain", r) for r in rates]
+    assert speeds == sorted(speeds) and speeds[-1] > speeds[0]
+    assert hours == sorted(hours, reverse=True) and hours[-1] < hours[0]

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from maskdm_sweeps.layout import StageRun, SweepDir
-from maskdm_sweeps.sweep.milestones import MAIN, Asking, KeptLengths, LineState, plan_lines
+from maskdm_sweeps.layout import StageRun, SweepDir, step_file
+from maskdm_sweeps.lines import MAIN
+from maskdm_sweeps.sweep.milestones import Asking, KeptLengths, LineState, plan_lines
 from maskdm_sweeps.sweepspec import SweepSpec, build_plan
 from maskdm_sweeps.testing import tiny_trial_config
 from maskdm_sweeps.trainer import NullReporter, fit
@@ -54,7 +55,7 @@ def test_a_finetuning_from_the_40_step_milestone_of_an_80_step_run_equals_one_fr
     long_run, short_run = long_and_short
     milestone = StageRun(long_run).milestone(40)
     separate = list_checkpoints(StageRun(short_run).checkpoints)[-1]
-    assert separate.name == f"step_{40:09d}.pt"
+    assert separate.name == step_file(40, ".pt")
     # the whole state: weights, EMA, optimizer moments, every generator
     kept, alone = load_checkpoint(milestone), load_checkpoint(separate)
     assert kept["step"] == alone["step"] == 40
@@ -75,7 +76,7 @@ def test_a_finetuning_from_the_40_step_milestone_of_an_80_step_run_equals_one_fr
 
 def test_milestones_outlive_the_checkpoint_rotation_with_what_reaching_them_cost(long_and_short):
     long_run, _ = long_and_short
-    assert [p.name for p in list_checkpoints(StageRun(long_run).checkpoints)] == [f"step_{80:09d}.pt"]  # keep 1
+    assert [p.name for p in list_checkpoints(StageRun(long_run).checkpoints)] == [step_file(80, ".pt")]  # keep 1
     info = {step: json.loads(StageRun(long_run).milestone_info(step).read_text())
             for step in (40, 80)}
     assert info[40]["train_tflops"] * 2 == pytest.approx(info[80]["train_tflops"])  # linear in the steps

@@ -18,7 +18,8 @@ import yaml
 
 from maskdm_sweeps.cli import main
 from maskdm_sweeps.layout import (BRANCHES_DIR, CHECKPOINTS_DIR, DRIVER_LOCK, MLFLOW_BUFFER_FILE, MLFLOW_DB,
-                                  MLFLOW_TARGET_FILE, STORE_DIR, TUNE_DIR, StageRun, SweepDir)
+                                  MLFLOW_TARGET_FILE, STORE_DIR, TUNE_DIR, StageRun, SweepDir, step_file)
+from maskdm_sweeps.lines import MAIN, Line, line_named
 from maskdm_sweeps.sweep import read_events, run_sweep
 from maskdm_sweeps.sweepspec import load_spec
 from maskdm_sweeps.testing import crash_once, tiny_sweep_spec
@@ -162,14 +163,14 @@ def test_results_leave_out_trial_directories_the_plan_does_not_hold_and_say_so(p
 # ------------------------------------------------------------------------------------------------ older files
 def test_paths_written_before_they_were_relative_are_read_by_their_name(tmp_path):
     sweep = SweepDir(tmp_path, NAME)
-    key, branch, b1 = sweep.pretrain("k").path, sweep.pretrain_branch("k", "b2"), sweep.pretrain_branch("k", "b1").path
+    key, b1 = sweep.pretrain("k").path, sweep.pretrain("k").path / BRANCHES_DIR / "b1"
+    branch = line_named(sweep, "k", "b2")
     branch.path.mkdir(parents=True)
-    for written, parent in ((f"/gone/{STORE_DIR}/k", key), (f"/gone/{STORE_DIR}/k/{BRANCHES_DIR}/b1", b1),
-                            ("../b1", b1), ("../..", key)):
+    for written, parent, name in ((f"/gone/{STORE_DIR}/k", key, MAIN), (f"/gone/{STORE_DIR}/k/{BRANCHES_DIR}/b1", b1, "b1"),
+                                  ("../b1", b1, "b1"), ("../..", key, MAIN)):
         branch.branch.write_text(json.dumps({"parent": written, "from_step": 5}))
-        assert branch.origin() == (StageRun(parent), 5), written
+        assert branch.origin() == (Line(parent, "k", name), 5), written
     run = StageRun(tmp_path / "ft")
-    assert run.result_checkpoint({"checkpoint": "/gone/ft/checkpoints/step_000000020.pt"}) == \
-        run.checkpoints / "step_000000020.pt"
-    assert run.result_checkpoint({"checkpoint": f"{CHECKPOINTS_DIR}/step_000000020.pt"}) == \
-        run.checkpoints / "step_000000020.pt"
+    ckpt = step_file(20, ".pt")
+    assert run.result_checkpoint({"checkpoint": f"/gone/ft/checkpoints/{ckpt}"}) == run.checkpoints / ckpt
+    assert run.result_checkpoint({"checkpoint": f"{CHECKPOINTS_DIR}/{ckpt}"}) == run.checkpoints / ckpt

@@ -340,3 +340,21 @@ def test_compiling_trials_sample_through_one_compiled_denoiser_with_the_same_ima
     from PIL import Image
 
     assert list(Image.open(a.grid_path).getdata()) == list(Image.open(b.grid_path).getdata())
+
+
+def test_every_reporter_hears_how_the_stage_ended():
+    """``finish`` is part of the Reporter protocol: a MultiReporter passes it on to each of its reporters."""
+    from maskdm_sweeps.trainer import Reporter
+
+    class Ends(NullReporter):
+        def __init__(self):
+            self.ended = []
+
+        def finish(self, status, cost=None):
+            self.ended.append((status, cost))
+
+    a, b = Ends(), Ends()
+    MultiReporter(a, NullReporter(), b).finish("FINISHED", {"cost/wall_seconds": 1.0})
+    assert a.ended == b.ended == [("FINISHED", {"cost/wall_seconds": 1.0})]
+    assert all(isinstance(r, Reporter) for r in (a, NullReporter(), MultiReporter()))  # runtime_checkable: finish too
+    NullReporter().finish("KILLED")  # nothing to close

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import yaml
 
-from ..layout import SweepDir, read_json, verify_spec_hash
+from ..files import read_json
+from ..layout import SweepDir
+from ..spec_hash import verify_spec_hash
 
 
 def read_spec(sweep_dir: Path) -> dict:

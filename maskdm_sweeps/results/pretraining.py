@@ -6,31 +6,21 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from ..layout import StageRun, SweepDir, read_json
-
-Stretch = tuple[Path, int, int]  # (line directory, from step, to step): a part of one line that a trial needs
-
-
-def _stretches(line: StageRun, start: int, end: int) -> list[Stretch]:
-    """The stretches behind a state at step ``end`` of ``line``, oldest first: a branch's starts on its parent."""
-    origin = line.origin()
-    if origin is None:
-        return [(line.path, 0, end)]
-    parent, step = origin
-    return _stretches(parent, 0, step) + [(line.path, step, end)]
+from ..files import read_json
+from ..layout import SweepDir
+from ..lines import Line, keeping_line, line_at, main_line
 
 
-def _line_cost(line: Path, step: int) -> tuple[float, float, float]:
+def _line_cost(line: Line, step: int) -> tuple[float, float, float]:
     """``(train TFLOPs, eval TFLOPs, wall seconds)`` of reaching ``step`` on ``line`` (0 at step 0): its milestone
     record, or the parent's at a branch's starting step. NaN when not recorded."""
     if step == 0:
         return 0.0, 0.0, 0.0
-    run = StageRun(line)
-    info = read_json(run.milestone_info(step))
+    info = read_json(line.milestone_info(step))
     if info is None:
-        origin = run.origin()
+        origin = line.origin()
         if origin is not None and origin[1] == step:
-            return _line_cost(origin[0].path, step)
+            return _line_cost(origin[0], step)
         return math.nan, math.nan, math.nan
     return tuple(math.nan if info.get(k) is None else float(info[k])  # type: ignore[return-value]
                  for k in ("train_tflops", "eval_tflops", "wall_seconds"))
@@ -42,17 +32,15 @@ class Pretraining:
 
     def __init__(self, layout: SweepDir, key: str, steps: int):
         self.key, self.steps = key, steps
-        self.line = layout.milestone_line(key, steps)
-        self.stretches = _stretches(self.line, 0, steps) if self.line is not None else []
-        self.cost = _line_cost(self.line.path, steps) if self.line is not None else (math.nan,) * 3
-        self.run = self.line or layout.pretrain(key)  # where its metrics are (the main line until one keeps it)
+        self.line = keeping_line(layout, key, steps)
+        self.stretches = self.line.stretches(steps) if self.line is not None else []
+        self.cost = _line_cost(self.line, steps) if self.line is not None else (math.nan,) * 3
+        self.run = self.line or main_line(layout, key)  # where its metrics are (the main line until one keeps it)
 
     @property
     def unit(self) -> str | None:
         """The line's unit name (``key`` or ``key/<branch>``), as events and Tune units name it."""
-        if self.line is None:
-            return None
-        return self.key if self.line.path.name == self.key else f"{self.key}/{self.line.path.name}"
+        return None if self.line is None else self.line.unit
 
 
 def shares_of(pretrainings: dict[str, Pretraining]) -> dict[str, tuple[float, float]]:
@@ -60,16 +48,18 @@ def shares_of(pretrainings: dict[str, Pretraining]) -> dict[str, tuple[float, fl
     of a line is split evenly over the trials that need it, so the shares add up to what was trained, each stretch
     once."""
     cuts: dict[Path, set[int]] = {}
+    lines: dict[Path, Line] = {}
     for pre in pretrainings.values():
         for line, start, end in pre.stretches:
             cuts.setdefault(line, set()).update((start, end))
+            lines[line] = line_at(line, pre.key)
     shares = {tid: [0.0, 0.0] for tid in pretrainings}
     for line, points in cuts.items():
         points = sorted(points)
         for a, b in zip(points, points[1:]):
             users = [tid for tid, pre in pretrainings.items()
                      if any(path == line and start <= a and b <= end for path, start, end in pre.stretches)]
-            (train_a, _, wall_a), (train_b, _, wall_b) = _line_cost(line, a), _line_cost(line, b)
+            (train_a, _, wall_a), (train_b, _, wall_b) = _line_cost(lines[line], a), _line_cost(lines[line], b)
             for tid in users:
                 shares[tid][0] += (train_b - train_a) / len(users)
                 shares[tid][1] += (wall_b - wall_a) / len(users)

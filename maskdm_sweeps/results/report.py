@@ -12,7 +12,8 @@ import pandas as pd
 
 from .analysis import (arm_labels, clearly_lower, comparison_table, compute_unit, evaluation_noise, fid_at_budget,
                        fid_by_step, finished, group_keys, report_settings, speedup_table)
-from ..layout import SweepDir, read_json, read_notices
+from ..files import read_json
+from ..layout import SweepDir, read_notices
 from .collect import load, read_spec
 from .columns import STATUSES
 from .membership import trials_outside_plan

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ..layout import SweepDir
+from ..layout import SweepDir, step_files
 from .analysis import arm_labels, arm_order, fid_points, finished, speedup_table
 from .figures import _colors, _fid_label, _figure, _save, _seeds_text, _title
 
@@ -177,7 +177,7 @@ def final_samples_figure(sweep_dir: Path, trials: pd.DataFrame) -> Figure | None
     layout = SweepDir.of(sweep_dir)
     grids = []
     for _, row in firsts.iterrows():
-        pngs = sorted(layout.finetune(row["trial_id"]).samples.glob("step_*.png"))
+        pngs = step_files(layout.finetune(row["trial_id"]).samples, ".png")
         if pngs:
             grids.append((row, pngs[-1]))
     if not grids:

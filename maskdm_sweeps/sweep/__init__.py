@@ -9,13 +9,17 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-_HOME = {"read_events": "events", "SweepOutcome": "runner", "init_ray": "runner", "run_sweep": "runner"}
+_HOME = {"read_events": "events", "SweepOutcome": "outcome", "init_ray": "ray_setup", "run_sweep": "runner",
+         "ClusterTooSmall": "ray_setup", "SweepStorageError": "failures"}
 
 __all__ = list(_HOME)
 
 if TYPE_CHECKING:
     from .events import read_events
-    from .runner import SweepOutcome, init_ray, run_sweep
+    from .failures import SweepStorageError
+    from .outcome import SweepOutcome
+    from .ray_setup import ClusterTooSmall, init_ray
+    from .runner import run_sweep
 
 
 def __getattr__(name: str):

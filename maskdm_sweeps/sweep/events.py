@@ -8,7 +8,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ..layout import EVENTS_FILE, append_jsonl, read_jsonl
+from ..files import append_jsonl, read_jsonl
+from ..layout import EVENTS_FILE
 
 
 def append_event(sweep_dir: Path, event: str, **fields) -> None:

@@ -29,14 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Literal
 
-from ..layout import StageRun, SweepDir, write_json
+from ..files import write_json
+from ..layout import StageRun, SweepDir, step_of
+from ..lines import MAIN, Line, branch_name, line_named, lines_of, unit_name
 from ..trainer.checkpoint import list_checkpoints
 
 if TYPE_CHECKING:
     from ..sweepspec.expand import SweepPlan
-
-MAIN = "main"
-
 
 @dataclass(frozen=True)
 class LineState:
@@ -51,10 +50,10 @@ class LineState:
     kept: tuple[int, ...]
 
     @classmethod
-    def read(cls, run: StageRun, name: str) -> "LineState":
-        steps = [int(p.stem.split("_")[1]) for p in list_checkpoints(run.checkpoints)]
-        kept = tuple(run.milestone_steps())
-        return cls(name, run.path, max(steps + list(kept), default=0), kept)
+    def read(cls, line: Line) -> "LineState":
+        steps = [step_of(p) for p in list_checkpoints(line.checkpoints)]
+        kept = tuple(line.kept())
+        return cls(line.name, line.path, max(steps + list(kept), default=0), kept)
 
 
 @dataclass
@@ -76,7 +75,7 @@ class LineJob:
     @property
     def unit(self) -> str:
         """Its name as a unit of work (a Tune trial of the first phase): the key, plus the branch for a branch."""
-        return self.key if self.line == MAIN else f"{self.key}/{self.line}"
+        return unit_name(self.key, self.line)
 
     @property
     def steps_to_train(self) -> int:
@@ -96,12 +95,7 @@ class Serving:
 
 def read_lines(layout: SweepDir, key: str) -> list[LineState]:
     """Every line of pre-training ``key`` (the main line first, present even when nothing is on disk)."""
-    runs = layout.pretrain_lines(key)
-    return [LineState.read(runs[0], MAIN)] + [LineState.read(r, r.path.name) for r in runs[1:]]
-
-
-def branch_name(start: int, target: int) -> str:
-    return f"from-{start}-to-{target}"
+    return [LineState.read(line) for line in lines_of(layout, key)]
 
 
 def plan_lines(layout: SweepDir, key: str, asked: list[int],
@@ -145,7 +139,7 @@ def _cheapest_job(layout: SweepDir, key: str, length: int, lines: list[LineState
     below = [(step, line.name) for line in lines for step in line.kept if step < length]
     start, parent = max(below) if below else (0, MAIN)
     name = branch_name(start, length)
-    options.append((length - start, 2, LineJob(key, name, layout.pretrain_branch(key, name).path, start, start,
+    options.append((length - start, 2, LineJob(key, name, line_named(layout, key, name).path, start, start,
                                                branch_from=(parent, start) if start else None)))
     return min(options, key=lambda o: (o[0], o[1]))[2]
 

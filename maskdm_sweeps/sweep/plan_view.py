@@ -8,11 +8,12 @@ from rich.console import Console
 from rich.table import Table
 from rich.tree import Tree
 
+from ..lines import MAIN
 from ..sweepspec.expand import SweepPlan
 from ..sweepspec.identity import pretrain_length_shared, with_pretrain_steps
 from ..trainer.compute import TERA, stage_flops
 from ..trainer.config import Stage, TrialConfig
-from .milestones import MAIN, LineJob, LineState, Serving, plan_lines, read_lines
+from .milestones import LineJob, LineState, Serving, plan_lines, read_lines
 from .estimate import REFERENCE_GPU, parameter_count, stage_eval_gpu_hours, stage_gpu_hours
 from .packing import (GIB, MEASURED_PACKING_GPU, MEMORY_HEADROOM, suggest_for_configs, trials_per_gpu_of,
                       trials_the_work_allows)

@@ -84,7 +84,6 @@ def limit_threads(ctx: SweepContext) -> None:
 
 
 def finish_reporters(reporters: list[Reporter], status: str, cost: dict[str, float] | None = None) -> None:
-    """Close the reporters that hold a run (MLflow); the others need nothing."""
+    """Tell every reporter how the stage ended (those that hold a run, MLflow's, close it)."""
     for r in reporters:
-        if hasattr(r, "finish"):
-            r.finish(status, cost)
+        r.finish(status, cost)

@@ -15,7 +15,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Container
 
-from ..layout import StageRun, read_json, relative_path, write_json
+from ..files import read_json, write_json
+from ..layout import StageRun, relative_path
+from ..lines import Line, keeping_line, line_named, main_line, unit_key
 from ..sweepspec.expand import TrialPlan
 from ..sweepspec.identity import with_pretrain_steps
 from ..trainer import TrainingDiverged, load_latest_checkpoint
@@ -26,7 +28,7 @@ from .events import append_event
 from .failures import NotRetried, earlier_final_failure, final_fields
 from .interrupt import StageInterrupted
 from .lock import LineLock
-from .milestones import MAIN, Asking, KeptLengths, LineJob, plan_lines
+from .milestones import Asking, KeptLengths, LineJob, plan_lines
 from .notices import capture_notices
 from .stage import limit_threads, train_stage
 from .workers import StageJob, run_stage_on_workers
@@ -64,7 +66,7 @@ def run_stage(ctx: SweepContext, trial: TrialPlan, stage: str, stage_dir: Path, 
                  to_step=getattr(trial.config, stage).steps, **({"milestones": list(milestones)} if milestones else {}))
     keeps: Container[int] = milestones
     if stage == "pretrain":
-        keeps = KeptLengths(ctx.plan.layout.pretrain(trial.pretrain_key), milestones)
+        keeps = KeptLengths(main_line(ctx.plan.layout, trial.pretrain_key), milestones)
     try:
         if ctx.plan.spec.resources.workers > 1:  # every rank must save at the same steps: the asks known now, fixed
             fixed = tuple(sorted(keeps.now())) if isinstance(keeps, KeptLengths) else milestones
@@ -99,7 +101,7 @@ def first_phase_trainable(params: dict[str, Any], ctx: SweepContext) -> None:
     :class:`~maskdm_sweeps.sweep.milestones.LineJob`) or, side by side with them, a trial that needs none (``unit``:
     its trial id; the baseline), so that no worker idles while the pre-trainings run."""
     unit = params["unit"]
-    key = unit.split("/")[0]
+    key = unit_key(unit)
     if key in ctx.plan.pretrains:
         limit_threads(ctx)
         with capture_notices(ctx.plan.sweep_dir, unit), _stops_quietly():
@@ -125,11 +127,11 @@ def serve_pretraining(ctx: SweepContext, trial: TrialPlan, asked: list[int] = ()
     asked = sorted(set(asked) | {length})
     # asked first: a process training the line now keeps this length on its way, so the wait below ends served
     with Asking(layout, key, [length]):
-        while not _intact(layout.milestone_line(key, length), length):
+        while not _intact(keeping_line(layout, key, length), length):
             job = _job_serving(layout, key, length, asked)
             if job is None:
                 continue  # kept meanwhile (checked above)
-            if job.branch_from is not None and not _intact(_line_named(layout, key, job.branch_from[0]),
+            if job.branch_from is not None and not _intact(line_named(layout, key, job.branch_from[0]),
                                                            job.branch_from[1]):
                 continue  # the state it would start from was corrupt: set aside, plan again
             with LineLock(StageRun(job.path)):  # blocks while another process trains this line
@@ -140,12 +142,12 @@ def serve_pretraining(ctx: SweepContext, trial: TrialPlan, asked: list[int] = ()
                     start_branch(layout, again)
                 line_trial = replace(trial, config=with_pretrain_steps(trial.config, again.target))
                 run_stage(ctx, line_trial, "pretrain", again.path, None, again.unit, tuple(again.milestones))
-                if layout.milestone_line(key, length) is None:
+                if keeping_line(layout, key, length) is None:
                     raise RuntimeError(f"pre-training {again.unit} ended without keeping step {length}")
-    return layout.milestone_line(key, length).milestone(length)
+    return keeping_line(layout, key, length).milestone(length)
 
 
-def _intact(line: StageRun | None, step: int) -> bool:
+def _intact(line: Line | None, step: int) -> bool:
     """Whether ``line`` keeps a state at ``step`` whose bytes are those written (its digest). A corrupt one is set
     aside (``*.corrupt``) with a warning, under the line's lock and checked again there (another process may have
     replaced it meanwhile), so that the planner no longer counts it."""
@@ -170,10 +172,6 @@ def _intact(line: StageRun | None, step: int) -> bool:
             return False
 
 
-def _line_named(layout, key: str, name: str) -> StageRun:
-    return layout.pretrain(key) if name == MAIN else layout.pretrain_branch(key, name)
-
-
 def _job_serving(layout, key: str, length: int, asked: list[int]) -> LineJob | None:
     """The job that trains ``length`` now; None once a line keeps it (another process may have trained it meanwhile).
 
@@ -191,10 +189,9 @@ def start_branch(layout, job: LineJob) -> None:
     """Seed a new branch line with a copy of the milestone it starts from (its first checkpoint: training resumes
     there), checked against the milestone's digest as it is copied."""
     parent_name, step = job.branch_from
-    parent = _line_named(layout, job.key, parent_name)
-    run = StageRun(job.path)
-    keep_state(parent.milestone(step), checkpoint_path(run.checkpoints, step))
-    write_json(run.branch, {"parent": relative_path(parent.path, run.path), "from_step": step})
+    parent, branch = line_named(layout, job.key, parent_name), line_named(layout, job.key, job.line)
+    keep_state(parent.milestone(step), checkpoint_path(branch.checkpoints, step))
+    branch.start_from(parent, step)
 
 
 class _stops_quietly:  # noqa: N801 (used like a function: ``with _stops_quietly():``)

@@ -14,7 +14,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..layout import (RESOLVED_SPEC, SweepDir, SweepDirError, spec_content, spec_hash, verify_spec_hash)
+from ..layout import RESOLVED_SPEC, SweepDir, SweepDirError
+from ..spec_hash import spec_content, spec_hash, verify_spec_hash
 from .expand import SweepPlan, plan_of
 from .loading import SpecError, read_mapping, validate
 from .schema import SweepSpec

@@ -16,8 +16,10 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from ..layout import SweepDir, spec_hash
+from ..layout import SweepDir
+from ..lines import keeping_line
 from ..naming import distinct, short_label
+from ..spec_hash import spec_hash
 from ..trainer.compute import train_flops_per_step
 from ..trainer.config import TrialConfig
 from .identity import (BASELINE_IGNORED_SECTIONS, affects_pretraining, arm_of, mask_columns, mask_section,
@@ -129,7 +131,7 @@ class SweepPlan:
 
     def milestone(self, key: str, steps: int) -> Path | None:
         """The kept state of pre-training ``key`` at ``steps``, or None when no line keeps that length (yet)."""
-        line = self.layout.milestone_line(key, steps)
+        line = keeping_line(self.layout, key, steps)
         return None if line is None else line.milestone(steps)
 
     def trial_finished(self, trial_id: str) -> bool:

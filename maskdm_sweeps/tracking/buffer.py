@@ -21,8 +21,8 @@ import time
 import uuid
 from pathlib import Path
 
-from ..layout import (MLFLOW_BUFFER_FILE, MLFLOW_FILES_DIR, MLFLOW_RUN_FILE, MLFLOW_TARGET_FILE, append_jsonl,
-                      read_json, read_jsonl, relative_path, write_json)
+from ..files import append_jsonl, read_json, read_jsonl, write_json
+from ..layout import MLFLOW_BUFFER_FILE, MLFLOW_FILES_DIR, MLFLOW_RUN_FILE, MLFLOW_TARGET_FILE, relative_path
 from .store import client, experiment_id_locked, portable_target, store_lock, target_uri
 
 log = logging.getLogger(__name__)

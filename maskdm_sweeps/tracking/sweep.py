@@ -11,7 +11,9 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..layout import PLAN_FILE, RESOLVED_SPEC, SweepDir, read_json, read_jsonl
+from ..files import read_json, read_jsonl
+from ..layout import PLAN_FILE, RESOLVED_SPEC, SweepDir
+from ..lines import MAIN, keeping_line, line_at, unit_line
 from .buffer import RunBuffer, create_record
 from .reporter import MlflowReporter
 from .store import client, default_tracking_uri, git_commit
@@ -50,13 +52,11 @@ class SweepTracking:
         store = SweepDir(Path(self.pretrain_store).parent, self.sweep)
         line = None
         if stage == "pretrain":
-            # the line's unit: the key, or <key>/<branch> (a branch directory sits under <key>/branches/)
-            line = trial.pretrain_key if Path(stage_dir).name == trial.pretrain_key else \
-                f"{trial.pretrain_key}/{Path(stage_dir).name}"
+            line = line_at(stage_dir, trial.pretrain_key).unit  # the key, or <key>/<branch>
             tags["pretrain_line"] = line
         elif trial.pretrain_key:
             tags["pretrain_steps"] = str(cfg.pretrain.steps)
-            served = store.milestone_line(trial.pretrain_key, cfg.pretrain.steps)
+            served = keeping_line(store, trial.pretrain_key, cfg.pretrain.steps)
             pre_run = read_json(served.mlflow_run) if served is not None else None
             if pre_run:
                 tags["pretrain_run_id"] = pre_run["run_id"]
@@ -70,7 +70,7 @@ class SweepTracking:
         if stage == "finetune":
             return self.labels.get(trial.trial_id) or trial.short_label
         name = self.pretrain_labels.get(trial.pretrain_key) or f"pretrain {trial.pretrain_key}"
-        branch = line.split("/", 1)[1] if line and "/" in line else ""
+        branch = unit_line(line) if line and unit_line(line) != MAIN else ""
         return f"{name} · branch {branch}" if branch else name
 
 

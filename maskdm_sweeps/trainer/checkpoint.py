@@ -20,17 +20,17 @@ import hashlib
 import io
 import logging
 import os
-import re
 import socket
 from pathlib import Path
 from typing import IO, Callable
 
 import torch
 
-from ..layout import naming_write_errors, read_json, write_json
+from ..files import naming_write_errors, read_json, write_json
+from ..layout import step_file, step_files, step_of
 
 log = logging.getLogger(__name__)
-_NAME = re.compile(r"^step_(\d{9})\.pt$")
+STATE_SUFFIX = ".pt"  # step_<n>.pt: a state file
 RECORD_SUFFIX = ".json"  # step_<n>.json beside step_<n>.pt (milestones: StageRun.milestone_info is the same file)
 SET_ASIDE_SUFFIX = ".corrupt"  # an unusable state and its record, kept for inspection, counted by nothing
 _CHUNK = 1 << 24
@@ -52,7 +52,7 @@ class UnusableState(CheckpointError):
 
 
 def checkpoint_path(directory: Path, step: int) -> Path:
-    return Path(directory) / f"step_{step:09d}.pt"
+    return Path(directory) / step_file(step, STATE_SUFFIX)
 
 
 def state_record(path: Path) -> Path:
@@ -135,16 +135,13 @@ def keep_state(source: Path, kept: Path, record: dict | None = None) -> str:
         if expected is not None and (problem := _mismatch(expected, out.size, out.sha256.hexdigest())):
             raise UnusableState(source, problem)  # before kept or its record exists
 
-    return _write_state(kept, copy, {"step": _step_of(kept), **(record or {})})
+    return _write_state(kept, copy, {"step": step_of(kept, STATE_SUFFIX), **(record or {})})
 
 
 # ------------------------------------------------------------------------------------------------ reading
 def list_checkpoints(directory: Path) -> list[Path]:
     """Checkpoint files of ``directory``, oldest first."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        return []
-    return sorted((p for p in directory.iterdir() if _NAME.match(p.name)), key=lambda p: p.name)
+    return step_files(directory, STATE_SUFFIX)
 
 
 def read_state(path: Path, map_location="cpu") -> tuple[dict, str]:
@@ -256,16 +253,11 @@ def _mismatch(record: dict, size: int, digest: str) -> str | None:
     return None
 
 
-def _step_of(path: Path) -> int | None:
-    match = _NAME.match(Path(path).name)
-    return int(match.group(1)) if match else None
-
-
 def _check_unverified(path: Path, state) -> None:
     """A state without a digest must at least be a state of its step whose weights are finite."""
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
         raise UnusableState(path, "loads, but is not a training state (no model weights)")
-    step = _step_of(path)
+    step = step_of(path, STATE_SUFFIX)
     if step is not None and state.get("step") != step:
         raise UnusableState(path, f"holds step {state.get('step')}, not {step}")
     for name, tensor in state["model"].items():

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from ..layout import step_file
 from ..maskdm import SAMPLERS, NoiseSchedule, UViT, sample_images
 from ..metrics import (RECOGNISABLE_CONFIDENCE, FIDProtocol, StatsAccumulator, build_fid_backend, frechet_distance,
                        reference_stats)
@@ -133,7 +134,7 @@ class Evaluator:
                 extra["eval/fid_noise_std"] = float(torch.tensor(repeats, dtype=torch.float64).std())
         net.train(was_training)
         upscale = max(1, 64 // self.shape[-1])  # digits are 16 px: draw them 4x so a person can read them
-        grid_path = save_image_grid(grid, Path(out_dir) / f"step_{step:09d}.png", upscale=upscale)
+        grid_path = save_image_grid(grid, Path(out_dir) / step_file(step, ".png"), upscale=upscale)
         return EvalOutcome(step=step, fid=fid, grid_path=grid_path, extra=extra)
 
     def _sample_and_score(self, net: UViT, schedule: NoiseSchedule, noise_seed: int, grid: bool = True

@@ -21,7 +21,8 @@ from typing import Container
 import torch
 
 from ..data import ImageBatches, load_dataset
-from ..layout import StageRun, relative_path, write_json
+from ..files import write_json
+from ..layout import StageRun, relative_path
 from ..maskdm import UViT, build_schedule, training_loss
 from .checkpoint import (checkpoint_path, keep_state, load_checkpoint, load_latest_checkpoint, read_state,
                          save_checkpoint)
@@ -124,10 +125,8 @@ class _StageRun:
         self.model = UViT(self.model_cfg).to(self.device)
         self.ema = EMA(self.model, config.ema.decay, config.ema.warmup)
         s = self.stage_cfg
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=self._lr(0), betas=s.betas,
-            weight_decay=s.weight_decay, fused=True,  # one kernel group per step, CPU and CUDA
-        )
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self._lr(0), betas=s.betas,
+                                           weight_decay=s.weight_decay, fused=True)  # one kernel group per step
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.graphed = config.runtime.compile and config.runtime.compile_mode == "reduce-overhead"
         ddp = parallel.wrap(self.model, self.device)  # gradients averaged over ranks; self.model stays the module

@@ -1,7 +1,8 @@
 """The seam between the trainer and the world: a small protocol that Ray Tune and MLflow implement elsewhere.
 
 The trainer calls ``metrics`` at a step, ``checkpoint`` after writing one, ``artifact`` for files such as sample
-grids, and asks ``should_stop`` between steps (an early-stopping scheduler answers it).
+grids, and asks ``should_stop`` between steps (an early-stopping scheduler answers it). Whoever runs the stage calls
+``finish`` once it has ended, with how it ended (a reporter that holds a run, MLflow's, closes it then).
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ import time
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from ..layout import append_jsonl, read_jsonl, relative_path
+from ..files import append_jsonl, read_jsonl
+from ..layout import relative_path
 
 
 @runtime_checkable
@@ -30,6 +32,10 @@ class Reporter(Protocol):
     def should_stop(self) -> bool:
         """True asks the trainer to end the stage now (after a checkpoint)."""
 
+    def finish(self, status: str, cost: dict[str, float] | None = None) -> None:
+        """The stage ended: ``status`` ``FINISHED``, ``FAILED`` or ``KILLED`` (stopped on request); ``cost``: its
+        cost metrics (``cost/wall_seconds``, ``cost/train_tflops``, ...) when it finished, else None."""
+
 
 class NullReporter:
     """Reports nowhere and never stops the run."""
@@ -48,6 +54,9 @@ class NullReporter:
 
     def should_stop(self) -> bool:
         return False
+
+    def finish(self, status: str, cost: dict[str, float] | None = None) -> None:
+        pass
 
 
 class JsonlReporter(NullReporter):
@@ -99,6 +108,10 @@ class MultiReporter(NullReporter):
 
     def should_stop(self) -> bool:
         return any(r.should_stop() for r in self.reporters)
+
+    def finish(self, status: str, cost: dict[str, float] | None = None) -> None:
+        for r in self.reporters:
+            r.finish(status, cost)
 
 
 def read_jsonl_metrics(path: Path) -> list[tuple[int, dict[str, float]]]:
