@@ -117,7 +117,7 @@ class CorruptNewestCheckpoint(CrashAt):
         self.checkpoints = Path(stage_dir) / "checkpoints"
 
     def metrics(self, step: int, values: dict[str, float]) -> None:
-        if step >= self.step and not self.marker.exists():
+        if step >= self.step and self.marker is not None and not self.marker.exists():
             newest = sorted(self.checkpoints.glob("step_*.pt"))[-1]
             newest.write_bytes(newest.read_bytes()[:100])
         super().metrics(step, values)
@@ -168,9 +168,9 @@ def flop_counter_cpu_attention() -> dict:
     aten = torch.ops.aten
     return {
         aten._scaled_dot_product_flash_attention_for_cpu:
-            lambda q, k, v, *args, out_shape=None, **kwargs: sdpa_flop_count(q, k, v),
+            lambda q, k, v, *_args, **_kwargs: sdpa_flop_count(q, k, v),
         aten._scaled_dot_product_flash_attention_for_cpu_backward:
-            lambda grad_out, q, k, v, *args, out_shape=None, **kwargs: sdpa_backward_flop_count(grad_out, q, k, v),
+            lambda grad_out, q, k, v, *_args, **_kwargs: sdpa_backward_flop_count(grad_out, q, k, v),
     }
 
 

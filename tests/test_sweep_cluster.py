@@ -152,7 +152,7 @@ class Cluster:
     def _wait_nodes(self, n: int, timeout: float) -> None:
         deadline, last = time.monotonic() + timeout, ""
         while time.monotonic() < deadline:
-            for proc, log in zip(self.procs, self.logs):
+            for proc, log in zip(self.procs, self.logs, strict=True):
                 assert proc.poll() is None, f"`ray start` exited with {proc.returncode}:\n{_tail(log)}"
             try:
                 out = subprocess.run([sys.executable, "-c", NODES_PROBE, self.address], env=self.env,

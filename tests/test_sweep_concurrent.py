@@ -79,7 +79,7 @@ def test_two_sweeps_started_together_train_each_shared_run_once_and_fail_nothing
 
     try:
         with LineLock(store.pretrain(key1)):  # key1 is "being trained" until both sweeps wait for it
-            for (name, spec), tmp in zip({"a": spec_a, "b": spec_b}.items(), ray_tmp):
+            for (name, spec), tmp in zip({"a": spec_a, "b": spec_b}.items(), ray_tmp, strict=True):
                 env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
                 env.update(MASKDM_CACHE=str(tmp_path / "cache"), RAY_AUTH_MODE="disabled", RAY_TMPDIR=str(tmp),
                            RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")

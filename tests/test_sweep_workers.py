@@ -111,7 +111,7 @@ def _same(a, b, where: str) -> None:
             _same(a[key], b[key], f"{where}/{key}")
     elif isinstance(a, list) and isinstance(b, list):
         assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
             _same(x, y, f"{where}[{i}]")
     elif isinstance(a, (int, float)) and not isinstance(a, bool) and isinstance(b, (int, float)) \
             and not isinstance(b, bool) and not (math.isnan(a) and math.isnan(b)):
@@ -175,7 +175,7 @@ def _same_content(name: str, p1: Path, p2: Path, out1: Path, out2: Path) -> None
         (text1, numbers1, hours1), (text2, numbers2, hours2) = _report_content(p1, out1), _report_content(p2, out2)
         assert text1 == text2, name
         assert len(numbers1) == len(numbers2), name
-        for i, (x, y) in enumerate(zip(numbers1, numbers2)):
+        for i, (x, y) in enumerate(zip(numbers1, numbers2, strict=True)):
             if x == hours1:  # the device hours of the one trial, wherever the report names them
                 assert y == hours2, f"{name}: number {i}"
             else:
@@ -194,7 +194,7 @@ def test_two_workers_write_the_files_of_one_worker_with_the_same_content(runs):
     kinds = Counter(Path(name).suffix for name in one)
     assert {".json", ".jsonl", ".parquet", ".md", ".png", ".pt"} <= set(kinds), kinds
     for name in one:
-        for p1, p2 in zip(one[name], two[name]):
+        for p1, p2 in zip(one[name], two[name], strict=True):
             _same_content(name, p1, p2, out1, out2)
 
 
@@ -239,7 +239,7 @@ def test_two_workers_give_the_parquet_rows_of_one_worker(runs):
         assert t2[col].to_numpy() == pytest.approx(t1[col].to_numpy(), rel=1e-2), col
     outs = [runs[w].spec.output_dir for w in (1, 2)]
     for name in ("trials.parquet", "curves.parquet"):  # every other column and curve point alike too
-        _same(*(_table_rows(runs[w].sweep_dir / name, out) for w, out in zip((1, 2), outs)), name)
+        _same(*(_table_rows(runs[w].sweep_dir / name, out) for w, out in zip((1, 2), outs, strict=True)), name)
     assert list(t1["devices_per_trial"]) == [1.0] and list(t2["devices_per_trial"]) == [2.0]  # all its devices
     for t, devices in ((t1, 1), (t2, 2)):
         assert (t["device_hours"] * 3600 / devices).to_numpy() == pytest.approx(t["wall_seconds"].to_numpy())

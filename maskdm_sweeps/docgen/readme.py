@@ -74,7 +74,7 @@ def render_readme(text: str) -> str:
         if not pattern.search(text):
             raise ValueError(f"README has no <!-- BEGIN {name} --> ... <!-- END {name} --> markers")
         body = generate()
-        text = pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text, count=1)
+        text = pattern.sub(lambda m, body=body: f"{m.group(1)}{body}\n{m.group(2)}", text, count=1)
     return text
 
 

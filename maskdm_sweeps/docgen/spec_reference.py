@@ -100,7 +100,7 @@ def field_default_text(info: FieldInfo) -> str:
     """A field's default as a YAML reader would write it (``required`` when there is none)."""
     if info.is_required():
         return "required"
-    value = info.default_factory() if info.default is PydanticUndefined else info.default
+    value = info.get_default(call_default_factory=True)
     value = to_jsonable_python(value)
     if isinstance(value, str):
         return f"`{value}`" if value else '`""`'

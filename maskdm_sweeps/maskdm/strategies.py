@@ -149,7 +149,7 @@ def training_loss(strategy: MaskStrategy | None, model, x_t: torch.Tensor, t: to
 
     ``model``: the U-ViT or a wrapper of it (DDP, ``torch.compile``), called as the U-ViT.
     """
-    if keep is not None and hasattr(strategy, "loss"):
+    if keep is not None and strategy is not None and hasattr(strategy, "loss"):
         return strategy.loss(model, x_t, t, noise, keep, patch_size)
     from .diffusion import mdsm_loss
 

@@ -14,8 +14,8 @@ _HOME = {"read_events": "events", "SweepOutcome": "runner", "init_ray": "runner"
 __all__ = list(_HOME)
 
 if TYPE_CHECKING:
-    from .events import read_events
-    from .runner import SweepOutcome, init_ray, run_sweep
+    from .events import read_events as read_events
+    from .runner import SweepOutcome as SweepOutcome, init_ray as init_ray, run_sweep as run_sweep
 
 
 def __getattr__(name: str):

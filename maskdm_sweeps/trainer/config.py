@@ -78,7 +78,8 @@ class MaskDiTConfig(_Strict):
     strategy: Literal["maskdit"] = Field("maskdit", description="Masking strategy: MaskDiT's encoder-decoder.")
     rate: float = Field(0.5, ge=0.0, lt=1.0, description="Fraction of patches dropped before the backbone (the paper: 0.5).")
     decoder_depth: int = Field(2, ge=1, le=64, description="Transformer blocks of the decoder, on every position.")
-    mae_coef: float = Field(0.1, ge=0.0, description="Weight of the MAE term: the masked patches' MSE against the noisy input normalised per patch (the paper: 0.1; 0 leaves MaskDM's loss).")
+    mae_coef: float = Field(0.1, ge=0.0, description="Weight of the MAE term: the masked patches' MSE against the "
+                            "noisy input normalised per patch (the paper: 0.1; 0 leaves MaskDM's loss).")
 
 
 class DeferredMaskConfig(_Strict):
@@ -97,7 +98,9 @@ class RoutingConfig(_Strict):
 
     strategy: Literal["routing"] = Field("routing", description="Masking strategy: tokens routed past the middle blocks.")
     rate: float = Field(0.5, ge=0.0, lt=1.0, description="Selection rate: the fraction of patch tokens that skip the routed span (the paper: 0.5).")
-    route_from: int = Field(1, ge=0, le=64, description="The routed span: in-blocks from this index on, the mid-block and the out-blocks that mirror them (0: every block; depth // 2: the mid-block alone).")
+    route_from: int = Field(1, ge=0, le=64, description="The routed span: in-blocks from this index on, the "
+                            "mid-block and the out-blocks that mirror them (0: every block; depth // 2: the mid-block "
+                            "alone).")
 
 
 MaskConfig = Annotated[Union[PatchMaskConfig, BlockMaskConfig, CropMaskConfig, MaskDiTConfig, DeferredMaskConfig,
@@ -155,7 +158,8 @@ class PretrainConfig(_StageConfig):
 
 
 class FinetuneConfig(_StageConfig):
-    """Denoising fine-tuning (DSM, all patches visible); from scratch when there is no pre-training: the DDPM baseline."""
+    # one line: the docstring is the JSON schema's description, line breaks included
+    """Denoising fine-tuning (DSM, all patches visible); from scratch when there is no pre-training: the DDPM baseline."""  # noqa: E501
 
     steps: int = Field(1000, ge=1, le=MAX_STEPS, description="Optimizer steps of fine-tuning (of training, for the baseline).")
     init_from: Literal["online", "ema"] = Field("online", description="Which pre-trained weights to start from.")
@@ -195,7 +199,8 @@ class EvalConfig(_Strict):
     eps_after_clip: Literal["raw", "recomputed"] = Field(
         "raw",
         description="DDIM direction term after the predicted x0 is clipped to [-1, 1]: 'raw' keeps the network's "
-        "eps (the official MaskDM evaluation), 'recomputed' derives eps from the clipped x0. The DDPM sampler ignores it.",
+        "eps (the official MaskDM evaluation), 'recomputed' derives eps from the clipped x0. "
+        "The DDPM sampler ignores it.",
     )
     weights: Literal["ema", "online"] = Field("ema", description="Which weights sample.")
     backend: Literal["inception", "digits-classifier"] = Field(
@@ -283,7 +288,8 @@ class TrialConfig(_Strict):
     # -------------------------------------------------------------------------------------- derived quantities
     @property
     def image_size(self) -> int:
-        return self.data.image_size  # DataConfig fills in the dataset's default
+        assert self.data.image_size is not None  # DataConfig fills in the dataset's default
+        return self.data.image_size
 
     @property
     def channels(self) -> int:
@@ -299,8 +305,8 @@ class TrialConfig(_Strict):
     def model_config_resolved(self) -> UViTConfig:
         """The U-ViT of this trial: the preset, fitted to the data, with the parts its masking strategy adds (a
         MaskDiT decoder, a patch-mixer) when it pre-trains; the baseline is the plain U-ViT."""
-        overrides = dict(img_size=self.image_size, in_chans=self.channels, time_mlp=self.model.time_mlp,
-                         final_conv=self.model.final_conv)
+        overrides = {"img_size": self.image_size, "in_chans": self.channels, "time_mlp": self.model.time_mlp,
+                         "final_conv": self.model.final_conv}
         if self.pretrain.steps > 0:
             overrides.update(network_overrides(build_mask_from_config(self.mask)))
         if self.model.patch_size:

@@ -73,7 +73,8 @@ class DataParallel:
             return model
         from torch.nn.parallel import DistributedDataParallel
 
-        ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
+        # torch types device.index as int, but a bare "cuda" device has None there
+        ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None  # type: ignore[redundant-expr]
         return DistributedDataParallel(model, device_ids=ids)
 
     def mean(self, value: torch.Tensor) -> torch.Tensor:
