@@ -20,7 +20,7 @@ def _merge(base: dict, overrides: dict) -> dict:
     return out
 
 
-def tiny_sweep_spec(name: str, output_dir: Path, sweep: dict | None = None, resources: dict | None = None,
+def tiny_sweep_spec(name: str, output_dir: str | Path, sweep: dict | None = None, resources: dict | None = None,
                     **base: Any) -> dict:
     """A sweep spec (plain data, to dump as YAML) whose ``base`` is a CPU trial of the ``tiny`` preset on 8x8
     digits without FID; ``base`` keyword arguments are nested dicts merged into it, e.g.

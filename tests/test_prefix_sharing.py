@@ -184,7 +184,8 @@ class AsksAt(NullReporter):
     """Another process, as the trainer sees it: it asks for ``length`` of the run once the trainer reports ``step``."""
 
     def __init__(self, layout: SweepDir, key: str, step: int, length: int):
-        self.layout, self.key, self.step, self.length, self.asking = layout, key, step, length, None
+        self.layout, self.key, self.step, self.length = layout, key, step, length
+        self.asking: Asking | None = None
 
     def metrics(self, step: int, values: dict) -> None:
         if step >= self.step and self.asking is None:

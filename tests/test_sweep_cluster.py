@@ -188,7 +188,7 @@ def cluster(tmp_path):
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _run_driver(cmd: list[str], env: dict[str, str], log: Path, timeout: float) -> tuple[int, str]:
+def _run_driver(cmd: list[str], env: dict[str, str], log: Path, timeout: float) -> tuple[int | None, str]:
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         try:

@@ -44,7 +44,8 @@ def _spec(path: Path, name: str, out: Path, rates: list[float], steps: list[int]
 
 
 def _key(spec: Path, rate: float) -> str:
-    return next(t.pretrain_key for t in load_spec(spec).trials if t.config.mask.rate == rate)
+    keys = [t.pretrain_key for t in load_spec(spec).trials if getattr(t.config.mask, "rate", None) == rate]
+    return next(k for k in keys if k is not None)
 
 
 def _tail(path: Path, n: int = 3000) -> str:

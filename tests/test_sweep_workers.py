@@ -166,7 +166,7 @@ def _report_content(path: Path, output_dir: Path) -> tuple[str, list[str], str]:
 
 def _same_content(name: str, p1: Path, p2: Path, out1: Path, out2: Path) -> None:
     if name.endswith(".json"):
-        _same(*(_masked(json.loads(p.read_text()), o) for p, o in ((p1, out1), (p2, out2))), name)
+        _same(_masked(json.loads(p1.read_text()), out1), _masked(json.loads(p2.read_text()), out2), name)
     elif name.endswith(".jsonl"):
         _same(_jsonl_content(p1, out1), _jsonl_content(p2, out2), name)
     elif name.endswith(".parquet"):

@@ -187,7 +187,9 @@ def evaluate_checkpoint_weights(cfg, checkpoint: Path, which: str, out: Path) ->
     net = UViT(cfg.model_config_resolved())
     net.load_state_dict(state["model"] if which == "online" else state["ema"]["model"])
     evaluator = Evaluator(cfg, load_dataset(cfg.data), torch.device("cpu"), None)
-    return evaluator.evaluate(net, build_schedule(cfg.diffusion.schedule, cfg.diffusion.num_timesteps), 0, out).fid
+    fid = evaluator.evaluate(net, build_schedule(cfg.diffusion.schedule, cfg.diffusion.num_timesteps), 0, out).fid
+    assert fid is not None
+    return fid
 
 
 @pytest.mark.parametrize("weights", ["ema", "online"])

@@ -72,7 +72,7 @@ def block_tokens(config: UViTConfig, kept_patches: int, span_patches: int | None
     def inside(i: int) -> bool:  # an in-block index inside the routed span
         return routed and i >= c.route_from
 
-    full, span = 1 + kept_patches, 1 + (span_patches if routed else kept_patches)
+    full, span = 1 + kept_patches, 1 + (span_patches if routed and span_patches is not None else kept_patches)
     ins = [span if inside(i) else full for i in range(n_in)]
     mid = span if routed else full
     return [1 + n] * c.mixer_depth + ins + [mid] + ins[::-1] + [1 + n] * c.decoder_depth

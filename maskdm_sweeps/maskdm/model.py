@@ -167,7 +167,8 @@ class UViT(nn.Module):
             bypass, x = x, torch.cat([x[:, :1], gather_tokens(x[:, 1:], route_idx)], dim=1)  # (B, 1+R, D)
         x = self.mid_block(x)
         for i, blk in enumerate(self.out_blocks):
-            if bypass is not None and route_idx is not None and i == n_in - start:  # the span ends: routed tokens back in their places
+            # the span ends: routed tokens back in their places
+            if bypass is not None and route_idx is not None and i == n_in - start:
                 x, bypass = _put_back(bypass, x, route_idx), None  # (B, 1+K, D)
             x = blk(x, skips.pop())  # (B, 1+K, D) (or 1+R inside the span)
         if bypass is not None and route_idx is not None:  # the span reached the last out-block

@@ -140,8 +140,8 @@ class SweepProgress:
         run.fid = result.get("eval/fid", run.fid)
         run.images_per_second = result.get("train/images_per_second", run.images_per_second)
         if "cost/eval_tflops" in result:
-            self.eval_flops_first.setdefault((stage, str(key)), result["cost/eval_tflops"] * 1e12)
-            self.eval_flops_done[(stage, str(key))] = result["cost/eval_tflops"] * 1e12
+            self.eval_flops_first.setdefault((str(stage), str(key)), result["cost/eval_tflops"] * 1e12)
+            self.eval_flops_done[(str(stage), str(key))] = result["cost/eval_tflops"] * 1e12
 
     def take_notices(self) -> list[str]:
         """The notices that arrived since the last call, as lines naming their stage run."""

@@ -98,9 +98,10 @@ class RoutingConfig(_Strict):
 
     strategy: Literal["routing"] = Field("routing", description="Masking strategy: tokens routed past the middle blocks.")
     rate: float = Field(0.5, ge=0.0, lt=1.0, description="Selection rate: the fraction of patch tokens that skip the routed span (the paper: 0.5).")
-    route_from: int = Field(1, ge=0, le=64, description="The routed span: in-blocks from this index on, the "
-                            "mid-block and the out-blocks that mirror them (0: every block; depth // 2: the mid-block "
-                            "alone).")
+    route_from: int = Field(
+        1, ge=0, le=64,
+        description="The routed span: in-blocks from this index on, the mid-block and the out-blocks that mirror them "
+        "(0: every block; depth // 2: the mid-block alone).")
 
 
 MaskConfig = Annotated[Union[PatchMaskConfig, BlockMaskConfig, CropMaskConfig, MaskDiTConfig, DeferredMaskConfig,
@@ -158,8 +159,7 @@ class PretrainConfig(_StageConfig):
 
 
 class FinetuneConfig(_StageConfig):
-    # one line: the docstring is the JSON schema's description, line breaks included
-    """Denoising fine-tuning (DSM, all patches visible); from scratch when there is no pre-training: the DDPM baseline."""  # noqa: E501
+    """Denoising fine-tuning (DSM, all patches visible); from scratch when there is no pre-training: the DDPM baseline."""  # noqa: E501 (the JSON schema's description: one line)
 
     steps: int = Field(1000, ge=1, le=MAX_STEPS, description="Optimizer steps of fine-tuning (of training, for the baseline).")
     init_from: Literal["online", "ema"] = Field("online", description="Which pre-trained weights to start from.")
@@ -198,9 +198,8 @@ class EvalConfig(_Strict):
     )
     eps_after_clip: Literal["raw", "recomputed"] = Field(
         "raw",
-        description="DDIM direction term after the predicted x0 is clipped to [-1, 1]: 'raw' keeps the network's "
-        "eps (the official MaskDM evaluation), 'recomputed' derives eps from the clipped x0. "
-        "The DDPM sampler ignores it.",
+        description="DDIM direction term after the predicted x0 is clipped to [-1, 1]: 'raw' keeps the network's eps "
+        "(the official MaskDM evaluation), 'recomputed' derives eps from the clipped x0. The DDPM sampler ignores it.",
     )
     weights: Literal["ema", "online"] = Field("ema", description="Which weights sample.")
     backend: Literal["inception", "digits-classifier"] = Field(
