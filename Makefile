@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup browser run test test-fast clean
+.PHONY: setup browser run test test-fast lint format clean
 
 setup: $(STAMP)
 
@@ -36,5 +36,17 @@ test: setup browser
 test-fast: setup
 	$(PY) -m pytest -m "not slow"
 
+# Lint and types (CI runs `make lint` before the tests); `make format` applies ruff's safe fixes and its formatter.
+LINT_PATHS := maskdm_sweeps benchmarks tests
+
+lint: setup
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+	$(VENV)/bin/mypy
+
+format: setup
+	$(VENV)/bin/ruff check --fix $(LINT_PATHS)
+	$(VENV)/bin/ruff format $(LINT_PATHS)
+
 clean:
-	rm -rf $(VENV) results/*/ .pytest_cache
+	rm -rf $(VENV) results/*/ .pytest_cache .mypy_cache .ruff_cache

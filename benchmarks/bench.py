@@ -24,8 +24,8 @@ Sections (``--sections``, default all):
   and prints ours / reference ratios.
 
 Each section is a module beside this script (``bench_trainer.py``, ``bench_sampling.py``, ``bench_fid.py``,
-``bench_packing.py``, ``bench_reference.py``, ``bench_strategies.py``; targets in ``bench_targets.py``, shared helpers and the one timing
-helper in ``bench_common.py``).
+``bench_packing.py``, ``bench_reference.py``, ``bench_strategies.py``; targets in ``bench_targets.py``, shared helpers
+and the one timing helper in ``bench_common.py``).
 
 Output: tables on stdout and JSON to ``benchmarks/results/<date>-<device>-bench.json`` (or ``--out``).
 

@@ -39,7 +39,8 @@ MODES = ("eager", "default", "reduce-overhead", "max-autotune")
 
 # ------------------------------------------------------------------------------------------------ timing
 def resolve_device(device: torch.device | str | None) -> torch.device | None:
-    """``None`` stays ``None`` (time on the host only); ``"auto"`` (a trial config's default) as the trainer reads it."""
+    """``None`` stays ``None`` (time on the host only); ``"auto"`` (a trial config's default) as the trainer reads
+    it."""
     if device is None or isinstance(device, torch.device):
         return device
     if device == "auto":
@@ -162,10 +163,10 @@ def print_table(title: str, headers: list[str], rows: list[list], notes: list[st
     cells = [[str(c) for c in row] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
     print(f"\n== {title}")
-    print("  ".join(h.rjust(w) for h, w in zip(headers, widths)))
+    print("  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True)))
     print("  ".join("-" * w for w in widths))
     for row in cells:
-        print("  ".join(c.rjust(w) for c, w in zip(row, widths)))
+        print("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
     for note in notes or []:
         print(f"  note: {note}")
     sys.stdout.flush()

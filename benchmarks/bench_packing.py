@@ -89,10 +89,11 @@ def _ray_rounds(counts, make_configs, resources, cuda: bool, cpus: int, workdir:
             timer = StepTimer()
             with timer.window():
                 grid = tuner.fit()
-            errors = [str(r.error)[-300:] for r in grid if r.error is not None]
+            results = [grid[i] for i in range(len(grid))]  # a ResultGrid indexes, but is not typed iterable
+            errors = [str(r.error)[-300:] for r in results if r.error is not None]
             if errors:  # tuner.fit() returns failed trials in its results instead of raising
                 raise RuntimeError(f"{len(errors)} packing trial(s) failed: {errors[0]}")
-            yield n, resources(n), [r.metrics for r in grid], timer.seconds
+            yield n, resources(n), [r.metrics for r in results], timer.seconds
 
 
 def _process_rounds(counts, make_configs, resources, cuda: bool, cpus: int, workdir: Path):
@@ -138,7 +139,7 @@ def section_packing(args, device: torch.device, workdir: Path, result: dict) -> 
     rows = []
     for n, res, metrics, wall in rounds:
         starts, ends = [m["window_start"] for m in metrics], [m["window_end"] for m in metrics]
-        mean_window = sum(e - s for s, e in zip(starts, ends)) / n
+        mean_window = sum(e - s for s, e in zip(starts, ends, strict=True)) / n
         overlap = max(0.0, min(ends) - max(starts)) / mean_window if mean_window > 0 else 0.0
         rows.append({"trials": n, "resources": res if backend == "ray" else None,
                      "per_trial_images_per_second": [m["images_per_second"] for m in metrics],

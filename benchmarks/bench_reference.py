@@ -106,13 +106,14 @@ def section_reference(args, device: torch.device, workdir: Path, result: dict) -
                       for f in REFERENCE_FILES}
         ref_dir = src
     else:
-        ref_dir = find_reference_dir(args.reference)
-        if ref_dir is None:
+        found = find_reference_dir(args.reference)
+        if found is None:
             msg = (f"{args.reference} does not hold {' and '.join(REFERENCE_FILES)}" if args.reference else
                    "no reference scripts named") + "; pass --reference DIR"
             result["sections"]["reference"] = {"skipped": msg}
             print(f"\n== reference: skipped ({msg})", flush=True)
             return
+        ref_dir = found
         out_dir = workdir / "reference"
         out_dir.mkdir()
         if device.type == "cuda":

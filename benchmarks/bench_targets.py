@@ -44,7 +44,8 @@ def compute_targets(args, device: torch.device, result: dict) -> dict:
     put("ddim100_inception_10k_seconds", (compiled or est["total_seconds"]) if est else None,
         (f"compiled denoiser (a trial with runtime.compile), batch {sections['sampling']['batch']}, best Inception "
          "chunk") if compiled else
-        f"sampling batch {sections['sampling']['batch']}, package Inception chunk {sections['fid'].get('package_chunk', 50)}" if est else
+        f"sampling batch {sections['sampling']['batch']}, "
+        f"package Inception chunk {sections['fid'].get('package_chunk', 50)}" if est else
         "needs the sampling and fid sections")
     pack = {r["trials"]: r for r in sections.get("packing", {}).get("rows", [])}
     put("packing_4_over_1", pack[4]["vs_one_alone"] if 4 in pack else None,

@@ -46,8 +46,8 @@ def main() -> None:
         rows.append({"mask_rate": rate, "images_per_second": round(ips, 1)})
     base = rows[0]["images_per_second"]
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu"
-    print(f"trainer throughput: preset {args.preset}, {args.image_size}px, batch {args.batch}, {args.device} ({device_name}),"
-          f" {torch.get_num_threads()} threads")
+    print(f"trainer throughput: preset {args.preset}, {args.image_size}px, batch {args.batch}, "
+          f"{args.device} ({device_name}), {torch.get_num_threads()} threads")
     print(f"{'mask rate':>9}  {'images/s':>9}  {'vs mask 0':>9}")
     for row in rows:
         row["ratio_to_mask0"] = round(row["images_per_second"] / base, 2)

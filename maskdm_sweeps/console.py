@@ -84,7 +84,7 @@ def print_results_summary(sweep_dir: Path, paths: dict[str, Path], tracking_uri:
             else:
                 view.add_column(col, justify="left" if col in swept else "right")
 
-        def num(v: float, fmt: str) -> str:
+        def num(v: float | int | None, fmt: str) -> str:
             return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
 
         for _, row in table.iterrows():

@@ -34,7 +34,7 @@ def mask_arm_name(mask: Mapping[str, Any] | None) -> str:
     return arm_name(mask.get("strategy"), mask.get("rate"), mask.get("block_size"), mask.get("crop_size"))
 
 
-def compact_number(value: float) -> str:
+def compact_number(value: int | float) -> str:
     """``20000 -> 20k``, ``1500 -> 1.5k``, ``0.0002 -> 0.0002``, ``7 -> 7``."""
     if isinstance(value, bool):
         return str(value).lower()

@@ -21,7 +21,7 @@ def _merge(base: dict, overrides: dict) -> dict:
     return out
 
 
-def tiny_sweep_spec(name: str, output_dir: Path, sweep: dict | None = None, resources: dict | None = None,
+def tiny_sweep_spec(name: str, output_dir: str | Path, sweep: dict | None = None, resources: dict | None = None,
                     **base: Any) -> dict:
     """A sweep spec (plain data, to dump as YAML) whose ``base`` is a CPU trial of the ``tiny`` preset on 8x8
     digits without FID; ``base`` keyword arguments are nested dicts merged into it, e.g.
@@ -118,7 +118,7 @@ class CorruptNewestCheckpoint(CrashAt):
         self.checkpoints = Path(stage_dir) / "checkpoints"
 
     def metrics(self, step: int, values: dict[str, float]) -> None:
-        if step >= self.step and not self.marker.exists():
+        if step >= self.step and self.marker is not None and not self.marker.exists():
             newest = step_files(self.checkpoints, ".pt")[-1]
             newest.write_bytes(newest.read_bytes()[:100])
         super().metrics(step, values)
@@ -169,9 +169,9 @@ def flop_counter_cpu_attention() -> dict:
     aten = torch.ops.aten
     return {
         aten._scaled_dot_product_flash_attention_for_cpu:
-            lambda q, k, v, *args, out_shape=None, **kwargs: sdpa_flop_count(q, k, v),
+            lambda q, k, v, *_args, **_kwargs: sdpa_flop_count(q, k, v),
         aten._scaled_dot_product_flash_attention_for_cpu_backward:
-            lambda grad_out, q, k, v, *args, out_shape=None, **kwargs: sdpa_backward_flop_count(grad_out, q, k, v),
+            lambda grad_out, q, k, v, *_args, **_kwargs: sdpa_backward_flop_count(grad_out, q, k, v),
     }
 
 

@@ -6,6 +6,7 @@ import copy
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -15,7 +16,7 @@ from maskdm_sweeps.sweepspec.identity import trial_label
 DESCRIPTION = "FID after fine-tuning, by the patch-masking rate of pre-training, against the baseline."
 PRE_STEPS, FT_STEPS = 30, 40
 FT_TFLOPS_PER_STEP = 1.0  # training compute of a fine-tuning step; a pre-training step costs 1 - its mask rate
-BASE = {
+BASE: dict[str, Any] = {
     "seed": 0,
     "data": {"name": "digits", "path": None, "image_size": 16, "split": "train", "crop": "center", "fraction": 1.0,
              "max_images": None, "subset_seed": 0, "hflip": False, "download": False},
@@ -100,8 +101,9 @@ def build_sweep(root: Path, name: str = "fake", rates=(0.5, 0.9), seeds=(0, 1), 
     if baseline:
         points += [{"baseline": True, **({"finetune.lr": lr} if lrs else {}), "seed": s}
                    for lr in (lrs or [None]) for s in seeds]
-    trials, pretrains, events = [], {}, [{"time": 0.0, "event": "invocation", "number": 1, "resume": False}]
-    written = {"trials": {}, "pretrains": {}}
+    trials, events = [], [{"time": 0.0, "event": "invocation", "number": 1, "resume": False}]
+    pretrains: dict[str, dict[str, Any]] = {}
+    written: dict[str, Any] = {"trials": {}, "pretrains": {}}
     for i, point in enumerate(points):
         cfg = copy.deepcopy(BASE)
         for k, v in point.items():
@@ -112,7 +114,7 @@ def build_sweep(root: Path, name: str = "fake", rates=(0.5, 0.9), seeds=(0, 1), 
             cfg["pretrain"]["steps"] = 0
         key = None if is_base else _pretrain_key(cfg)
         tid = "t-" + _hash(cfg)[:10]
-        rate = None if is_base else point["mask.rate"]
+        rate: Any = None if is_base else point["mask.rate"]  # set whenever key is
         lr = point.get("finetune.lr", 2e-4)
         ident = (rate, point["seed"], lr) if lrs else (rate, point["seed"])
         label = trial_label(point)  # the label the planner gives it

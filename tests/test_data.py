@@ -254,7 +254,7 @@ def test_celeba64_crop_takes_the_128px_box_at_x89_y121(tmp_path):
 
 def test_celeba64_crop_refuses_images_that_are_not_aligned_celeba(tmp_path):
     solid((0, 0, 0), (64, 64)).save(tmp_path / "odd.png")
-    with pytest.raises(ValueError, match="odd.png"):
+    with pytest.raises(ValueError, match=r"odd\.png"):
         load_dataset(DataConfig(name="image_folder", path=tmp_path, image_size=16, crop="celeba64"))
 
 
@@ -401,9 +401,9 @@ def test_a_png_whose_pixels_do_not_decode_is_named_at_validation_and_by_the_load
     write_png_with_a_broken_stream(tmp_path / "zz_broken_stream.png")
     with Image.open(tmp_path / "zz_broken_stream.png") as im:
         im.verify()  # what validation used to stop at: the CRCs are fine
-    with pytest.raises(ValidationError, match="1 unreadable image file.*zz_broken_stream.png"):
+    with pytest.raises(ValidationError, match=r"1 unreadable image file.*zz_broken_stream\.png"):
         DataConfig(name="image_folder", path=tmp_path, image_size=8)
-    with pytest.raises(DataError, match="zz_broken_stream.png does not decode"):  # a trial names it alike
+    with pytest.raises(DataError, match=r"zz_broken_stream\.png does not decode"):  # a trial names it alike
         load_dataset(cfg)
 
 
@@ -417,7 +417,7 @@ def test_a_fifo_among_the_images_is_skipped_or_refused_without_being_opened(tmp_
         data = load_dataset(DataConfig(name="image_folder", path=tmp_path, image_size=8, skip_unreadable=True))
     assert data.images.shape == (good, 3, 8, 8)
     assert "skipping 1 unreadable image file(s)" in caplog.text and "hang.png: a FIFO" in caplog.text
-    with pytest.raises(DataError, match="hang.png: a FIFO, not a regular file"):
+    with pytest.raises(DataError, match=r"hang\.png: a FIFO, not a regular file"):
         load_dataset(strict)  # a FIFO that appears after validation: named, never opened
 
 
@@ -425,9 +425,9 @@ def test_every_cifar10_batch_is_checked_at_validation_not_only_the_first(tmp_pat
     write_cifar(tmp_path, {"data_batch_1": 2, "data_batch_2": 2, "data_batch_3": 2})
     marker = tmp_path / "pwned"
     (tmp_path / "data_batch_2").write_bytes(pickle.dumps({b"data": _WritesAFile(str(marker)), b"labels": [0]}))
-    with pytest.raises(ValidationError, match="data_batch_2: it references io.open"):
+    with pytest.raises(ValidationError, match=r"data_batch_2: it references io\.open"):
         DataConfig(name="cifar10", path=tmp_path)
     assert not marker.exists()
     (tmp_path / "data_batch_2").write_bytes(pickle.dumps({b"data": np.zeros((2, 3000), np.uint8), b"labels": [0]}))
-    with pytest.raises(ValidationError, match="data_batch_2 is not a CIFAR-10 batch file.*3000"):
+    with pytest.raises(ValidationError, match=r"data_batch_2 is not a CIFAR-10 batch file.*3000"):
         DataConfig(name="cifar10", path=tmp_path)

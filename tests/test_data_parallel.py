@@ -151,7 +151,7 @@ def test_replica_check_catches_ranks_whose_weights_differ(tmp_path):
 
 
 def test_a_global_batch_that_does_not_split_over_the_workers_is_an_error():
-    with pytest.raises(BatchDoesNotDivide, match="pretrain.batch_size 30 does not split evenly over 4 workers"):
+    with pytest.raises(BatchDoesNotDivide, match=r"pretrain\.batch_size 30 does not split evenly over 4 workers"):
         DataParallel(rank=1, world_size=4).rows(30, "pretrain.batch_size")
     assert DataParallel(rank=1, world_size=4).rows(32) == slice(8, 16)
     assert DataParallel().rows(30) == slice(0, 30)

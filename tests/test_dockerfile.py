@@ -22,7 +22,7 @@ import re
 import shlex
 import subprocess
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path, PurePosixPath
 
@@ -101,11 +101,11 @@ class Stage:
     user: str | None = None
     entrypoint: list[str] | None = None
     cmd: list[str] | None = None
-    env: dict[str, str] | None = None
-    volumes: list[str] | None = None
-    copies: dict[str, str] | None = None  # image path -> repository path (a folder maps to the folder receiving it)
-    runs: list[tuple[str, list[list[str]], str]] | None = None  # (workdir, simple commands, raw text)
-    copy_sources: list[str] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    volumes: list[str] = field(default_factory=list)
+    copies: dict[str, str] = field(default_factory=dict)  # image path -> repository path (a folder: its receiver)
+    runs: list[tuple[str, list[list[str]], str]] = field(default_factory=list)  # (workdir, commands, raw text)
+    copy_sources: list[str] = field(default_factory=list)
 
 
 def interpret(instructions: list[Instruction], bases: list[str]) -> tuple[list[Stage], list[str]]:
@@ -174,7 +174,8 @@ def simple_commands(script: str, env: dict[str, str]) -> list[list[str]]:
     """A RUN shell script cut at ``&&``, ``||``, ``;``, ``|`` and newlines, each word with ARG/ENV expanded."""
     lexer = shlex.shlex(script.replace("\n", " ; "), posix=True, punctuation_chars=True)
     lexer.whitespace_split = True
-    commands, current = [], []
+    commands: list[list[str]] = []
+    current: list[str] = []
     for token in lexer:
         if token in {"&&", "||", ";", "|", "&", "(", ")", ";;"}:
             if current:
@@ -334,7 +335,8 @@ def dockerfile_problems(dockerfile: str, dockerignore: str, pyproject: dict, mak
     if len(stages) != 1:
         return problems + [f"expected one FROM (a single-stage build), found {len(stages)}"]
     image = stages[0]
-    deps = {canonicalize_name(r.name): r for r in map(Requirement, pyproject["project"]["dependencies"])}
+    deps: dict[str, Requirement] = {
+        canonicalize_name(r.name): r for r in map(Requirement, pyproject["project"]["dependencies"])}
 
     # base image: pytorch/pytorch, torch version = pyproject's torch== pin
     torch_pin = str(deps["torch"].specifier)
@@ -457,7 +459,8 @@ def test_dockerfile_and_dockerignore_have_no_problem(real, pyproject, makefile):
 
 
 def test_pins_that_matter_are_exact_in_pyproject(pyproject):
-    deps = {canonicalize_name(r.name): r for r in map(Requirement, pyproject["project"]["dependencies"])}
+    deps: dict[str, Requirement] = {
+        canonicalize_name(r.name): r for r in map(Requirement, pyproject["project"]["dependencies"])}
     for name in PINS_THAT_MATTER:
         assert re.fullmatch(r"==[\w.]+", str(deps[name].specifier)), f"{name} is not pinned with == in pyproject"
 

@@ -7,7 +7,6 @@ every number here: the digits-classifier features, 256 samples, DDIM with 20 ste
 after clipping (the ``tiny_trial_config`` evaluation), against the 1437 training digits.
 """
 
-from pathlib import Path
 
 import pytest
 import torch
@@ -55,8 +54,10 @@ def evaluator(tmp_path_factory):
 
 def fid_of_images(evaluator: Evaluator, images: torch.Tensor) -> float:
     """FID of given images (N, C, H, W) in [-1, 1] against the evaluator's reference: an independent path."""
-    stats = StatsAccumulator(evaluator.backend.dims)
-    stats.update(evaluator.backend.features(images))
+    backend = evaluator.backend
+    assert backend is not None
+    stats = StatsAccumulator(backend.dims)
+    stats.update(backend.features(images))
     s, ref = stats.finalize(), evaluator.reference
     return frechet_distance(s.mean, s.cov, ref.mean, ref.cov)
 

@@ -69,7 +69,9 @@ def check_results(out_dir: Path, name: str, n_trials: int, n_pretrains: int) -> 
     for png in ("curves", "fid_vs_mask_rate", "fid_vs_device_hours"):
         assert (sweep.plots / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     client = MlflowClient(f"sqlite:///{out_dir / MLFLOW_DB}")
-    runs = client.search_runs([client.get_experiment_by_name(name).experiment_id], max_results=1000)
+    experiment = client.get_experiment_by_name(name)
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
     parents = [r for r in runs if r.data.tags.get("kind") == "sweep"]
     assert len(parents) == 1 and len(runs) == 1 + n_trials + n_pretrains
     assert all(r.info.status == "FINISHED" for r in runs)

@@ -64,7 +64,10 @@ def inputs(name: str, rate: float, device: str = "cpu"):
     keep = PatchMask(rate).sample(BATCH, cfg.grid, torch.Generator().manual_seed(2)) if rate else None
     kept = cfg.num_patches if keep is None else keep.shape[1]
     assert kept == cfg.num_patches - int(rate * cfg.num_patches)
-    move = (lambda v: v if v is None else v.to(device))
+
+    def move(v):
+        return v if v is None else v.to(device)
+
     return move(x), move(t), move(keep), kept
 
 
@@ -154,7 +157,7 @@ def test_celeba64_masked_to_full_training_ratio_is_the_closed_form():
     cfg = MODEL_PRESETS["maskdm-celeba64"]
     n, k = cfg.num_patches, PatchMask(0.9).keep_count(cfg.grid)
     assert (n, k) == (256, 26)
-    shape = dict(width=512, depth=13, mlp_ratio=4.0, patch=4, chans=3, patches=256)
+    shape = {"width": 512, "depth": 13, "mlp_ratio": 4.0, "patch": 4, "chans": 3, "patches": 256}
     expected = Fraction(closed_form_forward(**shape, tokens=1 + k), closed_form_forward(**shape, tokens=1 + n))
     measured = Fraction(train_flops_per_image(cfg, k), train_flops_per_image(cfg, n))
     assert measured == expected

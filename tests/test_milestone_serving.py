@@ -70,7 +70,7 @@ def test_corrupt_milestones_are_set_aside_trained_again_and_fine_tuned_from_as_t
     shutil.copytree(first.layout.store, SweepDir(root, "x").store)  # the first sweep's store stays intact
     (key,) = first.pretrains
     main = SweepDir(root, "x").pretrain(key)
-    damage = dict(zip(LENGTHS, ("flipped", "truncated", "garbage")))
+    damage = dict(zip(LENGTHS, ("flipped", "truncated", "garbage"), strict=True))
     for length, how in damage.items():
         corrupt_state_file(main.milestone(length), how)
     again = lengths_sweep(tmp_path, "again", root)

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -26,7 +27,7 @@ SCRIPT = Path(sys.executable).with_name("maskdm-sweep")
 TERA = 1e12
 
 # a small sweep whose one pre-training feeds two fine-tunings, both stages evaluated (3 evaluations each)
-SMALL = {
+SMALL: dict[str, Any] = {
     "name": "compute",
     "base": {
         "data": {"name": "digits", "image_size": 8},

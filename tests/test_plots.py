@@ -158,7 +158,7 @@ def test_write_plots_writes_the_tflops_plot_with_the_specs_targets(tmp_path):
 
 # --------------------------------------------------------------------------------------- FID vs mask rate
 def test_the_mask_rate_error_bars_are_the_std_over_seeds_and_the_baseline_a_line_with_its_band():
-    trials, curves = _tables(_trial("b0", "baseline", 0, {100: 10.0}), _trial("b1", "baseline", 1, {100: 14.0}),
+    trials, _curves = _tables(_trial("b0", "baseline", 0, {100: 10.0}), _trial("b1", "baseline", 1, {100: 14.0}),
                              _trial("p0", "patch r=0.5", 0, {40: 20.0}, rate=0.5),
                              _trial("p1", "patch r=0.5", 1, {40: 26.0}, rate=0.5),
                              _trial("p2", "patch r=0.5", 2, {40: 29.0}, rate=0.5),
@@ -168,7 +168,7 @@ def test_the_mask_rate_error_bars_are_the_std_over_seeds_and_the_baseline_a_line
     bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
     assert len(bars) == 1
     (segments,) = [col.get_segments() for col in bars[0].lines[2]]
-    for seg, fids, rate in zip(segments, ([20.0, 26.0, 29.0], [30.0, 34.0, 35.0]), (0.5, 0.9)):
+    for seg, fids, rate in zip(segments, ([20.0, 26.0, 29.0], [30.0, 34.0, 35.0]), (0.5, 0.9), strict=True):
         fids = np.array(fids)
         (x0, lo), (x1, hi) = seg
         assert x0 == x1 == pytest.approx(rate)
@@ -213,7 +213,7 @@ def test_final_samples_show_each_arms_last_grid_of_its_first_seed(tmp_path):
     titles = [ax.get_title() for ax in axes]
     assert [t.split(" (")[0] for t in titles] == ["baseline", "patch r=0.5", "patch r=0.9"]  # display order
     done = trials[trials["status"] == "finished"]
-    for ax, arm in zip(axes, ["baseline", "patch r=0.5", "patch r=0.9"]):
+    for ax, arm in zip(axes, ["baseline", "patch r=0.5", "patch r=0.9"], strict=True):
         first = done[done["arm"] == arm].sort_values("seed").iloc[0]
         assert f"(seed {first['seed']})" in ax.get_title() and f"FID {first['fid']:.1f}" in ax.get_title()
         pixels = np.asarray(ax.get_images()[0].get_array())

@@ -84,7 +84,7 @@ def test_milestones_outlive_the_checkpoint_rotation_with_what_reaching_them_cost
 
 
 def test_a_run_extended_past_its_end_continues_as_if_it_had_never_stopped(long_and_short, tmp_path):
-    long_run, short_run = long_and_short
+    long_run, _short_run = long_and_short
     extended = tmp_path / "extended"
     StageRun(extended).checkpoints.mkdir(parents=True)
     # a 40-step run, asked later for 80: it resumes from its last checkpoint
@@ -147,7 +147,7 @@ def test_kept_lengths_train_nothing_and_longer_ones_extend_the_run_from_its_end(
 
 
 def test_a_run_killed_part_way_continues_from_its_newest_checkpoint():
-    jobs, serving = plan_lines(LAYOUT, "k", [20, 40, 60, 80], [line(MAIN, 50, (20, 40))])
+    jobs, _serving = plan_lines(LAYOUT, "k", [20, 40, 60, 80], [line(MAIN, 50, (20, 40))])
     assert [(j.start, j.target, j.milestones) for j in jobs] == [(50, 80, [60, 80])]
 
 
@@ -185,7 +185,8 @@ class AsksAt(NullReporter):
     """Another process, as the trainer sees it: it asks for ``length`` of the run once the trainer reports ``step``."""
 
     def __init__(self, layout: SweepDir, key: str, step: int, length: int):
-        self.layout, self.key, self.step, self.length, self.asking = layout, key, step, length, None
+        self.layout, self.key, self.step, self.length = layout, key, step, length
+        self.asking: Asking | None = None
 
     def metrics(self, step: int, values: dict) -> None:
         if step >= self.step and self.asking is None:

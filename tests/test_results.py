@@ -177,7 +177,7 @@ def test_curves_are_deduplicated_the_last_record_wins(sweep):
     assert loss["step"].tolist() == [10, 20, 30, 40]
     # sorted: by trial, pre-training before fine-tuning, step, metric
     for _, g in curves.groupby("trial_id"):
-        order = list(zip(g["stage"].map({"pretrain": 0, "finetune": 1}), g["step"], g["metric"]))
+        order = list(zip(g["stage"].map({"pretrain": 0, "finetune": 1}), g["step"], g["metric"], strict=True))
         assert order == sorted(order)
 
 
@@ -220,7 +220,7 @@ def test_a_pretraining_this_sweep_did_not_train_is_reused(tmp_path):
     kept = [ln for ln in events.read_text().splitlines() if first not in ln]  # trained by an earlier sweep
     events.write_text("\n".join(kept) + "\n")
     trials, _ = collect(w["dir"])
-    assert dict(zip(trials["pretrain_key"], trials["pretrain_reused"])) == {k: k == first for k in w["pretrains"]}
+    assert dict(zip(trials["pretrain_key"], trials["pretrain_reused"], strict=True)) == {k: k == first for k in w["pretrains"]}
 
 
 def test_searched_trials_missing_from_the_plan_are_found_by_their_manifests(tmp_path):

@@ -65,7 +65,7 @@ def partial(tmp_path_factory, ray_session):
 
 @pytest.mark.slow  # the module's sweep
 def test_an_edited_spec_run_into_its_directory_exits_2_naming_the_change_and_writes_nothing(partial, capsys):
-    tmp, plan = partial
+    tmp, _plan = partial
     before = snapshot(tmp / "a")
     edited = write_spec(tmp / "edited.yaml", tmp / "a", lr=1e-3)
     assert main(["run", str(edited)]) == 2

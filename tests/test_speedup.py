@@ -75,7 +75,7 @@ def test_first_crossing_vectorised_matches_a_loop():
     curves = np.minimum.accumulate(rng.uniform(0, 100, (50, 12)), axis=1) + rng.uniform(0, 5, (50, 12))
     target = 20.0
     got = first_crossing(compute, curves, target)
-    for row, value in zip(curves, got):
+    for row, value in zip(curves, got, strict=True):
         hits = np.nonzero(row <= target)[0]
         if not len(hits):
             assert math.isnan(value)

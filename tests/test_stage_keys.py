@@ -104,9 +104,9 @@ def test_finetune_settings_leave_the_pretraining_key_unchanged_but_change_the_tr
     assert stage_hash(other, "finetune") != stage_hash(base, "finetune")
 
 
-def sweep_spec(axes: dict, seeds: list[int] = [0]) -> SweepSpec:
+def sweep_spec(axes: dict, seeds: list[int] | None = None) -> SweepSpec:
     base = config().model_dump(mode="json")
-    return SweepSpec.model_validate({"name": "keys", "base": base, "sweep": {"axes": axes, "seeds": seeds}})
+    return SweepSpec.model_validate({"name": "keys", "base": base, "sweep": {"axes": axes, "seeds": seeds or [0]}})
 
 
 def test_a_sweep_over_evaluation_runtime_and_finetuning_settings_shares_one_pretraining():

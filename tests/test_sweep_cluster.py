@@ -148,7 +148,7 @@ class Cluster:
     def _wait_nodes(self, n: int, timeout: float) -> None:
         deadline, last = time.monotonic() + timeout, ""
         while time.monotonic() < deadline:
-            for proc, log in zip(self.procs, self.logs):
+            for proc, log in zip(self.procs, self.logs, strict=True):
                 assert proc.poll() is None, f"`ray start` exited with {proc.returncode}:\n{_tail(log)}"
             try:
                 out = subprocess.run([sys.executable, "-c", NODES_PROBE, self.address], env=self.env,
@@ -184,7 +184,7 @@ def cluster(tmp_path):
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _run_driver(cmd: list[str], env: dict[str, str], log: Path, timeout: float) -> tuple[int, str]:
+def _run_driver(cmd: list[str], env: dict[str, str], log: Path, timeout: float) -> tuple[int | None, str]:
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         try:

@@ -44,7 +44,8 @@ def _spec(path: Path, name: str, out: Path, rates: list[float], steps: list[int]
 
 
 def _key(spec: Path, rate: float) -> str:
-    return next(t.pretrain_key for t in load_spec(spec).trials if t.config.mask.rate == rate)
+    keys = [t.pretrain_key for t in load_spec(spec).trials if getattr(t.config.mask, "rate", None) == rate]
+    return next(k for k in keys if k is not None)
 
 
 def _tail(path: Path, n: int = 3000) -> str:
@@ -79,7 +80,7 @@ def test_two_sweeps_started_together_train_each_shared_run_once_and_fail_nothing
 
     try:
         with LineLock(store.pretrain(key1)):  # key1 is "being trained" until both sweeps wait for it
-            for (name, spec), tmp in zip({"a": spec_a, "b": spec_b}.items(), ray_tmp):
+            for (name, spec), tmp in zip({"a": spec_a, "b": spec_b}.items(), ray_tmp, strict=True):
                 env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
                 env.update(MASKDM_CACHE=str(tmp_path / "cache"), RAY_AUTH_MODE="disabled", RAY_TMPDIR=str(tmp),
                            RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")

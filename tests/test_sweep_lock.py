@@ -68,7 +68,7 @@ def test_two_concurrent_runs_train_each_stage_once(tmp_path):
         assert time.monotonic() < deadline and first.poll() is None, first.communicate()
         time.sleep(0.2)
     second = subprocess.run([EXE, "run", str(spec)], capture_output=True, text=True, env=env(tmp_path), timeout=300)
-    out, err = first.communicate(timeout=900)
+    _out, err = first.communicate(timeout=900)
     assert second.returncode == 2 and f"pid {first.pid}" in second.stderr, second.stderr
     assert first.returncode == 0, err[-3000:]
     events = [json.loads(line) for line in layout.events.read_text().splitlines()]

@@ -106,7 +106,7 @@ def _same(a, b, where: str) -> None:
             _same(a[key], b[key], f"{where}/{key}")
     elif isinstance(a, list) and isinstance(b, list):
         assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
             _same(x, y, f"{where}[{i}]")
     elif isinstance(a, (int, float)) and not isinstance(a, bool) and isinstance(b, (int, float)) \
             and not isinstance(b, bool) and not (math.isnan(a) and math.isnan(b)):
@@ -161,7 +161,7 @@ def _report_content(path: Path, output_dir: Path) -> tuple[str, list[str], str]:
 
 def _same_content(name: str, p1: Path, p2: Path, out1: Path, out2: Path) -> None:
     if name.endswith(".json"):
-        _same(*(_masked(json.loads(p.read_text()), o) for p, o in ((p1, out1), (p2, out2))), name)
+        _same(_masked(json.loads(p1.read_text()), out1), _masked(json.loads(p2.read_text()), out2), name)
     elif name.endswith(".jsonl"):
         _same(_jsonl_content(p1, out1), _jsonl_content(p2, out2), name)
     elif name.endswith(".parquet"):
@@ -170,7 +170,7 @@ def _same_content(name: str, p1: Path, p2: Path, out1: Path, out2: Path) -> None
         (text1, numbers1, hours1), (text2, numbers2, hours2) = _report_content(p1, out1), _report_content(p2, out2)
         assert text1 == text2, name
         assert len(numbers1) == len(numbers2), name
-        for i, (x, y) in enumerate(zip(numbers1, numbers2)):
+        for i, (x, y) in enumerate(zip(numbers1, numbers2, strict=True)):
             if x == hours1:  # the device hours of the one trial, wherever the report names them
                 assert y == hours2, f"{name}: number {i}"
             else:
@@ -189,7 +189,7 @@ def test_two_workers_write_the_files_of_one_worker_with_the_same_content(runs):
     kinds = Counter(Path(name).suffix for name in one)
     assert {".json", ".jsonl", ".parquet", ".md", ".png", ".pt"} <= set(kinds), kinds
     for name in one:
-        for p1, p2 in zip(one[name], two[name]):
+        for p1, p2 in zip(one[name], two[name], strict=True):
             _same_content(name, p1, p2, out1, out2)
 
 
@@ -234,7 +234,7 @@ def test_two_workers_give_the_parquet_rows_of_one_worker(runs):
         assert t2[col].to_numpy() == pytest.approx(t1[col].to_numpy(), rel=1e-2), col
     outs = [runs[w].spec.output_dir for w in (1, 2)]
     for name in (layout.TRIALS_PARQUET, layout.CURVES_PARQUET):  # every other column and curve point alike too
-        _same(*(_table_rows(runs[w].sweep_dir / name, out) for w, out in zip((1, 2), outs)), name)
+        _same(*(_table_rows(runs[w].sweep_dir / name, out) for w, out in zip((1, 2), outs, strict=True)), name)
     assert list(t1["devices_per_trial"]) == [1.0] and list(t2["devices_per_trial"]) == [2.0]  # all its devices
     for t, devices in ((t1, 1), (t2, 2)):
         assert (t["device_hours"] * 3600 / devices).to_numpy() == pytest.approx(t["wall_seconds"].to_numpy())
@@ -285,7 +285,7 @@ def test_a_batch_that_does_not_split_over_the_workers_is_refused_before_any_tria
 def test_plan_counts_all_gpus_of_a_trial_and_says_how_the_batch_splits(tmp_path):
     from rich.console import Console
 
-    from maskdm_sweeps.sweep.plan_view import print_plan, totals
+    from maskdm_sweeps.sweep.plan_view import print_plan
 
     spec = tmp_path / "gpu.yaml"
     for workers in (1, 4):

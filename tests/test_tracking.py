@@ -109,7 +109,7 @@ def test_parent_and_child_runs_nest_with_params_tags_metrics_and_artifacts(track
 def test_a_cpu_sweep_bills_no_gpu_alike_in_mlflow_and_in_trials_parquet(tracked):
     from maskdm_sweeps.results import load
 
-    c, runs = runs_of(tracked)
+    _c, runs = runs_of(tracked)
     trials, _ = load(tracked.sweep_dir)
     by_run = {r.info.run_id: r.data.metrics for r in runs if r.data.tags.get("stage") == "finetune"}
     assert len(by_run) == len(trials) == 3

@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import torch
@@ -47,7 +48,7 @@ def state_equal(a, b) -> bool:
     if isinstance(a, dict):
         return isinstance(b, dict) and a.keys() == b.keys() and all(state_equal(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(state_equal(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(state_equal(x, y) for x, y in zip(a, b, strict=True))
     return a == b
 
 
@@ -188,7 +189,9 @@ def evaluate_checkpoint_weights(cfg, checkpoint: Path, which: str, out: Path) ->
     net = UViT(cfg.model_config_resolved())
     net.load_state_dict(state["model"] if which == "online" else state["ema"]["model"])
     evaluator = Evaluator(cfg, load_dataset(cfg.data), torch.device("cpu"), None)
-    return evaluator.evaluate(net, build_schedule(cfg.diffusion.schedule, cfg.diffusion.num_timesteps), 0, out).fid
+    fid = evaluator.evaluate(net, build_schedule(cfg.diffusion.schedule, cfg.diffusion.num_timesteps), 0, out).fid
+    assert fid is not None
+    return fid
 
 
 @pytest.mark.parametrize("weights", ["ema", "online"])
@@ -203,7 +206,7 @@ def test_the_reported_fid_is_that_of_the_configured_weights(tmp_path, weights):
 class RecordingUViT(UViT):
     """The trainer's U-ViT, recording its initial weights, the keep-indices it is given and the tokens it runs on."""
 
-    built: list["RecordingUViT"] = []
+    built: ClassVar[list["RecordingUViT"]] = []
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -116,7 +116,7 @@ def _decode_problems(files: list[Path], workers: int | None = None) -> Problems:
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:
         problems = list(pool.map(decode_problem, files, chunksize=256))
-    return [(f, p) for f, p in zip(files, problems) if p is not None]
+    return [(f, p) for f, p in zip(files, problems, strict=True) if p is not None]
 
 
 def irregular_entries(files: list[Path]) -> Problems:

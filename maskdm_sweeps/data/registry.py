@@ -41,23 +41,37 @@ class ImageData:
         return self.images.shape[0]
 
 
+def _path(cfg: DataConfig) -> Path:
+    """``data.path``, which validation requires of the datasets read from files."""
+    if cfg.path is None:
+        raise ValueError(f"data.path is required for the {cfg.name} dataset")
+    return cfg.path
+
+
+def _size(cfg: DataConfig) -> int:
+    """``data.image_size``, which validation fills in with the dataset's default."""
+    if cfg.image_size is None:
+        raise ValueError("data.image_size is not set: validate the DataConfig first")
+    return cfg.image_size
+
+
 DATASETS: dict[str, Callable[[DataConfig], torch.Tensor]] = {
-    "digits": lambda cfg: load_digits_uint8(cfg.image_size, cfg.split),
-    "cifar10": lambda cfg: load_cifar10(cfg.path, cfg.split, cfg.image_size, cfg.download),
-    "image_folder": lambda cfg: load_image_folder(cfg.path, cfg.image_size, cfg.crop, cfg.skip_unreadable),
+    "digits": lambda cfg: load_digits_uint8(_size(cfg), cfg.split),
+    "cifar10": lambda cfg: load_cifar10(_path(cfg), cfg.split, _size(cfg), cfg.download),
+    "image_folder": lambda cfg: load_image_folder(_path(cfg), _size(cfg), cfg.crop, cfg.skip_unreadable),
 }
 """Registry: the ``data.name`` values a spec may use -> loader returning uint8 ``(N, C, S, S)`` on the CPU."""
 
 
 def _cifar10_files(cfg: DataConfig) -> list[Path]:
-    batches_dir = find_batches_dir(cfg.path, cfg.split)
+    batches_dir = find_batches_dir(_path(cfg), cfg.split)
     return batch_files(batches_dir, cfg.split) if batches_dir else []
 
 
 SOURCE_FILES: dict[str, Callable[[DataConfig], list[Path]]] = {
     "digits": lambda cfg: [],  # embedded in scikit-learn, never changes
     "cifar10": _cifar10_files,
-    "image_folder": lambda cfg: readable_image_files(cfg.path, cfg.skip_unreadable, warn=False),
+    "image_folder": lambda cfg: readable_image_files(_path(cfg), cfg.skip_unreadable, warn=False),
 }
 """Registry: the files a dataset's pixels come from (their identity goes into ``ImageData.key``)."""
 
@@ -87,7 +101,7 @@ def load_dataset(cfg: DataConfig) -> ImageData:
     key = content_key({
         "name": cfg.name,
         "path": str(cfg.path.resolve()) if cfg.path is not None else None,
-        "files": file_identity(cfg.path, files) if files else [],
+        "files": file_identity(_path(cfg), files) if files else [],
         "split": cfg.split,
         "image_size": cfg.image_size,
         "crop": cfg.crop if cfg.name == "image_folder" else None,  # ignored by other datasets

@@ -91,7 +91,11 @@ def render_page(text: str, page: str) -> str:
         if not pattern.search(text):
             raise ValueError(f"{page} has no <!-- BEGIN {name} --> ... <!-- END {name} --> markers")
         body = GENERATED[name]()
-        text = pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text, count=1)
+
+        def fill(m: re.Match[str], body: str = body) -> str:  # a function: body's backslashes stay as they are
+            return f"{m.group(1)}{body}\n{m.group(2)}"
+
+        text = pattern.sub(fill, text, count=1)
     return text
 
 

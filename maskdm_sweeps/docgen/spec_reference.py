@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 import annotated_types
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
-from pydantic_core import PydanticUndefined, to_jsonable_python
+from pydantic_core import to_jsonable_python
 
 from ..sweepspec.schema import SweepSpec
 from .markdown import first_paragraph, md_table, md_text
@@ -100,7 +100,7 @@ def field_default_text(info: FieldInfo) -> str:
     """A field's default as a YAML reader would write it (``required`` when there is none)."""
     if info.is_required():
         return "required"
-    value = info.default_factory() if info.default is PydanticUndefined else info.default
+    value = info.get_default(call_default_factory=True)
     value = to_jsonable_python(value)
     if isinstance(value, str):
         return f"`{value}`" if value else '`""`'

@@ -227,7 +227,7 @@ class DDIMSampler(_ScheduleSampler):
         if not torch.all(chain[:-1] > chain[1:]) or chain[-1] != -1:
             raise ValueError(f"{self.spacing} spacing of {k} steps over T = {T} gives no strictly decreasing chain")
         self.timesteps = chain[:-1]
-        self._prev_of = dict(zip(chain[:-1].tolist(), chain[1:].tolist()))
+        self._prev_of = dict(zip(chain[:-1].tolist(), chain[1:].tolist(), strict=True))
 
     def prev_timestep(self, t: int) -> int:
         """The timestep after ``t`` in this sampler's list; -1 (clean data, ``abar = 1``) after the last step."""

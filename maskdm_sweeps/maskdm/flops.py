@@ -28,18 +28,19 @@ final conv             ``2 H W C C 9``             only with ``final_conv`` (all
 
 with ``2 (depth // 2) + 1`` backbone blocks, plus ``mixer_depth``, ``decoder_depth`` and ``fusion_depth`` blocks on
 ``1 + N`` tokens (deferred masking's mixer or SPRINT's encoder, MaskDiT's decoder or SPRINT's, after which the head
-also runs on ``1 + N``); with token routing, the blocks
-of the routed span (see :func:`block_tokens`) see ``1 + span`` tokens and the rest ``1 + K``. Not counted, as ``FlopCounterMode`` does not count them either: elementwise work
-(LayerNorms, GELU, SiLU, softmax, the attention scale, residual and position adds, biases, the sinusoidal time
-embedding), gathers, concatenations and reshapes: ``O(L D + L^2 h)`` per block against the ``O(L D^2)`` above.
+also runs on ``1 + N``); with token routing, the blocks of the routed span (see :func:`block_tokens`) see
+``1 + span`` tokens and the rest ``1 + K``. Not counted, as ``FlopCounterMode`` does not count them either:
+elementwise work (LayerNorms, GELU, SiLU, softmax, the attention scale, residual and position adds, biases, the
+sinusoidal time embedding), gathers, concatenations and reshapes: ``O(L D + L^2 h)`` per block against the
+``O(L D^2)`` above.
 
 Training (:func:`train_flops_per_image`) follows the usual convention backward = 2 x forward, so one step costs 3 x
 forward per image; these are *model* FLOPs. The backward autograd actually runs differs in two ways, which
 :func:`backward_flops` counts exactly: layers whose input needs no gradient compute only the weight gradient (the
 patch embedding, whose input is the image, and with ``time_mlp`` the time MLP's first linear, whose input is the
-sinusoidal embedding), which makes it smaller; fused attention kernels (flash, memory-efficient, and the CPU's flash kernel)
-recompute ``Q K^T`` in the backward (``recompute_attention=True``), which makes it larger. Neither is in the
-convention.
+sinusoidal embedding), which makes it smaller; fused attention kernels (flash, memory-efficient, and the CPU's
+flash kernel) recompute ``Q K^T`` in the backward (``recompute_attention=True``), which makes it larger. Neither is
+in the convention.
 """
 
 from __future__ import annotations
@@ -70,8 +71,11 @@ def block_tokens(config: UViTConfig, kept_patches: int, span_patches: int | None
     c, n = config, config.num_patches
     n_in = c.depth // 2
     routed = span_patches is not None and span_patches != kept_patches
-    inside = (lambda i: routed and i >= c.route_from)  # an in-block index inside the routed span
-    full, span = 1 + kept_patches, 1 + (span_patches if routed else kept_patches)
+
+    def inside(i: int) -> bool:  # an in-block index inside the routed span
+        return routed and i >= c.route_from
+
+    full, span = 1 + kept_patches, 1 + (span_patches if routed and span_patches is not None else kept_patches)
     ins = [span if inside(i) else full for i in range(n_in)]
     mid = span if routed else full
     return [1 + n] * c.mixer_depth + ins + [mid] + ins[::-1] + [1 + n] * (c.decoder_depth + c.fusion_depth)

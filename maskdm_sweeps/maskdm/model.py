@@ -72,6 +72,7 @@ class UViTBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
         if self.skip_linear is not None:
+            assert skip is not None  # a block built with skip=True is always given one
             x = self.skip_linear(torch.cat([x, skip], dim=-1))  # (B, L, D)
         x = x + self.attn(self.norm1(x))  # (B, L, D)
         return x + self.mlp(self.norm2(x))  # (B, L, D)
@@ -94,7 +95,7 @@ class UViT(nn.Module):
             nn.Sequential(nn.Linear(d, 4 * d), nn.SiLU(), nn.Linear(4 * d, d)) if c.time_mlp else nn.Identity()
         )
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + c.num_patches, d))  # time token + N patches
-        block = dict(dim=d, num_heads=c.num_heads, mlp_ratio=c.mlp_ratio, qkv_bias=c.qkv_bias)
+        block = {"dim": d, "num_heads": c.num_heads, "mlp_ratio": c.mlp_ratio, "qkv_bias": c.qkv_bias}
         if not 0 <= c.route_from <= c.depth // 2:
             raise ValueError(f"route_from must be in [0, {c.depth // 2}] (the in-blocks), got {c.route_from}")
         self.mixer_blocks = nn.ModuleList([block_layer(**block) for _ in range(c.mixer_depth)])
@@ -179,10 +180,11 @@ class UViT(nn.Module):
             bypass, x = x, torch.cat([x[:, :1], gather_tokens(x[:, 1:], route_idx)], dim=1)  # (B, 1+R, D)
         x = self.mid_block(x)
         for i, blk in enumerate(self.out_blocks):
-            if bypass is not None and i == n_in - start:  # the span ends: routed tokens back in their places
+            # the span ends: routed tokens back in their places
+            if bypass is not None and route_idx is not None and i == n_in - start:
                 x, bypass = _put_back(bypass, x, route_idx), None  # (B, 1+K, D)
             x = blk(x, skips.pop())  # (B, 1+K, D) (or 1+R inside the span)
-        if bypass is not None:  # the span reached the last out-block
+        if bypass is not None and route_idx is not None:  # the span reached the last out-block
             x = _put_back(bypass, x, route_idx)  # (B, 1+K, D)
         return x
 

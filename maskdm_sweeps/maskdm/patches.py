@@ -21,7 +21,7 @@ def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
 def unpatchify(tokens: torch.Tensor, patch_size: int, channels: int) -> torch.Tensor:
     """``(B, N, p*p*C) -> (B, C, H, W)`` for a square grid; the inverse of :func:`patchify`."""
     b, n, _ = tokens.shape
-    p, g = patch_size, int(round(n**0.5))
+    p, g = patch_size, round(n**0.5)
     if g * g != n:
         raise ValueError(f"{n} tokens do not form a square grid")
     x = tokens.reshape(b, g, g, p, p, channels)  # (B, h, w, p1, p2, C)

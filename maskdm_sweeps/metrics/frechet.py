@@ -111,6 +111,7 @@ class StatsAccumulator:
         """Mean ``(D,)`` and unbiased covariance ``(D, D)`` (divisor ``count - 1``) of everything added."""
         if self.count < 2:
             raise ValueError(f"need at least 2 feature vectors for a covariance, got {self.count}")
+        assert self._shift is not None  # set by the first non-empty batch
         mean_shifted = self._sum / self.count
         cov = (self._outer - self.count * np.outer(mean_shifted, mean_shifted)) / (self.count - 1)
         return FeatureStats(mean=self._shift + mean_shifted, cov=(cov + cov.T) / 2, count=self.count)

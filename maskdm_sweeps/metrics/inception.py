@@ -14,6 +14,7 @@ import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -155,7 +156,7 @@ class PytorchFIDPool3(nn.Module):
 
     def __init__(self, inception: nn.Module):
         super().__init__()
-        i = inception
+        i: Any = inception  # torchvision's Inception3 (untyped): its blocks are attributes
         self.blocks = nn.Sequential(
             i.Conv2d_1a_3x3, i.Conv2d_2a_3x3, i.Conv2d_2b_3x3, nn.MaxPool2d(kernel_size=3, stride=2),
             i.Conv2d_3b_1x1, i.Conv2d_4a_3x3, nn.MaxPool2d(kernel_size=3, stride=2),

@@ -129,12 +129,12 @@ def _tune_errors(sweep_dir: Path) -> tuple[dict[str, str], dict[str, str]]:
         params = read_json(err.parent / "params.json") or {}
         reported = [r.get("maskdm_trial") for r in read_jsonl(err.parent / "result.json") if r.get("maskdm_trial")]
         if reported:
-            by_trial[reported[-1]] = reason
+            by_trial[str(reported[-1])] = reason
         elif params.get("trial_id") and len(params) == 1:  # a grid trial: its Tune config is the trial id
             by_trial[params["trial_id"]] = reason
         unit = params.get("unit")  # phase 1: a pre-training's key, or a baseline trial's id ("t-...")
         if params.get("pretrain_key") or (unit and not str(unit).startswith("t-")):
-            by_pretrain[params.get("pretrain_key") or unit] = reason
+            by_pretrain[str(params.get("pretrain_key") or unit)] = reason
         elif unit:
             by_trial.setdefault(unit, reason)
     return by_trial, by_pretrain
@@ -379,7 +379,7 @@ def load(sweep_dir: Path, refresh: bool = False) -> tuple[pd.DataFrame, pd.DataF
         events.exists() and events.stat().st_mtime > min(p.stat().st_mtime for p in paths))
     if stale:
         write_results(sweep_dir)
-    return tuple(pd.read_parquet(p, engine="pyarrow") for p in paths)  # type: ignore[return-value]
+    return tuple(pd.read_parquet(p, engine="pyarrow") for p in paths)
 
 
 def write_tables(sweep_dir: Path) -> tuple[dict[str, Path], pd.DataFrame, pd.DataFrame]:

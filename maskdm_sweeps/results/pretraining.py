@@ -54,8 +54,8 @@ def shares_of(pretrainings: dict[str, Pretraining]) -> dict[str, tuple[float, fl
             cuts.setdefault(line, set()).update((start, end))
             lines[line] = line_at(line, pre.key)
     shares = {tid: [0.0, 0.0] for tid in pretrainings}
-    for line, points in cuts.items():
-        points = sorted(points)
+    for line, unsorted in cuts.items():
+        points = sorted(unsorted)
         for a, b in zip(points, points[1:]):
             users = [tid for tid, pre in pretrainings.items()
                      if any(path == line and start <= a and b <= end for path, start, end in pre.stretches)]

@@ -68,7 +68,7 @@ class Curves:
         return first_crossing(self.compute, mean, target)
 
 
-def speedup_ratio(baseline_compute: np.ndarray, arm_compute: np.ndarray) -> np.ndarray:
+def speedup_ratio(baseline_compute: np.ndarray | float, arm_compute: np.ndarray | float) -> np.ndarray:
     """``baseline / arm``, with never-reached arms as 0 and never-reached baselines as infinity (NaN if neither)."""
     b, a = np.asarray(baseline_compute, dtype=float), np.asarray(arm_compute, dtype=float)
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -15,11 +15,11 @@ _HOME = {"read_events": "events", "SweepOutcome": "outcome", "init_ray": "ray_se
 __all__ = list(_HOME)
 
 if TYPE_CHECKING:
-    from .events import read_events
-    from .failures import SweepStorageError
-    from .outcome import SweepOutcome
-    from .ray_setup import ClusterTooSmall, init_ray
-    from .runner import run_sweep
+    from .events import read_events as read_events
+    from .failures import SweepStorageError as SweepStorageError
+    from .outcome import SweepOutcome as SweepOutcome
+    from .ray_setup import ClusterTooSmall as ClusterTooSmall, init_ray as init_ray
+    from .runner import run_sweep as run_sweep
 
 
 def __getattr__(name: str):

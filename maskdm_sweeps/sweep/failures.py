@@ -77,6 +77,7 @@ def final_fields(err: BaseException, stage_dir: Path) -> dict:
     if cause != "storage":
         return {"final": cause}
     disk = storage_error(err)
+    assert disk is not None  # the cause is "storage" only when there is one
     return {"final": cause, "path": str(disk.filename or stage_dir), "reason": disk.strerror}
 
 

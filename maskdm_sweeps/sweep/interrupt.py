@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
 import sys
 from pathlib import Path
 
@@ -44,7 +47,7 @@ class InterruptHandler:
         self.layout = layout
         self.layout.stop_request.unlink(missing_ok=True)  # a request left by an earlier driver is not ours
         self.requested = False
-        self._previous = None
+        self._previous: Callable[[int, FrameType | None], Any] | int | None = None  # signal.signal returned it
 
     def __enter__(self) -> "InterruptHandler":
         os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # read by Tuner.fit in this process: ours stays installed

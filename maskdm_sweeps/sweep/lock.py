@@ -27,7 +27,7 @@ class DriverLock:
     def __init__(self, layout: SweepDir):
         self.path = layout.driver_lock
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a+")
+        self._file = open(self.path, "a+")  # noqa: SIM115 (held open while the lock is: closed by release)
         try:
             fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -66,7 +66,7 @@ class LineLock:
 
     def __init__(self, run: StageRun):
         run.path.mkdir(parents=True, exist_ok=True)
-        self._file = open(run.train_lock, "a+")
+        self._file = open(run.train_lock, "a+")  # noqa: SIM115 (held open for the lock: closed by __exit__)
 
     def __enter__(self) -> "LineLock":
         fcntl.flock(self._file, fcntl.LOCK_EX)  # blocking; the OS releases it when a holder dies

@@ -214,6 +214,7 @@ def _sharing_line(tot: PlanTotals) -> str | None:
     if not tot.pretrain_steps_asked:
         return None
     asked, train = tot.pretrain_asked, tot.pretrain_to_train
+    assert asked is not None and train is not None  # both known when a pre-training is asked for
     saved = tot.pretrain_steps_asked - tot.pretrain_steps_to_train
     if saved == 0:
         return f"pre-training: {tot.pretrain_steps_to_train:,} steps to train (no length shares a run or is kept)"
@@ -267,7 +268,8 @@ def print_plan(plan: SweepPlan, console: Console | None = None) -> PlanTotals:
     console.print(
         f"{tot.trials} trials{extra}, {tot.pretrainings} pre-trainings ({tot.pretrainings_reused} reused), "
         f"{tot.steps:,} optimizer steps to run: {format_tflops(tot.train_flops)} training TFLOPs (each stretch of "
-        f"pre-training once) and {format_tflops(tot.eval_flops)} evaluation TFLOPs, about {tot.gpu_hours:.2f} GPU-hours on an "
+        f"pre-training once) and {format_tflops(tot.eval_flops)} evaluation TFLOPs, "
+        f"about {tot.gpu_hours:.2f} GPU-hours on an "
         f"{REFERENCE_GPU} ({tot.train_gpu_hours:.2f} training + {tot.eval_gpu_hours:.2f} evaluation, estimated from "
         f"reference throughput)"
     )

@@ -140,8 +140,8 @@ class SweepProgress:
         run.fid = result.get("eval/fid", run.fid)
         run.images_per_second = result.get("train/images_per_second", run.images_per_second)
         if "cost/eval_tflops" in result:
-            self.eval_flops_first.setdefault((stage, key), result["cost/eval_tflops"] * 1e12)
-            self.eval_flops_done[(stage, key)] = result["cost/eval_tflops"] * 1e12
+            self.eval_flops_first.setdefault((str(stage), str(key)), result["cost/eval_tflops"] * 1e12)
+            self.eval_flops_done[(str(stage), str(key))] = result["cost/eval_tflops"] * 1e12
 
     def take_notices(self) -> list[str]:
         """The notices that arrived since the last call, as lines naming their stage run."""
@@ -199,7 +199,7 @@ class SweepProgress:
 
 
 def format_seconds(seconds: float) -> str:
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
     return f"{h}:{m:02d}:{s:02d}"
@@ -300,7 +300,7 @@ class LiveTable(_Follows):
                 self.live.console.print(line, markup=False, highlight=False)
             self.live.update(self._table())
 
-    def setup(self, **info) -> None:
+    def setup(self, stop=None, num_samples=None, total_num_samples=None, **info) -> None:
         self.live = Live(self._table(), console=self.console or Console(stderr=True), refresh_per_second=2)
         self.live.start()
 
@@ -339,7 +339,7 @@ def sweep_progress(plan) -> SweepProgress:
 def progress_callbacks(ctx, title: str) -> list:
     """Plain lines when standard output is not a terminal (a log file, a pipe); the live table where standard
     error is one. Both, for ``run > log`` typed at a terminal."""
-    callbacks = []
+    callbacks: list[tune.Callback] = []
     if ctx.progress is None:
         return callbacks
     # the log first: its poll takes the new events and prints them; the table, polling after it, reads the state

@@ -127,7 +127,7 @@ def _run_phases(plan: SweepPlan, ctx: SweepContext, outcome: SweepOutcome, last:
 
     runnable = [t for t in plan.trials if not lost(t) and t.trial_id not in outcome.failed]
     for t in plan.trials:
-        if lost(t):
+        if lost(t) and t.pretrain_key is not None:
             unit = failed_keys[t.pretrain_key]
             outcome.failed[t.trial_id] = f"its pre-training {unit} failed: {failed_lines[unit]}"
             # its manifest, so that trials.parquet and report.md list it as failed, with the reason

@@ -13,10 +13,10 @@ import os
 from contextlib import suppress
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Container
+from typing import Any, Container, Iterable
 
 from ..files import read_json, write_json
-from ..layout import StageRun, relative_path
+from ..layout import StageRun
 from ..lines import Line, keeping_line, line_named, main_line, unit_key
 from ..sweepspec.expand import TrialPlan
 from ..sweepspec.identity import with_pretrain_steps
@@ -65,7 +65,7 @@ def run_stage(ctx: SweepContext, trial: TrialPlan, stage: str, stage_dir: Path, 
                  from_step=resumed[0]["step"] if resumed else 0, pid=os.getpid(),
                  to_step=getattr(trial.config, stage).steps, **({"milestones": list(milestones)} if milestones else {}))
     keeps: Container[int] = milestones
-    if stage == "pretrain":
+    if stage == "pretrain" and trial.pretrain_key is not None:
         keeps = KeptLengths(main_line(ctx.plan.layout, trial.pretrain_key), milestones)
     try:
         if ctx.plan.spec.resources.workers > 1:  # every rank must save at the same steps: the asks known now, fixed
@@ -115,7 +115,7 @@ def first_phase_trainable(params: dict[str, Any], ctx: SweepContext) -> None:
         trial_trainable({"trial_id": unit}, ctx)
 
 
-def serve_pretraining(ctx: SweepContext, trial: TrialPlan, asked: list[int] = ()) -> Path:
+def serve_pretraining(ctx: SweepContext, trial: TrialPlan, asked: Iterable[int] = ()) -> Path:
     """The kept state of ``trial``'s pre-training at its length: found, or trained now (the line that serves it, with
     every other length of ``asked`` it passes), or waited for while another process trains that line.
 
@@ -124,7 +124,8 @@ def serve_pretraining(ctx: SweepContext, trial: TrialPlan, asked: list[int] = ()
     its digest; a corrupt one is set aside, so the plan trains that length again. Returns the milestone's checkpoint.
     """
     layout, key, length = ctx.plan.layout, trial.pretrain_key, trial.config.pretrain.steps
-    asked = sorted(set(asked) | {length})
+    assert key is not None, f"{trial.trial_id} has no pre-training to serve"
+    lengths = sorted(set(asked) | {length})
     # asked first: a process training the line now keeps this length on its way, so the wait below ends served
     with Asking(layout, key, [length]):
         while not _intact(keeping_line(layout, key, length), length):
@@ -135,7 +136,7 @@ def serve_pretraining(ctx: SweepContext, trial: TrialPlan, asked: list[int] = ()
                                                            job.branch_from[1]):
                 continue  # the state it would start from was corrupt: set aside, plan again
             with LineLock(StageRun(job.path)):  # blocks while another process trains this line
-                again = _job_serving(layout, key, length, asked)
+                again = _job_serving(layout, key, length, lengths)
                 if again is None or again.unit != job.unit:
                     continue  # served meanwhile, or better served by another line now
                 if again.branch_from is not None:
@@ -144,7 +145,9 @@ def serve_pretraining(ctx: SweepContext, trial: TrialPlan, asked: list[int] = ()
                 run_stage(ctx, line_trial, "pretrain", again.path, None, again.unit, tuple(again.milestones))
                 if keeping_line(layout, key, length) is None:
                     raise RuntimeError(f"pre-training {again.unit} ended without keeping step {length}")
-    return keeping_line(layout, key, length).milestone(length)
+    line = keeping_line(layout, key, length)
+    assert line is not None  # the loop above ends once it is kept, intact
+    return line.milestone(length)
 
 
 def _intact(line: Line | None, step: int) -> bool:
@@ -188,6 +191,7 @@ def _job_serving(layout, key: str, length: int, asked: list[int]) -> LineJob | N
 def start_branch(layout, job: LineJob) -> None:
     """Seed a new branch line with a copy of the milestone it starts from (its first checkpoint: training resumes
     there), checked against the milestone's digest as it is copied."""
+    assert job.branch_from is not None, f"{job.unit} is not a branch"
     parent_name, step = job.branch_from
     parent, branch = line_named(layout, job.key, parent_name), line_named(layout, job.key, job.line)
     keep_state(parent.milestone(step), checkpoint_path(branch.checkpoints, step))

@@ -67,7 +67,7 @@ def run_stage_on_workers(job: StageJob) -> None:
             name=f"{job.stage}-{job.key[:16]}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
             storage_path=str(job.ctx.plan.sweep_dir / "tune" / "train"),  # beside Tune's own state
             failure_config=FailureConfig(max_failures=r.max_failures),
-            callbacks=[TuneReportCallback()],
+            callbacks=[TuneReportCallback()],  # type: ignore[list-item]  # Ray Train's: typed apart from Tune's
         ),
     )
     trainer.fit()

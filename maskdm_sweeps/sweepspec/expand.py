@@ -12,6 +12,7 @@ import itertools
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -191,7 +192,7 @@ def _check_keys(spec: SweepSpec, lines: dict, source: str) -> None:
     for section in ("axes", "zip"):
         for key in getattr(spec.sweep, section):
             if not is_known_key(key):
-                path = ("sweep", section, key)
+                path: tuple[str, ...] = ("sweep", section, key)
                 problems.append(Problem(".".join(path), "unknown trial-config field (check the spelling)",
                                         lines.get(path), source))
     for key in spec.sweep.search.space:
@@ -205,7 +206,7 @@ def _check_keys(spec: SweepSpec, lines: dict, source: str) -> None:
 def _axis_line(key: str, spec: SweepSpec, lines: dict) -> tuple[tuple, int | None]:
     for section in ("axes", "zip"):
         if key in getattr(spec.sweep, section):
-            path = ("sweep", section, key)
+            path: tuple[str, ...] = ("sweep", section, key)
             return path, lines.get(path)
     path = ("sweep", "seeds") if key == "seed" else ("sweep", "baseline")
     return path, lines.get(path)
@@ -321,7 +322,7 @@ def build_plan(spec: SweepSpec, lines: dict | None = None, source: str = "", spe
     return SweepPlan(spec, list(trials.values()), pretrains, spec_hash)
 
 
-def load_spec(path: Path, overrides: list[str] = (), smoke: bool = False, check_paths: bool = True) -> SweepPlan:
+def load_spec(path: Path, overrides: Sequence[str] = (), smoke: bool = False, check_paths: bool = True) -> SweepPlan:
     """Read, override, (smoke-)shrink, validate and expand a sweep spec into a :class:`SweepPlan`.
 
     ``check_paths=False`` skips the existence checks of dataset paths (for planning away from the data).

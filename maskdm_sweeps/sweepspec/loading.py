@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import yaml
@@ -57,7 +58,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     """SafeLoader that rejects duplicate keys instead of silently keeping the last one."""
 
     def construct_mapping(self, node, deep=False):
-        seen = {}
+        seen: dict[Any, Any] = {}
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
@@ -210,7 +211,7 @@ def validate(model: type[M], data: Any, lines: dict, source: str, touched=frozen
         raise SpecError(problems_from_validation(err, data, lines, source, touched)) from None
 
 
-def read_mapping(path: Path, overrides: list[str] = ()) -> tuple[dict, dict[tuple, int], set[tuple]]:
+def read_mapping(path: Path, overrides: Sequence[str] = ()) -> tuple[dict, dict[tuple, int], set[tuple]]:
     """A YAML file that must hold a mapping, with ``--set`` overrides applied: ``(data, lines, paths set)``."""
     data, lines = read_yaml(path)
     if not isinstance(data, dict):
@@ -219,7 +220,7 @@ def read_mapping(path: Path, overrides: list[str] = ()) -> tuple[dict, dict[tupl
     return data, lines, touched
 
 
-def load_model(path: Path, model: type[M], overrides: list[str] = ()) -> M:
+def load_model(path: Path, model: type[M], overrides: Sequence[str] = ()) -> M:
     """Read, override and validate ``path`` as ``model``; raises :class:`SpecError` on any problem."""
     data, lines, touched = read_mapping(path, overrides)
     return validate(model, data, lines, str(path), touched)

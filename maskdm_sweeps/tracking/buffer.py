@@ -50,6 +50,7 @@ class RunBuffer:
             target = read_json(self.dir / MLFLOW_TARGET_FILE)
             uri, results_root = target_uri(target, self.dir), (self.dir / target["results_root"]).resolve()
         else:
+            assert results_root is not None, "a run directory that sends needs the results root too"
             self.dir.mkdir(parents=True, exist_ok=True)
             write_json(self.dir / MLFLOW_TARGET_FILE, {**portable_target(uri, self.dir),
                                                       "results_root": relative_path(results_root, self.dir)})

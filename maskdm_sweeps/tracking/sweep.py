@@ -8,6 +8,7 @@ away at the start, the spec, the plan, the results files, the speed-ups and the 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -134,7 +135,7 @@ def _kill_running_parents(c, experiment: str, sweep: str) -> None:
         c.set_terminated(run.info.run_id, status="KILLED")
 
 
-def finish_sweep_tracking(tracking: SweepTracking, status: str, artifacts: list[Path] = (),
+def finish_sweep_tracking(tracking: SweepTracking, status: str, artifacts: Iterable[Path] = (),
                           metrics: dict[str, float] | None = None) -> None:
     """Attach the results files and the sweep's answer (``metrics``, e.g. ``speedup/<arm>``) to the parent run and
     close it with ``status`` (``FINISHED``, ``FAILED`` or ``KILLED``); buffered when MLflow is away."""

@@ -22,7 +22,7 @@ import logging
 import os
 import socket
 from pathlib import Path
-from typing import IO, Callable
+from typing import IO, Callable, cast
 
 import torch
 
@@ -105,7 +105,7 @@ def _write_state(final: Path, write: Callable[[_HashingWriter], None], record: d
 def save_checkpoint(state: dict, directory: Path, step: int, keep: int = 2) -> Path:
     """Write ``state`` as ``directory/step_<step>.pt`` with its digest record, atomically, and prune old ones."""
     final = checkpoint_path(directory, step)
-    _write_state(final, lambda f: torch.save(state, f), {"step": step})
+    _write_state(final, lambda f: torch.save(state, cast(IO[bytes], f)), {"step": step})  # writes, flushes only
     for old in list_checkpoints(directory)[:-keep]:
         old.unlink(missing_ok=True)
         state_record(old).unlink(missing_ok=True)

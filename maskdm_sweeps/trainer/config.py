@@ -79,7 +79,7 @@ class PretrainConfig(_StageConfig):
 
 
 class FinetuneConfig(_StageConfig):
-    """Denoising fine-tuning (DSM, all patches visible); from scratch when there is no pre-training: the DDPM baseline."""
+    """Denoising fine-tuning (DSM, all patches visible); from scratch when there is no pre-training: the DDPM baseline."""  # noqa: E501 (the JSON schema's description: one line)
 
     steps: int = Field(1000, ge=1, le=MAX_STEPS, description="Optimizer steps of fine-tuning (of training, for the baseline).")
     init_from: Literal["online", "ema"] = Field("online", description="Which pre-trained weights to start from.")
@@ -118,8 +118,8 @@ class EvalConfig(_Strict):
     )
     eps_after_clip: Literal["raw", "recomputed"] = Field(
         "raw",
-        description="DDIM direction term after the predicted x0 is clipped to [-1, 1]: 'raw' keeps the network's "
-        "eps (the official MaskDM evaluation), 'recomputed' derives eps from the clipped x0. The DDPM sampler ignores it.",
+        description="DDIM direction term after the predicted x0 is clipped to [-1, 1]: 'raw' keeps the network's eps "
+        "(the official MaskDM evaluation), 'recomputed' derives eps from the clipped x0. The DDPM sampler ignores it.",
     )
     weights: Literal["ema", "online"] = Field("ema", description="Which weights sample.")
     backend: Literal["inception", "digits-classifier"] = Field(
@@ -203,7 +203,8 @@ class TrialConfig(_Strict):
     # -------------------------------------------------------------------------------------- derived quantities
     @property
     def image_size(self) -> int:
-        return self.data.image_size  # DataConfig fills in the dataset's default
+        assert self.data.image_size is not None  # DataConfig fills in the dataset's default
+        return self.data.image_size
 
     @property
     def channels(self) -> int:
@@ -220,8 +221,8 @@ class TrialConfig(_Strict):
         """The U-ViT of this trial: the preset, fitted to the data, with the parts its masking strategy adds (a
         MaskDiT decoder, a patch-mixer, SPRINT's encoder, fusion and decoder) when it pre-trains; the baseline is the
         plain U-ViT."""
-        overrides = dict(img_size=self.image_size, in_chans=self.channels, time_mlp=self.model.time_mlp,
-                         final_conv=self.model.final_conv)
+        overrides = {"img_size": self.image_size, "in_chans": self.channels, "time_mlp": self.model.time_mlp,
+                     "final_conv": self.model.final_conv}
         if self.pretrain.steps > 0:
             overrides.update(self.mask.network())
         if self.model.patch_size:

@@ -35,7 +35,7 @@ class EMA:
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
         self.beta, self.warmup = beta, warmup
         self.num_updates = 0
-        self._ema_params = list(self.model.parameters())
+        self._ema_params: list[torch.Tensor] = list(self.model.parameters())
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
@@ -46,7 +46,7 @@ class EMA:
             torch._foreach_copy_(self._ema_params, online)
         else:
             torch._foreach_lerp_(self._ema_params, online, 1.0 - decay)
-        for b_ema, b in zip(self.model.buffers(), model.buffers()):
+        for b_ema, b in zip(self.model.buffers(), model.buffers(), strict=True):
             b_ema.copy_(b)
 
     def state_dict(self) -> dict:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import torch
 
 from ..layout import step_file
 from ..maskdm import SAMPLERS, NoiseSchedule, UViT, sample_images
-from ..metrics import (RECOGNISABLE_CONFIDENCE, FIDProtocol, StatsAccumulator, build_fid_backend, frechet_distance,
-                       reference_stats)
+from ..metrics import (RECOGNISABLE_CONFIDENCE, FeatureStats, FIDProtocol, StatsAccumulator, build_fid_backend,
+                       frechet_distance, reference_stats)
 
 EVAL_NOISE_SEED = 20_231_109  # the same starting noise at every evaluation: curves compare weights, not luck
 
@@ -64,7 +65,7 @@ class Evaluator:
         self._compiled: tuple[UViT, torch.nn.Module] | None = None  # (network, its compiled forward)
         self.shape = (data.channels, data.image_size, data.image_size)
         self.backend = build_fid_backend(self.cfg.backend, self.cfg.fid_weights, device) if self.cfg.num_samples else None
-        self._reference = None
+        self._reference: FeatureStats | None = None
         self._floor: float | None = None
         self.protocol = None if self.backend is None else FIDProtocol(
             num_samples=self.cfg.num_samples, sampler=self.cfg.sampler, sampling_steps=self.cfg.sampling_steps,
@@ -88,6 +89,7 @@ class Evaluator:
     @property
     def reference(self):
         if self._reference is None:  # computed once per dataset and backend, cached on disk across trials
+            assert self.backend is not None  # asked for only when scoring
             self._reference = reference_stats(self.data.images, self.data.key, self.backend)
         return self._reference
 
@@ -100,7 +102,8 @@ class Evaluator:
             return net
         if self._compiled is None or self._compiled[0] is not net:
             mode = None if self.compile_backend != "inductor" else self.compile_mode
-            self._compiled = (net, torch.compile(net, mode=mode, dynamic=False, backend=self.compile_backend))
+            compiled = torch.compile(net, mode=mode, dynamic=False, backend=self.compile_backend)
+            self._compiled = (net, cast(torch.nn.Module, compiled))  # a module compiles to an OptimizedModule
         return self._compiled[1]
 
     def _denoiser(self, net: UViT):
@@ -133,6 +136,7 @@ class Evaluator:
                                    for k in range(1, c.fid_repeats)]
                 extra["eval/fid_noise_std"] = float(torch.tensor(repeats, dtype=torch.float64).std())
         net.train(was_training)
+        assert grid is not None  # the grid's images were drawn (grid_size >= 1)
         upscale = max(1, 64 // self.shape[-1])  # digits are 16 px: draw them 4x so a person can read them
         grid_path = save_image_grid(grid, Path(out_dir) / step_file(step, ".png"), upscale=upscale)
         return EvalOutcome(step=step, fid=fid, grid_path=grid_path, extra=extra)
@@ -144,21 +148,22 @@ class Evaluator:
         sampler = build_sampler(c.sampler, schedule, c.sampling_steps, c.eta, c.timestep_spacing, c.eps_after_clip)
         gen = torch.Generator(device=self.device).manual_seed(noise_seed)
         total = max(c.num_samples, c.grid_size if grid else 0)
-        stats = StatsAccumulator(self.backend.dims) if self.backend else None
+        backend = self.backend
+        stats = StatsAccumulator(backend.dims) if backend is not None else None
         images, confident = [], []
         for start in range(0, total, c.batch_size):
             n = min(c.batch_size, total - start)
             x = sample_images(self._denoiser(net), sampler, (n, *self.shape), gen, self.device)  # (n, C, H, W)
             if grid and start < c.grid_size:
                 images.append(x[: c.grid_size - start].cpu())
-            if self.backend is not None and start < c.num_samples:
-                features = self.backend.features(x[: c.num_samples - start])  # (n', dims)
+            if backend is not None and stats is not None and start < c.num_samples:
+                features = backend.features(x[: c.num_samples - start])  # (n', dims)
                 stats.update(features)
-                if hasattr(self.backend, "confidence"):
-                    confident.append(self.backend.confidence(features) >= RECOGNISABLE_CONFIDENCE)  # (n',)
+                if hasattr(backend, "confidence"):
+                    confident.append(backend.confidence(features) >= RECOGNISABLE_CONFIDENCE)  # (n',)
         extra = {"eval/recognisable": torch.cat(confident).double().mean().item()} if confident else {}
         fid = None
-        if self.backend is not None:
+        if stats is not None:
             sample_stats, ref = stats.finalize(), self.reference
             fid = frechet_distance(sample_stats.mean, sample_stats.cov, ref.mean, ref.cov)
         return fid, extra, torch.cat(images) if images else None
@@ -173,10 +178,12 @@ class Evaluator:
             gen = torch.Generator().manual_seed(EVAL_NOISE_SEED)
             index = (torch.randperm(images.shape[0], generator=gen)[:n] if n <= images.shape[0]
                      else torch.randint(images.shape[0], (n,), generator=gen))
-            stats = StatsAccumulator(self.backend.dims)
+            backend = self.backend
+            assert backend is not None  # the floor is asked for only when scoring
+            stats = StatsAccumulator(backend.dims)
             for start in range(0, n, self.cfg.batch_size):
                 chunk = images[index[start : start + self.cfg.batch_size]].float() / 127.5 - 1.0  # (b, C, H, W)
-                stats.update(self.backend.features(chunk.to(self.device)))
+                stats.update(backend.features(chunk.to(self.device)))
             real, ref = stats.finalize(), self.reference
             self._floor = frechet_distance(real.mean, real.cov, ref.mean, ref.cov)
         return self._floor

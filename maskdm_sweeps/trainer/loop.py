@@ -148,10 +148,10 @@ class _StageRun:
         self.init_sha256: str | None = None  # known once the initial weights are read (or restored on resume)
 
     # ------------------------------------------------------------------------------------------ state
-    def _load_initial_weights(self) -> None:
+    def _load_initial_weights(self, path: Path) -> None:
         """Fine-tuning starts from the pre-trained online (or EMA) weights, every tensor (the EMA too), read from the
         bytes whose digest it records; nothing else is kept. Raises ``UnusableState`` naming a corrupt file."""
-        state, self.init_sha256 = read_state(self.init_path, map_location=self.device)
+        state, self.init_sha256 = read_state(path, map_location=self.device)
         weights = state["model"] if self.config.finetune.init_from == "online" else state["ema"]["model"]
         self.model.load_state_dict(weights)
         self.ema.load_state_dict({"model": self.model.state_dict(), "num_updates": 0})
@@ -280,8 +280,8 @@ class _StageRun:
             if main and self.step in self.milestones and self.step not in self.files.milestone_steps():
                 self._keep_milestone(checkpoint_path(self.files.checkpoints, self.step))  # killed, or set aside
         else:
-            if self.init_checkpoint:
-                self._load_initial_weights()
+            if self.init_path is not None:
+                self._load_initial_weights(self.init_path)
             self._report_params()
         self.started = window_start = time.perf_counter()
         window_steps = 0
@@ -326,7 +326,7 @@ class _StageRun:
         if main:
             # last: the stage run is finished from here on; its checkpoint relative to it, so that the run can move
             write_json(self.files.result, {**result.to_json(),
-                                           "checkpoint": relative_path(result.checkpoint, self.files.path)})
+                                           "checkpoint": relative_path(Path(result.checkpoint), self.files.path)})
         return result
 
     def _load_resume_state(self) -> dict | None:
@@ -391,7 +391,7 @@ class _StageRun:
             outcome = self.evaluator.evaluate(net, self.schedule, self.step, self.files.samples,
                                               final=self.step == self.stage_cfg.steps)
             self.reporter.artifact(self.step, outcome.grid_path)
-        fid, extra = self.parallel.broadcast(None if outcome is None else (outcome.fid, outcome.extra)) or (None, {})
+        fid, extra = self.parallel.broadcast(None if outcome is None else (outcome.fid, outcome.extra)) or (None, dict[str, float]())
         if fid is not None:
             self.fid_last = fid
             self.fid_best = fid if self.fid_best is None else min(self.fid_best, fid)

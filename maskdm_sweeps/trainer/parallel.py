@@ -73,7 +73,8 @@ class DataParallel:
             return model
         from torch.nn.parallel import DistributedDataParallel
 
-        ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
+        bare = device.index is None  # torch types device.index as int, but a bare "cuda" device has None there
+        ids = [torch.cuda.current_device() if bare else device.index] if device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=ids)
 
     def mean(self, value: torch.Tensor) -> torch.Tensor:
