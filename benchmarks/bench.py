@@ -53,14 +53,13 @@ if str(HERE) not in sys.path:  # loaded by path from elsewhere (a test): the sec
 
 import torch  # noqa: E402
 
-from bench_common import (ROOT, SECTIONS, MODES, StepTimer, device_name, device_slug, fmt,  # noqa: E402,F401
-                          print_table, write_json)
+from bench_common import MODES, ROOT, SECTIONS, StepTimer, device_name, device_slug, fmt, print_table, write_json  # noqa: E402
 from bench_fid import section_fid  # noqa: E402
 from bench_packing import section_packing  # noqa: E402
-from bench_reference import reference_comparison, section_reference  # noqa: E402,F401
+from bench_reference import reference_comparison, section_reference  # noqa: E402
 from bench_sampling import section_sampling  # noqa: E402
 from bench_strategies import section_strategies  # noqa: E402
-from bench_targets import TARGETS, compute_targets  # noqa: E402,F401
+from bench_targets import TARGETS, compute_targets  # noqa: E402
 from bench_trainer import section_trainer  # noqa: E402
 from maskdm_sweeps.maskdm import MODEL_PRESETS  # noqa: E402
 
@@ -75,40 +74,78 @@ def default_out(args, device: torch.device) -> Path:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--preset", help="model preset (default: uvit-s2-cifar32 on CUDA, uvit-digits on CPU, tiny with --quick)")
+    p.add_argument(
+        "--preset", help="model preset (default: uvit-s2-cifar32 on CUDA, uvit-digits on CPU, tiny with --quick)"
+    )
     p.add_argument("--batch", type=int, help="trainer batch (default: 128 on CUDA, 64 on CPU, 16 with --quick)")
-    p.add_argument("--batch-masked", type=int, help="batch of the reduce-overhead rows on CUDA and of the CPU target's "
-                   "eager mask 0 / 0.9 rows (default: 256, the paper's pre-training batch)")
-    p.add_argument("--steps", type=int, help="timed steps per trainer config, after as many warm-up steps "
-                                             "(default: 60 on CUDA, 20 on CPU, 4 with --quick)")
-    p.add_argument("--modes", help="trainer modes, comma separated, from " + ", ".join(MODES) +
-                   " (default: eager,default,reduce-overhead on CUDA; eager on CPU)")
-    p.add_argument("--full", action="store_true", help="CUDA: also compile 'default' at mask 0.9 and "
-                                                       "'reduce-overhead' at --batch (~30 s of compilation each)")
+    p.add_argument(
+        "--batch-masked",
+        type=int,
+        help="batch of the reduce-overhead rows on CUDA and of the CPU target's "
+        "eager mask 0 / 0.9 rows (default: 256, the paper's pre-training batch)",
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        help="timed steps per trainer config, after as many warm-up steps "
+        "(default: 60 on CUDA, 20 on CPU, 4 with --quick)",
+    )
+    p.add_argument(
+        "--modes",
+        help="trainer modes, comma separated, from "
+        + ", ".join(MODES)
+        + " (default: eager,default,reduce-overhead on CUDA; eager on CPU)",
+    )
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="CUDA: also compile 'default' at mask 0.9 and 'reduce-overhead' at --batch (~30 s of compilation each)",
+    )
     p.add_argument("--sections", default=",".join(SECTIONS), help="comma separated subset of: " + ", ".join(SECTIONS))
     p.add_argument("--skip-packing", action="store_true", help="leave out the packing section")
     p.add_argument("--skip-reference", action="store_true", help="leave out the reference section")
     p.add_argument("--sample-batch", type=int, help="DDIM batch (default: 1000 on CUDA, 32 on CPU, 4 with --quick)")
     p.add_argument("--sampling-steps", type=int, default=100, help="DDIM steps (default: %(default)s)")
-    p.add_argument("--sampling-compile", action="store_true",
-                   help="also time DDIM with a torch.compile'd denoiser (~30 s of compilation on a GPU)")
-    p.add_argument("--fid-images", type=int, help="images through Inception (default: 2000 on CUDA, 8 on CPU, "
-                                                  "2 with --quick)")
-    p.add_argument("--fid-weights", help="Inception weights file (default: as the package resolves them; random "
-                                          "pytorch-fid weights where none are found)")
-    p.add_argument("--packing-backend", choices=("auto", "ray", "processes"), default="auto",
-                   help="ray: Ray Tune fractional resources; processes: plain concurrent processes (auto: ray if "
-                        "installed)")
+    p.add_argument(
+        "--sampling-compile",
+        action="store_true",
+        help="also time DDIM with a torch.compile'd denoiser (~30 s of compilation on a GPU)",
+    )
+    p.add_argument(
+        "--fid-images", type=int, help="images through Inception (default: 2000 on CUDA, 8 on CPU, 2 with --quick)"
+    )
+    p.add_argument(
+        "--fid-weights",
+        help="Inception weights file (default: as the package resolves them; random "
+        "pytorch-fid weights where none are found)",
+    )
+    p.add_argument(
+        "--packing-backend",
+        choices=("auto", "ray", "processes"),
+        default="auto",
+        help="ray: Ray Tune fractional resources; processes: plain concurrent processes (auto: ray if installed)",
+    )
     p.add_argument("--packing-preset", help="preset of the packed trials (default: uvit-digits; tiny with --quick)")
     p.add_argument("--packing-batch", type=int, help="batch of the packed trials (default: 128; 64 on CPU; 16 quick)")
-    p.add_argument("--packing-steps", type=int, help="timed steps per packed trial (default: 150 on CUDA, 10 on CPU, "
-                                                     "5 with --quick)")
-    p.add_argument("--packing-counts", default=None, help="concurrent trial counts (default: 1,2,4; CPU: up to the cores)")
-    p.add_argument("--reference", help="folder holding gpu_anchor.py and gpu_masked_headroom.py, the two reference "
-                                       "scripts (without it or --reference-from, the reference section is skipped)")
-    p.add_argument("--reference-from", help="instead of running the reference scripts, read their outputs: a folder "
-                                            "holding gpu_anchor.json and gpu_masked_headroom.json, or an earlier "
-                                            "bench.py JSON (same card: e.g. an earlier call on the same machine)")
+    p.add_argument(
+        "--packing-steps",
+        type=int,
+        help="timed steps per packed trial (default: 150 on CUDA, 10 on CPU, 5 with --quick)",
+    )
+    p.add_argument(
+        "--packing-counts", default=None, help="concurrent trial counts (default: 1,2,4; CPU: up to the cores)"
+    )
+    p.add_argument(
+        "--reference",
+        help="folder holding gpu_anchor.py and gpu_masked_headroom.py, the two reference "
+        "scripts (without it or --reference-from, the reference section is skipped)",
+    )
+    p.add_argument(
+        "--reference-from",
+        help="instead of running the reference scripts, read their outputs: a folder "
+        "holding gpu_anchor.json and gpu_masked_headroom.json, or an earlier "
+        "bench.py JSON (same card: e.g. an earlier call on the same machine)",
+    )
     p.add_argument("--reference-timeout", type=float, default=900, help="seconds per reference script")
     p.add_argument("--out", help="JSON output path (default: <out-dir>/<date>-<device>-bench.json)")
     p.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"), help="folder of the default --out")
@@ -129,8 +166,9 @@ def parse_args(argv=None):
     args.packing_preset = args.packing_preset or ("tiny" if q else "uvit-digits")
     args.packing_batch = args.packing_batch or (16 if q else 128 if cuda else 64)
     args.packing_steps = args.packing_steps or (5 if q else 150 if cuda else 10)
-    args.packing_counts = [int(n) for n in args.packing_counts.split(",")] if args.packing_counts else (
-        [1, 2] if q else [1, 2, 4])
+    args.packing_counts = (
+        [int(n) for n in args.packing_counts.split(",")] if args.packing_counts else ([1, 2] if q else [1, 2, 4])
+    )
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = set(sections) - set(SECTIONS)
     if unknown:
@@ -155,14 +193,29 @@ def main(argv=None) -> int:
         torch.backends.cuda.matmul.allow_tf32 = True  # as the reference does; the trainer's matmuls run in bf16
         torch.backends.cudnn.allow_tf32 = True
     result = {
-        "date": date.today().isoformat(), "device": device_name(device), "device_slug": device_slug(device),
-        "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
-        "cpu_threads": torch.get_num_threads(), "load_average_at_start": list(os.getloadavg()), "command": shlex.join([sys.executable, *sys.argv]),
-        "preset": args.preset, "batch": args.batch, "batch_masked": args.batch_masked, "steps": args.steps,
-        "quick": args.quick, "sections_run": args.sections, "sections": {}, "errors": {},
+        "date": date.today().isoformat(),
+        "device": device_name(device),
+        "device_slug": device_slug(device),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "cpu_threads": torch.get_num_threads(),
+        "load_average_at_start": list(os.getloadavg()),
+        "command": shlex.join([sys.executable, *sys.argv]),
+        "preset": args.preset,
+        "batch": args.batch,
+        "batch_masked": args.batch_masked,
+        "steps": args.steps,
+        "quick": args.quick,
+        "sections_run": args.sections,
+        "sections": {},
+        "errors": {},
     }
-    print(f"bench: {args.preset}, batch {args.batch} (masked {args.batch_masked}), {device_name(device)}, torch "
-          f"{torch.__version__}, {torch.get_num_threads()} CPU threads; sections: {', '.join(args.sections)}", flush=True)
+    print(
+        f"bench: {args.preset}, batch {args.batch} (masked {args.batch_masked}), {device_name(device)}, torch "
+        f"{torch.__version__}, {torch.get_num_threads()} CPU threads; sections: {', '.join(args.sections)}",
+        flush=True,
+    )
     run_timer = StepTimer()
     with tempfile.TemporaryDirectory(prefix="maskdm-bench-") as tmp:
         workdir = Path(tmp)
@@ -183,7 +236,7 @@ def main(argv=None) -> int:
             with timer.window():
                 try:
                     runners[name]()
-                except Exception as exc:  # noqa: BLE001 - report it, keep the other sections
+                except Exception as exc:
                     result["errors"][name] = traceback.format_exc()[-3000:]
                     result["sections"].setdefault(name, {})["error"] = f"{type(exc).__name__}: {exc}"[:500]
                     print(f"\n== {name}: FAILED: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
@@ -193,9 +246,20 @@ def main(argv=None) -> int:
     run_timer.mark(0)
     result["total_seconds"] = run_timer.first_seconds
     write_json(args, result)
-    print_table("targets", ["target", "value", "goal", "met", "how"],
-                [[k, fmt(t["value"], 2), f"{t['op']} {t['target']:g}", {True: "yes", False: "NO", None: "-"}[t["met"]],
-                  t["note"]] for k, t in result["targets"].items()])
+    print_table(
+        "targets",
+        ["target", "value", "goal", "met", "how"],
+        [
+            [
+                k,
+                fmt(t["value"], 2),
+                f"{t['op']} {t['target']:g}",
+                {True: "yes", False: "NO", None: "-"}[t["met"]],
+                t["note"],
+            ]
+            for k, t in result["targets"].items()
+        ],
+    )
     print(f"\nwrote {args.out} ({result['total_seconds']:.0f} s)", flush=True)
     return 1 if result["errors"] else 0
 

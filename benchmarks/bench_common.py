@@ -154,7 +154,7 @@ def sig(value, digits: int = 3) -> str:
     """Small and large rates alike: 3 significant digits (0.00412, 41.2, 4,120)."""
     if value is None:
         return "-"
-    if value == 0 or abs(value) >= 10 ** digits:
+    if value == 0 or abs(value) >= 10**digits:
         return f"{value:,.0f}"
     return f"{value:,.{max(0, digits - 1 - math.floor(math.log10(abs(value))))}f}"
 
@@ -185,8 +185,11 @@ def write_json(args, result: dict) -> None:
 def trainer_row(result: dict, mode: str | tuple, batch: int, rate: float) -> dict | None:
     """The fastest trainer row of ``mode`` (one or several), ``batch`` and mask ``rate`` that has a rate."""
     modes = (mode,) if isinstance(mode, str) else mode
-    rows = [r for r in result["sections"].get("trainer", {}).get("rows", [])
-            if r["mode"] in modes and r["batch"] == batch and r["mask_rate"] == rate and "images_per_second" in r]
+    rows = [
+        r
+        for r in result["sections"].get("trainer", {}).get("rows", [])
+        if r["mode"] in modes and r["batch"] == batch and r["mask_rate"] == rate and "images_per_second" in r
+    ]
     return max(rows, key=lambda r: r["images_per_second"], default=None)
 
 
@@ -213,15 +216,19 @@ def preset_data(preset: str, workdir: Path, num_images: int = 512) -> dict:
     return {"name": "image_folder", "path": str(folder), "image_size": cfg.img_size}
 
 
-def trial_config(preset: str, data: dict, batch: int, rate: float, steps: int, device: str,
-                 mode: str = "eager") -> TrialConfig:
+def trial_config(
+    preset: str, data: dict, batch: int, rate: float, steps: int, device: str, mode: str = "eager"
+) -> TrialConfig:
     """A pre-training stage of ``2 * steps`` steps reporting every ``steps``: the first window is warm-up."""
     runtime = {"device": device, "log_every_steps": steps, "checkpoint_every_steps": 10**9, "keep_checkpoints": 1}
     if mode != "eager":
         runtime.update(compile=True, compile_mode=mode)
     return tiny_trial_config(
-        data=data, model={"preset": preset}, mask={"strategy": "patch", "rate": rate},
-        pretrain={"steps": 2 * steps, "batch_size": batch, "lr": 2e-4, "warmup_steps": 0}, runtime=runtime,
+        data=data,
+        model={"preset": preset},
+        mask={"strategy": "patch", "rate": rate},
+        pretrain={"steps": 2 * steps, "batch_size": batch, "lr": 2e-4, "warmup_steps": 0},
+        runtime=runtime,
     )
 
 

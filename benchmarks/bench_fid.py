@@ -52,31 +52,51 @@ def section_fid(args, device: torch.device, workdir: Path, result: dict) -> None
         with timer.window(args.fid_images):
             feats = backend.features(images)
         dt = timer.seconds
-        rows.append({"chunk": chunk, "images": args.fid_images, "seconds": dt, "images_per_second": args.fid_images / dt,
-                     "feature_dims": int(feats.shape[1])})
+        rows.append(
+            {
+                "chunk": chunk,
+                "images": args.fid_images,
+                "seconds": dt,
+                "images_per_second": args.fid_images / dt,
+                "feature_dims": int(feats.shape[1]),
+            }
+        )
     section = result["sections"]["fid"] = {
-        "backend": "inception", "weights": str(backend.weights_path), "weights_origin": origin,
-        "weights_format": backend.format, "image_size": cfg.img_size, "rows": rows,
+        "backend": "inception",
+        "weights": str(backend.weights_path),
+        "weights_origin": origin,
+        "weights_format": backend.format,
+        "image_size": cfg.img_size,
+        "rows": rows,
         "package_chunk": package_chunk,
         "images_per_second": next((r for r in rows if r["chunk"] == package_chunk), rows[0])["images_per_second"],
         "images_per_second_best": max(r["images_per_second"] for r in rows),
     }
-    print_table(f"FID features: Inception ({backend.format}, {backend.weights_path.name}, {origin}), "
-                f"{cfg.img_size}px -> 299px, {device_name(device)}",
-                ["chunk", "images", "seconds", "img/s"],
-                [[r["chunk"], r["images"], fmt(r["seconds"], 2), sig(r["images_per_second"])] for r in rows],
-                [f"chunk {package_chunk} is the package default on this device (InceptionBackend); the estimate below "
-                 "uses it"])
+    print_table(
+        f"FID features: Inception ({backend.format}, {backend.weights_path.name}, {origin}), "
+        f"{cfg.img_size}px -> 299px, {device_name(device)}",
+        ["chunk", "images", "seconds", "img/s"],
+        [[r["chunk"], r["images"], fmt(r["seconds"], 2), sig(r["images_per_second"])] for r in rows],
+        [f"chunk {package_chunk} is the package default on this device (InceptionBackend); the estimate below uses it"],
+    )
     sampling = result["sections"].get("sampling")
     if sampling and "images_per_second" in sampling:
         n = FID_TARGET_IMAGES
         s_sample, s_feat = n / sampling["images_per_second"], n / section["images_per_second"]
         s_best = n / sampling["images_per_second"] + n / section["images_per_second_best"]
-        section["estimate_10k"] = {"images": n, "sampling_seconds": s_sample, "features_seconds": s_feat,
-                                   "total_seconds": s_sample + s_feat, "total_seconds_best_chunk": s_best}
-        print(f"DDIM-{sampling['steps']} + Inception for {n:,} images: {s_sample + s_feat:,.1f} s "
-              f"(sampling {s_sample:,.1f} s at batch {sampling['batch']} + features {s_feat:,.1f} s; "
-              f"best chunk: {s_best:,.1f} s)", flush=True)
+        section["estimate_10k"] = {
+            "images": n,
+            "sampling_seconds": s_sample,
+            "features_seconds": s_feat,
+            "total_seconds": s_sample + s_feat,
+            "total_seconds_best_chunk": s_best,
+        }
+        print(
+            f"DDIM-{sampling['steps']} + Inception for {n:,} images: {s_sample + s_feat:,.1f} s "
+            f"(sampling {s_sample:,.1f} s at batch {sampling['batch']} + features {s_feat:,.1f} s; "
+            f"best chunk: {s_best:,.1f} s)",
+            flush=True,
+        )
         if sampling.get("images_per_second_compiled"):
             s_comp = n / sampling["images_per_second_compiled"] + n / section["images_per_second_best"]
             section["estimate_10k"]["total_seconds_compiled_denoiser_best_chunk"] = s_comp

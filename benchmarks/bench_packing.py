@@ -41,8 +41,13 @@ def _packing_trial(config: dict) -> dict:
     cfg = TrialConfig.model_validate(config["trial"])
     timer = StepTimer(cfg.runtime.device, on_first_window=wait_for_the_others)
     rate = run_fit(cfg, timer)["images_per_second"]
-    return {"images_per_second": rate, "window_start": timer.previous["wall"], "window_end": timer.last["wall"],
-            "barrier_wait": waited[0] if waited else 0.0, "threads": torch.get_num_threads()}
+    return {
+        "images_per_second": rate,
+        "window_start": timer.previous["wall"],
+        "window_end": timer.last["wall"],
+        "barrier_wait": waited[0] if waited else 0.0,
+        "threads": torch.get_num_threads(),
+    }
 
 
 @contextmanager
@@ -60,11 +65,22 @@ def local_ray(cpus: int, gpus: int):
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    env = {"RAY_AUTH_MODE": "disabled", "MASKDM_CACHE": os.environ["MASKDM_CACHE"],
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = {
+        "RAY_AUTH_MODE": "disabled",
+        "MASKDM_CACHE": os.environ["MASKDM_CACHE"],
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
     ray_tmp = Path(tempfile.mkdtemp(prefix="rb-", dir="/tmp"))  # short: socket paths are limited to 107 bytes
-    ray.init(address="local", num_cpus=cpus, num_gpus=gpus, include_dashboard=False, log_to_driver=False,
-             configure_logging=False, _temp_dir=str(ray_tmp), runtime_env={"env_vars": env})
+    ray.init(
+        address="local",
+        num_cpus=cpus,
+        num_gpus=gpus,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+        _temp_dir=str(ray_tmp),
+        runtime_env={"env_vars": env},
+    )
     try:
         yield
     finally:
@@ -114,6 +130,7 @@ def section_packing(args, device: torch.device, workdir: Path, result: dict) -> 
     if backend == "auto":
         try:
             import ray  # noqa: F401
+
             backend = "ray"
         except ImportError:
             backend = "processes"
@@ -127,39 +144,64 @@ def section_packing(args, device: torch.device, workdir: Path, result: dict) -> 
         barrier = workdir / f"barrier-{backend}-{n}"
         barrier.mkdir()
         threads = None if cuda else 1 if args.quick else max(1, cpus // n)
-        return [{"index": i, "n": n, "barrier": str(barrier), "threads": threads, "trial": cfg.model_dump(mode="json")}
-                for i in range(n)]
+        return [
+            {"index": i, "n": n, "barrier": str(barrier), "threads": threads, "trial": cfg.model_dump(mode="json")}
+            for i in range(n)
+        ]
 
     def resources(n: int) -> dict:
         return {"cpu": 1, "gpu": 1 / n} if cuda else {"cpu": cpus / n}
 
     if cuda:
         torch.cuda.empty_cache()
-    rounds = (_ray_rounds if backend == "ray" else _process_rounds)(counts, make_configs, resources, cuda, cpus, workdir)
+    rounds = (_ray_rounds if backend == "ray" else _process_rounds)(
+        counts, make_configs, resources, cuda, cpus, workdir
+    )
     rows = []
     for n, res, metrics, wall in rounds:
         starts, ends = [m["window_start"] for m in metrics], [m["window_end"] for m in metrics]
         mean_window = sum(e - s for s, e in zip(starts, ends, strict=True)) / n
         overlap = max(0.0, min(ends) - max(starts)) / mean_window if mean_window > 0 else 0.0
-        rows.append({"trials": n, "resources": res if backend == "ray" else None,
-                     "per_trial_images_per_second": [m["images_per_second"] for m in metrics],
-                     "aggregate_images_per_second": sum(m["images_per_second"] for m in metrics),
-                     "timed_window_overlap": overlap, "wall_seconds": wall,
-                     "threads_per_trial": metrics[0].get("threads")})
+        rows.append(
+            {
+                "trials": n,
+                "resources": res if backend == "ray" else None,
+                "per_trial_images_per_second": [m["images_per_second"] for m in metrics],
+                "aggregate_images_per_second": sum(m["images_per_second"] for m in metrics),
+                "timed_window_overlap": overlap,
+                "wall_seconds": wall,
+                "threads_per_trial": metrics[0].get("threads"),
+            }
+        )
     base = rows[0]["aggregate_images_per_second"] if rows and rows[0]["trials"] == 1 else None
     for row in rows:
         row["vs_one_alone"] = row["aggregate_images_per_second"] / base if base else None
     result["sections"]["packing"] = {
-        "preset": args.packing_preset, "batch": args.packing_batch, "timed_steps": args.packing_steps,
-        "backend": backend, "resource": ("gpu" if cuda else "cpu") + " fraction" if backend == "ray" else None,
+        "preset": args.packing_preset,
+        "batch": args.packing_batch,
+        "timed_steps": args.packing_steps,
+        "backend": backend,
+        "resource": ("gpu" if cuda else "cpu") + " fraction" if backend == "ray" else None,
         "rows": rows,
     }
     how = f"Ray Tune fractional {'GPUs' if cuda else 'CPUs'}" if backend == "ray" else "concurrent processes (no Ray)"
-    print_table(f"packing: {args.packing_preset} batch {args.packing_batch}, {args.packing_steps} timed steps per trial, "
-                f"{how}, {device_name(device)}",
-                ["trials", "aggregate img/s", "vs one alone", "per trial img/s", "window overlap", "wall s"],
-                [[r["trials"], fmt(r["aggregate_images_per_second"]), f"{r['vs_one_alone']:.2f}x" if r["vs_one_alone"] else "-",
-                  " / ".join(fmt(v, 0) for v in r["per_trial_images_per_second"]), f"{r['timed_window_overlap']:.0%}",
-                  fmt(r["wall_seconds"])] for r in rows],
-                ["aggregate = sum of the trials' last-window rates; 'window overlap' = the share of a timed window "
-                 "during which all trials were timing at once (low overlap overstates the aggregate)"])
+    print_table(
+        f"packing: {args.packing_preset} batch {args.packing_batch}, {args.packing_steps} timed steps per trial, "
+        f"{how}, {device_name(device)}",
+        ["trials", "aggregate img/s", "vs one alone", "per trial img/s", "window overlap", "wall s"],
+        [
+            [
+                r["trials"],
+                fmt(r["aggregate_images_per_second"]),
+                f"{r['vs_one_alone']:.2f}x" if r["vs_one_alone"] else "-",
+                " / ".join(fmt(v, 0) for v in r["per_trial_images_per_second"]),
+                f"{r['timed_window_overlap']:.0%}",
+                fmt(r["wall_seconds"]),
+            ]
+            for r in rows
+        ],
+        [
+            "aggregate = sum of the trials' last-window rates; 'window overlap' = the share of a timed window "
+            "during which all trials were timing at once (low overlap overstates the aggregate)"
+        ],
+    )

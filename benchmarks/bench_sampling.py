@@ -21,10 +21,14 @@ def section_sampling(args, device: torch.device, result: dict) -> None:
     torch.manual_seed(0)
     model = UViT(cfg).to(device).eval()
     schedule = build_schedule("linear", 1000)
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else contextlib.nullcontext
+    autocast = (
+        (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else contextlib.nullcontext
+    )
     shape = (args.sample_batch, cfg.in_chans, cfg.img_size, cfg.img_size)
     rows = []
-    variants = [("eager", model)] + ([("compiled", torch.compile(model, dynamic=False))] if args.sampling_compile else [])
+    variants = [("eager", model)] + (
+        [("compiled", torch.compile(model, dynamic=False))] if args.sampling_compile else []
+    )
     for name, net in variants:
 
         def denoiser(x, t, net=net):
@@ -41,20 +45,47 @@ def section_sampling(args, device: torch.device, result: dict) -> None:
             sample_images(denoiser, sampler, shape, gen, device)
         dt = timer.seconds
         ips = args.sample_batch / dt
-        rows.append({"model": name, "seconds": dt, "images_per_second": ips,
-                     "denoiser_forwards_per_second": ips * args.sampling_steps, "warm_seconds": warm})
+        rows.append(
+            {
+                "model": name,
+                "seconds": dt,
+                "images_per_second": ips,
+                "denoiser_forwards_per_second": ips * args.sampling_steps,
+                "warm_seconds": warm,
+            }
+        )
     result["sections"]["sampling"] = {
-        "preset": args.preset, "sampler": "ddim", "eta": 1.0, "steps": args.sampling_steps, "batch": args.sample_batch,
-        "precision": "bf16 autocast" if device.type == "cuda" else "fp32", "rows": rows,
+        "preset": args.preset,
+        "sampler": "ddim",
+        "eta": 1.0,
+        "steps": args.sampling_steps,
+        "batch": args.sample_batch,
+        "precision": "bf16 autocast" if device.type == "cuda" else "fp32",
+        "rows": rows,
         "images_per_second": rows[0]["images_per_second"],  # the package's path without runtime.compile: eager
         "images_per_second_compiled": rows[1]["images_per_second"] if len(rows) > 1 else None,
     }
-    print_table(f"sampling: DDIM-{args.sampling_steps} (eta 1), {args.preset}, no EMA, {device_name(device)}",
-                ["denoiser", "batch", "seconds", "img/s", "forwards/s", "warm s"],
-                [[r["model"], args.sample_batch, fmt(r["seconds"], 2), sig(r["images_per_second"]),
-                  sig(r["denoiser_forwards_per_second"]), fmt(r["warm_seconds"])] for r in rows],
-                [] if args.sampling_compile else ["--sampling-compile adds a torch.compile'd denoiser (what the "
-                                                  "package's evaluation runs when runtime.compile is on)"])
+    print_table(
+        f"sampling: DDIM-{args.sampling_steps} (eta 1), {args.preset}, no EMA, {device_name(device)}",
+        ["denoiser", "batch", "seconds", "img/s", "forwards/s", "warm s"],
+        [
+            [
+                r["model"],
+                args.sample_batch,
+                fmt(r["seconds"], 2),
+                sig(r["images_per_second"]),
+                sig(r["denoiser_forwards_per_second"]),
+                fmt(r["warm_seconds"]),
+            ]
+            for r in rows
+        ],
+        []
+        if args.sampling_compile
+        else [
+            "--sampling-compile adds a torch.compile'd denoiser (what the "
+            "package's evaluation runs when runtime.compile is on)"
+        ],
+    )
     del model, variants
     torch._dynamo.reset()
     if device.type == "cuda":

@@ -16,9 +16,19 @@ from dataclasses import replace
 import torch
 
 from bench_common import StepTimer, device_name, fmt, print_table, sig
-from maskdm_sweeps.maskdm import (MODEL_PRESETS, DeferredMasking, MaskDiT, PatchMask, TokenRouting, UViT,
-                                  build_schedule, network_overrides, token_counts, train_flops_per_image,
-                                  training_loss)
+from maskdm_sweeps.maskdm import (
+    MODEL_PRESETS,
+    DeferredMasking,
+    MaskDiT,
+    PatchMask,
+    TokenRouting,
+    UViT,
+    build_schedule,
+    network_overrides,
+    token_counts,
+    train_flops_per_image,
+    training_loss,
+)
 
 PAPER_RATES = {
     "full tokens": None,
@@ -35,7 +45,9 @@ def _step_fn(model, strategy, batch: int, device: torch.device):
     abar = build_schedule("linear", 1000).alphas_cumprod.float().to(device)
     gen = torch.Generator(device=device).manual_seed(0)
     x0 = torch.randn(batch, cfg.in_chans, cfg.img_size, cfg.img_size, generator=gen, device=device)
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else contextlib.nullcontext
+    autocast = (
+        (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else contextlib.nullcontext
+    )
 
     def step():
         t = torch.randint(0, 1000, (batch,), generator=gen, device=device)
@@ -69,21 +81,43 @@ def section_strategies(args, device: torch.device, result: dict) -> None:
         with timer.window(args.steps):
             for _ in range(args.steps):
                 step()
-        rows.append({"strategy": name, "images_per_second": args.batch_masked * args.steps / timer.seconds,
-                     "flops_per_image": flops, "parameters": sum(p.numel() for p in model.parameters())})
+        rows.append(
+            {
+                "strategy": name,
+                "images_per_second": args.batch_masked * args.steps / timer.seconds,
+                "flops_per_image": flops,
+                "parameters": sum(p.numel() for p in model.parameters()),
+            }
+        )
         del model
     full = rows[0]
     for row in rows:
         row["ratio_to_full_tokens"] = row["images_per_second"] / full["images_per_second"]
         row["flops_ratio"] = row["flops_per_image"] / full["flops_per_image"]
-    result["sections"]["strategies"] = {"preset": args.preset, "batch": args.batch_masked, "steps": args.steps,
-                                        "precision": "bf16 autocast" if device.type == "cuda" else "fp32",
-                                        "rows": rows}
-    print_table(f"strategies: one training step at each paper's rate, {args.preset}, batch {args.batch_masked}, "
-                f"{device_name(device)}",
-                ["strategy", "params", "img/s", "x full", "GFLOP/img", "FLOPs x full"],
-                [[r["strategy"], f"{r['parameters']:,}", sig(r["images_per_second"]),
-                  f"{r['ratio_to_full_tokens']:.2f}x", fmt(r["flops_per_image"] / 1e9, 3), f"{r['flops_ratio']:.2f}"]
-                 for r in rows],
-                ["x full: images/s over the full-token step of the same preset, measured in this run; FLOPs x full: "
-                 "the counted training FLOPs per image over the full-token step's"])
+    result["sections"]["strategies"] = {
+        "preset": args.preset,
+        "batch": args.batch_masked,
+        "steps": args.steps,
+        "precision": "bf16 autocast" if device.type == "cuda" else "fp32",
+        "rows": rows,
+    }
+    print_table(
+        f"strategies: one training step at each paper's rate, {args.preset}, batch {args.batch_masked}, "
+        f"{device_name(device)}",
+        ["strategy", "params", "img/s", "x full", "GFLOP/img", "FLOPs x full"],
+        [
+            [
+                r["strategy"],
+                f"{r['parameters']:,}",
+                sig(r["images_per_second"]),
+                f"{r['ratio_to_full_tokens']:.2f}x",
+                fmt(r["flops_per_image"] / 1e9, 3),
+                f"{r['flops_ratio']:.2f}",
+            ]
+            for r in rows
+        ],
+        [
+            "x full: images/s over the full-token step of the same preset, measured in this run; FLOPs x full: "
+            "the counted training FLOPs per image over the full-token step's"
+        ],
+    )

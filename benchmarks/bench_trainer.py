@@ -14,8 +14,21 @@ from pathlib import Path
 
 import torch
 
-from bench_common import (COMPILED_RATES, MASK_RATES, MODES, StepTimer, device_name, fmt, log, preset_data,
-                          print_table, run_fit, sig, trial_config, write_json)
+from bench_common import (
+    COMPILED_RATES,
+    MASK_RATES,
+    MODES,
+    StepTimer,
+    device_name,
+    fmt,
+    log,
+    preset_data,
+    print_table,
+    run_fit,
+    sig,
+    trial_config,
+    write_json,
+)
 from maskdm_sweeps.maskdm import MODEL_PRESETS, UViT, mdsm_loss, resolve_model_config
 from maskdm_sweeps.trainer.config import build_mask_from_config
 
@@ -62,8 +75,11 @@ def trainer_plan(args, device: torch.device) -> tuple[list[tuple[str, int, float
     at 0 and 0.9 (``--batch-masked``). ``--full`` adds ``default`` at 0.9 and ``reduce-overhead`` at ``--batch`` too.
     """
     notes = []
-    modes = [m.strip() for m in args.modes.split(",")] if args.modes else (
-        ["eager", "default", "reduce-overhead"] if device.type == "cuda" else ["eager"])
+    modes = (
+        [m.strip() for m in args.modes.split(",")]
+        if args.modes
+        else (["eager", "default", "reduce-overhead"] if device.type == "cuda" else ["eager"])
+    )
     for m in modes:
         if m not in MODES:
             raise SystemExit(f"--modes: unknown mode {m!r}; choose from {', '.join(MODES)}")
@@ -71,8 +87,10 @@ def trainer_plan(args, device: torch.device) -> tuple[list[tuple[str, int, float
         if "reduce-overhead" in modes:
             modes.remove("reduce-overhead")
         if not args.modes:
-            notes.append("compiled modes skipped on the CPU (inductor's C++ compile takes minutes on 2 cores; "
-                         "force them with --modes eager,default); reduce-overhead needs CUDA graphs (CUDA only)")
+            notes.append(
+                "compiled modes skipped on the CPU (inductor's C++ compile takes minutes on 2 cores; "
+                "force them with --modes eager,default); reduce-overhead needs CUDA graphs (CUDA only)"
+            )
         else:
             notes.append("reduce-overhead skipped: CUDA graphs need CUDA")
     compiled_rates = COMPILED_RATES if args.full or args.modes else (0.0,)
@@ -90,26 +108,36 @@ def trainer_plan(args, device: torch.device) -> tuple[list[tuple[str, int, float
     return plan, notes
 
 
-
-
 def section_trainer(args, device: torch.device, workdir: Path, result: dict) -> None:
     plan, notes = trainer_plan(args, device)
     cfg_model = MODEL_PRESETS[args.preset]
     data = preset_data(args.preset, workdir)
     ceiling = matmul_ceiling(device, args.quick)
     section = result["sections"]["trainer"] = {
-        "preset": args.preset, "image_size": cfg_model.img_size, "channels": cfg_model.in_chans,
-        "timed_steps": args.steps, "data": data["name"], "stage": "pretrain", "mask_strategy": "patch",
+        "preset": args.preset,
+        "image_size": cfg_model.img_size,
+        "channels": cfg_model.in_chans,
+        "timed_steps": args.steps,
+        "data": data["name"],
+        "stage": "pretrain",
+        "mask_strategy": "patch",
         "precision": "bf16 autocast" if device.type == "cuda" else "fp32",
-        "matmul_ceiling": ceiling, "rows": [], "notes": notes,
+        "matmul_ceiling": ceiling,
+        "rows": [],
+        "notes": notes,
     }
     log(f"trainer: matmul ceiling {sig(ceiling['tflops'])} TFLOP/s ({ceiling['dtype']})")
     for mode, batch, rate in plan:
         cfg = trial_config(args.preset, data, batch, rate, args.steps, device.type, mode)
         mc = cfg.model_config_resolved()
         keep = build_mask_from_config(cfg.mask).keep_count(mc.grid)  # what the trainer's mask keeps
-        row = {"mode": mode, "batch": batch, "mask_rate": rate, "kept_tokens": keep,
-               "effective_mask_rate": round(1 - keep / mc.num_patches, 4)}
+        row = {
+            "mode": mode,
+            "batch": batch,
+            "mask_rate": rate,
+            "kept_tokens": keep,
+            "effective_mask_rate": round(1 - keep / mc.num_patches, 4),
+        }
         log(f"trainer: {mode}, batch {batch}, mask {rate} ...")
         try:
             if mode != "eager":
@@ -117,14 +145,19 @@ def section_trainer(args, device: torch.device, workdir: Path, result: dict) -> 
             row.update(run_fit(cfg))
             flops = count_step_flops(args.preset, mc.in_chans, mc.img_size, batch, keep)
             steps_per_second = row["images_per_second"] / batch
-            row.update(step_ms=1e3 / steps_per_second, flops_per_step=flops,
-                       tflops=flops * steps_per_second / 1e12,
-                       mfu=flops * steps_per_second / (ceiling["tflops"] * 1e12))
+            row.update(
+                step_ms=1e3 / steps_per_second,
+                flops_per_step=flops,
+                tflops=flops * steps_per_second / 1e12,
+                mfu=flops * steps_per_second / (ceiling["tflops"] * 1e12),
+            )
             drift = abs(row["images_per_second_synced"] / row["images_per_second"] - 1)
             if drift > 0.1:
-                notes.append(f"{mode} b{batch} mask {rate}: the trainer's window rate and the synchronised one "
-                             f"differ by {drift:.0%} (host ran ahead of the device?)")
-        except Exception as exc:  # noqa: BLE001 - one failed config must not lose the others
+                notes.append(
+                    f"{mode} b{batch} mask {rate}: the trainer's window rate and the synchronised one "
+                    f"differ by {drift:.0%} (host ran ahead of the device?)"
+                )
+        except Exception as exc:
             row["error"] = f"{type(exc).__name__}: {exc}"[:500]
             result["errors"][f"trainer/{mode}/b{batch}/m{rate}"] = traceback.format_exc()[-2000:]
             log(f"trainer: {mode} b{batch} mask {rate} FAILED: {row['error']}")
@@ -136,19 +169,40 @@ def section_trainer(args, device: torch.device, workdir: Path, result: dict) -> 
         section["rows"].append(row)
         write_json(args, result)
     for row in section["rows"]:
-        base = next((r for r in section["rows"] if r["mode"] == row["mode"] and r["batch"] == row["batch"]
-                     and r["mask_rate"] == 0.0 and "images_per_second" in r), None)
+        base = next(
+            (
+                r
+                for r in section["rows"]
+                if r["mode"] == row["mode"]
+                and r["batch"] == row["batch"]
+                and r["mask_rate"] == 0.0
+                and "images_per_second" in r
+            ),
+            None,
+        )
         if base and "images_per_second" in row:
             row["ratio_to_mask0"] = row["images_per_second"] / base["images_per_second"]
-    rows = [[r["mode"], r["batch"], f"{r['mask_rate']:.1f}", r["kept_tokens"],
-             sig(r.get("images_per_second")) if "error" not in r else "FAILED",
-             fmt(r.get("step_ms"), 2), f"{r['ratio_to_mask0']:.2f}x" if "ratio_to_mask0" in r else "-",
-             sig(r["flops_per_step"] / 1e9 if "flops_per_step" in r else None),
-             sig(r.get("tflops")), sig(100 * r["mfu"] if "mfu" in r else None, 2),
-             fmt(r.get("setup_and_warm_seconds"))] for r in section["rows"]]
+    rows = [
+        [
+            r["mode"],
+            r["batch"],
+            f"{r['mask_rate']:.1f}",
+            r["kept_tokens"],
+            sig(r.get("images_per_second")) if "error" not in r else "FAILED",
+            fmt(r.get("step_ms"), 2),
+            f"{r['ratio_to_mask0']:.2f}x" if "ratio_to_mask0" in r else "-",
+            sig(r["flops_per_step"] / 1e9 if "flops_per_step" in r else None),
+            sig(r.get("tflops")),
+            sig(100 * r["mfu"] if "mfu" in r else None, 2),
+            fmt(r.get("setup_and_warm_seconds")),
+        ]
+        for r in section["rows"]
+    ]
     print_table(
         f"trainer: {args.preset} ({cfg_model.img_size}px, {cfg_model.in_chans} ch), {section['precision']}, "
         f"{args.steps} timed steps, {device_name(device)}; matmul ceiling {sig(ceiling['tflops'])} TFLOP/s "
         f"({ceiling['dtype']})",
         ["mode", "batch", "mask", "K", "img/s", "step ms", "vs mask 0", "GFLOP/step", "TFLOP/s", "MFU %", "warm s"],
-        rows, notes)
+        rows,
+        notes,
+    )

@@ -19,9 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
+import torch
 
-from bench_common import MASK_RATES, run_fit, trial_config  # noqa: E402
+from bench_common import MASK_RATES, run_fit, trial_config
 
 
 def measure(preset: str, batch: int, steps: int, rate: float, device: str, image_size: int) -> float:
@@ -46,16 +46,29 @@ def main() -> None:
         rows.append({"mask_rate": rate, "images_per_second": round(ips, 1)})
     base = rows[0]["images_per_second"]
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu"
-    print(f"trainer throughput: preset {args.preset}, {args.image_size}px, batch {args.batch}, "
-          f"{args.device} ({device_name}), {torch.get_num_threads()} threads")
+    print(
+        f"trainer throughput: preset {args.preset}, {args.image_size}px, batch {args.batch}, "
+        f"{args.device} ({device_name}), {torch.get_num_threads()} threads"
+    )
     print(f"{'mask rate':>9}  {'images/s':>9}  {'vs mask 0':>9}")
     for row in rows:
         row["ratio_to_mask0"] = round(row["images_per_second"] / base, 2)
         print(f"{row['mask_rate']:9.1f}  {row['images_per_second']:9.1f}  {row['ratio_to_mask0']:8.2f}x")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"date": date.today().isoformat(), "device": device_name, "preset": args.preset,
-                                        "image_size": args.image_size, "batch": args.batch, "rows": rows}, indent=2))
+        args.out.write_text(
+            json.dumps(
+                {
+                    "date": date.today().isoformat(),
+                    "device": device_name,
+                    "preset": args.preset,
+                    "image_size": args.image_size,
+                    "batch": args.batch,
+                    "rows": rows,
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

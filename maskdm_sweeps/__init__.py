@@ -1,2 +1,3 @@
 """maskdm-sweeps."""
+
 __version__ = "0.1.0"

@@ -4,7 +4,8 @@ and timm) only when ``UViT`` is asked for, so that reading a spec imports only w
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 def lazy_exports(package: str, exports: dict[str, list[str]]) -> tuple[Callable[[str], Any], Callable[[], list]]:

@@ -49,8 +49,12 @@ class ProgressReporter(NullReporter):
         self.loss = values.get("train/loss", self.loss)
         self.fid = values.get("eval/fid", self.fid)
         status = " ".join(
-            s for s in (f"loss {self.loss:.4f}" if self.loss is not None else "",
-                        f"FID {self.fid:.2f}" if self.fid is not None else "") if s
+            s
+            for s in (
+                f"loss {self.loss:.4f}" if self.loss is not None else "",
+                f"FID {self.fid:.2f}" if self.fid is not None else "",
+            )
+            if s
         )
         self.progress.update(self.task, completed=step, status=status)
 
@@ -77,8 +81,17 @@ def print_results_summary(sweep_dir: Path, paths: dict[str, Path], tracking_uri:
         swept = group_keys(trials)[1:]  # other swept settings that split an arm (e.g. finetune_init_from)
         view = Table(title=f"FID by arm ({Path(sweep_dir).name})")
         digits = table["recognisable_mean"].notna().any()
-        for col in ("arm", *swept, "eff. mask rate", "seeds", "FID mean", "FID std", "TFLOPs",
-                    f"{compute_unit(trials)[1]} mean", *(["recognisable"] if digits else [])):
+        for col in (
+            "arm",
+            *swept,
+            "eff. mask rate",
+            "seeds",
+            "FID mean",
+            "FID std",
+            "TFLOPs",
+            f"{compute_unit(trials)[1]} mean",
+            *(["recognisable"] if digits else []),
+        ):
             if col == "arm":  # whole arm names: the other columns wrap their headers instead
                 view.add_column(col, no_wrap=True, min_width=max([len(str(a)) for a in table["arm"]] + [3]))
             else:
@@ -88,11 +101,17 @@ def print_results_summary(sweep_dir: Path, paths: dict[str, Path], tracking_uri:
             return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
 
         for _, row in table.iterrows():
-            view.add_row(str(row["arm"]), *(str(row[c]) for c in swept), num(row["effective_mask_rate"], ".2f"),
-                         f"{row['n_seeds']}/{row['n_trials']}", num(row["fid_mean"], ".2f"),
-                         num(row["fid_std"], ".2f"), num(row["train_tflops_mean"], ".4g"),
-                         num(row["device_hours_mean"], ".3g"),
-                         *([num(row["recognisable_mean"], ".2f")] if digits else []))
+            view.add_row(
+                str(row["arm"]),
+                *(str(row[c]) for c in swept),
+                num(row["effective_mask_rate"], ".2f"),
+                f"{row['n_seeds']}/{row['n_trials']}",
+                num(row["fid_mean"], ".2f"),
+                num(row["fid_std"], ".2f"),
+                num(row["train_tflops_mean"], ".4g"),
+                num(row["device_hours_mean"], ".3g"),
+                *([num(row["recognisable_mean"], ".2f")] if digits else []),
+            )
         out.print(view)
         from .results import headline, load
 
@@ -118,8 +137,13 @@ def results_json(sweep_dir: Path, paths: dict[str, Path]) -> dict:
     from .layout import SweepDir
     from .results import comparison_table, headline, load
 
-    out: dict = {"sweep": Path(sweep_dir).name, "arms": [], "speedup": [], "speedup_sentences": [],
-                 "files": {name: str(path) for name, path in paths.items()}}
+    out: dict = {
+        "sweep": Path(sweep_dir).name,
+        "arms": [],
+        "speedup": [],
+        "speedup_sentences": [],
+        "files": {name: str(path) for name, path in paths.items()},
+    }
     if SweepDir.of(sweep_dir).trials_parquet.exists():
         trials, curves = load(sweep_dir)
         # through pandas' JSON writer: NaN becomes null, numpy numbers plain numbers

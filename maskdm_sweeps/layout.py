@@ -181,7 +181,7 @@ class StageRun:
     def milestone_steps(self) -> list[int]:
         """The lengths this line keeps (those with a state and its cost record), ascending."""
         steps = (step_of(p) for p in step_files(self.milestones, ".json"))
-        return [step for step in steps if self.milestone(step).exists()]
+        return [step for step in steps if step is not None and self.milestone(step).exists()]
 
     @property
     def branch(self) -> Path:
@@ -212,7 +212,7 @@ class StageRun:
 
     def asked_steps(self) -> set[int]:
         """Every length asked of the run now."""
-        return {step_of(p) for p in self.asked_files()}
+        return {step for step in map(step_of, self.asked_files()) if step is not None}
 
     def finished(self) -> bool:
         return self.result.exists()
@@ -226,7 +226,7 @@ class SweepDir:
     name: str
 
     @classmethod
-    def of(cls, sweep_path: Path) -> "SweepDir":
+    def of(cls, sweep_path: Path) -> SweepDir:
         """The layout of an existing sweep directory (its results root is the folder above it)."""
         path = Path(sweep_path).resolve()
         return cls(path.parent, path.name)
@@ -343,6 +343,7 @@ class SweepDirError(ValueError):
 def relative_path(path: Path, start: Path) -> str:
     """``path`` relative to the directory ``start``: what a file under ``start`` writes, so that both can move."""
     return os.path.relpath(Path(path), Path(start))
+
 
 def mlflow_lock(results_root: Path) -> Path:
     """The lock file held while the MLflow store, an experiment or a run of this results root is created."""

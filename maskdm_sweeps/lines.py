@@ -70,8 +70,9 @@ class Line(StageRun):
         if parent.is_absolute():  # written before paths were relative: the main line or a branch of the same key
             parent = main_dir if parent.name == main_dir.name else main_dir / BRANCHES_DIR / parent.name
         parent = Path(os.path.normpath(self.path / parent))
-        return Line(parent, self.key, MAIN if parent == Path(os.path.normpath(main_dir)) else parent.name), \
-            int(record["from_step"])
+        return Line(parent, self.key, MAIN if parent == Path(os.path.normpath(main_dir)) else parent.name), int(
+            record["from_step"]
+        )
 
     def start_from(self, parent: Line, step: int) -> None:
         """Record that this branch line starts from ``parent``'s kept state at ``step`` (read by :meth:`origin`)."""

@@ -6,24 +6,34 @@ strategy's (:meth:`maskdm_sweeps.maskdm.masking.MaskStrategy.arm`).
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 SEPARATOR = " · "
 # axis keys whose short name is not their last part
-SHORT_KEYS = {"pretrain.steps": "pre", "finetune.steps": "ft", "finetune.lr": "ft lr", "pretrain.lr": "pre lr",
-              "finetune.init_from": "from", "finetune.warmup_steps": "ft warmup", "pretrain.warmup_steps": "pre warmup"}
+SHORT_KEYS = {
+    "pretrain.steps": "pre",
+    "finetune.steps": "ft",
+    "finetune.lr": "ft lr",
+    "pretrain.lr": "pre lr",
+    "finetune.init_from": "from",
+    "finetune.warmup_steps": "ft warmup",
+    "pretrain.warmup_steps": "pre warmup",
+}
 
 
-def arm_name(strategy: str | None, rate: float | None = None, block_size: int | None = None,
-             crop_size: int | None = None) -> str:
+def arm_name(
+    strategy: str | None, rate: float | None = None, block_size: int | None = None, crop_size: int | None = None
+) -> str:
     """``baseline``, ``patch r=0.5``, ``block b=4 r=0.9``, ``crop c=11``, ``maskdit r=0.5``, ``routing r=0.5``: the
     strategy's own name for its arm (the strategy alone when the knobs do not make a valid one)."""
     if strategy is None:
         return "baseline"
     from .maskdm.strategies import strategy_from_columns
 
-    found = strategy_from_columns({"mask_strategy": strategy, "mask_rate": rate, "mask_block_size": block_size,
-                                   "mask_crop_size": crop_size})
+    found = strategy_from_columns(
+        {"mask_strategy": strategy, "mask_rate": rate, "mask_block_size": block_size, "mask_crop_size": crop_size}
+    )
     return found.arm() if found is not None else str(strategy)
 
 

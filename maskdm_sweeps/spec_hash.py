@@ -41,12 +41,14 @@ class SpecEdited(SweepDirError):
 
     def __init__(self, path: Path, recorded: str, actual: str):
         self.path, self.recorded, self.actual = Path(path), recorded, actual
-        super().__init__(f"{path} has hash {actual}, but {PLAN_FILE} beside it records {recorded}: the spec was "
-                         "edited after the sweep ran, and its trials would no longer match it. Restore it (each MLflow "
-                         "parent run of the sweep holds a copy), or run the edited spec under a new name")
+        super().__init__(
+            f"{path} has hash {actual}, but {PLAN_FILE} beside it records {recorded}: the spec was "
+            "edited after the sweep ran, and its trials would no longer match it. Restore it (each MLflow "
+            "parent run of the sweep holds a copy), or run the edited spec under a new name"
+        )
 
 
-def verify_spec_hash(sweep: "SweepDir", resolved: dict) -> None:
+def verify_spec_hash(sweep: SweepDir, resolved: dict) -> None:
     """Raise :class:`SpecEdited` when ``resolved`` (the sweep's resolved spec) is not what its ``plan.json``
     recorded; an older directory that records no hash by this rule passes."""
     recorded, actual = recorded_spec_hash(read_json(sweep.plan_file)), spec_hash(resolved)

@@ -21,22 +21,31 @@ def _merge(base: dict, overrides: dict) -> dict:
     return out
 
 
-def tiny_sweep_spec(name: str, output_dir: str | Path, sweep: dict | None = None, resources: dict | None = None,
-                    **base: Any) -> dict:
+def tiny_sweep_spec(
+    name: str, output_dir: str | Path, sweep: dict | None = None, resources: dict | None = None, **base: Any
+) -> dict:
     """A sweep spec (plain data, to dump as YAML) whose ``base`` is a CPU trial of the ``tiny`` preset on 8x8
     digits without FID; ``base`` keyword arguments are nested dicts merged into it, e.g.
     ``tiny_sweep_spec("s", tmp_path, {"baseline": True}, pretrain={"steps": 4000})``."""
-    trial = _merge({
-        "data": {"name": "digits", "image_size": 8},
-        "model": {"preset": "tiny"},
-        "mask": {"strategy": "patch", "rate": 0.5},
-        "pretrain": {"steps": 40, "batch_size": 8},
-        "finetune": {"steps": 40, "batch_size": 8},
-        "eval": {"num_samples": 0, "backend": "digits-classifier"},
-        "runtime": {"device": "cpu", "log_every_steps": 10, "checkpoint_every_steps": 10},
-    }, base)
-    return {"name": name, "output_dir": str(output_dir), "base": trial, "sweep": sweep or {},
-            "resources": {"gpus": 0, "cpus": 1, **(resources or {})}}
+    trial = _merge(
+        {
+            "data": {"name": "digits", "image_size": 8},
+            "model": {"preset": "tiny"},
+            "mask": {"strategy": "patch", "rate": 0.5},
+            "pretrain": {"steps": 40, "batch_size": 8},
+            "finetune": {"steps": 40, "batch_size": 8},
+            "eval": {"num_samples": 0, "backend": "digits-classifier"},
+            "runtime": {"device": "cpu", "log_every_steps": 10, "checkpoint_every_steps": 10},
+        },
+        base,
+    )
+    return {
+        "name": name,
+        "output_dir": str(output_dir),
+        "base": trial,
+        "sweep": sweep or {},
+        "resources": {"gpus": 0, "cpus": 1, **(resources or {})},
+    }
 
 
 def tiny_trial_config(**overrides: Any) -> TrialConfig:
@@ -52,7 +61,13 @@ def tiny_trial_config(**overrides: Any) -> TrialConfig:
         "mask": {"strategy": "patch", "rate": 0.5},
         "pretrain": {"steps": 0, "batch_size": 32, "lr": 2e-3},
         "finetune": {"steps": 20, "batch_size": 32, "lr": 2e-3},
-        "eval": {"num_samples": 0, "grid_size": 16, "sampling_steps": 5, "batch_size": 16, "backend": "digits-classifier"},
+        "eval": {
+            "num_samples": 0,
+            "grid_size": 16,
+            "sampling_steps": 5,
+            "batch_size": 16,
+            "backend": "digits-classifier",
+        },
         "runtime": {"device": "cpu", "log_every_steps": 1, "checkpoint_every_steps": 10},
     }
     return TrialConfig.model_validate(_merge(base, overrides))
@@ -61,6 +76,7 @@ def tiny_trial_config(**overrides: Any) -> TrialConfig:
 def write_png_with_a_broken_stream(path: Path, size: int = 4) -> Path:
     """A PNG whose chunks all carry valid CRCs around an IDAT payload that is no zlib stream: ``Image.verify()``
     passes it, only decoding its pixels fails (a damaged file that a checksum check does not catch)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -96,7 +112,7 @@ class CrashAt(NullReporter):
 
 
 @dataclass(frozen=True)
-class crash_once:  # noqa: N801 (used like a function: run_sweep(plan, reporters=crash_once("finetune", 17)))
+class crash_once:
     """``run_sweep``'s ``reporters`` that kill the process of each ``stage`` run once, at ``step``, on ``rank``."""
 
     stage: str
@@ -125,7 +141,7 @@ class CorruptNewestCheckpoint(CrashAt):
 
 
 @dataclass(frozen=True)
-class corrupt_once:  # noqa: N801 (used like a function, as crash_once)
+class corrupt_once:
     """``run_sweep``'s ``reporters`` that, once per ``stage`` run, cut its newest checkpoint short at ``step`` and
     kill the process."""
 
@@ -154,7 +170,7 @@ def corrupt_state_file(path: Path, how: str) -> None:
         for i in (start + 5, start + len(raw) // 2, start + len(raw) - 3):
             data[i] ^= 0x10
     elif how == "garbage":
-        data[start: start + len(raw)] = b"\xff" * len(raw)
+        data[start : start + len(raw)] = b"\xff" * len(raw)
     else:
         raise ValueError(f"unknown damage {how!r}: flipped, truncated or garbage")
     path.write_bytes(data)
@@ -168,16 +184,24 @@ def flop_counter_cpu_attention() -> dict:
 
     aten = torch.ops.aten
     return {
-        aten._scaled_dot_product_flash_attention_for_cpu:
-            lambda q, k, v, *_args, **_kwargs: sdpa_flop_count(q, k, v),
-        aten._scaled_dot_product_flash_attention_for_cpu_backward:
-            lambda grad_out, q, k, v, *_args, **_kwargs: sdpa_backward_flop_count(grad_out, q, k, v),
+        aten._scaled_dot_product_flash_attention_for_cpu: lambda q, k, v, *_args, **_kwargs: sdpa_flop_count(q, k, v),
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: lambda grad_out, q, k, v, *_args, **_kwargs: (
+            sdpa_backward_flop_count(grad_out, q, k, v)
+        ),
     }
 
 
-def synthetic_trial(trial_id: str, arm: str, seed: int, fids: dict[int, float], pretrain_tflops: float = 0.0,
-                    tflops_per_step: float = 1.0, rate: float = 0.9, status: str = "finished",
-                    fid_floor: float = float("nan")) -> tuple[dict, list[dict]]:
+def synthetic_trial(
+    trial_id: str,
+    arm: str,
+    seed: int,
+    fids: dict[int, float],
+    pretrain_tflops: float = 0.0,
+    tflops_per_step: float = 1.0,
+    rate: float = 0.9,
+    status: str = "finished",
+    fid_floor: float = float("nan"),
+) -> tuple[dict, list[dict]]:
     """A ``trials.parquet`` row and its ``eval/fid`` curve rows for a hand-made sweep: ``fids`` maps fine-tuning step
     -> FID (the last one is the final FID); the fine-tuning costs ``tflops_per_step`` per step (NaN: a sweep from
     before the TFLOPs columns) after a pre-training of ``pretrain_tflops`` (masked arms). Combine with
@@ -188,21 +212,48 @@ def synthetic_trial(trial_id: str, arm: str, seed: int, fids: dict[int, float], 
 
     last = max(fids)
     masked = arm != "baseline"
-    row = {c: None for c in TRIAL_COLUMNS} | {
-        "sweep": "s", "trial_id": trial_id, "arm": arm, "label": arm, "stage": "finetune", "status": status,
-        "mask_strategy": "patch" if masked else None, "mask_rate": rate if masked else math.nan,
-        "effective_mask_rate": rate if masked else 0.0, "pretrain_steps": 10 if masked else 0,
-        "finetune_steps": last, "steps_done": last, "seed": seed, "fid": fids[last], "fid_best": min(fids.values()),
-        "loss_final": 0.1, "device": "cpu", "devices_per_trial": 1.0, "device_hours": 1.0, "gpu_hours": 0.0,
-        "gpus_per_trial": 0.0, "wall_seconds": 1.0, "finetune_wall_seconds": 1.0, "pretrain_wall_seconds": 0.0,
+    row = dict.fromkeys(TRIAL_COLUMNS) | {
+        "sweep": "s",
+        "trial_id": trial_id,
+        "arm": arm,
+        "label": arm,
+        "stage": "finetune",
+        "status": status,
+        "mask_strategy": "patch" if masked else None,
+        "mask_rate": rate if masked else math.nan,
+        "effective_mask_rate": rate if masked else 0.0,
+        "pretrain_steps": 10 if masked else 0,
+        "finetune_steps": last,
+        "steps_done": last,
+        "seed": seed,
+        "fid": fids[last],
+        "fid_best": min(fids.values()),
+        "loss_final": 0.1,
+        "device": "cpu",
+        "devices_per_trial": 1.0,
+        "device_hours": 1.0,
+        "gpu_hours": 0.0,
+        "gpus_per_trial": 0.0,
+        "wall_seconds": 1.0,
+        "finetune_wall_seconds": 1.0,
+        "pretrain_wall_seconds": 0.0,
         "pretrain_wall_seconds_share": 0.0,
-        "pretrain_reused": False, "pretrain_shared_by": 1 if masked else 0, "fid_num_samples": 100,
-        "fid_backend": "digits", "fid_floor": fid_floor, "pretrain_key": "k" if masked else None,
-        "train_tflops": pretrain_tflops + last * tflops_per_step, "finetune_tflops": last * tflops_per_step,
-        "pretrain_tflops": pretrain_tflops, "pretrain_tflops_share": pretrain_tflops, "eval_tflops": 0.0,
+        "pretrain_reused": False,
+        "pretrain_shared_by": 1 if masked else 0,
+        "fid_num_samples": 100,
+        "fid_backend": "digits",
+        "fid_floor": fid_floor,
+        "pretrain_key": "k" if masked else None,
+        "train_tflops": pretrain_tflops + last * tflops_per_step,
+        "finetune_tflops": last * tflops_per_step,
+        "pretrain_tflops": pretrain_tflops,
+        "pretrain_tflops_share": pretrain_tflops,
+        "eval_tflops": 0.0,
     }
-    curve = [{"trial_id": trial_id, "stage": "finetune", "step": s, "metric": "eval/fid", "value": f}
-             for s, f in fids.items()]
+    curve = [
+        {"trial_id": trial_id, "stage": "finetune", "step": s, "metric": "eval/fid", "value": f}
+        for s, f in fids.items()
+    ]
     return row, curve
 
 
@@ -210,5 +261,7 @@ def synthetic_tables(*trials: tuple[dict, list[dict]]):
     """``(trials, curves)`` DataFrames, typed as the parquet files are, of :func:`synthetic_trial` results."""
     from .results.columns import CURVE_COLUMNS, TRIAL_COLUMNS, typed_frame
 
-    return (typed_frame([t[0] for t in trials], TRIAL_COLUMNS),
-            typed_frame([r for t in trials for r in t[1]], CURVE_COLUMNS))
+    return (
+        typed_frame([t[0] for t in trials], TRIAL_COLUMNS),
+        typed_frame([r for t in trials for r in t[1]], CURVE_COLUMNS),
+    )

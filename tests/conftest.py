@@ -25,5 +25,6 @@ def ray_session(tmp_path_factory):
 def pytest_collection_modifyitems(session, config, items):
     """The modules with a test that uses ``ray_session`` move, whole and in their order, behind all others."""
     ray_modules = {item.module for item in items if "ray_session" in getattr(item, "fixturenames", ())}
-    items[:] = [i for i in items if getattr(i, "module", None) not in ray_modules] + \
-               [i for i in items if getattr(i, "module", None) in ray_modules]
+    items[:] = [i for i in items if getattr(i, "module", None) not in ray_modules] + [
+        i for i in items if getattr(i, "module", None) in ray_modules
+    ]

@@ -55,21 +55,26 @@ def test_baseline_true_keeps_the_arms_fine_tuning_length(tmp_path):
     assert {t.config.finetune.steps for t in plan.trials} == {400}
 
 
-@pytest.mark.parametrize("section, value, message", [
-    ("report", {"target_fid": -3}, "target FIDs must be > 0"),
-    ("report", {"target_fid": []}, "at least one value"),
-    ("report", {"confidence": 1.5}, "less than 1"),
-    ("sweep", {"baseline": "equal_flops"}, "equal_compute"),
-])
+@pytest.mark.parametrize(
+    "section, value, message",
+    [
+        ("report", {"target_fid": -3}, "target FIDs must be > 0"),
+        ("report", {"target_fid": []}, "at least one value"),
+        ("report", {"confidence": 1.5}, "less than 1"),
+        ("sweep", {"baseline": "equal_flops"}, "equal_compute"),
+    ],
+)
 def test_a_bad_report_or_baseline_setting_names_the_field_and_its_line(tmp_path, section, value, message):
     spec = {**SPEC, section: {**SPEC.get(section, {}), **value}}
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     field = f"{section}.{next(iter(value))}"
-    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1)
-                if text.strip().startswith(next(iter(value)) + ":"))
-    run = subprocess.run([sys.executable, "-m", "maskdm_sweeps.cli", "validate", str(path)], capture_output=True,
-                         text=True)
+    line = next(
+        i for i, text in enumerate(path.read_text().splitlines(), 1) if text.strip().startswith(next(iter(value)) + ":")
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "maskdm_sweeps.cli", "validate", str(path)], capture_output=True, text=True
+    )
     assert run.returncode == 2, run.stderr
     assert field in run.stderr and f":{line}" in run.stderr and message in run.stderr, run.stderr
 

@@ -72,8 +72,13 @@ def test_ui_marks_earlier_sweeps_as_model_training_and_opens_where_their_runs_ar
     browser = tmp_path / "browser.sh"  # Python's webbrowser runs $BROWSER with the URL as its argument
     browser.write_text(f'#!/bin/sh\necho "$1" > {opened}\n')
     browser.chmod(0o755)
-    proc = subprocess.Popen([str(SCRIPT), "ui", str(root), "--port", str(port), "--open"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "BROWSER": str(browser)})
+    proc = subprocess.Popen(
+        [str(SCRIPT), "ui", str(root), "--port", str(port), "--open"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "BROWSER": str(browser)},
+    )
     try:
         deadline = time.time() + 180
         while not opened.exists() and proc.poll() is None and time.time() < deadline:

@@ -10,7 +10,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from maskdm_sweeps.maskdm import UViT
-from maskdm_sweeps.metrics import DigitsClassifierBackend, fid_inception_architecture, feature_flops_per_image
+from maskdm_sweeps.metrics import DigitsClassifierBackend, feature_flops_per_image, fid_inception_architecture
 from maskdm_sweeps.metrics.inception import INCEPTION_POOL3_FLOPS
 from maskdm_sweeps.testing import flop_counter_cpu_attention, tiny_trial_config
 from maskdm_sweeps.trainer import JsonlReporter, fit
@@ -30,8 +30,9 @@ def counted_forward(config, kept: int) -> int:
 
 
 def test_a_pretraining_reports_3x_forward_flops_of_the_kept_tokens_per_image_and_step(tmp_path):
-    cfg = tiny_trial_config(pretrain={"steps": 6, "batch_size": 8}, mask={"strategy": "patch", "rate": 0.75},
-                            eval={"stages": ["finetune"]})
+    cfg = tiny_trial_config(
+        pretrain={"steps": 6, "batch_size": 8}, mask={"strategy": "patch", "rate": 0.75}, eval={"stages": ["finetune"]}
+    )
     result = fit(cfg, "pretrain", tmp_path / "pre")
     kept = 16 - int(0.75 * 16)  # 8x8 digits in 2x2 patches: 16 patches, int(rate * N) dropped
     assert result.train_tflops * 1e12 == pytest.approx(6 * 8 * 3 * counted_forward(cfg, kept), rel=1e-12)
@@ -39,9 +40,17 @@ def test_a_pretraining_reports_3x_forward_flops_of_the_kept_tokens_per_image_and
 
 
 def test_a_finetuning_reports_its_evaluations_as_samples_x_steps_x_forward_plus_features(tmp_path):
-    cfg = tiny_trial_config(finetune={"steps": 8, "batch_size": 4},
-                            eval={"num_samples": 24, "batch_size": 24, "grid_size": 16, "sampling_steps": 3,
-                                  "every_steps": 3, "fid_repeats": 2})
+    cfg = tiny_trial_config(
+        finetune={"steps": 8, "batch_size": 4},
+        eval={
+            "num_samples": 24,
+            "batch_size": 24,
+            "grid_size": 16,
+            "sampling_steps": 3,
+            "every_steps": 3,
+            "fid_repeats": 2,
+        },
+    )
     result = fit(cfg, "finetune", tmp_path / "ft", JsonlReporter(tmp_path / "metrics.jsonl"))
     forward, features = counted_forward(cfg, 16), DigitsClassifierBackend.flops_per_image
     per_eval = 24 * 3 * forward + 24 * features  # max(num_samples, grid) images sampled, num_samples scored

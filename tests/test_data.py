@@ -184,8 +184,9 @@ class _WritesAFile:
 @pytest.mark.parametrize("protocol", [2, 5])
 def test_cifar10_batches_of_every_pickle_protocol_numpy_writes_still_load(tmp_path, protocol):
     data = np.arange(2 * 3072, dtype=np.int64).astype(np.uint8).reshape(2, 3072)
-    (tmp_path / "data_batch_1").write_bytes(pickle.dumps({b"data": data, b"labels": [0, 1],
-                                                          b"filenames": [b"a.png", b"b.png"]}, protocol=protocol))
+    (tmp_path / "data_batch_1").write_bytes(
+        pickle.dumps({b"data": data, b"labels": [0, 1], b"filenames": [b"a.png", b"b.png"]}, protocol=protocol)
+    )
     images = load_dataset(DataConfig(name="cifar10", path=tmp_path)).images
     assert np.array_equal(images.numpy().reshape(2, 3072), data)
 
@@ -196,10 +197,14 @@ def test_a_crafted_cifar10_batch_is_refused_by_validate_and_runs_nothing(tmp_pat
     marker = tmp_path / "pwned"
     (batches / "data_batch_1").write_bytes(pickle.dumps({b"data": _WritesAFile(str(marker)), b"labels": [0]}))
     spec = tmp_path / "spec.yaml"
-    spec.write_text(yaml.safe_dump(tiny_sweep_spec("c", tmp_path / "out", data={
-        "name": "cifar10", "path": str(tmp_path), "image_size": None})))  # None: the data set's own size
-    run = subprocess.run([sys.executable, "-m", "maskdm_sweeps.cli", "validate", str(spec)], capture_output=True,
-                         text=True)
+    spec.write_text(
+        yaml.safe_dump(
+            tiny_sweep_spec("c", tmp_path / "out", data={"name": "cifar10", "path": str(tmp_path), "image_size": None})
+        )
+    )  # None: the data set's own size
+    run = subprocess.run(
+        [sys.executable, "-m", "maskdm_sweeps.cli", "validate", str(spec)], capture_output=True, text=True
+    )
     assert run.returncode == 2 and "base.data" in run.stderr and "data_batch_1" in run.stderr, run.stderr
     assert "references io.open" in run.stderr and not marker.exists()  # the callable, named, never called
     with pytest.raises(UnsafeBatchFile, match="data_batch_1"):  # and the trainer's loader refuses it alike

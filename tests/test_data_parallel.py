@@ -91,8 +91,13 @@ def one_and_two_workers(tmp_path_factory):
     fit(config, "pretrain", one, JsonlReporter(one / "metrics.jsonl"))
     two = tmp_path_factory.mktemp("two-workers")
     workdirs = [str(two / f"rank{r}") for r in (0, 1)]
-    mp.start_processes(_train_rank, args=(2, _free_port(), config.model_dump_json(), workdirs, str(two)), nprocs=2,
-                       start_method="spawn", join=True)
+    mp.start_processes(
+        _train_rank,
+        args=(2, _free_port(), config.model_dump_json(), workdirs, str(two)),
+        nprocs=2,
+        start_method="spawn",
+        join=True,
+    )
     return one, two
 
 
@@ -130,22 +135,27 @@ def test_both_ranks_hold_identical_weights_and_only_rank_0_writes(one_and_two_wo
     assert {**written, "checkpoint": results[0]["checkpoint"]} == results[0]
     assert written["workers"] == 2 and written["steps"] == STEPS
     assert json.loads((rank0 / "config.json").read_text()) == _config().model_dump(mode="json")
-    assert sorted(p.name for p in (rank0 / "checkpoints").glob("step_*.pt")) == \
-        [f"step_{s:09d}.pt" for s in range(6, STEPS + 1, 6)]
+    assert sorted(p.name for p in (rank0 / "checkpoints").glob("step_*.pt")) == [
+        f"step_{s:09d}.pt" for s in range(6, STEPS + 1, 6)
+    ]
     assert not rank1.exists() or not [p for p in rank1.rglob("*") if p.is_file()], sorted(rank1.rglob("*"))
-    params = [v for v in map(json.loads, (two / "metrics-rank0.jsonl").read_text().splitlines()) if v["kind"] == "params"]
+    params = [
+        v for v in map(json.loads, (two / "metrics-rank0.jsonl").read_text().splitlines()) if v["kind"] == "params"
+    ]
     assert params[0]["values"]["workers"] == 2 and params[0]["values"]["batch_per_worker"] == 16
     # every rank reports the same metrics at the same steps (ray.train.report is a barrier); only clocks differ
     reported = [read_jsonl_metrics(two / f"metrics-rank{r}.jsonl") for r in (0, 1)]
     assert [(step, sorted(v)) for step, v in reported[1]] == [(step, sorted(v)) for step, v in reported[0]]
     clocks = {"train/images_per_second"}
-    assert [{k: x for k, x in v.items() if k not in clocks} for _, v in reported[1]] == \
-        [{k: x for k, x in v.items() if k not in clocks} for _, v in reported[0]]
+    assert [{k: x for k, x in v.items() if k not in clocks} for _, v in reported[1]] == [
+        {k: x for k, x in v.items() if k not in clocks} for _, v in reported[0]
+    ]
 
 
 def test_replica_check_catches_ranks_whose_weights_differ(tmp_path):
-    mp.start_processes(_check_perturbed_replicas, args=(2, _free_port(), str(tmp_path)), nprocs=2,
-                       start_method="spawn", join=True)
+    mp.start_processes(
+        _check_perturbed_replicas, args=(2, _free_port(), str(tmp_path)), nprocs=2, start_method="spawn", join=True
+    )
     for rank in (0, 1):
         assert (tmp_path / f"rank{rank}.txt").read_text().startswith("diverged: the ranks' weights differ")
 
@@ -172,18 +182,31 @@ def _train_both_stages(rank: int, world: int, port: int, config_json: str, workd
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("mask", [{"strategy": "maskdit", "rate": 0.5, "decoder_depth": 1},
-                                  {"strategy": "deferred", "rate": 0.75, "mixer_depth": 1},
-                                  {"strategy": "routing", "rate": 0.5, "route_from": 0},
-                                  {"strategy": "sprint", "rate": 0.75, "encoder_depth": 1, "decoder_depth": 1}],
-                         ids=["maskdit", "deferred", "routing", "sprint"])
+@pytest.mark.parametrize(
+    "mask",
+    [
+        {"strategy": "maskdit", "rate": 0.5, "decoder_depth": 1},
+        {"strategy": "deferred", "rate": 0.75, "mixer_depth": 1},
+        {"strategy": "routing", "rate": 0.5, "route_from": 0},
+        {"strategy": "sprint", "rate": 0.75, "encoder_depth": 1, "decoder_depth": 1},
+    ],
+    ids=["maskdit", "deferred", "routing", "sprint"],
+)
 def test_each_masking_strategy_trains_both_stages_on_two_workers_in_sync(mask, tmp_path):
     # a MaskDiT decoder's mask token is unused once nothing is masked: DDP still needs its gradient every step
-    config = tiny_trial_config(mask=mask, pretrain={"steps": 4, "batch_size": 16},
-                               finetune={"steps": 4, "batch_size": 16},
-                               runtime={"device": "cpu", "log_every_steps": 2, "checkpoint_every_steps": 4})
-    mp.start_processes(_train_both_stages, args=(2, _free_port(), config.model_dump_json(), str(tmp_path)), nprocs=2,
-                       start_method="spawn", join=True)
+    config = tiny_trial_config(
+        mask=mask,
+        pretrain={"steps": 4, "batch_size": 16},
+        finetune={"steps": 4, "batch_size": 16},
+        runtime={"device": "cpu", "log_every_steps": 2, "checkpoint_every_steps": 4},
+    )
+    mp.start_processes(
+        _train_both_stages,
+        args=(2, _free_port(), config.model_dump_json(), str(tmp_path)),
+        nprocs=2,
+        start_method="spawn",
+        join=True,
+    )
     for result in json.loads((tmp_path / "results.json").read_text()):
         assert result["workers"] == 2 and result["steps"] == 4
         assert len(set(result["replica_checksums"])) == 1  # both ranks hold the same weights

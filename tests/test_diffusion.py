@@ -148,8 +148,9 @@ def test_trailing_gaps_are_uneven_when_the_steps_do_not_divide_T_and_the_step_fo
     abar, abar_prev = hand_abar(999), hand_abar(665)
     sigma = math.sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev))
     assert sampler.sigma(999) == pytest.approx(sigma, rel=1e-9)
-    assert sampler.sigma(999) != pytest.approx(math.sqrt((1 - hand_abar(666)) / (1 - abar) * (1 - abar / hand_abar(666))),
-                                               rel=1e-9)  # a fixed stride of 333 would have used t = 666
+    assert sampler.sigma(999) != pytest.approx(
+        math.sqrt((1 - hand_abar(666)) / (1 - abar) * (1 - abar / hand_abar(666))), rel=1e-9
+    )  # a fixed stride of 333 would have used t = 666
     x0 = ((x - math.sqrt(1 - abar) * eps) / math.sqrt(abar)).clamp(-1, 1)
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     expected = math.sqrt(abar_prev) * x0 + math.sqrt(1 - abar_prev - sigma**2) * eps + sigma * noise
@@ -161,7 +162,9 @@ def test_eta_one_trailing_250_sigma_uses_the_real_previous_timestep():
     sampler.set_timesteps(250)
     for t, prev in ((999, 995), (503, 499), (7, 3)):
         abar, abar_prev = hand_abar(t), hand_abar(prev)
-        assert sampler.sigma(t) == pytest.approx(math.sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)), rel=1e-9)
+        assert sampler.sigma(t) == pytest.approx(
+            math.sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)), rel=1e-9
+        )
     assert sampler.sigma(3) == 0.0  # the last step goes to abar = 1: no noise
 
 
@@ -199,7 +202,9 @@ def test_raw_eps_differs_from_recomputed_only_where_x0_is_clipped(eta):
     assert differs.tolist() == clipped.tolist() == [True, True, False, False]
 
     # without clipping the two rules are one
-    unclipped = [DDIMSampler(linear_schedule(), eta=eta, clip_sample=False, eps_after_clip=r) for r in ("raw", "recomputed")]
+    unclipped = [
+        DDIMSampler(linear_schedule(), eta=eta, clip_sample=False, eps_after_clip=r) for r in ("raw", "recomputed")
+    ]
     steps = []
     for sampler in unclipped:
         sampler.set_timesteps(250)
@@ -229,9 +234,15 @@ def test_evaluation_builds_the_official_sampler_by_default_and_records_it():
 
     cfg = EvalConfig(num_samples=0)
     assert (cfg.sampler, cfg.sampling_steps, cfg.eta, cfg.timestep_spacing, cfg.eps_after_clip) == (
-        "ddim", 250, 1.0, "trailing", "raw")
-    sampler = build_sampler(cfg.sampler, linear_schedule(), cfg.sampling_steps, cfg.eta, cfg.timestep_spacing,
-                            cfg.eps_after_clip)
+        "ddim",
+        250,
+        1.0,
+        "trailing",
+        "raw",
+    )
+    sampler = build_sampler(
+        cfg.sampler, linear_schedule(), cfg.sampling_steps, cfg.eta, cfg.timestep_spacing, cfg.eps_after_clip
+    )
     assert (sampler.spacing, sampler.eps_after_clip, sampler.eta) == ("trailing", "raw", 1.0)
     assert sampler.timesteps[:2].tolist() == [999, 995] and sampler.timesteps[-1] == 3
     other = EvalConfig(num_samples=0, timestep_spacing="leading", eps_after_clip="recomputed")
@@ -239,9 +250,19 @@ def test_evaluation_builds_the_official_sampler_by_default_and_records_it():
     assert (sampler.spacing, sampler.eps_after_clip) == ("leading", "recomputed") and sampler.timesteps[-1] == 0
     assert Evaluator.sampler_rule(cfg) == {"timestep_spacing": "trailing", "eps_after_clip": "raw"}
     assert Evaluator.sampler_rule(EvalConfig(num_samples=0, sampler="ddpm")) == {
-        "timestep_spacing": "leading", "eps_after_clip": "recomputed"}
-    params = FIDProtocol(num_samples=2, sampler="ddim", sampling_steps=250, eta=1.0, weights="ema", reference="x",
-                         backend="inception", **Evaluator.sampler_rule(other)).as_params()
+        "timestep_spacing": "leading",
+        "eps_after_clip": "recomputed",
+    }
+    params = FIDProtocol(
+        num_samples=2,
+        sampler="ddim",
+        sampling_steps=250,
+        eta=1.0,
+        weights="ema",
+        reference="x",
+        backend="inception",
+        **Evaluator.sampler_rule(other),
+    ).as_params()
     assert params["fid_timestep_spacing"] == "leading" and params["fid_eps_after_clip"] == "recomputed"
 
 
@@ -259,16 +280,21 @@ def oracle_denoiser(target: torch.Tensor, schedule):
 @pytest.mark.parametrize("spacing", ["trailing", "leading"])
 @pytest.mark.parametrize(
     "make_sampler, steps",
-    [(lambda sp: DDPMSampler(linear_schedule()), 1000), (lambda sp: DDIMSampler(linear_schedule(), 0.0, spacing=sp), 50),
-     (lambda sp: DDIMSampler(linear_schedule(), 1.0, spacing=sp), 250),
-     (lambda sp: DDIMSampler(cosine_schedule(), 0.5, spacing=sp), 100)],
+    [
+        (lambda sp: DDPMSampler(linear_schedule()), 1000),
+        (lambda sp: DDIMSampler(linear_schedule(), 0.0, spacing=sp), 50),
+        (lambda sp: DDIMSampler(linear_schedule(), 1.0, spacing=sp), 250),
+        (lambda sp: DDIMSampler(cosine_schedule(), 0.5, spacing=sp), 100),
+    ],
     ids=["ddpm-1000", "ddim-50-eta0", "ddim-250-eta1", "ddim-100-cosine"],
 )
 def test_samplers_recover_a_point_mass_with_the_exact_denoiser(make_sampler, steps, spacing):
     sampler = make_sampler(spacing)
     target = torch.linspace(-0.9, 0.9, 16).view(1, 1, 4, 4)
     sampler.set_timesteps(steps)
-    out = sample_images(oracle_denoiser(target, sampler.schedule), sampler, (3, 1, 4, 4), torch.Generator().manual_seed(0))
+    out = sample_images(
+        oracle_denoiser(target, sampler.schedule), sampler, (3, 1, 4, 4), torch.Generator().manual_seed(0)
+    )
     torch.testing.assert_close(out, target.expand(3, 1, 4, 4), atol=2e-3, rtol=0)
 
 
@@ -284,7 +310,10 @@ def test_ddim_with_eta_zero_is_deterministic():
 
 
 def test_ddim_over_every_step_with_eta_one_is_the_ddpm_posterior():
-    ddim, ddpm = DDIMSampler(linear_schedule(), eta=1.0, clip_sample=False), DDPMSampler(linear_schedule(), clip_sample=False)
+    ddim, ddpm = (
+        DDIMSampler(linear_schedule(), eta=1.0, clip_sample=False),
+        DDPMSampler(linear_schedule(), clip_sample=False),
+    )
     ddim.set_timesteps(1000)
     ddpm.set_timesteps(1000)
     for t in (1, 10, 500, 999):

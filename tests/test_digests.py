@@ -20,9 +20,11 @@ from maskdm_sweeps.trainer.checkpoint import UnusableState, load_checkpoint, rea
 
 
 def config(**finetune):
-    return tiny_trial_config(pretrain={"steps": 20, "batch_size": 16}, finetune={"steps": 20, "batch_size": 16,
-                                                                                 **finetune},
-                             runtime={"log_every_steps": 5, "checkpoint_every_steps": 10, "keep_checkpoints": 2})
+    return tiny_trial_config(
+        pretrain={"steps": 20, "batch_size": 16},
+        finetune={"steps": 20, "batch_size": 16, **finetune},
+        runtime={"log_every_steps": 5, "checkpoint_every_steps": 10, "keep_checkpoints": 2},
+    )
 
 
 def losses(path: Path) -> dict[int, float]:
@@ -63,7 +65,8 @@ def test_every_state_file_has_the_sha256_of_its_bytes_recorded_beside_it_and_a_m
 
 
 def test_a_rolling_checkpoint_with_flipped_bytes_is_set_aside_and_the_stage_resumes_from_the_previous_one(
-        tmp_path, caplog):
+    tmp_path, caplog
+):
     run = StageRun(tmp_path / "run")
     first = fit(config(), "finetune", run.path, JsonlReporter(tmp_path / "first.jsonl"))
     newest = list_checkpoints(run.checkpoints)[-1]
@@ -91,11 +94,13 @@ def test_a_finetuning_refuses_a_damaged_pretrained_state_naming_the_file(line, t
 
 def test_a_finetuning_records_the_digest_of_the_state_it_started_from(line, tmp_path):
     milestone = line.milestone(10)
-    result = fit(config(steps=5), "finetune", tmp_path / "ft", JsonlReporter(tmp_path / "ft.jsonl"),
-                 init_checkpoint=milestone)
+    result = fit(
+        config(steps=5), "finetune", tmp_path / "ft", JsonlReporter(tmp_path / "ft.jsonl"), init_checkpoint=milestone
+    )
     expected = sha256(milestone)
-    (params,) = [r["values"] for r in map(json.loads, (tmp_path / "ft.jsonl").read_text().splitlines())
-                 if r["kind"] == "params"]
+    (params,) = [
+        r["values"] for r in map(json.loads, (tmp_path / "ft.jsonl").read_text().splitlines()) if r["kind"] == "params"
+    ]
     assert params["init_sha256"] == expected  # -> MLflow params, with the file relative to the run (movable)
     assert (tmp_path / "ft" / params["init_checkpoint"]).resolve() == milestone.resolve()
     assert result.init_sha256 == expected
@@ -116,8 +121,9 @@ def test_a_state_from_before_digests_is_used_with_a_warning_only_if_it_loads_cle
         state, digest = read_state(old)
     assert "unverified" in caplog.text and str(old) in caplog.text
     assert digest == sha256(old) and state["step"] == 10
-    assert all(torch.equal(state["model"][k], v) for k, v in load_checkpoint(line.checkpoints / old.name)[
-        "model"].items())
+    assert all(
+        torch.equal(state["model"][k], v) for k, v in load_checkpoint(line.checkpoints / old.name)["model"].items()
+    )
     for how, problem in (("garbage", "not finite"), ("truncated", "does not load")):
         shutil.copy(line.checkpoints / old.name, old)
         corrupt_state_file(old, how)

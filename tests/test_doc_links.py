@@ -80,10 +80,15 @@ def test_the_slugs_follow_githubs_rules():
 def test_a_dead_link_and_a_missing_anchor_are_found(tmp_path):
     (tmp_path / "other.md").write_text("# Other page\n\n## A part\n\n```\n# not a heading\n```\n")
     page = tmp_path / "page.md"
-    page.write_text("# Page\n\n[ok](other.md#a-part) [ok](#page) [gone](missing.md) [no](other.md#not-a-heading)\n"
-                    "[self](#nowhere) `[code](nowhere.md)` [web](https://example.com/x#y)\n")
-    assert broken(page, tmp_path) == ["missing.md: no missing.md", "other.md#not-a-heading: no heading with anchor "
-                            "#not-a-heading in other.md", "#nowhere: no heading with anchor #nowhere in page.md"]
+    page.write_text(
+        "# Page\n\n[ok](other.md#a-part) [ok](#page) [gone](missing.md) [no](other.md#not-a-heading)\n"
+        "[self](#nowhere) `[code](nowhere.md)` [web](https://example.com/x#y)\n"
+    )
+    assert broken(page, tmp_path) == [
+        "missing.md: no missing.md",
+        "other.md#not-a-heading: no heading with anchor #not-a-heading in other.md",
+        "#nowhere: no heading with anchor #nowhere in page.md",
+    ]
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))

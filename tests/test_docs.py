@@ -14,12 +14,23 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from maskdm_sweeps.sweepspec import SweepSpec, load_spec
-from maskdm_sweeps.docgen import (
-    DESIGN, GENERATED, PAGES, README, REGENERATE, SCHEMA_FILE, cli_help_markdown, json_schema_text, main,
-    module_rows, render_page, section, spec_sections,
-)
 from fake_sweep import build_sweep  # writes a finished sweep's files by hand: no training
+from maskdm_sweeps.docgen import (
+    DESIGN,
+    GENERATED,
+    PAGES,
+    README,
+    REGENERATE,
+    SCHEMA_FILE,
+    cli_help_markdown,
+    json_schema_text,
+    main,
+    module_rows,
+    render_page,
+    section,
+    spec_sections,
+)
+from maskdm_sweeps.sweepspec import SweepSpec, load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = sorted((ROOT / "experiments").glob("*.yaml"))
@@ -107,10 +118,13 @@ def test_module_table_lists_every_module_by_its_docstring(tmp_path):
     (pkg / "zeta.py").write_text('"""Zeta: ``z`` and :class:`Z`.\n\nMore, not shown."""\n')
     (pkg / "sub" / "__init__.py").write_text('"""A subpackage with a | in it."""\n')
     (pkg / "sub" / "alpha.py").write_text('"""Alpha, a\nwrapped line."""\nX = 1\n')
-    assert module_rows(pkg) == [["`zeta.py`", "Zeta: `z` and `Z`."], ["`sub/`", "A subpackage with a | in it."],
-                                ["`sub/alpha.py`", "Alpha, a wrapped line."]]
+    assert module_rows(pkg) == [
+        ["`zeta.py`", "Zeta: `z` and `Z`."],
+        ["`sub/`", "A subpackage with a | in it."],
+        ["`sub/alpha.py`", "Alpha, a wrapped line."],
+    ]
     (pkg / "sub" / "beta.py").write_text("X = 2\n")
-    with pytest.raises(ValueError, match="beta.py has no module docstring"):
+    with pytest.raises(ValueError, match=r"beta\.py has no module docstring"):
         module_rows(pkg)
     table = (ROOT / DESIGN).read_text()
     for module in ("cli.py", "tracking/ui.py", "docgen/modules.py", "maskdm/model.py", "sweep/"):
@@ -131,9 +145,18 @@ def test_reference_covers_every_field():
     rows = [row for s in spec_sections() for row in s.rows]
     assert all(len(r) == 4 and all(r[:3]) and r[3] for r in rows), [r for r in rows if not r[3]]
     paths = {r[0].strip("`") for r in rows}
-    for path in ("name", "base.seed", "base.data.path", "base.mask.crop_size", "base.eval.fid_weights",
-                 "base.finetune.data", "sweep.search.space.<key>.type", "sweep.scheduler.grace_period",
-                 "resources.gpus", "tracking.mlflow_uri"):
+    for path in (
+        "name",
+        "base.seed",
+        "base.data.path",
+        "base.mask.crop_size",
+        "base.eval.fid_weights",
+        "base.finetune.data",
+        "sweep.search.space.<key>.type",
+        "sweep.scheduler.grace_period",
+        "resources.gpus",
+        "tracking.mlflow_uri",
+    ):
         assert path in paths and f"`{path}`" in page("spec-reference")
     assert {s.title for s in spec_sections()} >= {f"`base.mask` (strategy: {m})" for m in ("patch", "block", "crop")}
 
@@ -151,8 +174,16 @@ def test_schema_accepts_every_shipped_spec(validator, path):
     load_spec(path, check_paths=False)  # and pydantic agrees
 
 
-@pytest.mark.parametrize("where, key", [((), "nmae"), (("base", "finetune"), "stpes"), (("sweep",), "seed"),
-                                        (("base", "mask"), "block_size"), (("resources",), "gpu")])
+@pytest.mark.parametrize(
+    "where, key",
+    [
+        ((), "nmae"),
+        (("base", "finetune"), "stpes"),
+        (("sweep",), "seed"),
+        (("base", "mask"), "block_size"),
+        (("resources",), "gpu"),
+    ],
+)
 def test_schema_rejects_a_misspelt_field(validator, where, key):
     data = copy.deepcopy(yaml.safe_load((ROOT / "experiments" / "mask_rate.yaml").read_text()))
     node = data
@@ -167,9 +198,19 @@ def test_schema_rejects_a_misspelt_field(validator, where, key):
 # ------------------------------------------------------------------------------------------------- the README
 ORDER = ["Two commands", "What the quickstart answers", "A spec in short", "Looking at a sweep", "Documentation"]
 README_MAX_LINES = 250  # a front door: the reference lives in docs/
-LINKED = ["docs/specs.md", "docs/spec-reference.md", "docs/cli.md", "docs/results.md", "docs/cluster.md",
-          "docs/fid.md", "docs/reliability.md", "docs/development.md", "docs/design.md", "docs/method.md",
-          "benchmarks/README.md"]
+LINKED = [
+    "docs/specs.md",
+    "docs/spec-reference.md",
+    "docs/cli.md",
+    "docs/results.md",
+    "docs/cluster.md",
+    "docs/fid.md",
+    "docs/reliability.md",
+    "docs/development.md",
+    "docs/design.md",
+    "docs/method.md",
+    "benchmarks/README.md",
+]
 
 
 def _headings(text: str) -> list[tuple[int, str, int]]:
@@ -193,9 +234,9 @@ def test_readme_is_a_short_front_door_linking_every_page(readme):
 
     def within(marker: str, part: str) -> bool:
         nxt = ORDER.index(part) + 1
-        return marker in readme[start[part]:start[ORDER[nxt]] if nxt < len(ORDER) else len(readme)]
+        return marker in readme[start[part] : start[ORDER[nxt]] if nxt < len(ORDER) else len(readme)]
 
-    commands = readme[start["Two commands"]:start["What the quickstart answers"]]
+    commands = readme[start["Two commands"] : start["What the quickstart answers"]]
     assert "make run" in commands and "make test" in commands
     for marker in ("<!-- BEGIN quickstart-table -->", "<!-- END quickstart-table -->"):
         assert within(marker, "What the quickstart answers"), marker

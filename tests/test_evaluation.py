@@ -7,7 +7,6 @@ every number here: the digits-classifier features, 256 samples, DDIM with 20 ste
 after clipping (the ``tiny_trial_config`` evaluation), against the 1437 training digits.
 """
 
-
 import pytest
 import torch
 
@@ -36,8 +35,9 @@ class EmpiricalDenoiser(torch.nn.Module):
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, keep_idx=None) -> torch.Tensor:
         a = self.abar[t].view(-1, 1)  # (B, 1)
         flat = x_t.flatten(1)  # (B, D)
-        sq_dist = (flat * flat).sum(1, keepdim=True) - 2 * a.sqrt() * flat @ self.x.T \
-            + a * (self.x * self.x).sum(1)[None]  # (B, N)
+        sq_dist = (
+            (flat * flat).sum(1, keepdim=True) - 2 * a.sqrt() * flat @ self.x.T + a * (self.x * self.x).sum(1)[None]
+        )  # (B, N)
         x0 = torch.softmax(-sq_dist / (2 * (1 - a)), dim=1) @ self.x  # (B, D)
         return ((flat - a.sqrt() * x0) / (1 - a).sqrt()).view_as(x_t)
 
@@ -68,8 +68,9 @@ def test_fid_of_a_perfect_denoiser_is_near_the_real_data_floor_and_far_below_unt
     held_out = load_digits_uint8(data.image_size, "test")[:NUM_SAMPLES].float() / 127.5 - 1  # (256, 1, 8, 8)
     floor = fid_of_images(ev, held_out)  # measured 4.6
     noise = fid_of_images(ev, torch.randn(held_out.shape, generator=torch.Generator().manual_seed(0)).clamp(-1, 1))
-    perfect = ev.evaluate(EmpiricalDenoiser(data.images.float() / 127.5 - 1, schedule.alphas_cumprod), schedule, 0,
-                          tmp_path).fid  # measured 6.4 (trailing DDIM spacing ends at t = 49)
+    perfect = ev.evaluate(
+        EmpiricalDenoiser(data.images.float() / 127.5 - 1, schedule.alphas_cumprod), schedule, 0, tmp_path
+    ).fid  # measured 6.4 (trailing DDIM spacing ends at t = 49)
     torch.manual_seed(0)
     untrained = ev.evaluate(UViT(tiny_trial_config().model_config_resolved()), schedule, 0, tmp_path).fid  # ~250
     assert perfect < 2 * floor + 2, (perfect, floor)
@@ -77,13 +78,13 @@ def test_fid_of_a_perfect_denoiser_is_near_the_real_data_floor_and_far_below_unt
     assert noise > 20 * perfect and noise > 100, (noise, perfect)
 
 
-
 def test_the_final_evaluation_adds_the_floor_the_noise_and_the_recognisable_share(evaluator, tmp_path):
     """Floor: real training digits score about what held-out ones do; noise: other sampling seeds move the FID,
     by little; recognisable: a perfect denoiser's samples are digits to the classifier, an untrained net's are not."""
     _, data = evaluator
-    cfg = tiny_trial_config(eval={"num_samples": NUM_SAMPLES, "batch_size": NUM_SAMPLES, "sampling_steps": 20,
-                                  "fid_repeats": 3})
+    cfg = tiny_trial_config(
+        eval={"num_samples": NUM_SAMPLES, "batch_size": NUM_SAMPLES, "sampling_steps": 20, "fid_repeats": 3}
+    )
     ev = Evaluator(cfg, data, torch.device("cpu"), None)
     schedule = build_schedule("linear", 1000)
     perfect = EmpiricalDenoiser(data.images.float() / 127.5 - 1, schedule.alphas_cumprod)

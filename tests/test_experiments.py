@@ -16,8 +16,15 @@ from maskdm_sweeps.testing import tiny_sweep_spec
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = sorted((ROOT / "experiments").glob("*.yaml"))
 EXE = str(Path(sys.executable).with_name("maskdm-sweep"))
-SHIPPED = {"mask_rate.yaml", "masking_strategy.yaml", "budget.yaml", "transfer.yaml", "lr_search.yaml", "methods.yaml",
-           "quickstart.yaml"}
+SHIPPED = {
+    "mask_rate.yaml",
+    "masking_strategy.yaml",
+    "budget.yaml",
+    "transfer.yaml",
+    "lr_search.yaml",
+    "methods.yaml",
+    "quickstart.yaml",
+}
 
 
 def test_experiments_are_shipped():
@@ -45,8 +52,12 @@ def test_each_shipped_spec_is_valid_under_smoke(spec, tmp_path, capsys):
 
 
 def run_smoke(spec: str, tmp_path: Path, *overrides: str) -> str:
-    env = {"MASKDM_CACHE": str(tmp_path / "cache"), "RAY_AUTH_MODE": "disabled", "PATH": "/usr/bin:/bin",
-           "COLUMNS": "200"}
+    env = {
+        "MASKDM_CACHE": str(tmp_path / "cache"),
+        "RAY_AUTH_MODE": "disabled",
+        "PATH": "/usr/bin:/bin",
+        "COLUMNS": "200",
+    }
     args = [EXE, "run", str(ROOT / "experiments" / spec), "--smoke", "--set", f"output_dir={tmp_path}"]
     for item in overrides:
         args += ["--set", item]
@@ -91,8 +102,14 @@ def test_quickstart_runs_under_smoke_and_prints_the_table_and_paths(tmp_path):
     for arm in ("patch r=0.5", "patch r=0.9"):  # and each arm's speed-up in words
         assert any(line.startswith(f"speed-up: {arm}: ") for line in out.splitlines()), out
     sweep = SweepDir(tmp_path, "quickstart")
-    for path in (sweep.trials_parquet, sweep.curves_parquet, sweep.report, sweep.plots / "fid_vs_mask_rate.png",
-                 sweep.plots / "fid_vs_tflops.png", sweep.plots / "final_samples.png"):
+    for path in (
+        sweep.trials_parquet,
+        sweep.curves_parquet,
+        sweep.report,
+        sweep.plots / "fid_vs_mask_rate.png",
+        sweep.plots / "fid_vs_tflops.png",
+        sweep.plots / "final_samples.png",
+    ):
         assert str(path) in out
     assert f"maskdm-sweep ui {sweep.path}" in out
 
@@ -123,8 +140,12 @@ def test_relative_paths_are_made_absolute_where_the_command_runs(tmp_path, monke
 
 @pytest.mark.slow
 def test_budget_spec_trains_one_pretraining_per_seed_for_all_its_lengths(tmp_path):
-    run_smoke("budget.yaml", tmp_path, "sweep.seeds=[0,1]", "sweep.zip={pretrain.steps: [0, 20000, 80000], "
-              "finetune.steps: [100000, 80000, 20000]}")  # two seeds, two of the four lengths: a shorter suite
+    run_smoke(
+        "budget.yaml",
+        tmp_path,
+        "sweep.seeds=[0,1]",
+        "sweep.zip={pretrain.steps: [0, 20000, 80000], finetune.steps: [100000, 80000, 20000]}",
+    )  # two seeds, two of the four lengths: a shorter suite
     events = [json.loads(line) for line in SweepDir(tmp_path, "budget").events.read_text().splitlines()]
     pretrainings = [e for e in events if e["event"] == "stage_done" and e["stage"] == "pretrain"]
     assert len(pretrainings) == 2 and {e["steps"] for e in pretrainings} == {30}  # the longest length, per seed
@@ -146,8 +167,14 @@ def test_methods_spec_compares_every_strategy_with_its_compute_under_smoke(tmp_p
     from maskdm_sweeps.results import load
 
     trials, _ = load(tmp_path / "methods")
-    assert set(trials["arm"]) == {"baseline", "patch r=0.9", "maskdit r=0.5", "deferred r=0.75", "routing r=0.5",
-                                  "sprint r=0.75"}
+    assert set(trials["arm"]) == {
+        "baseline",
+        "patch r=0.9",
+        "maskdit r=0.5",
+        "deferred r=0.75",
+        "routing r=0.5",
+        "sprint r=0.75",
+    }
     per_step = (trials["pretrain_tflops"] / trials["pretrain_steps"]).dropna()
     assert per_step.nunique() == 5  # every strategy's step costs its own FLOPs
     report = SweepDir(tmp_path, "methods").report.read_text()

@@ -12,7 +12,7 @@ The counts are per image: each pass runs a batch of 2 and the counter's total is
 
 from dataclasses import replace
 from fractions import Fraction
-from functools import lru_cache
+from functools import cache
 
 import pytest
 import torch
@@ -48,8 +48,7 @@ CONFIGS = {
 CASES = [(name, rate) for name, cfg in CONFIGS.items() for rate in (0.0, 0.9) if not (cfg.final_conv and rate)]
 
 
-
-@lru_cache(maxsize=None)
+@cache
 def model_of(name: str, device: str = "cpu") -> UViT:
     torch.manual_seed(0)
     with torch.device(device):
@@ -84,8 +83,9 @@ def count_step(name: str, rate: float, device: str) -> tuple[int, int]:
     return forward // BATCH, counter.get_total_flops() // BATCH
 
 
-@pytest.mark.parametrize("name, rate", [
-    pytest.param(*c, marks=pytest.mark.slow) if c == ("maskdm-b256", 0.0) else c for c in CASES])  # b256: ~25-45 s
+@pytest.mark.parametrize(
+    "name, rate", [pytest.param(*c, marks=pytest.mark.slow) if c == ("maskdm-b256", 0.0) else c for c in CASES]
+)  # b256: ~25-45 s
 def test_forward_matches_the_flop_counter(name, rate):
     model, (x, t, keep, kept) = model_of(name), inputs(name, rate)
     with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION) as counter:
@@ -111,7 +111,8 @@ def test_unfused_attention_counts_the_same(name, rate):
             blk.attn.fused_attn = True
     counts = {str(op): n for op, n in counter.get_flop_counts()["Global"].items()}
     assert counts["aten.bmm"] / BATCH == sum(
-        forward_flops_breakdown(CONFIGS[name], kept)[k] for k in ("attn_scores", "attn_values"))
+        forward_flops_breakdown(CONFIGS[name], kept)[k] for k in ("attn_scores", "attn_values")
+    )
     assert abs(forward_flops(CONFIGS[name], kept) / (counter.get_total_flops() / BATCH) - 1) < 0.02
 
 
@@ -145,9 +146,11 @@ def closed_form_forward(width, depth, mlp_ratio, patch, chans, patches, tokens):
     """One forward on ``tokens`` tokens, written out apart from the module: linears scale with the tokens, the two
     attention matmuls with their square, the patch embedding with all ``patches`` patches."""
     blocks, skips, hidden = 2 * (depth // 2) + 1, depth // 2, int(width * mlp_ratio)
-    per_token = (blocks * (2 * width * 3 * width + 2 * width * width + 2 * 2 * width * hidden)  # qkv, proj, MLP
-                 + skips * 2 * 2 * width * width  # long skips, Linear(2D, D)
-                 + 2 * width * patch**2 * chans)  # head
+    per_token = (
+        blocks * (2 * width * 3 * width + 2 * width * width + 2 * 2 * width * hidden)  # qkv, proj, MLP
+        + skips * 2 * 2 * width * width  # long skips, Linear(2D, D)
+        + 2 * width * patch**2 * chans
+    )  # head
     per_token_pair = blocks * 2 * 2 * width  # Q K^T and softmax(.) V
     embed = 2 * patches * width * chans * patch**2
     return embed + per_token * tokens + per_token_pair * tokens**2

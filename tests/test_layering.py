@@ -41,7 +41,9 @@ def test_nothing_it_loads_of_ours_imports_them(sub):
         "print([m for m in sys.modules if m.split('.')[0] in ('ray', 'mlflow')]); "
         "print([m.__file__ for n, m in list(sys.modules.items()) if n.startswith('maskdm_sweeps') and m.__file__])"
     )
-    heavy, ours = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+    heavy, ours = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
     assert heavy == "[]"
     offenders = {f: imported_roots(Path(f)) & FORBIDDEN for f in ast.literal_eval(ours)}
     assert {f: m for f, m in offenders.items() if m} == {}
@@ -64,8 +66,11 @@ def imports_of_ours(path: Path, modules: set[str]) -> set[str]:
         if isinstance(node, ast.Import):
             out |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
-            base = ".".join(package[: len(package) - node.level + 1] + [node.module or ""]).strip(".") \
-                if node.level else node.module or ""
+            base = (
+                ".".join(package[: len(package) - node.level + 1] + [node.module or ""]).strip(".")
+                if node.level
+                else node.module or ""
+            )
             out |= {f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names}
     return {m for m in out if m in modules and m != name}
 
@@ -85,7 +90,7 @@ def find_circle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state and (found := visit(nxt)):
                 return found
         path.pop()
@@ -106,8 +111,10 @@ def test_the_circle_finder_finds_a_planted_circle():
 
 def test_the_package_has_no_import_circle():
     graph = import_graph()
-    assert "maskdm_sweeps.sweep.runner" in graph["maskdm_sweeps.sweep.trainable"] or \
-        "maskdm_sweeps.sweep.trainable" in graph["maskdm_sweeps.sweep.runner"]  # the graph holds real edges
+    assert (
+        "maskdm_sweeps.sweep.runner" in graph["maskdm_sweeps.sweep.trainable"]
+        or "maskdm_sweeps.sweep.trainable" in graph["maskdm_sweeps.sweep.runner"]
+    )  # the graph holds real edges
     assert find_circle(graph) is None, " -> ".join(find_circle(graph))
 
 
@@ -129,9 +136,11 @@ def test_validate_loads_neither_torch_nor_timm_nor_torchvision(tmp_path):
     # `maskdm-sweep validate` to about a third of a second (it took 4.5 s while it imported timm and torch)
     spec = Path(__file__).resolve().parents[1] / "experiments" / "quickstart.yaml"
     heavy = {"torch", "timm", "torchvision", "ray", "mlflow", "sklearn", "pandas"}
-    code = ("import sys; from maskdm_sweeps.cli import main; "
-            f"code = main(['validate', {str(spec)!r}]); "
-            f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {heavy!r})); sys.exit(code)")
+    code = (
+        "import sys; from maskdm_sweeps.cli import main; "
+        f"code = main(['validate', {str(spec)!r}]); "
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {heavy!r})); sys.exit(code)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout

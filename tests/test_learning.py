@@ -33,12 +33,15 @@ def window_losses(path) -> list[float]:
 
 
 @pytest.mark.parametrize("stage", ["finetune", "pretrain"], ids=["dsm", "mdsm-50"])
-def test_tiny_model_beats_the_identity_and_the_mean_predictor_in_a_few_hundred_cpu_steps(tmp_path, stage,
-                                                                                        monkeypatch):
+def test_tiny_model_beats_the_identity_and_the_mean_predictor_in_a_few_hundred_cpu_steps(tmp_path, stage, monkeypatch):
     monkeypatch.setenv("MASKDM_CACHE", str(tmp_path / "cache"))
     steps = {"steps": 300, "batch_size": 64, "lr": 2e-3, "betas": (0.9, 0.999)}
-    cfg = tiny_trial_config(pretrain=steps, finetune=steps, mask={"strategy": "patch", "rate": 0.5},
-                            runtime={"log_every_steps": 10, "checkpoint_every_steps": 1000})
+    cfg = tiny_trial_config(
+        pretrain=steps,
+        finetune=steps,
+        mask={"strategy": "patch", "rate": 0.5},
+        runtime={"log_every_steps": 10, "checkpoint_every_steps": 1000},
+    )
     fit(cfg, stage, tmp_path / stage, JsonlReporter(tmp_path / "m.jsonl"))
     losses = window_losses(tmp_path / "m.jsonl")
     assert len(losses) == 30
@@ -57,19 +60,25 @@ def test_a_model_that_learned_scores_a_fid_far_below_an_untrained_model_and_nois
     from maskdm_sweeps.trainer.evaluation import Evaluator
 
     steps = {"steps": 600, "batch_size": 64, "lr": 2e-3, "betas": (0.9, 0.999)}
-    cfg = tiny_trial_config(model={"preset": "uvit-digits"}, finetune=steps,
-                            eval={"num_samples": 256, "batch_size": 256, "sampling_steps": 25, "eta": 0.0},
-                            runtime={"log_every_steps": 50, "checkpoint_every_steps": 1000})
+    cfg = tiny_trial_config(
+        model={"preset": "uvit-digits"},
+        finetune=steps,
+        eval={"num_samples": 256, "batch_size": 256, "sampling_steps": 25, "eta": 0.0},
+        runtime={"log_every_steps": 50, "checkpoint_every_steps": 1000},
+    )
     learned = fit(cfg, "finetune", tmp_path / "run").fid  # measured 120
     data = load_dataset(cfg.data)
     evaluator = Evaluator(cfg, data, torch.device("cpu"), None)
     torch.manual_seed(0)
-    untrained = evaluator.evaluate(UViT(cfg.model_config_resolved()), build_schedule("linear", 1000), 0,
-                                   tmp_path / "untrained").fid  # measured 217
+    untrained = evaluator.evaluate(
+        UViT(cfg.model_config_resolved()), build_schedule("linear", 1000), 0, tmp_path / "untrained"
+    ).fid  # measured 217
     stats = StatsAccumulator(evaluator.backend.dims)
-    stats.update(evaluator.backend.features(torch.randn(256, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-                                            .clamp(-1, 1)))
-    noise = frechet_distance(stats.finalize().mean, stats.finalize().cov, evaluator.reference.mean,
-                             evaluator.reference.cov)
+    stats.update(
+        evaluator.backend.features(torch.randn(256, 1, 8, 8, generator=torch.Generator().manual_seed(0)).clamp(-1, 1))
+    )
+    noise = frechet_distance(
+        stats.finalize().mean, stats.finalize().cov, evaluator.reference.mean, evaluator.reference.cov
+    )
     assert learned < 0.75 * untrained, (learned, untrained)
     assert learned < 0.6 * noise, (learned, noise)  # measured 226 for clamped Gaussian noise

@@ -40,7 +40,12 @@ def test_crop_rates_match_the_method_table():
     assert rates == [12.1, 52.7, 90.2]
 
 
-ALL = [PatchMask(rate=0.75), BlockMask(rate=0.5, block_size=2), BlockMask(rate=0.9, block_size=4), CropMask(crop_size=7)]
+ALL = [
+    PatchMask(rate=0.75),
+    BlockMask(rate=0.5, block_size=2),
+    BlockMask(rate=0.9, block_size=4),
+    CropMask(crop_size=7),
+]
 
 
 @pytest.mark.parametrize("mask", ALL, ids=lambda m: repr(m))

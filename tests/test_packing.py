@@ -8,7 +8,6 @@ import pytest
 from PIL import Image
 
 from maskdm_sweeps.maskdm import MODEL_PRESETS, build_model
-from maskdm_sweeps.sweepspec import load_spec
 from maskdm_sweeps.sweep.packing import (
     BYTES_PER_PARAMETER,
     GIB,
@@ -18,6 +17,7 @@ from maskdm_sweeps.sweep.packing import (
     suggest_for_trial,
 )
 from maskdm_sweeps.sweep.plan_view import packing_line
+from maskdm_sweeps.sweepspec import load_spec
 from maskdm_sweeps.testing import tiny_trial_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,8 +29,10 @@ def big_trial(folder: Path):
     """U-ViT-S/2 on 32 px RGB images, batch 256, no masking: a step that fills a GPU."""
     Image.new("RGB", (32, 32)).save(folder / "one.png")  # the config checks the folder holds images
     return tiny_trial_config(
-        data={"name": "image_folder", "path": str(folder), "image_size": 32}, model={"preset": "uvit-s2-cifar32"},
-        mask={"strategy": "patch", "rate": 0.0}, pretrain={"steps": 100, "batch_size": 256},
+        data={"name": "image_folder", "path": str(folder), "image_size": 32},
+        model={"preset": "uvit-s2-cifar32"},
+        mask={"strategy": "patch", "rate": 0.0},
+        pretrain={"steps": 100, "batch_size": 256},
         finetune={"steps": 100, "batch_size": 256},
     )
 
@@ -55,8 +57,11 @@ def test_a_trial_that_fills_the_gpu_is_not_packed(tmp_path):
 
 
 def test_memory_caps_the_trials_on_a_small_card():
-    config = tiny_trial_config(model={"preset": "uvit-digits"}, pretrain={"steps": 10, "batch_size": 128},
-                               mask={"strategy": "patch", "rate": 0.9})
+    config = tiny_trial_config(
+        model={"preset": "uvit-digits"},
+        pretrain={"steps": 10, "batch_size": 128},
+        mask={"strategy": "patch", "rate": 0.9},
+    )
     assert suggest_for_trial(config).trials_per_gpu == 4
     peak_gib = suggest_for_trial(config).peak_bytes / GIB
     small_card = 2.5 * peak_gib / MEMORY_HEADROOM  # room for two trials, not four
@@ -85,6 +90,7 @@ def test_plan_prints_the_packing_suggestion():
     assert out.returncode == 0, out.stderr
     text = " ".join(out.stdout.split())  # rich wraps long lines at the terminal's width
     assert "packing:" in text and "per GPU (resources.gpus: 0.25)" in text
-    whole = subprocess.run([str(SCRIPT), "plan", str(ROOT / "experiments" / "mask_rate.yaml")],
-                           capture_output=True, text=True, cwd=ROOT)
+    whole = subprocess.run(
+        [str(SCRIPT), "plan", str(ROOT / "experiments" / "mask_rate.yaml")], capture_output=True, text=True, cwd=ROOT
+    )
     assert "packing: none, one trial per GPU" in " ".join(whole.stdout.split())

@@ -35,8 +35,16 @@ SMALL: dict[str, Any] = {
         "mask": {"strategy": "patch", "rate": 0.5},
         "pretrain": {"steps": 60, "batch_size": 16},
         "finetune": {"steps": 50, "batch_size": 8},
-        "eval": {"every_steps": 20, "stages": ["pretrain", "finetune"], "num_samples": 32, "batch_size": 32,
-                 "sampling_steps": 5, "grid_size": 48, "fid_repeats": 2, "backend": "digits-classifier"},
+        "eval": {
+            "every_steps": 20,
+            "stages": ["pretrain", "finetune"],
+            "num_samples": 32,
+            "batch_size": 32,
+            "sampling_steps": 5,
+            "grid_size": 48,
+            "fid_repeats": 2,
+            "backend": "digits-classifier",
+        },
         "runtime": {"device": "cpu"},
     },
     "sweep": {"axes": {"finetune.init_from": ["online", "ema"]}, "baseline": True},
@@ -155,8 +163,13 @@ def test_budget_trains_one_run_per_seed_for_all_four_lengths(tmp_path):
 
 
 def test_plan_shows_each_run_with_its_lengths_and_what_sharing_saves(tmp_path):
-    out = subprocess.run([str(SCRIPT), "plan", str(EXPERIMENTS / "budget.yaml")], capture_output=True, text=True,
-                         cwd=tmp_path, env={**os.environ, "COLUMNS": "250"})
+    out = subprocess.run(
+        [str(SCRIPT), "plan", str(EXPERIMENTS / "budget.yaml")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "COLUMNS": "250"},
+    )
     assert out.returncode == 0, out.stderr
     assert "pre-training: 240,000 steps to train for 600,000 asked" in out.stdout
     assert "saves 360,000 steps" in out.stdout
@@ -176,8 +189,13 @@ def test_data_parallel_workers_all_wait_out_the_evaluation(tmp_path):
 
 
 def test_plan_command_shows_the_tflops_and_counts_evaluation(tmp_path):
-    out = subprocess.run([str(SCRIPT), "plan", str(EXPERIMENTS / "budget.yaml")], capture_output=True, text=True,
-                         cwd=tmp_path, env={**os.environ, "COLUMNS": "250"})
+    out = subprocess.run(
+        [str(SCRIPT), "plan", str(EXPERIMENTS / "budget.yaml")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "COLUMNS": "250"},
+    )
     assert out.returncode == 0, out.stderr
     text = " ".join(out.stdout.split())  # undo rich's wrapping
     assert "TFLOPs" in text and "evaluation not counted" not in text
@@ -193,8 +211,11 @@ def test_the_estimate_trains_faster_per_image_the_more_is_masked(preset, size, t
     from maskdm_sweeps.sweep.estimate import images_per_second
     from maskdm_sweeps.testing import tiny_trial_config
 
-    config = tiny_trial_config(data={"name": "cifar10", "image_size": size, "path": str(tmp_path), "download": True},
-                               model={"preset": preset}, pretrain={"steps": 1000, "batch_size": 128})
+    config = tiny_trial_config(
+        data={"name": "cifar10", "image_size": size, "path": str(tmp_path), "download": True},
+        model={"preset": preset},
+        pretrain={"steps": 1000, "batch_size": 128},
+    )
     assert config.model_config_resolved() == MODEL_PRESETS[preset]  # S/2: read from the table; B/4: scaled
     rates = [i / 20 for i in range(19)]  # 0 .. 0.9
     speeds = [images_per_second(config, r) for r in rates]

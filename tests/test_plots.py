@@ -9,19 +9,23 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
-from matplotlib.collections import PolyCollection  # noqa: E402
-from matplotlib.container import ErrorbarContainer  # noqa: E402
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.collections import PolyCollection
+from matplotlib.container import ErrorbarContainer
 
-from maskdm_sweeps.layout import PLOTS_DIR  # noqa: E402
-from maskdm_sweeps.results.analysis import comparison_table, speedup_table  # noqa: E402
-from maskdm_sweeps.results.plots import (  # noqa: E402
-    fid_vs_mask_rate_figure, fid_vs_tflops_figure, plot_fid_vs_tflops, seed_spread, write_plots)
-from maskdm_sweeps.testing import synthetic_tables as _tables  # noqa: E402
-from maskdm_sweeps.testing import synthetic_trial as _trial  # noqa: E402
-
+from maskdm_sweeps.layout import PLOTS_DIR
+from maskdm_sweeps.results.analysis import comparison_table, speedup_table
+from maskdm_sweeps.results.plots import (
+    fid_vs_mask_rate_figure,
+    fid_vs_tflops_figure,
+    plot_fid_vs_tflops,
+    seed_spread,
+    write_plots,
+)
+from maskdm_sweeps.testing import synthetic_tables as _tables
+from maskdm_sweeps.testing import synthetic_trial as _trial
 
 # Baseline: 1 TFLOP per step, FID 60 -> 10 over 100 steps; its final FID 10 is reached at 100 TFLOPs.
 BASELINE = {25: 60.0, 50: 40.0, 75: 20.0, 100: 10.0}
@@ -30,15 +34,17 @@ ARM = "patch r=0.9"
 
 def _two_seed_sweep(pretrain_tflops: float = 5.0):
     """Baseline (2 seeds) and one masked arm (2 seeds) whose mean FID is 30, 10, 7 at 15, 25, 45 TFLOPs."""
-    return _tables(_trial("b0", "baseline", 0, BASELINE), _trial("b1", "baseline", 1, {k: v + 2 for k, v in
-                                                                                       BASELINE.items()}),
-                   _trial("m0", ARM, 0, {10: 40.0, 20: 15.0, 40: 8.0}, pretrain_tflops),
-                   _trial("m1", ARM, 1, {10: 20.0, 20: 5.0, 40: 6.0}, pretrain_tflops))
+    return _tables(
+        _trial("b0", "baseline", 0, BASELINE),
+        _trial("b1", "baseline", 1, {k: v + 2 for k, v in BASELINE.items()}),
+        _trial("m0", ARM, 0, {10: 40.0, 20: 15.0, 40: 8.0}, pretrain_tflops),
+        _trial("m1", ARM, 1, {10: 20.0, 20: 5.0, 40: 6.0}, pretrain_tflops),
+    )
 
 
 def _by_gid(ax, prefix: str) -> dict:
     arts = list(ax.lines) + list(ax.collections)
-    return {a.get_gid()[len(prefix):]: a for a in arts if (a.get_gid() or "").startswith(prefix)}
+    return {a.get_gid()[len(prefix) :]: a for a in arts if (a.get_gid() or "").startswith(prefix)}
 
 
 def _band_at(band: PolyCollection, x: float) -> tuple[float, float]:
@@ -64,8 +70,10 @@ def test_the_band_spans_the_two_seeds_min_and_max_around_their_mean_at_each_eval
 
 
 def test_with_three_seeds_the_band_is_the_mean_plus_minus_the_std_over_seeds():
-    trials, curves = _tables(_trial("b0", "baseline", 0, BASELINE),
-                             *(_trial(f"m{i}", ARM, i, {10: f, 20: f / 2}, 5.0) for i, f in enumerate((10, 20, 60))))
+    trials, curves = _tables(
+        _trial("b0", "baseline", 0, BASELINE),
+        *(_trial(f"m{i}", ARM, i, {10: f, 20: f / 2}, 5.0) for i, f in enumerate((10, 20, 60))),
+    )
     ax = fid_vs_tflops_figure(trials, curves, {}).axes[0]
     fids = np.array([10.0, 20.0, 60.0])
     mean, std = fids.mean(), fids.std(ddof=1)
@@ -75,8 +83,9 @@ def test_with_three_seeds_the_band_is_the_mean_plus_minus_the_std_over_seeds():
 
 
 def test_seed_spread_keeps_only_the_evaluations_every_seed_has():
-    rows = pd.DataFrame({"trial_id": ["a", "a", "b"], "step": [10, 20, 10], "fid": [4.0, 2.0, 6.0],
-                         "tflops": [1.0, 2.0, 1.0]})
+    rows = pd.DataFrame(
+        {"trial_id": ["a", "a", "b"], "step": [10, 20, 10], "fid": [4.0, 2.0, 6.0], "tflops": [1.0, 2.0, 1.0]}
+    )
     spread, band = seed_spread(rows)
     assert band == "min-max" and list(spread.index) == [10]
     assert spread.loc[10, ["fid", "low", "high", "n"]].tolist() == pytest.approx([5.0, 4.0, 6.0, 2])
@@ -88,8 +97,7 @@ def test_the_crossing_stars_sit_at_the_speedup_tables_compute_and_the_target():
     ax = fid_vs_tflops_figure(trials, curves, {}).axes[0]
     stars = _by_gid(ax, "crossing:")
     assert stars[ARM].get_xydata().ravel().tolist() == pytest.approx([row["arm_tflops"], row["target_fid"]])
-    assert stars["baseline"].get_xydata().ravel().tolist() == pytest.approx([row["baseline_tflops"],
-                                                                             row["target_fid"]])
+    assert stars["baseline"].get_xydata().ravel().tolist() == pytest.approx([row["baseline_tflops"], row["target_fid"]])
     # target: the baseline's final mean FID 11; the arm's mean (30 at 15 TFLOPs, 10 at 25) passes it at 24.5
     assert row["target_fid"] == pytest.approx(11.0) and row["arm_tflops"] == pytest.approx(24.5)
     # the star has the arm's colour (that of its mean line) and the target is a dashed line at the baseline final FID
@@ -119,9 +127,11 @@ def test_the_x_axis_is_logarithmic_only_when_compute_spans_more_than_ten_times()
 
 
 def test_the_title_names_the_fid_protocol_and_the_seeds_and_the_floor_is_a_dotted_line():
-    trials, curves = _tables(_trial("b0", "baseline", 0, BASELINE, fid_floor=3.0),
-                             _trial("m0", ARM, 0, {10: 30.0, 20: 10.0}, 5.0, fid_floor=5.0),
-                             _trial("m1", ARM, 1, {10: 20.0, 20: 8.0}, 5.0, fid_floor=4.0))
+    trials, curves = _tables(
+        _trial("b0", "baseline", 0, BASELINE, fid_floor=3.0),
+        _trial("m0", ARM, 0, {10: 30.0, 20: 10.0}, 5.0, fid_floor=5.0),
+        _trial("m1", ARM, 1, {10: 20.0, 20: 8.0}, 5.0, fid_floor=4.0),
+    )
     fig = fid_vs_tflops_figure(trials, curves, {"name": "demo"})
     title = fig._suptitle.get_text()
     assert title.startswith("demo: ") and "digits FID" in title and "100 samples" in title
@@ -131,8 +141,10 @@ def test_the_title_names_the_fid_protocol_and_the_seeds_and_the_floor_is_a_dotte
 
 
 def test_nothing_is_written_for_a_sweep_without_tflops_nor_for_one_without_finished_trials(tmp_path):
-    old = _tables(_trial("b0", "baseline", 0, BASELINE, tflops_per_step=math.nan, pretrain_tflops=math.nan),
-                  _trial("m0", ARM, 0, {10: 30.0, 20: 10.0}, math.nan, math.nan))
+    old = _tables(
+        _trial("b0", "baseline", 0, BASELINE, tflops_per_step=math.nan, pretrain_tflops=math.nan),
+        _trial("m0", ARM, 0, {10: 30.0, 20: 10.0}, math.nan, math.nan),
+    )
     path = tmp_path / "fid_vs_tflops.png"
     path.write_bytes(b"stale")
     assert plot_fid_vs_tflops(*old, {}, path) is None and not path.exists()
@@ -150,20 +162,28 @@ def test_write_plots_writes_the_tflops_plot_with_the_specs_targets(tmp_path):
     sweep = tmp_path / "sweep"
     sweep.mkdir()
     paths = write_plots(sweep, trials, curves)
-    assert [p.name for p in paths] == ["fid_vs_mask_rate.png", "curves.png", "fid_vs_device_hours.png",
-                                       "fid_vs_tflops.png"]
+    assert [p.name for p in paths] == [
+        "fid_vs_mask_rate.png",
+        "curves.png",
+        "fid_vs_device_hours.png",
+        "fid_vs_tflops.png",
+    ]
     for p in paths:
         assert p.parent == sweep / PLOTS_DIR and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 # --------------------------------------------------------------------------------------- FID vs mask rate
 def test_the_mask_rate_error_bars_are_the_std_over_seeds_and_the_baseline_a_line_with_its_band():
-    trials, _curves = _tables(_trial("b0", "baseline", 0, {100: 10.0}), _trial("b1", "baseline", 1, {100: 14.0}),
-                             _trial("p0", "patch r=0.5", 0, {40: 20.0}, rate=0.5),
-                             _trial("p1", "patch r=0.5", 1, {40: 26.0}, rate=0.5),
-                             _trial("p2", "patch r=0.5", 2, {40: 29.0}, rate=0.5),
-                             _trial("q0", ARM, 0, {40: 30.0}), _trial("q1", ARM, 1, {40: 34.0}),
-                             _trial("q2", ARM, 2, {40: 35.0}))
+    trials, _curves = _tables(
+        _trial("b0", "baseline", 0, {100: 10.0}),
+        _trial("b1", "baseline", 1, {100: 14.0}),
+        _trial("p0", "patch r=0.5", 0, {40: 20.0}, rate=0.5),
+        _trial("p1", "patch r=0.5", 1, {40: 26.0}, rate=0.5),
+        _trial("p2", "patch r=0.5", 2, {40: 29.0}, rate=0.5),
+        _trial("q0", ARM, 0, {40: 30.0}),
+        _trial("q1", ARM, 1, {40: 34.0}),
+        _trial("q2", ARM, 2, {40: 35.0}),
+    )
     ax = fid_vs_mask_rate_figure(trials, {}).axes[0]
     bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
     assert len(bars) == 1
@@ -193,7 +213,6 @@ def test_final_samples_show_each_arms_last_grid_of_its_first_seed(tmp_path):
 
     sys.path.insert(0, str(Path(__file__).parent))
     from fake_sweep import build_sweep
-
     from maskdm_sweeps.layout import SweepDir
     from maskdm_sweeps.results import load
     from maskdm_sweeps.results.plots import final_samples_figure

@@ -23,9 +23,12 @@ from maskdm_sweeps.trainer.lr_schedule import learning_rate
 
 
 def pretraining(steps: int, **pretrain) -> dict:
-    return {"pretrain": {"steps": steps, "batch_size": 16, "lr": 2e-3, "warmup_steps": 10, **pretrain},
-            "finetune": {"steps": 12, "batch_size": 16}, "mask": {"strategy": "patch", "rate": 0.5},
-            "runtime": {"device": "cpu", "log_every_steps": 7, "checkpoint_every_steps": 25, "keep_checkpoints": 1}}
+    return {
+        "pretrain": {"steps": steps, "batch_size": 16, "lr": 2e-3, "warmup_steps": 10, **pretrain},
+        "finetune": {"steps": 12, "batch_size": 16},
+        "mask": {"strategy": "patch", "rate": 0.5},
+        "runtime": {"device": "cpu", "log_every_steps": 7, "checkpoint_every_steps": 25, "keep_checkpoints": 1},
+    }
 
 
 def same_tensors(a: dict, b: dict) -> bool:
@@ -50,8 +53,9 @@ def long_and_short(tmp_path_factory):
     return long_run, short_run
 
 
-def test_a_finetuning_from_the_40_step_milestone_of_an_80_step_run_equals_one_from_a_separate_run(long_and_short,
-                                                                                                 tmp_path):
+def test_a_finetuning_from_the_40_step_milestone_of_an_80_step_run_equals_one_from_a_separate_run(
+    long_and_short, tmp_path
+):
     long_run, short_run = long_and_short
     milestone = StageRun(long_run).milestone(40)
     separate = list_checkpoints(StageRun(short_run).checkpoints)[-1]
@@ -63,8 +67,9 @@ def test_a_finetuning_from_the_40_step_milestone_of_an_80_step_run_equals_one_fr
     assert same_tensors(kept["optimizer"]["state"], alone["optimizer"]["state"])
     assert all(torch.equal(kept["rng"][k], alone["rng"][k]) for k in ("torch", "data", "noise"))
     for init_from in ("online", "ema"):
-        config = tiny_trial_config(**{**pretraining(40), "finetune": {"steps": 12, "batch_size": 16,
-                                                                      "init_from": init_from}})
+        config = tiny_trial_config(
+            **{**pretraining(40), "finetune": {"steps": 12, "batch_size": 16, "init_from": init_from}}
+        )
         a = fit(config, "finetune", tmp_path / f"from-milestone-{init_from}", init_checkpoint=milestone)
         b = fit(config, "finetune", tmp_path / f"from-separate-{init_from}", init_checkpoint=separate)
         assert a.loss_final == b.loss_final
@@ -77,8 +82,7 @@ def test_a_finetuning_from_the_40_step_milestone_of_an_80_step_run_equals_one_fr
 def test_milestones_outlive_the_checkpoint_rotation_with_what_reaching_them_cost(long_and_short):
     long_run, _ = long_and_short
     assert [p.name for p in list_checkpoints(StageRun(long_run).checkpoints)] == [step_file(80, ".pt")]  # keep 1
-    info = {step: json.loads(StageRun(long_run).milestone_info(step).read_text())
-            for step in (40, 80)}
+    info = {step: json.loads(StageRun(long_run).milestone_info(step).read_text()) for step in (40, 80)}
     assert info[40]["train_tflops"] * 2 == pytest.approx(info[80]["train_tflops"])  # linear in the steps
     assert 0 < info[40]["wall_seconds"] < info[80]["wall_seconds"]
 
@@ -91,8 +95,10 @@ def test_a_run_extended_past_its_end_continues_as_if_it_had_never_stopped(long_a
     fit(tiny_trial_config(**pretraining(40)), "pretrain", extended, milestones=[40])
     result = fit(tiny_trial_config(**pretraining(80)), "pretrain", extended, milestones=[80])
     assert result.steps == 80
-    assert same_tensors(load_checkpoint(StageRun(extended).milestone(80))["model"],
-                        load_checkpoint(StageRun(long_run).milestone(80))["model"])
+    assert same_tensors(
+        load_checkpoint(StageRun(extended).milestone(80))["model"],
+        load_checkpoint(StageRun(long_run).milestone(80))["model"],
+    )
 
 
 def test_with_a_decay_to_the_end_lengths_are_trained_apart(tmp_path):
@@ -100,13 +106,23 @@ def test_with_a_decay_to_the_end_lengths_are_trained_apart(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     fit(tiny_trial_config(**pretraining(80, lr_decay="cosine")), "pretrain", a, milestones=[40])
     fit(tiny_trial_config(**pretraining(40, lr_decay="cosine")), "pretrain", b)
-    assert not same_tensors(load_checkpoint(StageRun(a).milestone(40))["model"],
-                            load_checkpoint(list_checkpoints(StageRun(b).checkpoints)[-1])["model"])
+    assert not same_tensors(
+        load_checkpoint(StageRun(a).milestone(40))["model"],
+        load_checkpoint(list_checkpoints(StageRun(b).checkpoints)[-1])["model"],
+    )
     # ... and a sweep over the length plans one run per length; without the decay, one run for both
     for decay, runs in (("cosine", 2), ("linear", 2), ("none", 1)):
         base = tiny_trial_config(**pretraining(40, lr_decay=decay)).model_dump(mode="json")
-        plan = build_plan(SweepSpec.model_validate({"name": "decay", "output_dir": str(tmp_path), "base": base,
-                                                    "sweep": {"axes": {"pretrain.steps": [40, 80]}}}))
+        plan = build_plan(
+            SweepSpec.model_validate(
+                {
+                    "name": "decay",
+                    "output_dir": str(tmp_path),
+                    "base": base,
+                    "sweep": {"axes": {"pretrain.steps": [40, 80]}},
+                }
+            )
+        )
         assert len(plan.pretrains) == runs, decay
         if runs == 1:
             (shared,) = plan.pretrains.values()
@@ -120,7 +136,9 @@ def test_learning_rate_warms_up_then_holds_or_decays_to_zero_at_the_last_step():
     assert all(learning_rate(s, lr, warmup, 50) == learning_rate(s, lr, warmup, 5000) for s in range(51))
     for s in (10, 35, 60, 85, 110):
         progress = (s - warmup) / (total - warmup)
-        assert learning_rate(s, lr, warmup, total, "cosine") == pytest.approx(lr * (1 + math.cos(math.pi * progress)) / 2)
+        assert learning_rate(s, lr, warmup, total, "cosine") == pytest.approx(
+            lr * (1 + math.cos(math.pi * progress)) / 2
+        )
         assert learning_rate(s, lr, warmup, total, "linear") == pytest.approx(lr * (1 - progress))
     assert learning_rate(total, lr, warmup, total, "cosine") == pytest.approx(0.0, abs=1e-18)
 
@@ -176,8 +194,10 @@ def test_a_milestone_whose_checkpoint_was_written_before_a_crash_is_kept_on_resu
     fit(tiny_trial_config(**pretraining(80)), "pretrain", run, milestones=[40, 80])
     long_run, _ = long_and_short
     for step in (40, 80):
-        assert same_tensors(load_checkpoint(StageRun(run).milestone(step))["model"],
-                            load_checkpoint(StageRun(long_run).milestone(step))["model"])
+        assert same_tensors(
+            load_checkpoint(StageRun(run).milestone(step))["model"],
+            load_checkpoint(StageRun(long_run).milestone(step))["model"],
+        )
         assert StageRun(run).milestone_info(step).exists()
 
 

@@ -18,13 +18,20 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from fake_sweep import DESCRIPTION, FT_STEPS, FT_TFLOPS_PER_STEP, PRE_STEPS, build_sweep, fid_of
 from maskdm_sweeps.results import (
-    CURVE_COLUMNS, TRIAL_COLUMNS, collect, comparison_table, load, write_all, write_plots, write_report,
+    CURVE_COLUMNS,
+    TRIAL_COLUMNS,
+    collect,
+    comparison_table,
+    load,
+    write_all,
+    write_plots,
+    write_report,
     write_results,
 )
 from maskdm_sweeps.results.report import markdown_table
 
-from fake_sweep import FT_TFLOPS_PER_STEP, DESCRIPTION, FT_STEPS, PRE_STEPS, build_sweep, fid_of
 
 class Sweep:
     def __init__(self, written: dict):
@@ -51,8 +58,13 @@ def _png_pixels(path: Path) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------ trials.parquet
-PA_TYPES = {"string": (pa.string(), pa.large_string()), "float64": (pa.float64(),), "int64": (pa.int64(),),
-            "Int64": (pa.int64(),), "bool": (pa.bool_(),)}
+PA_TYPES = {
+    "string": (pa.string(), pa.large_string()),
+    "float64": (pa.float64(),),
+    "int64": (pa.int64(),),
+    "Int64": (pa.int64(),),
+    "bool": (pa.bool_(),),
+}
 
 
 def _dtype_name(dtype) -> str:
@@ -138,12 +150,18 @@ def test_the_rows_copy_the_arm_and_mask_columns_the_plan_wrote_into_the_manifest
     manifest = json.loads(path.read_text())
     assert "arm" not in manifest and before["arm"].tolist() == ["patch r=0.5"]
     # names the config would not give: copied, not worked out again
-    names = {"arm": "named r=0.25", "mask_columns": {"mask_strategy": "named", "mask_rate": 0.25,
-                                                     "mask_block_size": 4, "mask_crop_size": None}}
+    names = {
+        "arm": "named r=0.25",
+        "mask_columns": {"mask_strategy": "named", "mask_rate": 0.25, "mask_block_size": 4, "mask_crop_size": None},
+    }
     path.write_text(json.dumps({**manifest, **names}))
     row = collect(w["dir"])[0].iloc[0]
-    assert (row["arm"], row["mask_strategy"], row["mask_rate"], row["mask_block_size"]) == ("named r=0.25", "named",
-                                                                                          0.25, 4)
+    assert (row["arm"], row["mask_strategy"], row["mask_rate"], row["mask_block_size"]) == (
+        "named r=0.25",
+        "named",
+        0.25,
+        4,
+    )
     assert pd.isna(row["mask_crop_size"]) and row["label"] == before["label"].iloc[0]
 
 
@@ -152,19 +170,28 @@ def test_a_plans_manifests_name_every_strategy_as_the_parquet_columns_do():
     from maskdm_sweeps.testing import tiny_trial_config
 
     base = tiny_trial_config(pretrain={"steps": 10}).model_dump(mode="json")
-    masks = [{"strategy": "patch", "rate": 0.5}, {"strategy": "block", "rate": 0.5, "block_size": 2},
-             {"strategy": "crop", "crop_size": 4}]
-    plan = build_plan(SweepSpec.model_validate({"name": "names", "base": base,
-                                                "sweep": {"axes": {"mask": masks}, "baseline": True}}))
+    masks = [
+        {"strategy": "patch", "rate": 0.5},
+        {"strategy": "block", "rate": 0.5, "block_size": 2},
+        {"strategy": "crop", "crop_size": 4},
+    ]
+    plan = build_plan(
+        SweepSpec.model_validate({"name": "names", "base": base, "sweep": {"axes": {"mask": masks}, "baseline": True}})
+    )
     names = {}
     for trial in plan.trials:
         m = trial.manifest(plan.spec.resources, plan.spec_hash)
         assert json.loads(json.dumps(m, allow_nan=False)) == m  # plain JSON: no NaN for a missing rate
-        names[m["arm"]] = tuple(m["mask_columns"][c] for c in ("mask_strategy", "mask_rate", "mask_block_size",
-                                                                 "mask_crop_size"))
+        names[m["arm"]] = tuple(
+            m["mask_columns"][c] for c in ("mask_strategy", "mask_rate", "mask_block_size", "mask_crop_size")
+        )
         assert m["arm"] == trial.arm and m["short_label"] == trial.short_label and m["label"] == trial.label
-    assert names == {"patch r=0.5": ("patch", 0.5, None, None), "block b=2 r=0.5": ("block", 0.5, 2, None),
-                     "crop c=4": ("crop", None, None, 4), "baseline": (None, None, None, None)}
+    assert names == {
+        "patch r=0.5": ("patch", 0.5, None, None),
+        "block b=2 r=0.5": ("block", 0.5, 2, None),
+        "crop c=4": ("crop", None, None, 4),
+        "baseline": (None, None, None, None),
+    }
 
 
 # ------------------------------------------------------------------------------------------------ curves.parquet
@@ -196,8 +223,17 @@ def test_curves_hold_the_pretraining_of_each_trial(sweep):
 
 # ------------------------------------------------------------------------------------------------ GPU-hours
 def test_a_shared_pretraining_is_charged_whole_to_each_trial_and_split_evenly_in_the_shares(tmp_path):
-    w = build_sweep(tmp_path, rates=(0.9,), seeds=(0,), baseline=False, lrs=(1e-4, 3e-4), gpus=2.0,
-                    pre_wall=100.0, ft_wall=40.0, dup_step=False)
+    w = build_sweep(
+        tmp_path,
+        rates=(0.9,),
+        seeds=(0,),
+        baseline=False,
+        lrs=(1e-4, 3e-4),
+        gpus=2.0,
+        pre_wall=100.0,
+        ft_wall=40.0,
+        dup_step=False,
+    )
     trials, _ = collect(w["dir"])
     assert len(trials) == 2 and trials["pretrain_key"].nunique() == 1
     assert (trials["pretrain_shared_by"] == 2).all()
@@ -220,13 +256,15 @@ def test_a_pretraining_this_sweep_did_not_train_is_reused(tmp_path):
     kept = [ln for ln in events.read_text().splitlines() if first not in ln]  # trained by an earlier sweep
     events.write_text("\n".join(kept) + "\n")
     trials, _ = collect(w["dir"])
-    assert dict(zip(trials["pretrain_key"], trials["pretrain_reused"], strict=True)) == {k: k == first for k in w["pretrains"]}
+    assert dict(zip(trials["pretrain_key"], trials["pretrain_reused"], strict=True)) == {
+        k: k == first for k in w["pretrains"]
+    }
 
 
 def test_searched_trials_missing_from_the_plan_are_found_by_their_manifests(tmp_path):
     """A random search: trial ids plan.json does not list, sharing a planned pre-training (named by the manifest)."""
     w = build_sweep(tmp_path, rates=(0.5,), seeds=(0,), baseline=False, method="random", dup_step=False)
-    (tid, info), = w["trials"].items()
+    ((tid, info),) = w["trials"].items()
     src = w["dir"] / "trials" / tid
     for new, lr in (("t-sampled001", 1e-4), ("t-sampled002", 3e-4)):
         dst = w["dir"] / "trials" / new / "finetune"
@@ -238,8 +276,9 @@ def test_searched_trials_missing_from_the_plan_are_found_by_their_manifests(tmp_
         (dst / "config.json").write_text(json.dumps(cfg))
         manifest = json.loads((src / "trial.json").read_text())
         assignments = {"mask.rate": 0.5, "finetune.lr": lr, "seed": 0}
-        manifest.update(trial_id=new, assignments=assignments, config=cfg,
-                        label=f"mask.rate=0.5 finetune.lr={lr:.3g} seed=0")
+        manifest.update(
+            trial_id=new, assignments=assignments, config=cfg, label=f"mask.rate=0.5 finetune.lr={lr:.3g} seed=0"
+        )
         (dst.parent / "trial.json").write_text(json.dumps(manifest))
     shutil.rmtree(src)  # a random search runs the sampled trials, not the planned one
     trials, curves = collect(w["dir"])
@@ -247,8 +286,10 @@ def test_searched_trials_missing_from_the_plan_are_found_by_their_manifests(tmp_
     assert (trials["pretrain_key"] == info["pretrain_key"]).all()
     assert (trials["pretrain_shared_by"] == 2).all()  # counted from the trials found, not from the plan
     assert trials["pretrain_wall_seconds_share"].tolist() == [50.0, 50.0]
-    assert sorted(trials["label"]) == ["mask.rate=0.5 finetune.lr=0.0001 seed=0",
-                                       "mask.rate=0.5 finetune.lr=0.0003 seed=0"]
+    assert sorted(trials["label"]) == [
+        "mask.rate=0.5 finetune.lr=0.0001 seed=0",
+        "mask.rate=0.5 finetune.lr=0.0003 seed=0",
+    ]
     assert sorted(trials["finetune_lr"]) == [1e-4, 3e-4]  # the searched key gets a column of its own
     assert set(curves.loc[curves["trial_id"] == "t-sampled001", "stage"]) == {"pretrain", "finetune"}
 
@@ -275,8 +316,14 @@ def test_report_answers_the_question(sweep):
     text = (sweep.dir / "report.md").read_text()
     assert sweep.paths["report"] == sweep.dir / "report.md"
     assert text.startswith("# Sweep `fake`") and DESCRIPTION in text.split("## ")[0]
-    for section in ("## FID by arm", "## Against the baseline at equal fine-tuning steps", "## At equal GPU-hours",
-                    "## Best trial", "## Trials that did not finish", "## Plots"):
+    for section in (
+        "## FID by arm",
+        "## Against the baseline at equal fine-tuning steps",
+        "## At equal GPU-hours",
+        "## Best trial",
+        "## Trials that did not finish",
+        "## Plots",
+    ):
         assert section in text
     table = comparison_table(sweep.trials)
     r05 = table.set_index("arm").loc["patch r=0.5"]
@@ -301,8 +348,10 @@ def test_report_headline_is_the_speedup_and_calls_no_win_inside_the_seeds_spread
     # its first evaluation (step 20) is already below, at 30 x 0.5 pre-training + 20 fine-tuning TFLOPs
     target = np.mean([fid_of(None, s) for s in (0, 1)])
     arm = 30 * (1 - 0.5) + 20 * FT_TFLOPS_PER_STEP
-    assert (f"patch r=0.5: reaches the baseline's final FID {target:.2f} with {arm / 40:.2f}x the baseline's "
-            f"training compute ({arm:.4g} against 40 TFLOPs), a speed-up of {40 / arm:.2f}x (90% interval") in head
+    assert (
+        f"patch r=0.5: reaches the baseline's final FID {target:.2f} with {arm / 40:.2f}x the baseline's "
+        f"training compute ({arm:.4g} against 40 TFLOPs), a speed-up of {40 / arm:.2f}x (90% interval"
+    ) in head
     # resampling the arm cannot move it (every resample is below the target at its first evaluation); the
     # baseline's seed-0 pair crosses between its evaluations, its seed-1 pair (61.7 at the end) never does
     low = (20 + 20 * (65 - target) / 5) / arm
@@ -315,8 +364,12 @@ def test_report_headline_is_the_speedup_and_calls_no_win_inside_the_seeds_spread
 
 def test_markdown_table_helper():
     df = pd.DataFrame({"a": pd.Series(["x", None], dtype="string"), "b": [1.234, float("nan")], "c": [1, 2]})
-    assert markdown_table(df).splitlines() == ["| a | b | c |", "| --- | ---: | ---: |", "| x | 1.23 | 1 |",
-                                               "| – | – | 2 |"]
+    assert markdown_table(df).splitlines() == [
+        "| a | b | c |",
+        "| --- | ---: | ---: |",
+        "| x | 1.23 | 1 |",
+        "| – | – | 2 |",
+    ]
 
 
 # ------------------------------------------------------------------------------------------------ plots
@@ -334,8 +387,12 @@ def test_plots_of_a_one_trial_sweep(tmp_path):
     w = build_sweep(tmp_path, rates=(), seeds=(0,), baseline=True, dup_step=False)
     paths = write_plots(w["dir"])  # computes the parquet files first
     assert (w["dir"] / "trials.parquet").exists()
-    assert [p.name for p in paths] == ["fid_vs_mask_rate.png", "curves.png", "fid_vs_device_hours.png",
-                                       "fid_vs_tflops.png"]
+    assert [p.name for p in paths] == [
+        "fid_vs_mask_rate.png",
+        "curves.png",
+        "fid_vs_device_hours.png",
+        "fid_vs_tflops.png",
+    ]
     for p in paths:
         assert _png_pixels(p)[..., :3].var() > 0.001
     assert write_report(w["dir"]).read_text().count("| baseline |") >= 2
@@ -357,7 +414,9 @@ def test_load_recomputes_when_missing(tmp_path):
 
 
 def test_results_import_neither_ray_nor_mlflow():
-    code = ("import sys, maskdm_sweeps.results; "
-            "print(sorted({m.split('.')[0] for m in sys.modules} & {'ray', 'mlflow', 'torch'}))")
+    code = (
+        "import sys, maskdm_sweeps.results; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'ray', 'mlflow', 'torch'}))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"

@@ -17,8 +17,19 @@ import pytest
 import yaml
 
 from maskdm_sweeps.cli import main
-from maskdm_sweeps.layout import (BRANCHES_DIR, CHECKPOINTS_DIR, DRIVER_LOCK, MLFLOW_BUFFER_FILE, MLFLOW_DB,
-                                  MLFLOW_TARGET_FILE, STORE_DIR, TUNE_DIR, StageRun, SweepDir, step_file)
+from maskdm_sweeps.layout import (
+    BRANCHES_DIR,
+    CHECKPOINTS_DIR,
+    DRIVER_LOCK,
+    MLFLOW_BUFFER_FILE,
+    MLFLOW_DB,
+    MLFLOW_TARGET_FILE,
+    STORE_DIR,
+    TUNE_DIR,
+    StageRun,
+    SweepDir,
+    step_file,
+)
 from maskdm_sweeps.lines import MAIN, Line, line_named
 from maskdm_sweeps.sweep import read_events, run_sweep
 from maskdm_sweeps.sweepspec import load_spec
@@ -28,17 +39,25 @@ NAME = "bind"
 
 
 def write_spec(path: Path, output_dir: Path, lr: float = 2e-4) -> Path:
-    spec = tiny_sweep_spec(NAME, output_dir, pretrain={"steps": 10, "batch_size": 16},
-                           finetune={"steps": 20, "batch_size": 16, "lr": lr},
-                           runtime={"log_every_steps": 5, "checkpoint_every_steps": 5}, resources={"max_failures": 0})
+    spec = tiny_sweep_spec(
+        NAME,
+        output_dir,
+        pretrain={"steps": 10, "batch_size": 16},
+        finetune={"steps": 20, "batch_size": 16, "lr": lr},
+        runtime={"log_every_steps": 5, "checkpoint_every_steps": 5},
+        resources={"max_failures": 0},
+    )
     path.write_text(yaml.safe_dump(spec))
     return path
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, int]]:
     """Every file under ``root``: relative path -> (size, mtime in ns)."""
-    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))
-            if p.is_file()}
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def copy_sweep(src_root: Path, dst_root: Path, with_store: bool = True) -> SweepDir:
@@ -76,8 +95,7 @@ def test_an_edited_spec_run_into_its_directory_exits_2_naming_the_change_and_wri
 
 
 @pytest.mark.slow  # the module's sweep, and a fine-tuning
-def test_replace_moves_the_old_directory_aside_and_a_rerun_of_the_same_spec_finds_its_trials(partial, tmp_path,
-                                                                                              capsys):
+def test_replace_moves_the_old_directory_aside_and_a_rerun_of_the_same_spec_finds_its_trials(partial, tmp_path, capsys):
     tmp, plan = partial
     old = copy_sweep(tmp / "a", tmp_path)
     old_files = snapshot(old.path)
@@ -89,7 +107,9 @@ def test_replace_moves_the_old_directory_aside_and_a_rerun_of_the_same_spec_find
     assert moved.pop(DRIVER_LOCK) and old_files.pop(DRIVER_LOCK)  # held while it moved
     assert moved == old_files  # moved whole, nothing deleted
     new = load_spec(edited)
-    assert new.spec_hash != plan.spec_hash and json.loads(new.layout.plan_file.read_text())["spec_hash"] == new.spec_hash
+    assert (
+        new.spec_hash != plan.spec_hash and json.loads(new.layout.plan_file.read_text())["spec_hash"] == new.spec_hash
+    )
     assert all(new.trial_finished(t.trial_id) for t in new.trials)
     starts = [e["stage"] for e in read_events(new.sweep_dir) if e["event"] == "stage_start"]
     assert starts == ["finetune"]  # its pre-training was found in the shared store
@@ -134,8 +154,14 @@ def test_a_copied_sweep_directory_resumes_in_place_and_leaves_the_original_untou
     target = json.loads((ft.path / MLFLOW_TARGET_FILE).read_text())
     assert target["store"] == f"../../../../{MLFLOW_DB}"
     # no file the sweep reads names the original (Tune's own state and MLflow's write-ahead buffer aside)
-    ours = [p for p in copy.path.rglob("*") if p.is_file() and p.suffix in (".json", ".jsonl", ".yaml")
-            and TUNE_DIR not in p.relative_to(copy.path).parts and p.name != MLFLOW_BUFFER_FILE]
+    ours = [
+        p
+        for p in copy.path.rglob("*")
+        if p.is_file()
+        and p.suffix in (".json", ".jsonl", ".yaml")
+        and TUNE_DIR not in p.relative_to(copy.path).parts
+        and p.name != MLFLOW_BUFFER_FILE
+    ]
     assert ours and not [p for p in ours if str(tmp / "a") in p.read_text()]
 
 
@@ -166,8 +192,12 @@ def test_paths_written_before_they_were_relative_are_read_by_their_name(tmp_path
     key, b1 = sweep.pretrain("k").path, sweep.pretrain("k").path / BRANCHES_DIR / "b1"
     branch = line_named(sweep, "k", "b2")
     branch.path.mkdir(parents=True)
-    for written, parent, name in ((f"/gone/{STORE_DIR}/k", key, MAIN), (f"/gone/{STORE_DIR}/k/{BRANCHES_DIR}/b1", b1, "b1"),
-                                  ("../b1", b1, "b1"), ("../..", key, MAIN)):
+    for written, parent, name in (
+        (f"/gone/{STORE_DIR}/k", key, MAIN),
+        (f"/gone/{STORE_DIR}/k/{BRANCHES_DIR}/b1", b1, "b1"),
+        ("../b1", b1, "b1"),
+        ("../..", key, MAIN),
+    ):
         branch.branch.write_text(json.dumps({"parent": written, "from_step": 5}))
         assert branch.origin() == (Line(parent, "k", name), 5), written
     run = StageRun(tmp_path / "ft")

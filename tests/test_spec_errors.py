@@ -36,25 +36,50 @@ resources:
 
 CASES = {
     # id: (edit of SPEC, dotted field named in the message, line named in the message)
-    "typo-in-a-key": (lambda s: s.replace("    steps: 10\n  finetune", "    stpes: 10\n  finetune"), "base.pretrain.stpes", 12),
+    "typo-in-a-key": (
+        lambda s: s.replace("    steps: 10\n  finetune", "    stpes: 10\n  finetune"),
+        "base.pretrain.stpes",
+        12,
+    ),
     "wrong-type": (lambda s: s.replace("    image_size: 8", "    image_size: large"), "base.data.image_size", 5),
     "rate-of-1.5": (lambda s: s.replace("    rate: 0.5", "    rate: 1.5"), "base.mask.rate", 10),
     "axis-rate-of-1.5": (lambda s: s.replace("[0.25, 0.5]", "[0.25, 1.5]"), "sweep.axes.mask.rate", 20),
     "block-does-not-divide-the-grid": (
-        lambda s: s.replace("    mask.rate: [0.25, 0.5]", "    mask:\n      - {strategy: block, rate: 0.5, block_size: 3}"),
-        "sweep.axes.mask", 20),
-    "missing-dataset": (lambda s: s.replace("    name: digits\n", "    name: cifar10\n    path: /nonexistent/cifar\n"),
-                        "base.data", 3),
+        lambda s: s.replace(
+            "    mask.rate: [0.25, 0.5]", "    mask:\n      - {strategy: block, rate: 0.5, block_size: 3}"
+        ),
+        "sweep.axes.mask",
+        20,
+    ),
+    "missing-dataset": (
+        lambda s: s.replace("    name: digits\n", "    name: cifar10\n    path: /nonexistent/cifar\n"),
+        "base.data",
+        3,
+    ),
     "optuna-plus-grid": (
-        lambda s: s.replace("  seeds: [0, 1]", "  search:\n    method: optuna\n    num_samples: 4\n"
-                            "    space:\n      finetune.lr: {type: loguniform, low: 1.0e-5, high: 1.0e-3}"),
-        "sweep", 18),
-    "duplicate-axes": (lambda s: s.replace("    mask.rate: [0.25, 0.5]", "    mask.rate: [0.25, 0.5]\n    mask: [{strategy: crop, crop_size: 2}]"),
-                       "sweep", 18),
+        lambda s: s.replace(
+            "  seeds: [0, 1]",
+            "  search:\n    method: optuna\n    num_samples: 4\n"
+            "    space:\n      finetune.lr: {type: loguniform, low: 1.0e-5, high: 1.0e-3}",
+        ),
+        "sweep",
+        18,
+    ),
+    "duplicate-axes": (
+        lambda s: s.replace(
+            "    mask.rate: [0.25, 0.5]", "    mask.rate: [0.25, 0.5]\n    mask: [{strategy: crop, crop_size: 2}]"
+        ),
+        "sweep",
+        18,
+    ),
     "duplicate-yaml-key": (lambda s: s.replace("  seeds: [0, 1]", "  seeds: [0, 1]\n  seeds: [2]"), "", 22),
     "empty-sweep-axis": (lambda s: s.replace("[0.25, 0.5]", "[]"), "sweep.axes", 19),
     "bad-yaml-syntax": (lambda s: s.replace("    rate: 0.5", "    rate: [0.5"), "", 11),
-    "unknown-mask-strategy": (lambda s: s.replace("    strategy: patch", "    strategy: checkerboard"), "base.mask.strategy", 9),
+    "unknown-mask-strategy": (
+        lambda s: s.replace("    strategy: patch", "    strategy: checkerboard"),
+        "base.mask.strategy",
+        9,
+    ),
     "unknown-axis-key": (lambda s: s.replace("    mask.rate:", "    mask.rat:"), "sweep.axes.mask.rat", 20),
     "unknown-preset": (lambda s: s.replace("    preset: tiny", "    preset: uvit-huge"), "base.model", 6),
     # names the results root holds itself: a sweep there would collide with them
@@ -62,17 +87,29 @@ CASES = {
     "sweep-named-mlartifacts": (lambda s: s.replace("name: bad-spec", "name: mlartifacts"), "name", 1),
     # the knobs of the strategies beyond MaskDM's three
     "maskdit-without-a-decoder": (
-        lambda s: s.replace("    strategy: patch\n    rate: 0.5", "    strategy: maskdit\n    rate: 0.5\n    decoder_depth: 0"),
-        "base.mask.decoder_depth", 11),
+        lambda s: s.replace(
+            "    strategy: patch\n    rate: 0.5", "    strategy: maskdit\n    rate: 0.5\n    decoder_depth: 0"
+        ),
+        "base.mask.decoder_depth",
+        11,
+    ),
     "negative-mae-weight": (
         lambda s: s.replace("    strategy: patch\n    rate: 0.5", "    strategy: maskdit\n    mae_coef: -0.1"),
-        "base.mask.mae_coef", 10),
+        "base.mask.mae_coef",
+        10,
+    ),
     "mixer-knob-typo": (
         lambda s: s.replace("    strategy: patch\n    rate: 0.5", "    strategy: deferred\n    mixr_depth: 2"),
-        "base.mask.mixr_depth", 10),
+        "base.mask.mixr_depth",
+        10,
+    ),
     "routing-past-the-in-blocks": (
-        lambda s: s.replace("    mask.rate: [0.25, 0.5]", "    mask:\n      - {strategy: routing, rate: 0.5, route_from: 3}"),
-        "sweep.axes.mask", 20),
+        lambda s: s.replace(
+            "    mask.rate: [0.25, 0.5]", "    mask:\n      - {strategy: routing, rate: 0.5, route_from: 3}"
+        ),
+        "sweep.axes.mask",
+        20,
+    ),
 }
 
 
@@ -120,14 +157,17 @@ def test_malformed_spec_exits_2_naming_field_and_line_and_starts_nothing(tmp_pat
 
 
 @pytest.mark.timeout(60, method="thread")  # a FIFO opened in a decoding thread blocks it: end the whole run
-def test_an_image_folder_holding_a_fifo_exits_2_naming_it_without_opening_it(tmp_path, maskdm_sweep, caplog,
-                                                                             monkeypatch):
+def test_an_image_folder_holding_a_fifo_exits_2_naming_it_without_opening_it(
+    tmp_path, maskdm_sweep, caplog, monkeypatch
+):
     monkeypatch.setenv("MASKDM_CACHE", str(tmp_path / "cache"))  # where the verdicts of the decoding are kept
     images = tmp_path / "images"
     images.mkdir()
     Image.new("RGB", (8, 8), (200, 10, 10)).save(images / "a.png")
     os.mkfifo(images / "hang.png")  # opening it blocks until something writes to it
-    (tmp_path / "spec.yaml").write_text(SPEC.replace("    name: digits\n", f"    name: image_folder\n    path: {images}\n"))
+    (tmp_path / "spec.yaml").write_text(
+        SPEC.replace("    name: digits\n", f"    name: image_folder\n    path: {images}\n")
+    )
     out = maskdm_sweep("validate", "spec.yaml", cwd=tmp_path)
     assert out.returncode == 2 and "spec.yaml:3)" in out.stderr and "\nbase.data: " in out.stderr, out.stderr
     assert "hang.png: a FIFO, not a regular file" in out.stderr and "skip_unreadable" in out.stderr
@@ -157,10 +197,14 @@ HOSTILE = {
     "deep-nesting": (("[" * 10_000 + "]" * 10_000).encode(), "nested"),
     "alias-bomb": (_alias_bomb().encode(), "expands to more than"),
     "20-MB-spec": (b"name: big\n" + b"# padding\n" * 2_000_000, "a spec is a few kilobytes"),
-    "infinite-lr": (SPEC.replace("  finetune:\n    steps: 10", "  finetune:\n    steps: 10\n    lr: .inf").encode(),
-                    "base.finetune.lr"),
-    "1e15-steps": (SPEC.replace("  finetune:\n    steps: 10", "  finetune:\n    steps: 1.0e+15").encode(),
-                   "base.finetune.steps"),
+    "infinite-lr": (
+        SPEC.replace("  finetune:\n    steps: 10", "  finetune:\n    steps: 10\n    lr: .inf").encode(),
+        "base.finetune.lr",
+    ),
+    "1e15-steps": (
+        SPEC.replace("  finetune:\n    steps: 10", "  finetune:\n    steps: 1.0e+15").encode(),
+        "base.finetune.steps",
+    ),
 }
 
 

@@ -13,15 +13,16 @@ from maskdm_sweeps.results.speedup import Curves, arm_speedup, first_crossing
 from maskdm_sweeps.testing import synthetic_tables as _tables
 from maskdm_sweeps.testing import synthetic_trial as _trial
 
-
 # Baseline: 1 TFLOP per step, FID 100 -> 10 over 100 steps. Its final FID 10 is reached at 100 TFLOPs.
 BASELINE = {25: 60.0, 50: 40.0, 75: 20.0, 100: 10.0}
 
 
 def test_an_arm_that_reaches_the_baselines_final_fid_at_a_quarter_of_its_compute_has_speedup_4():
     # pre-training 5 TFLOPs, fine-tuning 1 TFLOP/step: FID 10 first at step 20 -> 25 TFLOPs in all
-    trials, curves = _tables(_trial("b0", "baseline", 0, BASELINE, 0.0, 1.0),
-                             _trial("m0", "patch r=0.9", 0, {10: 30.0, 20: 10.0, 40: 8.0}, 5.0, 1.0))
+    trials, curves = _tables(
+        _trial("b0", "baseline", 0, BASELINE, 0.0, 1.0),
+        _trial("m0", "patch r=0.9", 0, {10: 30.0, 20: 10.0, 40: 8.0}, 5.0, 1.0),
+    )
     row = speedup_table(trials, curves).iloc[0]
     assert row["target"] == "baseline final FID" and row["target_fid"] == 10.0
     assert row["baseline_tflops"] == pytest.approx(100.0) and row["arm_tflops"] == pytest.approx(25.0)
@@ -30,16 +31,19 @@ def test_an_arm_that_reaches_the_baselines_final_fid_at_a_quarter_of_its_compute
 
 
 def test_an_arm_that_never_gets_there_is_not_reached_and_has_no_speedup():
-    trials, curves = _tables(_trial("b0", "baseline", 0, BASELINE, 0.0, 1.0),
-                             _trial("m0", "patch r=0.9", 0, {20: 50.0, 40: 30.0, 60: 12.0}, 5.0, 1.0))
+    trials, curves = _tables(
+        _trial("b0", "baseline", 0, BASELINE, 0.0, 1.0),
+        _trial("m0", "patch r=0.9", 0, {20: 50.0, 40: 30.0, 60: 12.0}, 5.0, 1.0),
+    )
     row = speedup_table(trials, curves).iloc[0]
     assert not bool(row["reached"]) and math.isnan(row["speedup"]) and row["verdict"] == "not reached"
 
 
 def test_a_crossing_between_evaluations_is_linearly_interpolated():
     # the arm passes FID 10 only between step 20 (FID 30) and step 40 (FID 0): at step 20 + 20 * 20/30
-    trials, curves = _tables(_trial("b0", "baseline", 0, BASELINE, 0.0, 1.0),
-                             _trial("m0", "patch r=0.9", 0, {20: 30.0, 40: 0.0}, 5.0, 1.0))
+    trials, curves = _tables(
+        _trial("b0", "baseline", 0, BASELINE, 0.0, 1.0), _trial("m0", "patch r=0.9", 0, {20: 30.0, 40: 0.0}, 5.0, 1.0)
+    )
     row = speedup_table(trials, curves).iloc[0]
     arm = 5.0 + 20 + 20 * (30 - 10) / 30
     assert row["arm_tflops"] == pytest.approx(arm)
@@ -47,8 +51,10 @@ def test_a_crossing_between_evaluations_is_linearly_interpolated():
 
 
 def test_several_targets_from_the_spec_give_one_row_each_with_their_own_answers():
-    trials, curves = _tables(_trial("b0", "baseline", 0, BASELINE, 0.0, 1.0),
-                             _trial("m0", "patch r=0.9", 0, {10: 30.0, 20: 10.0, 40: 8.0}, 5.0, 1.0))
+    trials, curves = _tables(
+        _trial("b0", "baseline", 0, BASELINE, 0.0, 1.0),
+        _trial("m0", "patch r=0.9", 0, {10: 30.0, 20: 10.0, 40: 8.0}, 5.0, 1.0),
+    )
     table = speedup_table(trials, curves, targets=[40.0, 10.0, 5.0])
     assert list(table["target_fid"]) == [40.0, 10.0, 5.0] and set(table["target"]) == {"spec"}
     at40, at10, at5 = (table.iloc[i] for i in range(3))
@@ -61,9 +67,11 @@ def test_several_targets_from_the_spec_give_one_row_each_with_their_own_answers(
 
 def test_the_arm_curve_is_the_mean_over_its_seeds():
     # seeds at 20 and 0 after 20 steps: mean 10 at step 20 -> 25 TFLOPs, though one seed alone is there earlier
-    trials, curves = _tables(_trial("b0", "baseline", 0, BASELINE, 0.0, 1.0),
-                             _trial("m0", "patch r=0.9", 0, {10: 40.0, 20: 20.0}, 5.0, 1.0),
-                             _trial("m1", "patch r=0.9", 1, {10: 20.0, 20: 0.0}, 5.0, 1.0))
+    trials, curves = _tables(
+        _trial("b0", "baseline", 0, BASELINE, 0.0, 1.0),
+        _trial("m0", "patch r=0.9", 0, {10: 40.0, 20: 20.0}, 5.0, 1.0),
+        _trial("m1", "patch r=0.9", 1, {10: 20.0, 20: 0.0}, 5.0, 1.0),
+    )
     row = speedup_table(trials, curves).iloc[0]
     assert row["n_seeds"] == 2 and row["arm_tflops"] == pytest.approx(25.0)
     assert row["speedup_low"] <= row["speedup"] <= row["speedup_high"]
@@ -81,8 +89,11 @@ def test_first_crossing_vectorised_matches_a_loop():
             assert math.isnan(value)
             continue
         i = hits[0]
-        want = compute[0] if i == 0 else compute[i - 1] + (row[i - 1] - target) / (row[i - 1] - row[i]) * (
-            compute[i] - compute[i - 1])
+        want = (
+            compute[0]
+            if i == 0
+            else compute[i - 1] + (row[i - 1] - target) / (row[i - 1] - row[i]) * (compute[i] - compute[i - 1])
+        )
         assert value == pytest.approx(want)
 
 

@@ -2,8 +2,7 @@
 
 import pytest
 
-from maskdm_sweeps.sweepspec import SweepSpec, build_plan
-from maskdm_sweeps.sweepspec import identity
+from maskdm_sweeps.sweepspec import SweepSpec, build_plan, identity
 from maskdm_sweeps.sweepspec.identity import stage_hash
 from maskdm_sweeps.testing import tiny_trial_config
 from maskdm_sweeps.trainer.config import EvalConfig, RuntimeConfig
@@ -12,12 +11,30 @@ BASE = {"pretrain": {"steps": 20}, "finetune": {"steps": 20}}
 
 # every eval.* field and every runtime.* field but precision, each with a value other than the base's
 IGNORED_BY_PRETRAINING = {
-    "eval": {"every_steps": 7, "stages": ["pretrain", "finetune"], "num_samples": 64, "batch_size": 8,
-             "sampler": "ddpm", "sampling_steps": 9, "eta": 0.0, "weights": "online", "backend": "inception",
-             "fid_weights": "/elsewhere/inception.pt", "grid_size": 4, "timestep_spacing": "leading",
-             "eps_after_clip": "recomputed", "fid_repeats": 3},
-    "runtime": {"device": "auto", "compile": True, "compile_mode": "reduce-overhead", "log_every_steps": 3,
-                "checkpoint_every_steps": 4, "keep_checkpoints": 5},
+    "eval": {
+        "every_steps": 7,
+        "stages": ["pretrain", "finetune"],
+        "num_samples": 64,
+        "batch_size": 8,
+        "sampler": "ddpm",
+        "sampling_steps": 9,
+        "eta": 0.0,
+        "weights": "online",
+        "backend": "inception",
+        "fid_weights": "/elsewhere/inception.pt",
+        "grid_size": 4,
+        "timestep_spacing": "leading",
+        "eps_after_clip": "recomputed",
+        "fid_repeats": 3,
+    },
+    "runtime": {
+        "device": "auto",
+        "compile": True,
+        "compile_mode": "reduce-overhead",
+        "log_every_steps": 3,
+        "checkpoint_every_steps": 4,
+        "keep_checkpoints": 5,
+    },
 }
 
 # one change per setting the pre-training depends on
@@ -110,8 +127,9 @@ def sweep_spec(axes: dict, seeds: list[int] | None = None) -> SweepSpec:
 
 
 def test_a_sweep_over_evaluation_runtime_and_finetuning_settings_shares_one_pretraining():
-    plan = build_plan(sweep_spec({"eval.sampling_steps": [5, 10], "runtime.log_every_steps": [1, 5],
-                                  "finetune.lr": [1e-3, 2e-3]}))
+    plan = build_plan(
+        sweep_spec({"eval.sampling_steps": [5, 10], "runtime.log_every_steps": [1, 5], "finetune.lr": [1e-3, 2e-3]})
+    )
     assert len(plan.trials) == 4  # runtime settings do not make another trial either
     assert len(plan.pretrains) == 1
     (shared,) = plan.pretrains.values()

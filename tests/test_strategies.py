@@ -12,17 +12,35 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from maskdm_sweeps.maskdm import (MODEL_PRESETS, DeferredMasking, MaskDiT, PatchMask, Sprint, TokenRouting, UViT,
-                                  forward_flops, gather_tokens, maskdit_loss, mdsm_loss, network_overrides,
-                                  patchify, token_counts, training_loss)
+from maskdm_sweeps.maskdm import (
+    MODEL_PRESETS,
+    DeferredMasking,
+    MaskDiT,
+    PatchMask,
+    Sprint,
+    TokenRouting,
+    UViT,
+    forward_flops,
+    gather_tokens,
+    maskdit_loss,
+    mdsm_loss,
+    network_overrides,
+    patchify,
+    token_counts,
+    training_loss,
+)
 from maskdm_sweeps.testing import flop_counter_cpu_attention, tiny_trial_config
 from maskdm_sweeps.trainer import JsonlReporter, fit, read_jsonl_metrics
 
 BASE = replace(MODEL_PRESETS["uvit-digits"], img_size=8)  # 4 x 4 patches of 2 x 2, depth 5: 2 in-blocks
 B = 3
-STRATEGY_OF = {"patch": PatchMask(0.5), "maskdit": MaskDiT(0.5, decoder_depth=2, mae_coef=0.1),
-               "deferred": DeferredMasking(0.75, mixer_depth=2), "routing": TokenRouting(0.5, route_from=1),
-               "sprint": Sprint(0.75, encoder_depth=2, decoder_depth=2)}
+STRATEGY_OF = {
+    "patch": PatchMask(0.5),
+    "maskdit": MaskDiT(0.5, decoder_depth=2, mae_coef=0.1),
+    "deferred": DeferredMasking(0.75, mixer_depth=2),
+    "routing": TokenRouting(0.5, route_from=1),
+    "sprint": Sprint(0.75, encoder_depth=2, decoder_depth=2),
+}
 
 
 def network(name: str, seed: int = 0) -> UViT:
@@ -43,8 +61,16 @@ def keep_of(name: str, seed: int = 2) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------------ output contract
-@pytest.mark.parametrize("name, shape", [("patch", (B, 8, 4)), ("maskdit", (B, 16, 4)), ("deferred", (B, 4, 4)),
-                                         ("routing", (B, 1, 8, 8)), ("sprint", (B, 16, 4))])
+@pytest.mark.parametrize(
+    "name, shape",
+    [
+        ("patch", (B, 8, 4)),
+        ("maskdit", (B, 16, 4)),
+        ("deferred", (B, 4, 4)),
+        ("routing", (B, 1, 8, 8)),
+        ("sprint", (B, 16, 4)),
+    ],
+)
 def test_each_strategy_predicts_where_its_loss_looks_and_samples_whole_images(name, shape):
     model, (x, t, _) = network(name), batch()
     keep = keep_of(name)
@@ -67,8 +93,11 @@ def test_added_parts_are_parameters_of_the_network_and_routing_adds_none():
 # ------------------------------------------------------------------------------------------------ MaskDiT's loss
 def test_the_mae_term_scores_the_masked_patches_against_the_noisy_input_normalised_per_patch():
     g = torch.Generator().manual_seed(3)
-    pred, noise, x_t = torch.randn(B, 16, 4, generator=g), torch.randn(B, 1, 8, 8, generator=g), \
-        torch.randn(B, 1, 8, 8, generator=g)
+    pred, noise, x_t = (
+        torch.randn(B, 16, 4, generator=g),
+        torch.randn(B, 1, 8, 8, generator=g),
+        torch.randn(B, 1, 8, 8, generator=g),
+    )
     keep = keep_of("maskdit")
     # independently, patch by patch in numpy
     p_noise, p_xt, pred_np = patchify(noise, 2).numpy(), patchify(x_t, 2).numpy(), pred.numpy()
@@ -86,8 +115,11 @@ def test_the_mae_term_scores_the_masked_patches_against_the_noisy_input_normalis
 
 def test_with_weight_zero_the_maskdit_loss_is_maskdms_on_the_visible_patches():
     g = torch.Generator().manual_seed(4)
-    pred, noise, x_t = torch.randn(B, 16, 4, generator=g), torch.randn(B, 1, 8, 8, generator=g), \
-        torch.randn(B, 1, 8, 8, generator=g)
+    pred, noise, x_t = (
+        torch.randn(B, 16, 4, generator=g),
+        torch.randn(B, 1, 8, 8, generator=g),
+        torch.randn(B, 1, 8, 8, generator=g),
+    )
     keep = keep_of("maskdit")
     mdsm = mdsm_loss(gather_tokens(pred, keep), noise, 2, keep)
     assert maskdit_loss(pred, noise, x_t, keep, 2, 0.0).item() == pytest.approx(mdsm.item(), rel=1e-6)
@@ -110,7 +142,7 @@ def test_the_mixer_sees_every_patch_before_the_drop():
     dropped = sorted(set(range(16)) - set(keep[0].tolist()))[0]
     other = x.clone()
     row, col = divmod(dropped, 4)
-    other[:, :, 2 * row:2 * row + 2, 2 * col:2 * col + 2] += 1.0  # change a dropped patch only
+    other[:, :, 2 * row : 2 * row + 2, 2 * col : 2 * col + 2] += 1.0  # change a dropped patch only
     with torch.no_grad():
         mixed, plain = network("deferred"), network("patch")
         # every kept output moves with the dropped patch: the mixer carried it over before the drop ...
@@ -129,7 +161,7 @@ def test_the_decoder_predicts_every_position_from_the_visible_patches_and_the_ma
     def with_patch_changed(j: int) -> torch.Tensor:
         other = x.clone()
         row, col = divmod(j, 4)
-        other[:, :, 2 * row:2 * row + 2, 2 * col:2 * col + 2] += 1.0
+        other[:, :, 2 * row : 2 * row + 2, 2 * col : 2 * col + 2] += 1.0
         return other
 
     with torch.no_grad():
@@ -141,8 +173,10 @@ def test_the_decoder_predicts_every_position_from_the_visible_patches_and_the_ma
         # what the decoder gets: the backbone's output at each kept position, the mask token at each dropped one,
         # every position with the decoder's own positional embedding
         seen = {}
-        hooks = [model.out_blocks[-1].register_forward_hook(lambda m, a, out: seen.__setitem__("backbone", out)),
-                 model.decoder_blocks[0].register_forward_pre_hook(lambda m, a: seen.__setitem__("decoder", a[0]))]
+        hooks = [
+            model.out_blocks[-1].register_forward_hook(lambda m, a, out: seen.__setitem__("backbone", out)),
+            model.decoder_blocks[0].register_forward_pre_hook(lambda m, a: seen.__setitem__("decoder", a[0])),
+        ]
         model(x, t, keep)
         for h in hooks:
             h.remove()
@@ -190,7 +224,7 @@ def test_sprint_fuses_the_dense_encoder_into_every_position_and_runs_the_same_ne
     dropped = sorted(set(range(16)) - set(keep[0].tolist()))[0]
     row, col = divmod(dropped, 4)
     changed = x.clone()
-    changed[:, :, 2 * row:2 * row + 2, 2 * col:2 * col + 2] += 1.0  # a patch the backbone never sees
+    changed[:, :, 2 * row : 2 * row + 2, 2 * col : 2 * col + 2] += 1.0  # a patch the backbone never sees
     with torch.no_grad():
         out, moved = model(x, t, keep), model(changed, t, keep)  # (B, 16, 4) each
         everything = torch.arange(16).expand(B, -1)
@@ -232,16 +266,22 @@ def test_routing_counts_the_span_on_fewer_tokens_and_the_added_parts_on_all():
     plain = forward_flops(BASE, 16)
     assert forward_flops(replace(BASE, route_from=1), 16, 8) < plain
     assert forward_flops(replace(BASE, decoder_depth=2), 8) > forward_flops(BASE, 8)
-    assert forward_flops(replace(BASE, mixer_depth=2), 4) - forward_flops(BASE, 4) == \
-        forward_flops(replace(BASE, mixer_depth=2), 16) - forward_flops(BASE, 16)  # the mixer: all tokens, always
+    assert forward_flops(replace(BASE, mixer_depth=2), 4) - forward_flops(BASE, 4) == forward_flops(
+        replace(BASE, mixer_depth=2), 16
+    ) - forward_flops(BASE, 16)  # the mixer: all tokens, always
 
 
 # ------------------------------------------------------------------------------------------------ learning
-@pytest.mark.parametrize("mask", [{"strategy": "maskdit", "rate": 0.5, "decoder_depth": 1},
-                                  {"strategy": "deferred", "rate": 0.75, "mixer_depth": 1},
-                                  {"strategy": "routing", "rate": 0.5, "route_from": 0},
-                                  {"strategy": "sprint", "rate": 0.75, "encoder_depth": 1, "decoder_depth": 1}],
-                         ids=["maskdit", "deferred", "routing", "sprint"])
+@pytest.mark.parametrize(
+    "mask",
+    [
+        {"strategy": "maskdit", "rate": 0.5, "decoder_depth": 1},
+        {"strategy": "deferred", "rate": 0.75, "mixer_depth": 1},
+        {"strategy": "routing", "rate": 0.5, "route_from": 0},
+        {"strategy": "sprint", "rate": 0.75, "encoder_depth": 1, "decoder_depth": 1},
+    ],
+    ids=["maskdit", "deferred", "routing", "sprint"],
+)
 def test_a_tiny_model_learns_with_each_strategy(mask, tmp_path, monkeypatch):
     monkeypatch.setenv("MASKDM_CACHE", str(tmp_path / "cache"))
     steps = {"steps": 200, "batch_size": 64, "lr": 2e-3, "betas": (0.9, 0.999)}
@@ -266,19 +306,22 @@ def old_collect_columns(mask: dict) -> dict:
         arm = f"crop c={crop}"
     else:
         arm = f"{strategy} r={rate:g}"
-    return {"arm": arm, "mask_strategy": strategy, "mask_rate": rate, "mask_block_size": block,
-            "mask_crop_size": crop}
+    return {"arm": arm, "mask_strategy": strategy, "mask_rate": rate, "mask_block_size": block, "mask_crop_size": crop}
 
 
-SECTIONS = [{"strategy": "patch", "rate": 0.5}, {"strategy": "patch", "rate": 0.0},
-            {"strategy": "block", "rate": 0.9, "block_size": 4}, {"strategy": "crop", "crop_size": 11},
-            {"strategy": "maskdit", "rate": 0.5, "decoder_depth": 2, "mae_coef": 0.1},
-            {"strategy": "deferred", "rate": 0.75, "mixer_depth": 2},
-            {"strategy": "routing", "rate": 0.5, "route_from": 1},
-            {"strategy": "sprint", "rate": 0.75, "encoder_depth": 2, "decoder_depth": 2}]
+SECTIONS = [
+    {"strategy": "patch", "rate": 0.5},
+    {"strategy": "patch", "rate": 0.0},
+    {"strategy": "block", "rate": 0.9, "block_size": 4},
+    {"strategy": "crop", "crop_size": 11},
+    {"strategy": "maskdit", "rate": 0.5, "decoder_depth": 2, "mae_coef": 0.1},
+    {"strategy": "deferred", "rate": 0.75, "mixer_depth": 2},
+    {"strategy": "routing", "rate": 0.5, "route_from": 1},
+    {"strategy": "sprint", "rate": 0.75, "encoder_depth": 2, "decoder_depth": 2},
+]
 
 
-@pytest.mark.parametrize("section", SECTIONS, ids=[s["strategy"] + str(s.get("rate", "")) for s in SECTIONS])
+@pytest.mark.parametrize("section", SECTIONS, ids=[f"{s['strategy']}{s.get('rate', '')}" for s in SECTIONS])
 def test_each_strategy_names_its_arm_and_fills_its_mask_columns_as_results_always_did(section):
     from maskdm_sweeps.maskdm import build_strategy, strategy_from_columns
     from maskdm_sweeps.results.columns import TRIAL_COLUMNS, arm_name, typed_frame
@@ -288,7 +331,7 @@ def test_each_strategy_names_its_arm_and_fills_its_mask_columns_as_results_alway
     columns = strategy.mask_columns()
     assert strategy.arm() == expected["arm"] == arm_name(*columns.values())
     assert {"arm": strategy.arm(), **columns} == pytest.approx(expected, nan_ok=True)
-    assert strategy_from_columns(columns) == strategy.model_copy(update={k: v for k, v in section.items()})
+    assert strategy_from_columns(columns) == strategy.model_copy(update=dict(section))
     dtypes = {k: TRIAL_COLUMNS[k] for k in ("arm", *columns)}  # the dtypes of trials.parquet
     assert typed_frame([{"arm": strategy.arm(), **columns}], dtypes).equals(typed_frame([expected], dtypes))
 

@@ -19,10 +19,19 @@ from maskdm_sweeps.trainer import fit
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
 
 
-def plan_for(tmp_path: Path, name: str, sweep: dict, base_overrides: dict | None = None, resources=None,
-             output_dir: str | None = None):
-    small = {"pretrain": {"steps": 20, "batch_size": 16}, "finetune": {"steps": 20, "batch_size": 16},
-             "runtime": {"log_every_steps": 5, "checkpoint_every_steps": 5}}
+def plan_for(
+    tmp_path: Path,
+    name: str,
+    sweep: dict,
+    base_overrides: dict | None = None,
+    resources=None,
+    output_dir: str | None = None,
+):
+    small = {
+        "pretrain": {"steps": 20, "batch_size": 16},
+        "finetune": {"steps": 20, "batch_size": 16},
+        "runtime": {"log_every_steps": 5, "checkpoint_every_steps": 5},
+    }
     for section, values in (base_overrides or {}).items():
         small[section] = {**small.get(section, {}), **values}
     spec = tiny_sweep_spec(name, output_dir or tmp_path / "results", sweep, resources, **small)
@@ -93,15 +102,21 @@ def test_a_trial_that_crashes_once_is_retried_from_its_checkpoint_with_identical
     a = json.loads(clean.result.read_text())
     b = json.loads(crashy.layout.finetune(trial.trial_id).result.read_text())
     assert a["loss_final"] == b["loss_final"] and a["steps"] == b["steps"] == 30
-    wa, wb = (torch.load(run.result_checkpoint(r), weights_only=True)["model"]
-              for run, r in ((clean, a), (crashy.layout.finetune(trial.trial_id), b)))
+    wa, wb = (
+        torch.load(run.result_checkpoint(r), weights_only=True)["model"]
+        for run, r in ((clean, a), (crashy.layout.finetune(trial.trial_id), b))
+    )
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 def test_asha_stops_the_worse_trials_of_a_search_early(tmp_path):
     sweep = {
-        "search": {"method": "random", "num_samples": 6, "seed": 3,
-                   "space": {"finetune.lr": {"type": "loguniform", "low": 1e-6, "high": 3e-2}}},
+        "search": {
+            "method": "random",
+            "num_samples": 6,
+            "seed": 3,
+            "space": {"finetune.lr": {"type": "loguniform", "low": 1e-6, "high": 3e-2}},
+        },
         "scheduler": {"type": "asha", "metric": "train/loss", "mode": "min", "grace_period": 10, "reduction_factor": 2},
     }
     plan = plan_for(tmp_path, "asha", sweep, {"pretrain": {"steps": 0}, "finetune": {"steps": 40}})
@@ -117,12 +132,12 @@ def test_optuna_search_samples_with_the_seeded_tpe_sampler(tmp_path):
 
     space = {"finetune.lr": {"type": "loguniform", "low": 1e-5, "high": 1e-2}}
     sweep = {"search": {"method": "optuna", "num_samples": 3, "seed": 7, "space": space, "metric": "train/loss"}}
-    plan = plan_for(tmp_path, "optuna", sweep, {"pretrain": {"steps": 0}, "finetune": {"steps": 10}},
-                    {"max_concurrent_trials": 1})
+    plan = plan_for(
+        tmp_path, "optuna", sweep, {"pretrain": {"steps": 0}, "finetune": {"steps": 10}}, {"max_concurrent_trials": 1}
+    )
     outcome = run_sweep(plan)
     assert outcome.exit_code == 0 and len(outcome.finished) == 3
-    used = sorted(json.loads(plan.layout.finetune(t).config.read_text())["finetune"]["lr"]
-                  for t in outcome.finished)
+    used = sorted(json.loads(plan.layout.finetune(t).config.read_text())["finetune"]["lr"] for t in outcome.finished)
     # independent: the same seeded sampler asked directly (TPE's first trials are its seeded random start-up)
     study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=7))
     dist = {"finetune.lr": optuna.distributions.FloatDistribution(1e-5, 1e-2, log=True)}
@@ -150,8 +165,9 @@ def test_a_diverging_stage_fails_once_without_a_retry_and_its_reason_reaches_the
 
 
 def test_a_failed_pretraining_lists_its_trials_as_failed_with_the_reason(tmp_path):
-    plan = plan_for(tmp_path, "prefail", {"axes": {"mask.rate": [0.5]}}, {"pretrain": {"lr": 1e12}},
-                    resources={"max_failures": 1})
+    plan = plan_for(
+        tmp_path, "prefail", {"axes": {"mask.rate": [0.5]}}, {"pretrain": {"lr": 1e12}}, resources={"max_failures": 1}
+    )
     trial = plan.trials[0]
     outcome = run_sweep(plan, track=False)
     assert outcome.exit_code == 1 and "NaN or infinite" in outcome.failed[trial.trial_id]

@@ -34,9 +34,16 @@ RAY = BIN / "ray"
 def _spec(name: str, output_dir: Path) -> str:
     """Two pre-trainings, four fine-tunings of two lengths: more trials than either node has CPUs."""
     axes = {"mask.rate": [0.25, 0.5], "finetune.steps": [30, 40]}
-    return yaml.safe_dump(tiny_sweep_spec(name, output_dir, {"axes": axes},
-                                          pretrain={"steps": 20, "batch_size": 16}, finetune={"batch_size": 16},
-                                          runtime={"log_every_steps": 5, "checkpoint_every_steps": 5}))
+    return yaml.safe_dump(
+        tiny_sweep_spec(
+            name,
+            output_dir,
+            {"axes": axes},
+            pretrain={"steps": 20, "batch_size": 16},
+            finetune={"batch_size": 16},
+            runtime={"log_every_steps": 5, "checkpoint_every_steps": 5},
+        )
+    )
 
 
 pytestmark = pytest.mark.slow
@@ -58,8 +65,7 @@ def _free_ports(n: int) -> list[int]:
 
 def _env(cache: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
-    env.update(MASKDM_CACHE=str(cache), RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0",
-               PYTHONUNBUFFERED="1")
+    env.update(MASKDM_CACHE=str(cache), RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
     return env
 
 
@@ -127,16 +133,29 @@ class Cluster:
         temp = self.root / name
         temp.mkdir()
         nm, om, agent, agent_grpc, rt_env, metrics = ports
-        cmd = [str(RAY), "start", *args, "--num-cpus=1", "--block", f"--temp-dir={temp}",
-               "--node-ip-address=127.0.0.1", f"--node-manager-port={nm}", f"--object-manager-port={om}",
-               f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
-               f"--runtime-env-agent-port={rt_env}", f"--metrics-export-port={metrics}",
-               "--object-store-memory=100000000", "--disable-usage-stats"]
+        cmd = [
+            str(RAY),
+            "start",
+            *args,
+            "--num-cpus=1",
+            "--block",
+            f"--temp-dir={temp}",
+            "--node-ip-address=127.0.0.1",
+            f"--node-manager-port={nm}",
+            f"--object-manager-port={om}",
+            f"--dashboard-agent-listen-port={agent}",
+            f"--dashboard-agent-grpc-port={agent_grpc}",
+            f"--runtime-env-agent-port={rt_env}",
+            f"--metrics-export-port={metrics}",
+            "--object-store-memory=100000000",
+            "--disable-usage-stats",
+        ]
         log = self.root / f"{name}.log"
         self.logs.append(log)
         with open(log, "w") as out:
-            self.procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env,
-                                               start_new_session=True))
+            self.procs.append(
+                subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+            )
 
     def start(self, timeout: float = 180.0) -> None:
         # (no --ray-client-server-port: without ray[client] installed, passing it is refused)
@@ -151,8 +170,13 @@ class Cluster:
             for proc, log in zip(self.procs, self.logs, strict=True):
                 assert proc.poll() is None, f"`ray start` exited with {proc.returncode}:\n{_tail(log)}"
             try:
-                out = subprocess.run([sys.executable, "-c", NODES_PROBE, self.address], env=self.env,
-                                     capture_output=True, text=True, timeout=60)
+                out = subprocess.run(
+                    [sys.executable, "-c", NODES_PROBE, self.address],
+                    env=self.env,
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                )
                 last = out.stdout[-2000:] + out.stderr[-2000:]
                 alive = [int(line.split()[1]) for line in out.stdout.splitlines() if line.startswith("ALIVE ")]
                 if alive and alive[-1] >= n:
@@ -161,8 +185,9 @@ class Cluster:
                 last = f"probe timed out: {err}"
             time.sleep(2)
         logs = "\n".join(f"--- {log.name}\n{_tail(log, 3000)}" for log in self.logs)
-        raise AssertionError(f"the Ray cluster did not reach {n} alive nodes in {timeout:.0f} s; last probe:\n"
-                             f"{last}\n{logs}")
+        raise AssertionError(
+            f"the Ray cluster did not reach {n} alive nodes in {timeout:.0f} s; last probe:\n{last}\n{logs}"
+        )
 
     def stop(self) -> None:
         for proc in reversed(self.procs):  # the worker node first, then the head
@@ -201,7 +226,10 @@ def test_sweep_runs_on_a_two_node_cluster_and_spreads_over_both_nodes(tmp_path, 
     spec.write_text(_spec("cluster-smoke", out_dir))
     code, output = _run_driver(
         [str(SWEEP), "run", str(spec), "--set", f"output_dir={out_dir}", "--address", cluster.address],
-        _env(tmp_path / "cache"), tmp_path / "driver.log", timeout=400)
+        _env(tmp_path / "cache"),
+        tmp_path / "driver.log",
+        timeout=400,
+    )
     assert code == 0, f"maskdm-sweep run exited with {code}; output tail:\n{output}"
 
     sweep = SweepDir(out_dir, "cluster-smoke")
@@ -234,5 +262,7 @@ def test_sweep_runs_on_a_two_node_cluster_and_spreads_over_both_nodes(tmp_path, 
 
     nodes = {e.get("node_id") for e in done}
     assert None not in nodes and "" not in nodes, f"a stage_done event has no node_id\n{context}"
-    assert len(nodes) >= 2, (f"all {len(done)} stage runs ran on one node ({nodes}); a two-node cluster with one "
-                             f"CPU per node and one CPU per trial must use both\n{context}")
+    assert len(nodes) >= 2, (
+        f"all {len(done)} stage runs ran on one node ({nodes}); a two-node cluster with one "
+        f"CPU per node and one CPU per trial must use both\n{context}"
+    )

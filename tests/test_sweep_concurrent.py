@@ -37,8 +37,13 @@ pytestmark = pytest.mark.slow
 
 def _spec(path: Path, name: str, out: Path, rates: list[float], steps: list[int]) -> Path:
     """One trial per (mask rate, pre-training length), run one unit at a time in that order; no retries."""
-    spec = tiny_sweep_spec(name, out, {"zip": {"mask.rate": rates, "pretrain.steps": steps}},
-                           {"max_failures": 0, "max_concurrent_trials": 1}, finetune={"steps": 2})
+    spec = tiny_sweep_spec(
+        name,
+        out,
+        {"zip": {"mask.rate": rates, "pretrain.steps": steps}},
+        {"max_failures": 0, "max_concurrent_trials": 1},
+        finetune={"steps": 2},
+    )
     path.write_text(yaml.safe_dump(spec))
     return path
 
@@ -60,8 +65,12 @@ def _waiting_units(run: StageRun, drivers: dict[str, subprocess.Popen]) -> int:
 
 def _pretrain_starts(out: Path, key: str) -> list[dict]:
     """The stage_start events of pre-training ``key`` (any of its lines) over both sweeps."""
-    return [e for name in ("sweep-a", "sweep-b") for e in read_jsonl(SweepDir(out, name).events)
-            if e["event"] == "stage_start" and e["stage"] == "pretrain" and e["key"].split("/")[0] == key]
+    return [
+        e
+        for name in ("sweep-a", "sweep-b")
+        for e in read_jsonl(SweepDir(out, name).events)
+        if e["event"] == "stage_start" and e["stage"] == "pretrain" and e["key"].split("/")[0] == key
+    ]
 
 
 def test_two_sweeps_started_together_train_each_shared_run_once_and_fail_nothing(tmp_path):
@@ -82,12 +91,21 @@ def test_two_sweeps_started_together_train_each_shared_run_once_and_fail_nothing
         with LineLock(store.pretrain(key1)):  # key1 is "being trained" until both sweeps wait for it
             for (name, spec), tmp in zip({"a": spec_a, "b": spec_b}.items(), ray_tmp, strict=True):
                 env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
-                env.update(MASKDM_CACHE=str(tmp_path / "cache"), RAY_AUTH_MODE="disabled", RAY_TMPDIR=str(tmp),
-                           RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
+                env.update(
+                    MASKDM_CACHE=str(tmp_path / "cache"),
+                    RAY_AUTH_MODE="disabled",
+                    RAY_TMPDIR=str(tmp),
+                    RAY_USAGE_STATS_ENABLED="0",
+                    PYTHONUNBUFFERED="1",
+                )
                 with open(logs[name], "w") as log:
-                    drivers[name] = subprocess.Popen([str(SWEEP), "run", str(spec), "--status-every", "10"],
-                                                     stdout=log, stderr=subprocess.STDOUT, env=env,
-                                                     start_new_session=True)
+                    drivers[name] = subprocess.Popen(
+                        [str(SWEEP), "run", str(spec), "--status-every", "10"],
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        env=env,
+                        start_new_session=True,
+                    )
             deadline = time.monotonic() + 240
             while _waiting_units(store.pretrain(key1), drivers) < 2:
                 ended = {n: d.returncode for n, d in drivers.items() if d.poll() is not None}

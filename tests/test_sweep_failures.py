@@ -21,8 +21,14 @@ def test_an_image_that_stops_decoding_fails_its_stage_once_naming_the_file(tmp_p
     images.mkdir()
     for i in range(4):
         Image.new("RGB", (8, 8), (60 * i, 20, 200)).save(images / f"{i}.png")
-    spec = tiny_sweep_spec("bad-image", tmp_path / "results", {}, {"max_failures": 1}, pretrain={"steps": 0},
-                           data={"name": "image_folder", "path": str(images), "image_size": 8})
+    spec = tiny_sweep_spec(
+        "bad-image",
+        tmp_path / "results",
+        {},
+        {"max_failures": 1},
+        pretrain={"steps": 0},
+        data={"name": "image_folder", "path": str(images), "image_size": 8},
+    )
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
     plan = load_spec(tmp_path / "spec.yaml")  # validated while every image decodes
     write_png_with_a_broken_stream(images / "2.png")  # then one stops decoding: the trial's cache build meets it

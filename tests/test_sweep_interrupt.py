@@ -30,17 +30,28 @@ def events(layout: SweepDir) -> list[dict]:
 
 def test_ctrl_c_stops_after_the_checkpoint_exits_130_and_resume_trains_nothing_twice(tmp_path):
     spec = tmp_path / "spec.yaml"
-    spec.write_text(yaml.safe_dump(tiny_sweep_spec(
-        "stop", tmp_path / "results", {"baseline": True}, pretrain={"steps": PRETRAIN_STEPS}, finetune={"steps": 200},
-        runtime={"log_every_steps": 20, "checkpoint_every_steps": 40})))
+    spec.write_text(
+        yaml.safe_dump(
+            tiny_sweep_spec(
+                "stop",
+                tmp_path / "results",
+                {"baseline": True},
+                pretrain={"steps": PRETRAIN_STEPS},
+                finetune={"steps": 200},
+                runtime={"log_every_steps": 20, "checkpoint_every_steps": 40},
+            )
+        )
+    )
     layout = SweepDir(tmp_path / "results", "stop")
     env = {**os.environ, "MASKDM_CACHE": str(tmp_path / "cache"), "RAY_AUTH_MODE": "disabled"}
-    driver = subprocess.Popen([EXE, "run", str(spec)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=env)
+    driver = subprocess.Popen(
+        [EXE, "run", str(spec)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
     deadline = time.monotonic() + 300
     # wait until the pre-training (phase 1, beside the baseline) has written a checkpoint
-    while not any(e["event"] == "stage_start" and e["stage"] == "pretrain" for e in events(layout)) or \
-            not list(layout.store.glob(f"*/{CHECKPOINTS_DIR}/step_*.pt")):
+    while not any(e["event"] == "stage_start" and e["stage"] == "pretrain" for e in events(layout)) or not list(
+        layout.store.glob(f"*/{CHECKPOINTS_DIR}/step_*.pt")
+    ):
         assert time.monotonic() < deadline and driver.poll() is None, driver.communicate()
         time.sleep(0.2)
     driver.send_signal(signal.SIGINT)  # the driver alone, as `kill -INT <pid>` does
@@ -54,8 +65,10 @@ def test_ctrl_c_stops_after_the_checkpoint_exits_130_and_resume_trains_nothing_t
     assert f"maskdm-sweep resume {layout.path}" in err
     # the progress lines of a piped run say so too, with the step
     pre_stop = next(e for e in stops if e["stage"] == "pretrain")
-    assert f"stopped pretrain patch r=0.5 · s0 at step {pre_stop['step']:,} (its checkpoint; resume continues it)" \
-        in out.splitlines(), out[-3000:]
+    assert (
+        f"stopped pretrain patch r=0.5 · s0 at step {pre_stop['step']:,} (its checkpoint; resume continues it)"
+        in out.splitlines()
+    ), out[-3000:]
     plan = json.loads(layout.plan_file.read_text())
     masked = {t["trial_id"] for t in plan["trials"] if t.get("pretrain_key")}
     fine_tuned = {e["trial_id"] for e in events(layout) if e["event"] == "stage_start" and e["stage"] == "finetune"}
@@ -73,6 +86,9 @@ def test_ctrl_c_stops_after_the_checkpoint_exits_130_and_resume_trains_nothing_t
     from mlflow import MlflowClient
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'results' / MLFLOW_DB}")
-    runs = client.search_runs([client.get_experiment_by_name("stop").experiment_id],
-                              filter_string="tags.kind = 'sweep'", order_by=["attributes.start_time ASC"])
+    runs = client.search_runs(
+        [client.get_experiment_by_name("stop").experiment_id],
+        filter_string="tags.kind = 'sweep'",
+        order_by=["attributes.start_time ASC"],
+    )
     assert [r.info.status for r in runs] == ["KILLED", "FINISHED"]

@@ -21,8 +21,13 @@ EXE = str(Path(sys.executable).with_name("maskdm-sweep"))
 
 
 def write_spec(tmp_path: Path) -> Path:
-    spec = tiny_sweep_spec("locked", tmp_path / "results", {"axes": {"mask.rate": [0.25, 0.5]}, "baseline": True},
-                           pretrain={"batch_size": 16}, finetune={"batch_size": 16})
+    spec = tiny_sweep_spec(
+        "locked",
+        tmp_path / "results",
+        {"axes": {"mask.rate": [0.25, 0.5]}, "baseline": True},
+        pretrain={"batch_size": 16},
+        finetune={"batch_size": 16},
+    )
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
@@ -61,8 +66,9 @@ def test_a_lock_left_by_a_dead_driver_does_not_block(tmp_path):
 def test_two_concurrent_runs_train_each_stage_once(tmp_path):
     spec = write_spec(tmp_path)
     layout = SweepDir(tmp_path / "results", "locked")
-    first = subprocess.Popen([EXE, "run", str(spec)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env=env(tmp_path))
+    first = subprocess.Popen(
+        [EXE, "run", str(spec)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(tmp_path)
+    )
     deadline = time.monotonic() + 120
     while not layout.driver_lock.exists() or not layout.driver_lock.read_text():
         assert time.monotonic() < deadline and first.poll() is None, first.communicate()

@@ -34,9 +34,16 @@ def _spec(name: str, output_dir: Path) -> str:
     # short and a long fine-tuning side by side (two CPUs, one per trial): when the short one finishes, the long one
     # is part-way.
     axes = {"mask.rate": [0.25, 0.5], "finetune.steps": [40, 120]}
-    return yaml.safe_dump(tiny_sweep_spec(name, output_dir, {"axes": axes}, pretrain={"batch_size": 16},
-                                          finetune={"batch_size": 16},
-                                          runtime={"log_every_steps": 5, "checkpoint_every_steps": 5}))
+    return yaml.safe_dump(
+        tiny_sweep_spec(
+            name,
+            output_dir,
+            {"axes": axes},
+            pretrain={"batch_size": 16},
+            finetune={"batch_size": 16},
+            runtime={"log_every_steps": 5, "checkpoint_every_steps": 5},
+        )
+    )
 
 
 CKPT = re.compile(r"^step_(\d+)\.pt$")
@@ -47,8 +54,13 @@ pytestmark = pytest.mark.slow
 def _env(cache: Path, ray_tmp: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
     # RAY_TMPDIR: this run's local Ray keeps its session (and sockets, < 107 bytes) apart from other Ray users'.
-    env.update(MASKDM_CACHE=str(cache), RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0",
-               RAY_TMPDIR=str(ray_tmp), PYTHONUNBUFFERED="1")
+    env.update(
+        MASKDM_CACHE=str(cache),
+        RAY_AUTH_MODE="disabled",
+        RAY_USAGE_STATS_ENABLED="0",
+        RAY_TMPDIR=str(ray_tmp),
+        PYTHONUNBUFFERED="1",
+    )
     return env
 
 
@@ -103,8 +115,12 @@ def _session_processes(marker: str) -> dict[int, str]:
     """Live processes whose environment holds ``marker`` (what one run's Ray started): pid -> command line."""
     found = {}
     for proc in Path("/proc").iterdir():
-        if proc.name.isdigit() and int(proc.name) != os.getpid() and _alive(int(proc.name)) \
-                and _ours(int(proc.name), marker):
+        if (
+            proc.name.isdigit()
+            and int(proc.name) != os.getpid()
+            and _alive(int(proc.name))
+            and _ours(int(proc.name), marker)
+        ):
             try:
                 cmd = proc.joinpath("cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             except OSError:
@@ -149,40 +165,55 @@ def test_resume_after_the_driver_is_killed_continues_and_runs_nothing_twice(tmp_
     worker_pids: set[int] = set()
 
     def context() -> str:
-        return (f"\nevents:\n{_tail(events_path)}\n--- first run output tail:\n{_tail(first_log, 4000)}"
-                f"\n--- resume output tail:\n{_tail(resume_log, 4000)}")
+        return (
+            f"\nevents:\n{_tail(events_path)}\n--- first run output tail:\n{_tail(first_log, 4000)}"
+            f"\n--- resume output tail:\n{_tail(resume_log, 4000)}"
+        )
 
     try:
         # 1. Run until one fine-tuning finished and another is part-way (a checkpoint on disk, >= 10 steps to go).
         with open(first_log, "w") as log:
-            driver = subprocess.Popen([str(SWEEP), "run", str(spec), "--set", f"output_dir={out_dir}"],
-                                      stdout=log, stderr=subprocess.STDOUT, env=first_env, start_new_session=True)
+            driver = subprocess.Popen(
+                [str(SWEEP), "run", str(spec), "--set", f"output_dir={out_dir}"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=first_env,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + 420
         planned: dict[str, int] = {}
         while True:
             if not planned and sweep.plan_file.exists():
                 try:
-                    planned = {t["trial_id"]: t["assignments"]["finetune.steps"]
-                               for t in json.loads(sweep.plan_file.read_text())["trials"]}
+                    planned = {
+                        t["trial_id"]: t["assignments"]["finetune.steps"]
+                        for t in json.loads(sweep.plan_file.read_text())["trials"]
+                    }
                 except json.JSONDecodeError:  # being written
                     pass
             events = _events(events_path)
             done = {(e["stage"], e["key"]) for e in events if e["event"] == "stage_done"}
             running = {(e["stage"], e["key"]) for e in events if e["event"] == "stage_start"} - done
-            part_way = [k for k in running if k[0] == "finetune" and k[1] in planned
-                        and 0 < _newest_checkpoint(_checkpoints(sweep, *k))
-                        <= planned[k[1]] - 10]
+            part_way = [
+                k
+                for k in running
+                if k[0] == "finetune"
+                and k[1] in planned
+                and 0 < _newest_checkpoint(_checkpoints(sweep, *k)) <= planned[k[1]] - 10
+            ]
             if any(stage == "finetune" for stage, _ in done) and part_way:
                 break
             assert driver.poll() is None, (
                 f"the first run ended (exit {driver.returncode}) before it could be killed mid-fine-tuning: give "
-                f"the spec more steps{context()}")
+                f"the spec more steps{context()}"
+            )
             assert time.monotonic() < deadline, f"no finished + part-way fine-tuning within 420 s{context()}"
             time.sleep(0.2)
 
         running_pids = {e["pid"] for e in events if e["event"] == "stage_start" and (e["stage"], e["key"]) in running}
-        assert any(_alive(p) and _ours(p, marker) for p in running_pids), \
+        assert any(_alive(p) and _ours(p, marker) for p in running_pids), (
             f"no live trial process among {running_pids} carries {marker}: the liveness check below cannot work"
+        )
         at_kill = {k: _newest_checkpoint(_checkpoints(sweep, *k)) for k in part_way}
         os.kill(driver.pid, signal.SIGKILL)  # the driver only: Ray's processes must die with it
         killed_at = time.monotonic()
@@ -205,8 +236,10 @@ def test_resume_after_the_driver_is_killed_continues_and_runs_nothing_twice(tmp_
         while (rest := core()) and time.monotonic() < deadline:
             time.sleep(1)
         assert not rest, f"processes of the killed run's Ray are alive 120 s after the driver died: {rest}{context()}"
-        print(f"the killed run's Ray processes (but its agents) gone {time.monotonic() - killed_at:.1f} s after the "
-              "driver's SIGKILL")
+        print(
+            f"the killed run's Ray processes (but its agents) gone {time.monotonic() - killed_at:.1f} s after the "
+            "driver's SIGKILL"
+        )
         time.sleep(3)
         size = events_path.stat().st_size
         ckpts = sorted(str(p) for p in out_dir.rglob("step_*.pt"))
@@ -221,19 +254,26 @@ def test_resume_after_the_driver_is_killed_continues_and_runs_nothing_twice(tmp_
         done_before = {(e["stage"], e["key"]) for e in first_events if e["event"] == "stage_done"}
         started_before = {(e["stage"], e["key"]) for e in first_events if e["event"] == "stage_start"}
         interrupted = {k: _newest_checkpoint(_checkpoints(sweep, *k)) for k in started_before - done_before}
-        print(f"killed part-way (stage, key) -> newest checkpoint step: at the kill {at_kill}, after {interrupted}; "
-              f"finished by the dying run: {sorted(set(at_kill) & done_before)}")
+        print(
+            f"killed part-way (stage, key) -> newest checkpoint step: at the kill {at_kill}, after {interrupted}; "
+            f"finished by the dying run: {sorted(set(at_kill) & done_before)}"
+        )
         for key, step in at_kill.items():
             # checkpoints are never lost: the newest one is at least the one on disk at the kill (or the stage
             # run finished before its process died; resume must not train it again: checked below)
             assert key in done_before or interrupted[key] >= step, (
-                f"{key}: newest checkpoint step {step} at the kill, {interrupted[key]} once the run was dead"
-                f"{context()}")
+                f"{key}: newest checkpoint step {step} at the kill, {interrupted[key]} once the run was dead{context()}"
+            )
 
         # 3. Resume.
         with open(resume_log, "w") as log:
-            resumer = subprocess.Popen([str(SWEEP), "resume", str(sweep_dir)], stdout=log, stderr=subprocess.STDOUT,
-                                       env=resume_env, start_new_session=True)
+            resumer = subprocess.Popen(
+                [str(SWEEP), "resume", str(sweep_dir)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=resume_env,
+                start_new_session=True,
+            )
             try:
                 code = resumer.wait(timeout=420)
             except subprocess.TimeoutExpired:
@@ -253,14 +293,18 @@ def test_resume_after_the_driver_is_killed_continues_and_runs_nothing_twice(tmp_
         # 5. None run twice: one stage_done per stage run, no start after its done.
         events = _events(events_path)
         invocations = [i for i, e in enumerate(events) if e["event"] == "invocation"]
-        assert len(invocations) == 2 and events[invocations[1]].get("resume") is True, \
+        assert len(invocations) == 2 and events[invocations[1]].get("resume") is True, (
             f"expected the run and one resume invocation{context()}"
+        )
         done_count = Counter((e["stage"], e["key"]) for e in events if e["event"] == "stage_done")
         expected = Counter({("finetune", t): 1 for t in trial_ids} | {("pretrain", k): 1 for k in pretrain_keys})
         assert done_count == expected, f"each stage run must finish exactly once: {dict(done_count)}{context()}"
         done_at = {(e["stage"], e["key"]): i for i, e in enumerate(events) if e["event"] == "stage_done"}
-        restarted = [(i, e) for i, e in enumerate(events) if e["event"] == "stage_start"
-                     and i > done_at.get((e["stage"], e["key"]), len(events))]
+        restarted = [
+            (i, e)
+            for i, e in enumerate(events)
+            if e["event"] == "stage_start" and i > done_at.get((e["stage"], e["key"]), len(events))
+        ]
         assert not restarted, f"stage runs started again after they had finished: {restarted}{context()}"
         steps = {e["key"]: e["steps"] for e in events if e["event"] == "stage_done" and e["stage"] == "finetune"}
         planned = {t["trial_id"]: t["assignments"]["finetune.steps"] for t in plan["trials"]}
@@ -268,13 +312,15 @@ def test_resume_after_the_driver_is_killed_continues_and_runs_nothing_twice(tmp_
 
         # 6. Interrupted stage runs continue from the newest checkpoint they wrote instead of starting over (one
         # without a checkpoint from step 0).
-        resumed_starts = [e for e in events[invocations[1]:] if e["event"] == "stage_start"]
+        resumed_starts = [e for e in events[invocations[1] :] if e["event"] == "stage_start"]
         for key, newest in interrupted.items():
             starts = [e for e in resumed_starts if (e["stage"], e["key"]) == key]
             assert starts, f"interrupted stage run {key} was not started again by resume{context()}"
             bad = [e["from_step"] for e in starts if e["from_step"] != newest]
-            assert not bad, (f"{key} had checkpoints up to step {newest} when the killed run was gone, but resume "
-                             f"started it from step(s) {bad}{context()}")
+            assert not bad, (
+                f"{key} had checkpoints up to step {newest} when the killed run was gone, but resume "
+                f"started it from step(s) {bad}{context()}"
+            )
         print("resumed from a checkpoint (stage, key) -> step:", {k: s for k, s in interrupted.items() if s})
         for e in resumed_starts:
             key = (e["stage"], e["key"])
@@ -292,13 +338,20 @@ def test_resume_after_the_driver_is_killed_continues_and_runs_nothing_twice(tmp_
         parents = {r.info.run_id for r in runs if r.data.tags.get("kind") == "sweep"}
         assert len(parents) == 2, f"expected one parent run per invocation: {len(parents)}"
         # the killed driver's parent was left RUNNING; the resume marked it KILLED and finished its own
-        statuses = [r.info.status for r in sorted((r for r in runs if r.info.run_id in parents),
-                                                  key=lambda r: r.info.start_time)]
+        statuses = [
+            r.info.status
+            for r in sorted((r for r in runs if r.info.run_id in parents), key=lambda r: r.info.start_time)
+        ]
         assert statuses == ["KILLED", "FINISHED"], statuses
         children = [r for r in runs if r.info.run_id not in parents]
         assert all(r.data.tags.get("mlflow.parentRunId") in parents for r in children)
-        per_stage_run = Counter((r.data.tags["stage"], r.data.tags["trial_id"] if r.data.tags["stage"] == "finetune"
-                                 else r.data.tags["pretrain_key"]) for r in children)
+        per_stage_run = Counter(
+            (
+                r.data.tags["stage"],
+                r.data.tags["trial_id"] if r.data.tags["stage"] == "finetune" else r.data.tags["pretrain_key"],
+            )
+            for r in children
+        )
         assert per_stage_run == expected, f"one MLflow run per stage run: {dict(per_stage_run)}"
         for run in children:
             stage, tags = run.data.tags["stage"], run.data.tags
@@ -307,13 +360,15 @@ def test_resume_after_the_driver_is_killed_continues_and_runs_nothing_twice(tmp_
             history = Counter(m.step for m in client.get_metric_history(run.info.run_id, "train/loss"))
             logged = sorted(history)
             assert run.info.status == "FINISHED" and logged == list(range(5, total + 1, 5)), (
-                f"{run.info.run_name}: status {run.info.status}, train/loss at steps {logged}")
+                f"{run.info.run_name}: status {run.info.status}, train/loss at steps {logged}"
+            )
             # nothing trained twice: a step is logged again only past the checkpoint its stage run resumed from
             # (the killed run may have logged it before it could write the next checkpoint)
             again = sorted(step for step, n in history.items() if n > 1)
             assert all(step > interrupted.get(key, total) for step in again) and max(history.values()) <= 2, (
                 f"{run.info.run_name}: train/loss logged more than once at steps {again} (resumed from step "
-                f"{interrupted.get(key)})")
+                f"{interrupted.get(key)})"
+            )
 
         # 8. By now (the resume took a while) Ray's agents of the killed session have gone too.
         deadline = killed_at + 240
@@ -332,10 +387,16 @@ def test_resume_after_the_driver_is_killed_continues_and_runs_nothing_twice(tmp_
 
 def _shared_spec(name: str, output_dir: Path) -> str:
     """One pre-training run that serves two lengths, 30 and 400 steps."""
-    return yaml.safe_dump(tiny_sweep_spec(name, output_dir, {"axes": {"pretrain.steps": [30, 400]}},
-                                          pretrain={"steps": 30, "batch_size": 16},
-                                          finetune={"steps": 20, "batch_size": 16},
-                                          runtime={"log_every_steps": 5, "checkpoint_every_steps": 5}))
+    return yaml.safe_dump(
+        tiny_sweep_spec(
+            name,
+            output_dir,
+            {"axes": {"pretrain.steps": [30, 400]}},
+            pretrain={"steps": 30, "batch_size": 16},
+            finetune={"steps": 20, "batch_size": 16},
+            runtime={"log_every_steps": 5, "checkpoint_every_steps": 5},
+        )
+    )
 
 
 def test_a_driver_killed_during_a_shared_pretraining_resumes_it_with_its_milestones_intact(tmp_path):
@@ -351,13 +412,19 @@ def test_a_driver_killed_during_a_shared_pretraining_resumes_it_with_its_milesto
     first_log, resume_log = tmp_path / "run.log", tmp_path / "resume.log"
 
     def context() -> str:
-        return (f"\nevents:\n{_tail(events_path)}\n--- first run:\n{_tail(first_log, 3000)}"
-                f"\n--- resume:\n{_tail(resume_log, 3000)}")
+        return (
+            f"\nevents:\n{_tail(events_path)}\n--- first run:\n{_tail(first_log, 3000)}"
+            f"\n--- resume:\n{_tail(resume_log, 3000)}"
+        )
 
     with open(first_log, "w") as log:
-        driver = subprocess.Popen([str(SWEEP), "run", str(spec), "--set", f"output_dir={out_dir}"], stdout=log,
-                                  stderr=subprocess.STDOUT, env={**env, "MASKDM_TEST_RUN": f"{token}-first"},
-                                  start_new_session=True)
+        driver = subprocess.Popen(
+            [str(SWEEP), "run", str(spec), "--set", f"output_dir={out_dir}"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**env, "MASKDM_TEST_RUN": f"{token}-first"},
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 420
         while True:
@@ -380,12 +447,18 @@ def test_a_driver_killed_during_a_shared_pretraining_resumes_it_with_its_milesto
         kept_stat = kept.stat()
         newest = _newest_checkpoint(line.checkpoints)
         before = _events(events_path)
-        assert not any(e["event"] == "stage_start" and e["stage"] == "finetune" for e in before), \
+        assert not any(e["event"] == "stage_start" and e["stage"] == "finetune" for e in before), (
             "a fine-tuning started before the pre-training phase ended"
+        )
 
         with open(resume_log, "w") as log:
-            resumer = subprocess.run([str(SWEEP), "resume", str(sweep_dir)], stdout=log, stderr=subprocess.STDOUT,
-                                     env={**env, "MASKDM_TEST_RUN": f"{token}-resume"}, timeout=600)
+            resumer = subprocess.run(
+                [str(SWEEP), "resume", str(sweep_dir)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**env, "MASKDM_TEST_RUN": f"{token}-resume"},
+                timeout=600,
+            )
         assert resumer.returncode == 0, context()
 
         # every trial finished, each from its own length
@@ -398,7 +471,7 @@ def test_a_driver_killed_during_a_shared_pretraining_resumes_it_with_its_milesto
             assert config["pretrain"]["steps"] == trial["pretrain_steps"]
         # the pre-training resumed from its newest checkpoint, its kept 30-step state untouched, nothing twice
         events = _events(events_path)
-        resumed = [e for e in events[len(before):] if e["event"] == "stage_start" and e["stage"] == "pretrain"]
+        resumed = [e for e in events[len(before) :] if e["event"] == "stage_start" and e["stage"] == "pretrain"]
         assert [(e["key"], e["from_step"], e["milestones"]) for e in resumed] == [(key, newest, [400])], context()
         assert kept.stat().st_ino == kept_stat.st_ino and kept.stat().st_mtime == kept_stat.st_mtime
         done = Counter((e["stage"], e["key"]) for e in events if e["event"] == "stage_done")

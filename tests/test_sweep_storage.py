@@ -26,8 +26,13 @@ def small_disk(tmp_path):
     """A 24 MB tmpfs (root only; skipped where mounting is not allowed)."""
     disk = tmp_path / "disk"
     disk.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(disk)],
-                                           capture_output=True).returncode != 0:
+    if (
+        os.geteuid() != 0
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(disk)], capture_output=True
+        ).returncode
+        != 0
+    ):
         pytest.skip("needs root and permission to mount a tmpfs")
     try:
         yield disk
@@ -36,14 +41,26 @@ def small_disk(tmp_path):
 
 
 def test_a_full_disk_ends_the_run_with_one_block_naming_the_file_and_resume_finishes_once_space_is_back(
-        small_disk, tmp_path):
+    small_disk, tmp_path
+):
     spec = tmp_path / "spec.yaml"
-    spec.write_text(yaml.safe_dump(tiny_sweep_spec(
-        "full", small_disk / "results", {"axes": {"mask.rate": [0.25, 0.5]}, "baseline": True},
-        {"max_failures": 1}, pretrain={"steps": 60}, finetune={"steps": 60})))
+    spec.write_text(
+        yaml.safe_dump(
+            tiny_sweep_spec(
+                "full",
+                small_disk / "results",
+                {"axes": {"mask.rate": [0.25, 0.5]}, "baseline": True},
+                {"max_failures": 1},
+                pretrain={"steps": 60},
+                finetune={"steps": 60},
+            )
+        )
+    )
     filler = small_disk / "filler"
     free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
-    filler.write_bytes(b"\0" * (free - 1_600_000))  # 1.6 MB left: the MLflow store (about 1 MB) fits, the first checkpoints do not
+    filler.write_bytes(
+        b"\0" * (free - 1_600_000)
+    )  # 1.6 MB left: the MLflow store (about 1 MB) fits, the first checkpoints do not
     env = {**os.environ, "MASKDM_CACHE": str(tmp_path / "cache"), "RAY_AUTH_MODE": "disabled"}
     layout = SweepDir(small_disk / "results", "full")
     sweep_dir = layout.path
@@ -58,8 +75,9 @@ def test_a_full_disk_ends_the_run_with_one_block_naming_the_file_and_resume_fini
     assert named.is_relative_to(small_disk / "results") and named not in (small_disk / "results", sweep_dir), block[0]
     assert block[1].startswith(f"Ray's messages and tracebacks: {layout.driver_log}"), block
     assert block[2].startswith("sweep full: ") and f"maskdm-sweep resume {sweep_dir}" in block[2], block
-    starts = Counter(e["key"] for e in map(json.loads, layout.events.read_text().splitlines())
-                     if e["event"] == "stage_start")
+    starts = Counter(
+        e["key"] for e in map(json.loads, layout.events.read_text().splitlines()) if e["event"] == "stage_start"
+    )
     assert starts and set(starts.values()) == {1}, starts  # max_failures is 1, but no stage ran twice on it
     filler.unlink()
     done = subprocess.run([EXE, "resume", str(sweep_dir)], capture_output=True, text=True, env=env, timeout=600)

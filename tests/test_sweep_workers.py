@@ -23,8 +23,8 @@ import yaml
 
 from maskdm_sweeps import layout
 from maskdm_sweeps.layout import MLFLOW_DB
-from maskdm_sweeps.sweepspec import SpecError, load_spec
 from maskdm_sweeps.sweep import read_events, run_sweep
+from maskdm_sweeps.sweepspec import SpecError, load_spec
 from maskdm_sweeps.testing import crash_once, tiny_sweep_spec
 from maskdm_sweeps.trainer import load_latest_checkpoint
 
@@ -33,21 +33,38 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
 
 def _spec(output_dir: Path, workers: int = 1, **resources) -> dict:
     """One fine-tuning trial (no pre-training) evaluated with FID, on ``workers`` data-parallel workers."""
-    return tiny_sweep_spec("workers", output_dir, {"axes": {"finetune.lr": [1e-3]}},
-                           {"max_failures": 1, "workers": workers, "cpus": 1 / workers, **resources},
-                           pretrain={"steps": 0, "batch_size": 16}, finetune={"steps": 30, "batch_size": 16},
-                           eval={"num_samples": 32, "batch_size": 32, "sampling_steps": 5, "grid_size": 16},
-                           runtime={"log_every_steps": 5, "checkpoint_every_steps": 10})
+    return tiny_sweep_spec(
+        "workers",
+        output_dir,
+        {"axes": {"finetune.lr": [1e-3]}},
+        {"max_failures": 1, "workers": workers, "cpus": 1 / workers, **resources},
+        pretrain={"steps": 0, "batch_size": 16},
+        finetune={"steps": 30, "batch_size": 16},
+        eval={"num_samples": 32, "batch_size": 32, "sampling_steps": 5, "grid_size": 16},
+        runtime={"log_every_steps": 5, "checkpoint_every_steps": 10},
+    )
 
 
 # runner state and the MLflow database, not results (the MLflow runs are compared through MLflow below)
-IGNORED = {layout.TUNE_DIR, layout.EVENTS_FILE, layout.INVOCATIONS_FILE, layout.RESOLVED_SPEC, layout.MLFLOW_DB,
-           layout.DRIVER_LOG}  # logs: clocks
+IGNORED = {
+    layout.TUNE_DIR,
+    layout.EVENTS_FILE,
+    layout.INVOCATIONS_FILE,
+    layout.RESOLVED_SPEC,
+    layout.MLFLOW_DB,
+    layout.DRIVER_LOG,
+}  # logs: clocks
 # What may differ between the two runs (fields, columns, params, metrics): clocks and what follows from them
 # (wall seconds, images per second, device hours), run ids, and what counts the workers.
 RUN_IDS = {"run_id", "mlflow_run_id"}
-WORKER_COUNT = {"workers", "replica_checksums", "spec_hash",  # the spec holds resources.workers
-                "batch_per_worker", "seed_data", "seed_noise_and_masks"}  # params a data-parallel run adds
+WORKER_COUNT = {
+    "workers",
+    "replica_checksums",
+    "spec_hash",  # the spec holds resources.workers
+    "batch_per_worker",
+    "seed_data",
+    "seed_noise_and_masks",
+}  # params a data-parallel run adds
 # the digests of state files: the files hold clocks (wall seconds) and weights equal only within float tolerance
 DIGESTS = {"sha256", "init_sha256", "pretrain_sha256", "bytes"}
 REL = 1e-2  # numbers that follow from weights equal within float tolerance (losses, FID)
@@ -59,8 +76,15 @@ def _is_clock(name: str) -> bool:
 
 def _is_masked(name: str) -> bool:
     """Whether a field, column, param or metric ``name`` may differ between the two runs."""
-    return _is_clock(name) or name in RUN_IDS or name in WORKER_COUNT or name in DIGESTS \
-        or name.endswith(("_per_trial", "_billed"))  # the devices a trial holds: one per worker
+    return (
+        _is_clock(name)
+        or name in RUN_IDS
+        or name in WORKER_COUNT
+        or name in DIGESTS
+        or name.endswith(("_per_trial", "_billed"))
+    )  # the devices a trial holds: one per worker
+
+
 RUN_ID = re.compile(r"\b[0-9a-f]{32}\b")
 NUMBER = re.compile(r"\d+(?:\.\d+)?(?:e[-+]?\d+)?")
 
@@ -108,8 +132,13 @@ def _same(a, b, where: str) -> None:
         assert len(a) == len(b), where
         for i, (x, y) in enumerate(zip(a, b, strict=True)):
             _same(x, y, f"{where}[{i}]")
-    elif isinstance(a, (int, float)) and not isinstance(a, bool) and isinstance(b, (int, float)) \
-            and not isinstance(b, bool) and not (math.isnan(a) and math.isnan(b)):
+    elif (
+        isinstance(a, (int, float))
+        and not isinstance(a, bool)
+        and isinstance(b, (int, float))
+        and not isinstance(b, bool)
+        and not (math.isnan(a) and math.isnan(b))
+    ):
         assert b == pytest.approx(a, rel=REL), where
     else:
         assert a == b, where
@@ -147,8 +176,10 @@ def _table_rows(path: Path, output_dir: Path) -> list[dict]:
     df = df.astype(object).where(df.notna(), None)
     rows = [r for r in df.to_dict("records") if not _is_masked(str(r.get("metric")))]
     rows = _masked(rows, output_dir)
-    return sorted(rows, key=lambda r: json.dumps({k: v for k, v in r.items() if not isinstance(v, float)},
-                                                 sort_keys=True, default=str))
+    return sorted(
+        rows,
+        key=lambda r: json.dumps({k: v for k, v in r.items() if not isinstance(v, float)}, sort_keys=True, default=str),
+    )
 
 
 def _report_content(path: Path, output_dir: Path) -> tuple[str, list[str], str]:
@@ -214,20 +245,26 @@ def test_a_dead_worker_restarts_its_group_from_the_last_checkpoint(runs):
     finetunes = {(e["stage"], e["trial_id"]) for e in events if e["event"] == "stage_done" and e["stage"] == "finetune"}
     assert len(finetunes) == 1
     assert all(groups[key] == 2 for key in finetunes), groups  # started, worker 1 died at 20, restarted
-    restarts = [e["newest_checkpoint"] for e in events if e["event"] == "worker_group_start" and e["stage"] == "finetune"]
+    restarts = [
+        e["newest_checkpoint"] for e in events if e["event"] == "worker_group_start" and e["stage"] == "finetune"
+    ]
     assert restarts == [None, "step_000000010.pt"]
     assert all(e["workers"] == 2 for e in events if e["event"] == "stage_done")
     # the restarted group resumed from the step-10 checkpoint: no step is missing; 15 was reported before the death
     for metrics in runs[2].sweep_dir.rglob(f"{layout.FINETUNE_DIR}/{layout.STAGE_METRICS}"):
-        steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()
-                 if json.loads(line)["kind"] == "metrics" and "train/loss" in json.loads(line)["values"]]
+        steps = [
+            json.loads(line)["step"]
+            for line in metrics.read_text().splitlines()
+            if json.loads(line)["kind"] == "metrics" and "train/loss" in json.loads(line)["values"]
+        ]
         assert sorted(set(steps)) == list(range(5, 31, 5))
         assert steps.count(15) == 2 and steps.count(10) == 1 and steps.count(20) == 1
 
 
 def test_two_workers_give_the_parquet_rows_of_one_worker(runs):
-    t1, t2 = (pd.read_parquet(runs[w].layout.trials_parquet).sort_values("trial_id").reset_index(drop=True)
-              for w in (1, 2))
+    t1, t2 = (
+        pd.read_parquet(runs[w].layout.trials_parquet).sort_values("trial_id").reset_index(drop=True) for w in (1, 2)
+    )
     assert list(t1.columns) == list(t2.columns)
     assert list(t1["trial_id"]) == list(t2["trial_id"]) and len(t1) == 1
     for col in ("loss_final", "fid"):
@@ -241,7 +278,9 @@ def test_two_workers_give_the_parquet_rows_of_one_worker(runs):
         assert list(t["gpus_per_trial"]) == [0.0] and list(t["gpu_hours"]) == [0.0]  # a CPU trial bills no GPU
     c1, c2 = (pd.read_parquet(runs[w].layout.curves_parquet) for w in (1, 2))
     key = ["trial_id", "stage", "metric", "step"]
-    assert sorted(map(tuple, c1[key].drop_duplicates().to_numpy())) == sorted(map(tuple, c2[key].drop_duplicates().to_numpy()))
+    assert sorted(map(tuple, c1[key].drop_duplicates().to_numpy())) == sorted(
+        map(tuple, c2[key].drop_duplicates().to_numpy())
+    )
     assert "train/images_per_second" in set(c1["metric"])  # a clock: its values are left out above
 
 
@@ -251,20 +290,38 @@ def test_two_workers_log_the_mlflow_runs_of_one_worker(runs):
     def summary(plan):
         client = MlflowClient(plan.spec.tracking.mlflow_uri or f"sqlite:///{plan.spec.output_dir / MLFLOW_DB}")
         runs_ = client.search_runs([client.get_experiment_by_name(plan.spec.name).experiment_id], max_results=100)
-        return sorted((r.data.tags.get("stage", "sweep"), r.info.run_name, r.info.status,
-                       tuple(sorted(k for k in r.data.params if k not in WORKER_COUNT)),
-                       tuple(sorted(r.data.metrics))) for r in runs_)
+        return sorted(
+            (
+                r.data.tags.get("stage", "sweep"),
+                r.info.run_name,
+                r.info.status,
+                tuple(sorted(k for k in r.data.params if k not in WORKER_COUNT)),
+                tuple(sorted(r.data.metrics)),
+            )
+            for r in runs_
+        )
 
     def values(plan):
         """Per run: its params but the data-parallel ones, and every metric but the clocks as step -> value (a step
         logged again after the restart: its last value)."""
         client = MlflowClient(plan.spec.tracking.mlflow_uri or f"sqlite:///{plan.spec.output_dir / MLFLOW_DB}")
         runs_ = client.search_runs([client.get_experiment_by_name(plan.spec.name).experiment_id], max_results=100)
-        return {r.info.run_name: _masked({
-            "params": r.data.params,
-            "metrics": {key: {str(m.step): m.value for m in sorted(client.get_metric_history(r.info.run_id, key),
-                                                                   key=lambda m: m.timestamp)}
-                        for key in r.data.metrics}}, plan.spec.output_dir) for r in runs_}
+        return {
+            r.info.run_name: _masked(
+                {
+                    "params": r.data.params,
+                    "metrics": {
+                        key: {
+                            str(m.step): m.value
+                            for m in sorted(client.get_metric_history(r.info.run_id, key), key=lambda m: m.timestamp)
+                        }
+                        for key in r.data.metrics
+                    },
+                },
+                plan.spec.output_dir,
+            )
+            for r in runs_
+        }
 
     one, two = summary(runs[1]), summary(runs[2])
     assert one == two

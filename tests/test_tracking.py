@@ -16,8 +16,8 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from maskdm_sweeps.sweepspec import load_spec
 from maskdm_sweeps.sweep import run_sweep
+from maskdm_sweeps.sweepspec import load_spec
 from maskdm_sweeps.testing import crash_once
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
@@ -28,16 +28,27 @@ BASE = {
     "mask": {"strategy": "patch", "rate": 0.5},
     "pretrain": {"steps": 20, "batch_size": 16},
     "finetune": {"steps": 30, "batch_size": 16},
-    "eval": {"num_samples": 32, "batch_size": 32, "sampling_steps": 4, "grid_size": 16,
-             "backend": "digits-classifier", "every_steps": 15},
+    "eval": {
+        "num_samples": 32,
+        "batch_size": 32,
+        "sampling_steps": 4,
+        "grid_size": 16,
+        "backend": "digits-classifier",
+        "every_steps": 15,
+    },
     "runtime": {"device": "cpu", "log_every_steps": 5, "checkpoint_every_steps": 5},
 }
 
 
 def make_plan(tmp_path: Path, name: str, sweep: dict, resources=None):
     tmp_path.mkdir(parents=True, exist_ok=True)
-    spec = {"name": name, "output_dir": str(tmp_path / "results"), "base": BASE, "sweep": sweep,
-            "resources": {"gpus": 0, "cpus": 1, **(resources or {})}}
+    spec = {
+        "name": name,
+        "output_dir": str(tmp_path / "results"),
+        "base": BASE,
+        "sweep": sweep,
+        "resources": {"gpus": 0, "cpus": 1, **(resources or {})},
+    }
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
     return load_spec(tmp_path / "spec.yaml")
 
@@ -51,8 +62,9 @@ def runs_of(plan):
 @pytest.fixture(scope="module")
 def tracked(tmp_path_factory, ray_session):
     """A finished sweep: baseline plus two mask rates (two pre-trainings, three fine-tunings)."""
-    plan = make_plan(tmp_path_factory.mktemp("tracked"), "track",
-                     {"axes": {"mask.rate": [0.25, 0.5]}, "baseline": True})
+    plan = make_plan(
+        tmp_path_factory.mktemp("tracked"), "track", {"axes": {"mask.rate": [0.25, 0.5]}, "baseline": True}
+    )
     assert run_sweep(plan).exit_code == 0
     return plan
 
@@ -60,8 +72,13 @@ def tracked(tmp_path_factory, ray_session):
 def test_child_runs_are_named_for_people_and_keep_their_hashes_in_tags(tracked):
     _, runs = runs_of(tracked)
     names = {r.info.run_name: r.data.tags for r in runs if r.data.tags.get("kind") != "sweep"}
-    assert set(names) == {"patch r=0.25 · s0", "patch r=0.5 · s0", "baseline · s0", "pretrain patch r=0.25 · s0",
-                          "pretrain patch r=0.5 · s0"}
+    assert set(names) == {
+        "patch r=0.25 · s0",
+        "patch r=0.5 · s0",
+        "baseline · s0",
+        "pretrain patch r=0.25 · s0",
+        "pretrain patch r=0.5 · s0",
+    }
     for name, tags in names.items():
         assert tags["trial_id"].startswith("t-")  # the hash: a tag, not the name
         assert not name.startswith("pretrain") or len(tags["pretrain_key"]) == 16
@@ -99,7 +116,9 @@ def test_parent_and_child_runs_nest_with_params_tags_metrics_and_artifacts(track
         if tags["stage"] == "finetune":
             assert [m.step for m in c.get_metric_history(run.info.run_id, "eval/fid")] == [15, 30]
             assert {a.path for a in c.list_artifacts(run.info.run_id, "samples")} == {
-                "samples/step_000000015.png", "samples/step_000000030.png"}
+                "samples/step_000000015.png",
+                "samples/step_000000030.png",
+            }
             if tags["pretrain_key"]:
                 assert tags["pretrain_run_id"] == pre[tags["pretrain_key"]].info.run_id
             trial_dir = plan.trial_dir(tags["trial_id"]) / "finetune"
@@ -141,7 +160,7 @@ def test_the_arm_and_label_tags_mean_what_the_arm_and_label_columns_mean(tracked
         tags = finetunes[row["mlflow_run_id"]]
         assert (tags["arm"], tags["label"]) == (row["arm"], row["label"])  # e.g. patch r=0.5, mask.rate=0.5 seed=0
     # a pre-training serves trials of one arm: it has their arm, and no trial's label
-    arms = dict(zip(trials["pretrain_key"].dropna(), trials["arm"][trials["pretrain_key"].notna()]))
+    arms = dict(zip(trials["pretrain_key"].dropna(), trials["arm"][trials["pretrain_key"].notna()], strict=True))
     pretrains = [r.data.tags for r in runs if r.data.tags.get("stage") == "pretrain"]
     assert len(pretrains) == 2
     for tags in pretrains:
@@ -152,8 +171,11 @@ def _pretrain_cost(runs, row) -> float:
     """The ``cost/train_tflops`` MLflow logged for the row's pre-training run (0 for the baseline)."""
     if row["arm"] == "baseline":
         return 0.0
-    pre = [r for r in runs
-           if r.data.tags.get("stage") == "pretrain" and r.data.tags.get("pretrain_key") == row["pretrain_key"]]
+    pre = [
+        r
+        for r in runs
+        if r.data.tags.get("stage") == "pretrain" and r.data.tags.get("pretrain_key") == row["pretrain_key"]
+    ]
     return pre[0].data.metrics["cost/train_tflops"]
 
 
@@ -171,8 +193,12 @@ def test_a_retried_trial_logs_into_the_run_it_started(tmp_path):
 def test_report_command_rewrites_the_results_and_prints_fid_by_arm(tracked):
     for name in ("trials.parquet", "report.md"):
         (tracked.sweep_dir / name).unlink()
-    done = subprocess.run([str(Path(sys.executable).parent / "maskdm-sweep"), "report", str(tracked.sweep_dir)],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "maskdm-sweep"), "report", str(tracked.sweep_dir)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert (tracked.sweep_dir / "trials.parquet").exists() and (tracked.sweep_dir / "report.md").exists()
     rows = [line for line in done.stdout.splitlines() if line.startswith("│")]
@@ -199,9 +225,12 @@ def ui_url(tracked, tmp_path):
     """``maskdm-sweep ui <sweep dir> --port P`` running; yields the URL it prints for the sweep's runs."""
     port = _free_port()
     log = tmp_path / "ui.log"
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "maskdm-sweep"), "ui", str(tracked.sweep_dir),
-                             "--port", str(port)], stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "maskdm-sweep"), "ui", str(tracked.sweep_dir), "--port", str(port)],
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 120
         while True:
@@ -213,8 +242,9 @@ def ui_url(tracked, tmp_path):
                 pass
             assert proc.poll() is None and time.time() < deadline, f"the UI did not come up: {log.read_text()}"
             time.sleep(0.5)
-        printed = re.search(rf"the runs of sweep {tracked.spec.name}: (http://127\.0\.0\.1:{port}/\S+)",
-                            log.read_text())
+        printed = re.search(
+            rf"the runs of sweep {tracked.spec.name}: (http://127\.0\.0\.1:{port}/\S+)", log.read_text()
+        )
         assert printed, log.read_text()  # the command prints where the sweep's runs are
         yield printed.group(1)
     finally:
@@ -273,8 +303,9 @@ def test_mlflow_ui_shows_the_sweep_with_nested_runs_and_fid(tracked, ui_url, bro
     wait.until(lambda _: parent.info.run_name in run_links())
     assert f"#/experiments/{parent.info.experiment_id}/runs" in browser.current_url  # not sent on to an overview
     assert not set(children) & set(run_links()), "children are listed before their parent is expanded"
-    expander = wait.until(ec.element_to_be_clickable(
-        (By.CSS_SELECTOR, "button[data-component-id$='runnamecellrenderer.tsx_46']")))
+    expander = wait.until(
+        ec.element_to_be_clickable((By.CSS_SELECTOR, "button[data-component-id$='runnamecellrenderer.tsx_46']"))
+    )
     expander.click()
     wait.until(lambda _: set(children) <= set(run_links()))
     assert run_links()[0] == parent.info.run_name and set(run_links()[1:]) == set(children)
@@ -283,17 +314,22 @@ def test_mlflow_ui_shows_the_sweep_with_nested_runs_and_fid(tracked, ui_url, bro
     from selenium.webdriver.common.action_chains import ActionChains
 
     header = next(h for h in browser.find_elements(By.CSS_SELECTOR, ".ag-header-cell") if h.text.strip() == "Run Name")
-    ActionChains(browser).drag_and_drop_by_offset(header.find_element(By.CSS_SELECTOR, ".ag-header-cell-resize"),
-                                                  160, 0).perform()
+    ActionChains(browser).drag_and_drop_by_offset(
+        header.find_element(By.CSS_SELECTOR, ".ag-header-cell-resize"), 160, 0
+    ).perform()
     links = [a for a in browser.find_elements(By.CSS_SELECTOR, "a[href*='/runs/']") if a.text in children]
-    wait.until(lambda _: all(browser.execute_script("return arguments[0].scrollWidth <= arguments[0].clientWidth", a)
-                             for a in links))
+    wait.until(
+        lambda _: all(
+            browser.execute_script("return arguments[0].scrollWidth <= arguments[0].clientWidth", a) for a in links
+        )
+    )
     browser.save_screenshot(str(SCREENSHOTS / "runs-nested.png"))
 
     # 2. A fine-tuning child: its page names the parent and shows eval/fid with the stored value.
     child = next(r for r in children.values() if r.data.tags.get("mask_rate") == "0.5")
-    next(a for a in browser.find_elements(By.CSS_SELECTOR, "a[href*='/runs/']")
-         if a.text == child.info.run_name).click()
+    next(
+        a for a in browser.find_elements(By.CSS_SELECTOR, "a[href*='/runs/']") if a.text == child.info.run_name
+    ).click()
     wait.until(lambda _: "eval/fid" in browser.find_element(By.TAG_NAME, "body").text)
     body = browser.find_element(By.TAG_NAME, "body").text
     assert child.info.run_id in browser.current_url

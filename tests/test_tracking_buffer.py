@@ -21,8 +21,9 @@ def store(tmp_path_factory) -> tuple[str, Path]:
 def reporter(store: tuple[str, Path], exp: str, stage_dir: Path) -> MlflowReporter:
     """A stage's reporter in experiment ``exp`` (by name), without a parent run."""
     uri, root = store
-    return MlflowReporter(uri, root, exp, stage_dir, "stage", None, {"stage": "finetune"}, {"lr": 1e-3},
-                          flush_every=1000)
+    return MlflowReporter(
+        uri, root, exp, stage_dir, "stage", None, {"stage": "finetune"}, {"lr": 1e-3}, flush_every=1000
+    )
 
 
 def test_records_of_a_killed_process_are_sent_by_the_resumed_stage(store, tmp_path):

@@ -14,8 +14,18 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from maskdm_sweeps.layout import (CURVES_PARQUET, MLFLOW_BUFFER_FILE, PLAN_FILE, PLOTS_DIR, REPORT_FILE, RESOLVED_SPEC,
-                                  STAGE_METRICS, TRIALS_PARQUET, StageRun, SweepDir)
+from maskdm_sweeps.layout import (
+    CURVES_PARQUET,
+    MLFLOW_BUFFER_FILE,
+    PLAN_FILE,
+    PLOTS_DIR,
+    REPORT_FILE,
+    RESOLVED_SPEC,
+    STAGE_METRICS,
+    TRIALS_PARQUET,
+    StageRun,
+    SweepDir,
+)
 from maskdm_sweeps.testing import tiny_sweep_spec
 from maskdm_sweeps.trainer import read_jsonl_metrics
 
@@ -34,10 +44,25 @@ def free_port() -> int:
 def start_server(tmp: Path, port: int) -> subprocess.Popen:
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # 2 processes instead of 15 (docs/design.md)
     proc = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{tmp / 'server.db'}",
-         "--artifacts-destination", str(tmp / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
-        stdout=open(tmp / "server.log", "ab"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        [
+            str(BIN / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{tmp / 'server.db'}",
+            "--artifacts-destination",
+            str(tmp / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=open(tmp / "server.log", "ab"),
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
     deadline = time.time() + 120
     while time.time() < deadline:
         try:
@@ -105,15 +130,24 @@ def server_history(c: MlflowClient, run_id: str, key: str) -> dict[int, list[flo
 
 def test_server_stopped_and_restarted_mid_sweep_loses_no_metric(tmp_path):
     port = free_port()
-    spec = tiny_sweep_spec("server", tmp_path / "results", {"axes": {"mask.rate": [0.25, 0.5]}, "baseline": True},
-                           pretrain={"steps": 30, "batch_size": 16}, finetune={"steps": 60, "batch_size": 16},
-                           runtime={"log_every_steps": LOG_EVERY, "checkpoint_every_steps": CHECKPOINT_EVERY})
+    spec = tiny_sweep_spec(
+        "server",
+        tmp_path / "results",
+        {"axes": {"mask.rate": [0.25, 0.5]}, "baseline": True},
+        pretrain={"steps": 30, "batch_size": 16},
+        finetune={"steps": 60, "batch_size": 16},
+        runtime={"log_every_steps": LOG_EVERY, "checkpoint_every_steps": CHECKPOINT_EVERY},
+    )
     spec["tracking"] = {"mlflow_uri": f"http://127.0.0.1:{port}"}
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
     server = start_server(tmp_path, port)
     env = {**os.environ, "MASKDM_CACHE": str(tmp_path / "cache"), "RAY_AUTH_MODE": "disabled"}
-    sweep = subprocess.Popen([str(BIN / "maskdm-sweep"), "run", str(tmp_path / "spec.yaml")], env=env,
-                             stdout=open(tmp_path / "sweep.log", "wb"), stderr=subprocess.STDOUT)
+    sweep = subprocess.Popen(
+        [str(BIN / "maskdm-sweep"), "run", str(tmp_path / "spec.yaml")],
+        env=env,
+        stdout=open(tmp_path / "sweep.log", "wb"),
+        stderr=subprocess.STDOUT,
+    )
     events = SweepDir(tmp_path / "results", "server").events
     results = tmp_path / "results"
     try:
@@ -134,13 +168,17 @@ def test_server_stopped_and_restarted_mid_sweep_loses_no_metric(tmp_path):
             time.sleep(0.2)
         assert spans_a_failed_send(buffered), (
             f"no stage kept records over a checkpoint in its buffer while the server was down: {sorted(buffered)}\n"
-            + (tmp_path / "sweep.log").read_text()[-3000:])
-        print(f"{len(outage)} metric records written while the server was down, in "
-              f"{len({d for d, _, _ in outage})} stage runs")
+            + (tmp_path / "sweep.log").read_text()[-3000:]
+        )
+        print(
+            f"{len(outage)} metric records written while the server was down, in "
+            f"{len({d for d, _, _ in outage})} stage runs"
+        )
         server = start_server(tmp_path, port)
         assert sweep.wait(timeout=900) == 0, (tmp_path / "sweep.log").read_text()[-3000:]
-        sync = subprocess.run([str(BIN / "maskdm-sweep"), "sync", str(results)],
-                              capture_output=True, text=True, env=env)
+        sync = subprocess.run(
+            [str(BIN / "maskdm-sweep"), "sync", str(results)], capture_output=True, text=True, env=env
+        )
         assert sync.returncode == 0, sync.stdout + sync.stderr
         assert not list(results.rglob(BUFFER_FILE))
         c = MlflowClient(f"http://127.0.0.1:{port}")
@@ -181,22 +219,33 @@ def test_a_sweep_run_while_mlflow_is_down_reaches_it_nested_through_sync(tmp_pat
 
     port = free_port()
     results = tmp_path / "results"
-    spec = tiny_sweep_spec("down", results, {"axes": {"mask.rate": [0.5]}, "baseline": True},
-                           pretrain={"steps": 10}, finetune={"steps": 10},
-                           eval={"num_samples": 16, "batch_size": 16, "sampling_steps": 2, "grid_size": 4},
-                           runtime={"log_every_steps": 5, "checkpoint_every_steps": 5})
+    spec = tiny_sweep_spec(
+        "down",
+        results,
+        {"axes": {"mask.rate": [0.5]}, "baseline": True},
+        pretrain={"steps": 10},
+        finetune={"steps": 10},
+        eval={"num_samples": 16, "batch_size": 16, "sampling_steps": 2, "grid_size": 4},
+        runtime={"log_every_steps": 5, "checkpoint_every_steps": 5},
+    )
     spec["tracking"] = {"mlflow_uri": f"http://127.0.0.1:{port}"}  # nothing listens there yet
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
     env = {**os.environ, "MASKDM_CACHE": str(tmp_path / "cache"), "RAY_AUTH_MODE": "disabled"}
-    run = subprocess.run([str(BIN / "maskdm-sweep"), "run", str(tmp_path / "spec.yaml")], env=env,
-                         capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        [str(BIN / "maskdm-sweep"), "run", str(tmp_path / "spec.yaml")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert list(results.rglob(BUFFER_FILE)), "nothing was buffered"
 
     server = start_server(tmp_path, port)
     try:
-        sync = subprocess.run([str(BIN / "maskdm-sweep"), "sync", str(results)], capture_output=True, text=True,
-                              env=env, timeout=300)
+        sync = subprocess.run(
+            [str(BIN / "maskdm-sweep"), "sync", str(results)], capture_output=True, text=True, env=env, timeout=300
+        )
         print(sync.stdout)
         assert sync.returncode == 0, sync.stdout + sync.stderr
         assert not list(results.rglob(BUFFER_FILE))

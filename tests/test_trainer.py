@@ -89,7 +89,9 @@ def test_truncated_checkpoint_falls_back_to_the_previous_one(tmp_path):
 def test_finetune_starts_from_the_pretrained_weights(tmp_path):
     cfg = tiny_trial_config(pretrain={"steps": 150}, finetune={"steps": 1}, mask={"strategy": "patch", "rate": 0.25})
     pre = fit(cfg, "pretrain", tmp_path / "pre")
-    fit(cfg, "finetune", tmp_path / "warm", JsonlReporter(tmp_path / "warm.jsonl"), init_checkpoint=Path(pre.checkpoint))
+    fit(
+        cfg, "finetune", tmp_path / "warm", JsonlReporter(tmp_path / "warm.jsonl"), init_checkpoint=Path(pre.checkpoint)
+    )
     fit(cfg, "finetune", tmp_path / "cold", JsonlReporter(tmp_path / "cold.jsonl"))
     warm, cold = losses(tmp_path / "warm.jsonl")[1], losses(tmp_path / "cold.jsonl")[1]
     assert warm < 0.5 * cold, (warm, cold)  # the same first batch (same seeds), far lower loss
@@ -97,8 +99,9 @@ def test_finetune_starts_from_the_pretrained_weights(tmp_path):
 
 @pytest.mark.parametrize("init_from", ["online", "ema"])
 def test_finetune_starts_from_the_pretrained_weights_it_is_told_to(tmp_path, init_from):
-    cfg = tiny_trial_config(pretrain={"steps": 20}, ema=FAST_EMA,
-                            finetune={"steps": 1, "init_from": init_from, "lr": 1e-9})  # 1 step that moves ~nothing
+    cfg = tiny_trial_config(
+        pretrain={"steps": 20}, ema=FAST_EMA, finetune={"steps": 1, "init_from": init_from, "lr": 1e-9}
+    )  # 1 step that moves ~nothing
     pre_checkpoint = Path(fit(cfg, "pretrain", tmp_path / "pre").checkpoint)
     pre = torch.load(pre_checkpoint, weights_only=True)
     fit(cfg, "finetune", tmp_path / "ft", init_checkpoint=pre_checkpoint)
@@ -138,9 +141,11 @@ def test_nan_loss_stops_the_stage_with_a_reason(tmp_path):
 def test_a_nan_between_log_steps_stops_the_stage_before_it_is_evaluated_or_saved(tmp_path):
     # logging every 50 steps, evaluating every 2 and saving every 10: the divergence must be caught at the first
     # evaluation after it, not crash the FID's linear algebra on NaN samples
-    cfg = tiny_trial_config(finetune={"steps": 50, "lr": 1e12},
-                            eval={"num_samples": 32, "batch_size": 32, "every_steps": 2, "sampling_steps": 3},
-                            runtime={"log_every_steps": 50, "checkpoint_every_steps": 10})
+    cfg = tiny_trial_config(
+        finetune={"steps": 50, "lr": 1e12},
+        eval={"num_samples": 32, "batch_size": 32, "every_steps": 2, "sampling_steps": 3},
+        runtime={"log_every_steps": 50, "checkpoint_every_steps": 10},
+    )
     reports = {}
 
     class Record(NullReporter):
@@ -158,11 +163,14 @@ def test_a_nan_between_log_steps_stops_the_stage_before_it_is_evaluated_or_saved
 
 def test_two_stage_trial_evaluates_with_the_in_domain_fid(tmp_path):
     cfg = tiny_trial_config(
-        pretrain={"steps": 20}, finetune={"steps": 20},
+        pretrain={"steps": 20},
+        finetune={"steps": 20},
         eval={"num_samples": 64, "every_steps": 10, "grid_size": 16},
     )
     reports = {}
-    results = run_trial(cfg, tmp_path, lambda stage: reports.setdefault(stage, JsonlReporter(tmp_path / f"{stage}.jsonl")))
+    results = run_trial(
+        cfg, tmp_path, lambda stage: reports.setdefault(stage, JsonlReporter(tmp_path / f"{stage}.jsonl"))
+    )
     assert set(results) == {"pretrain", "finetune"}
     assert results["pretrain"].effective_mask_rate == 0.5 and results["pretrain"].fid is None
     fids = [(s, v["eval/fid"]) for s, v in read_jsonl_metrics(tmp_path / "finetune.jsonl") if "eval/fid" in v]
@@ -174,8 +182,11 @@ def test_two_stage_trial_evaluates_with_the_in_domain_fid(tmp_path):
     written = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.pt")}
     again = run_trial(cfg, tmp_path, lambda stage: JsonlReporter(tmp_path / f"again-{stage}.jsonl"))
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.pt")} == written
-    assert not any(read_jsonl_metrics(tmp_path / f"again-{stage}.jsonl") for stage in ("pretrain", "finetune")
-                   if (tmp_path / f"again-{stage}.jsonl").exists())
+    assert not any(
+        read_jsonl_metrics(tmp_path / f"again-{stage}.jsonl")
+        for stage in ("pretrain", "finetune")
+        if (tmp_path / f"again-{stage}.jsonl").exists()
+    )
     assert again["finetune"].fid == results["finetune"].fid and again["finetune"].steps == 20
 
 
@@ -227,8 +238,9 @@ def test_a_pretraining_step_runs_the_network_on_the_kept_patches_only(tmp_path, 
     monkeypatch.setattr(loop, "UViT", RecordingUViT)
     RecordingUViT.built.clear()
     # one image per step, no weight decay: a patch position that was masked gets no update at all
-    cfg = tiny_trial_config(pretrain={"steps": 1, "batch_size": 1, "weight_decay": 0.0},
-                            mask={"strategy": "patch", "rate": 0.5})
+    cfg = tiny_trial_config(
+        pretrain={"steps": 1, "batch_size": 1, "weight_decay": 0.0}, mask={"strategy": "patch", "rate": 0.5}
+    )
     result = fit(cfg, "pretrain", tmp_path / "run")
     net = RecordingUViT.built[0]
     grid = cfg.model_config_resolved().grid  # 4 x 4 patches of the 8 x 8 digits
@@ -281,8 +293,9 @@ runtime:
 
 
 def maskdm_sweep(*args, cwd=None):
-    return subprocess.run([str(Path(sys.executable).with_name("maskdm-sweep")), *args], capture_output=True,
-                          text=True, cwd=cwd)
+    return subprocess.run(
+        [str(Path(sys.executable).with_name("maskdm-sweep")), *args], capture_output=True, text=True, cwd=cwd
+    )
 
 
 def test_train_command_runs_both_stages_and_prints_its_outputs(tmp_path):
@@ -301,7 +314,13 @@ def test_train_command_runs_both_stages_and_prints_its_outputs(tmp_path):
     [
         (lambda s: s.replace("  block_size: 2", "  blok_size: 2"), "mask.blok_size", 13),
         (lambda s: s.replace("  name: digits\n", "  name: image_folder\n  path: /nonexistent/celeba\n"), "data", 2),
-        (lambda s: s.replace("backend: digits-classifier", "backend: inception\n  fid_weights: /nonexistent/inception.pt"), "eval", 17),
+        (
+            lambda s: s.replace(
+                "backend: digits-classifier", "backend: inception\n  fid_weights: /nonexistent/inception.pt"
+            ),
+            "eval",
+            17,
+        ),
         (lambda s: s.replace("  rate: 0.5", "  rate: 1.5"), "mask.rate", 12),
         (lambda s: s.replace("  block_size: 2", "  block_size: 3"), "", None),
     ],
@@ -327,8 +346,9 @@ def test_compiling_trials_sample_through_one_compiled_denoiser_with_the_same_ima
     from maskdm_sweeps.trainer.evaluation import Evaluator
 
     plain_cfg = tiny_trial_config(eval={"num_samples": 0, "grid_size": 8, "batch_size": 8})
-    compiled_cfg = tiny_trial_config(eval={"num_samples": 0, "grid_size": 8, "batch_size": 8},
-                                     runtime={"compile": True})
+    compiled_cfg = tiny_trial_config(
+        eval={"num_samples": 0, "grid_size": 8, "batch_size": 8}, runtime={"compile": True}
+    )
     data, device = load_dataset(plain_cfg.data), torch.device("cpu")
     torch.manual_seed(0)
     net = UViT(plain_cfg.model_config_resolved())

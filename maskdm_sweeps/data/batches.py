@@ -77,8 +77,9 @@ class ImageBatches:
             x = self.images[self._to_device(idx)]
         else:
             # gather into pinned memory (when the store is pinned) so the copy can overlap with compute
-            picked = torch.empty((batch_size, *self.images.shape[1:]), dtype=torch.uint8,
-                                 pin_memory=self.images.is_pinned())
+            picked = torch.empty(
+                (batch_size, *self.images.shape[1:]), dtype=torch.uint8, pin_memory=self.images.is_pinned()
+            )
             torch.index_select(self.images, 0, idx, out=picked)
             x = picked.to(self.device, non_blocking=True)
         if flip is not None:

@@ -68,9 +68,13 @@ class UnsafeBatchFile(DataError):
 # numpy 2's numpy._core spellings, and protocol 5's _frombuffer) and the codec python 2 bytes come back through.
 # Anything else (os.system, subprocess, builtins.eval, ...) is refused before it is called.
 _BATCH_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
-    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),
 }
 
 
@@ -114,7 +118,9 @@ def refused_batches(files: list[Path]) -> Problems:
     return problems
 
 
-def load_cifar10(path: Path, split: str = "train", image_size: int = NATIVE_SIZE, download: bool = False) -> torch.Tensor:
+def load_cifar10(
+    path: Path, split: str = "train", image_size: int = NATIVE_SIZE, download: bool = False
+) -> torch.Tensor:
     """CIFAR-10 ``split`` as uint8 ``(n, 3, S, S)``; ``path`` is the batches folder or the folder holding it.
 
     ``image_size`` other than 32 resizes bilinearly (antialiased when shrinking). ``download=True`` fetches the

@@ -145,11 +145,14 @@ class DataConfig(BaseModel):
             raise ValueError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {str(path)!r}")
         bad = unreadable_images(path, files)
         if bad and not self.skip_unreadable:
-            raise ValueError(f"{len(bad)} unreadable image file(s) under {str(path)!r}: {describe_problems(bad)} "
-                             "(fix or remove them, or set data.skip_unreadable: true to leave them out)")
+            raise ValueError(
+                f"{len(bad)} unreadable image file(s) under {str(path)!r}: {describe_problems(bad)} "
+                "(fix or remove them, or set data.skip_unreadable: true to leave them out)"
+            )
         if len(bad) == len(files):
-            raise ValueError(f"none of the {len(files)} image files under {str(path)!r} can be read: "
-                             f"{describe_problems(bad)}")
+            raise ValueError(
+                f"none of the {len(files)} image files under {str(path)!r} can be read: {describe_problems(bad)}"
+            )
         if bad:
             _warn_once(skipped_message(path, bad, len(files)))
 

@@ -29,6 +29,7 @@ def resize_uint8(images: torch.Tensor, image_size: int) -> torch.Tensor:
     """
     if images.shape[-2:] == (image_size, image_size):
         return images
-    resized = F.interpolate(images.float(), size=(image_size, image_size), mode="bilinear", align_corners=False,
-                            antialias=True)
+    resized = F.interpolate(
+        images.float(), size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True
+    )
     return resized.round().clamp(0, 255).to(torch.uint8)

@@ -53,8 +53,10 @@ def checked_once(kind: str, root: Path, files: list[Path], check: Callable[[list
     Decoding a 200k-image folder takes minutes; ``validate``, the driver (once per trial it expands) and every
     trial process would otherwise repeat it. Touching any file checks the folder again.
     """
-    key = content_key({"format": CHECK_FORMAT, "kind": kind, "root": str(Path(root).absolute()),
-                       "files": file_identity(root, files)}, length=32)
+    key = content_key(
+        {"format": CHECK_FORMAT, "kind": kind, "root": str(Path(root).absolute()), "files": file_identity(root, files)},
+        length=32,
+    )
     record = cache_dir() / "checks" / f"{kind}-{key}.json"
     try:
         return [(root / name, str(reason)) for name, reason in json.loads(record.read_text())]

@@ -77,8 +77,13 @@ def list_image_files(root: Path) -> list[Path]:
     return sorted(iter_image_files(root), key=lambda f: f.relative_to(root).as_posix())
 
 
-_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
-               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
 
 
 def entry_problem(file: Path) -> str | None:
@@ -138,8 +143,10 @@ def unreadable_images(root: Path, files: list[Path]) -> Problems:
 def skipped_message(root: Path, bad: Problems, total: int) -> str:
     """One line: how many of ``total`` image files under ``root`` are left out, and the first few with the reason."""
     named = [(f.relative_to(root), reason) for f, reason in bad]  # the root is named once, before them
-    return (f"skipping {len(bad)} unreadable image file(s) of {total} under {root} (data.skip_unreadable): "
-            f"{describe_problems(named, shown=3)}")
+    return (
+        f"skipping {len(bad)} unreadable image file(s) of {total} under {root} (data.skip_unreadable): "
+        f"{describe_problems(named, shown=3)}"
+    )
 
 
 def readable_image_files(root: Path, skip_unreadable: bool, warn: bool = True) -> list[Path]:
@@ -150,9 +157,11 @@ def readable_image_files(root: Path, skip_unreadable: bool, warn: bool = True) -
     if not skip_unreadable:
         irregular = irregular_entries(files)
         if irregular:
-            raise DataError(f"{len(irregular)} entr{'y' if len(irregular) == 1 else 'ies'} under {root} "
-                            f"that are not regular files: {describe_problems(irregular)} (remove them, or set "
-                            "data.skip_unreadable: true to leave them out)")
+            raise DataError(
+                f"{len(irregular)} entr{'y' if len(irregular) == 1 else 'ies'} under {root} "
+                f"that are not regular files: {describe_problems(irregular)} (remove them, or set "
+                "data.skip_unreadable: true to leave them out)"
+            )
         return files
     bad = unreadable_images(root, files)
     if bad and warn:
@@ -170,8 +179,10 @@ def preprocess_image(file: Path, image_size: int, crop: str) -> np.ndarray:
         with Image.open(file) as im:
             rgb = im.convert("RGB")
     except Exception as err:  # whatever the decoder raises: the file is named, and no retry would read it better
-        raise DataError(f"image file {file} does not decode ({type(err).__name__}: {err}); fix or remove it, or "
-                        "set data.skip_unreadable: true to leave it out") from err
+        raise DataError(
+            f"image file {file} does not decode ({type(err).__name__}: {err}); fix or remove it, or "
+            "set data.skip_unreadable: true to leave it out"
+        ) from err
     try:
         box = CROPS[crop](*rgb.size)
     except ValueError as err:

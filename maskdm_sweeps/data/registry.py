@@ -98,13 +98,15 @@ def load_dataset(cfg: DataConfig) -> ImageData:
         images = images[torch.from_numpy(index)]
     # Keyed after loading: a cifar10 download only now created the files whose identity goes in.
     files = SOURCE_FILES[cfg.name](cfg)
-    key = content_key({
-        "name": cfg.name,
-        "path": str(cfg.path.resolve()) if cfg.path is not None else None,
-        "files": file_identity(_path(cfg), files) if files else [],
-        "split": cfg.split,
-        "image_size": cfg.image_size,
-        "crop": cfg.crop if cfg.name == "image_folder" else None,  # ignored by other datasets
-        "subset": None if index is None else {"count": len(index), "seed": cfg.subset_seed},
-    })
+    key = content_key(
+        {
+            "name": cfg.name,
+            "path": str(cfg.path.resolve()) if cfg.path is not None else None,
+            "files": file_identity(_path(cfg), files) if files else [],
+            "split": cfg.split,
+            "image_size": cfg.image_size,
+            "crop": cfg.crop if cfg.name == "image_folder" else None,  # ignored by other datasets
+            "subset": None if index is None else {"count": len(index), "seed": cfg.subset_seed},
+        }
+    )
     return ImageData(images=images.contiguous(), name=cfg.name, key=key)

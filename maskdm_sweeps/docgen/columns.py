@@ -27,8 +27,10 @@ TRIAL_COLUMN_DOCS: dict[str, tuple[str, str]] = {
     "mask_rate": ("fraction", f"nominal mask rate of pre-training; NaN for the baseline and for {_choices(_RATELESS)}"),
     "mask_block_size": ("patches", "block side (block strategy only)"),
     "mask_crop_size": ("patches", "visible window side (crop strategy only)"),
-    "effective_mask_rate": ("fraction", "share of patches pre-training really dropped (counting rule); 0 for the "
-                            "baseline"),
+    "effective_mask_rate": (
+        "fraction",
+        "share of patches pre-training really dropped (counting rule); 0 for the baseline",
+    ),
     "pretrain_steps": ("steps", "configured pre-training steps (0: baseline)"),
     "finetune_steps": ("steps", "configured fine-tuning steps"),
     "steps_done": ("steps", "fine-tuning steps completed"),
@@ -36,42 +38,74 @@ TRIAL_COLUMN_DOCS: dict[str, tuple[str, str]] = {
     "fid": ("FID", "final FID of fine-tuning (backend in `fid_backend`); NaN without one"),
     "fid_best": ("FID", "lowest FID over fine-tuning's evaluations"),
     "loss_final": ("", "final fine-tuning training loss (eps-MSE)"),
-    "recognisable": ("fraction", "share of the final FID samples the digits classifier puts in one class with "
-                     "confidence >= 0.9 (digits-classifier backend only; NaN otherwise)"),
-    "fid_floor": ("FID", "FID of `fid_num_samples` real training images against the same reference statistics and "
-                  "features: how low this protocol goes"),
-    "fid_noise_std": ("FID", "standard deviation of the final model's FID over `eval.fid_repeats` sampling seeds "
-                      "(the evaluation noise); NaN when not measured"),
-    "train_tflops": ("TFLOPs", "training compute of the trial run alone: `finetune_tflops` + `pretrain_tflops` "
-                     "(its whole pre-training); the x axis of the speed-up"),
-    "finetune_tflops": ("TFLOPs", "training compute of its fine-tuning (forward + backward, counted from the "
-                        "model's shapes)"),
-    "pretrain_tflops": ("TFLOPs", "training compute of its pre-training to the length it asked for, in full, on the "
-                        "kept patches (0 for the baseline): what the arm costs alone, whatever else the sweep held"),
-    "pretrain_tflops_share": ("TFLOPs", "its share of the pre-training actually trained: each stretch of a shared "
-                              "run split evenly over the trials that need it; the shares add up to the sweep's "
-                              "totals"),
-    "eval_tflops": ("TFLOPs", "compute of its evaluations (sampling and FID features), fine-tuning and "
-                    "pre-training"),
+    "recognisable": (
+        "fraction",
+        "share of the final FID samples the digits classifier puts in one class with "
+        "confidence >= 0.9 (digits-classifier backend only; NaN otherwise)",
+    ),
+    "fid_floor": (
+        "FID",
+        "FID of `fid_num_samples` real training images against the same reference statistics and "
+        "features: how low this protocol goes",
+    ),
+    "fid_noise_std": (
+        "FID",
+        "standard deviation of the final model's FID over `eval.fid_repeats` sampling seeds "
+        "(the evaluation noise); NaN when not measured",
+    ),
+    "train_tflops": (
+        "TFLOPs",
+        "training compute of the trial run alone: `finetune_tflops` + `pretrain_tflops` "
+        "(its whole pre-training); the x axis of the speed-up",
+    ),
+    "finetune_tflops": (
+        "TFLOPs",
+        "training compute of its fine-tuning (forward + backward, counted from the model's shapes)",
+    ),
+    "pretrain_tflops": (
+        "TFLOPs",
+        "training compute of its pre-training to the length it asked for, in full, on the "
+        "kept patches (0 for the baseline): what the arm costs alone, whatever else the sweep held",
+    ),
+    "pretrain_tflops_share": (
+        "TFLOPs",
+        "its share of the pre-training actually trained: each stretch of a shared "
+        "run split evenly over the trials that need it; the shares add up to the sweep's "
+        "totals",
+    ),
+    "eval_tflops": ("TFLOPs", "compute of its evaluations (sampling and FID features), fine-tuning and pre-training"),
     "device": ("", "`gpu` or `cpu`: what the trial's compute is counted in"),
     "devices_per_trial": ("devices", "`gpus_per_trial` on GPUs; on a CPU, one per worker process"),
     "device_hours": ("device-hours", "`wall_seconds` x `devices_per_trial` / 3600: what the report compares arms by"),
     "gpu_hours": ("GPU-hours", "`wall_seconds` x `gpus_per_trial` / 3600 (0 on a CPU: no GPU was held)"),
-    "gpus_per_trial": ("GPUs", "every GPU a trial holds, `resources.gpus` (a fraction counted as 1) x "
-                       "`resources.workers`; 0 on a CPU"),
+    "gpus_per_trial": (
+        "GPUs",
+        "every GPU a trial holds, `resources.gpus` (a fraction counted as 1) x `resources.workers`; 0 on a CPU",
+    ),
     "wall_seconds": ("s", "fine-tuning wall time plus `pretrain_wall_seconds` (its own pre-training length in full)"),
     "finetune_wall_seconds": ("s", "fine-tuning wall time"),
-    "pretrain_wall_seconds": ("s", "wall time of its pre-training up to the length it asked for, as recorded when "
-                              "that milestone was kept (0 for the baseline)"),
-    "pretrain_wall_seconds_share": ("s", "its share of the pre-training wall time actually spent, split like "
-                                    "`pretrain_tflops_share` (0 for the baseline)"),
+    "pretrain_wall_seconds": (
+        "s",
+        "wall time of its pre-training up to the length it asked for, as recorded when "
+        "that milestone was kept (0 for the baseline)",
+    ),
+    "pretrain_wall_seconds_share": (
+        "s",
+        "its share of the pre-training wall time actually spent, split like "
+        "`pretrain_tflops_share` (0 for the baseline)",
+    ),
     "mlflow_run_id": ("", "the fine-tuning stage's MLflow child run; null when not tracked"),
     "pretrain_trial_id": ("", "`pre-<pretrain_key>`; null for the baseline"),
-    "pretrain_key": ("", "hash of the pre-training run's settings, its length aside when nothing depends on it: "
-                     "`<output_dir>/_pretrain/<key>/`"),
+    "pretrain_key": (
+        "",
+        "hash of the pre-training run's settings, its length aside when nothing depends on it: "
+        "`<output_dir>/_pretrain/<key>/`",
+    ),
     "pretrain_reused": ("", "its pre-training length was kept by an earlier sweep; this one trained none of it"),
-    "pretrain_shared_by": ("trials", "how many trials of the sweep the pre-training run fed, at any of its lengths "
-                           "(0 for the baseline)"),
+    "pretrain_shared_by": (
+        "trials",
+        "how many trials of the sweep the pre-training run fed, at any of its lengths (0 for the baseline)",
+    ),
     "fid_backend": ("", "`inception` or `digits-classifier` (never compare across them)"),
     "fid_num_samples": ("samples", "samples per FID"),
     "fid_reference": ("", "reference set of the FID, `<dataset>:<key>`"),
@@ -80,8 +114,11 @@ CURVE_COLUMN_DOCS: dict[str, tuple[str, str]] = {
     "trial_id": ("", "the trial (a shared pre-training's curve appears under every trial it fed)"),
     "stage": ("", "`pretrain` or `finetune` (steps restart at each stage)"),
     "step": ("steps", "optimizer step of the stage"),
-    "metric": ("", "`train/loss`, `train/grad_norm`, `train/lr`, `train/images_per_second`, "
-               "`train/effective_mask_rate`, `eval/fid`, `eval/fid_best`"),
+    "metric": (
+        "",
+        "`train/loss`, `train/grad_norm`, `train/lr`, `train/images_per_second`, "
+        "`train/effective_mask_rate`, `eval/fid`, `eval/fid_best`",
+    ),
     "value": ("", "the metric's value (FID for `eval/*`)"),
 }
 
@@ -99,9 +136,11 @@ def results_columns_markdown() -> str:
     """The columns of ``trials.parquet`` and ``curves.parquet`` with their pandas dtypes, units and meanings."""
     from ..results import CURVE_COLUMNS, CURVES_FILE, TRIAL_COLUMNS, TRIALS_FILE
 
-    return "\n\n".join([
-        f"`{TRIALS_FILE}`, one row per trial (then one column per other swept key, dots become underscores):",
-        _columns_table(TRIAL_COLUMNS, TRIAL_COLUMN_DOCS, TRIALS_FILE),
-        f"`{CURVES_FILE}`, long format, one row per reported metric value:",
-        _columns_table(CURVE_COLUMNS, CURVE_COLUMN_DOCS, CURVES_FILE),
-    ])
+    return "\n\n".join(
+        [
+            f"`{TRIALS_FILE}`, one row per trial (then one column per other swept key, dots become underscores):",
+            _columns_table(TRIAL_COLUMNS, TRIAL_COLUMN_DOCS, TRIALS_FILE),
+            f"`{CURVES_FILE}`, long format, one row per reported metric value:",
+            _columns_table(CURVE_COLUMNS, CURVE_COLUMN_DOCS, CURVES_FILE),
+        ]
+    )

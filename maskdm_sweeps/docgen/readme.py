@@ -11,8 +11,8 @@ import argparse
 import functools
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .columns import results_columns_markdown
 from .modules import module_table_markdown
@@ -24,8 +24,10 @@ DESIGN = "docs/design.md"
 SCHEMA_FILE = "experiments/maskdm-sweep.schema.json"
 HELP_WIDTH = 100  # argparse wraps to the terminal: a fixed width keeps the generated help text stable
 REGENERATE = ".venv/bin/python -m maskdm_sweeps.docgen"
-DESCRIPTION = ("Generated documentation: the spec field reference, CLI help, parquet columns and the module table "
-               "of the pages under docs/, and the JSON Schema.")
+DESCRIPTION = (
+    "Generated documentation: the spec field reference, CLI help, parquet columns and the module table "
+    "of the pages under docs/, and the JSON Schema."
+)
 
 
 # ------------------------------------------------------------------------------------------------- CLI help

@@ -130,13 +130,17 @@ def _section_models(tp: Any) -> list[type[BaseModel]] | None:
 
 def _variant_title(path: str, model: type[BaseModel]) -> str:
     """``base.mask`` (strategy: patch) for a member of a discriminated union."""
-    tags = [(name, get_args(f.annotation)[0]) for name, f in model.model_fields.items()
-            if get_origin(f.annotation) is Literal and len(get_args(f.annotation)) == 1]
+    tags = [
+        (name, get_args(f.annotation)[0])
+        for name, f in model.model_fields.items()
+        if get_origin(f.annotation) is Literal and len(get_args(f.annotation)) == 1
+    ]
     return f"`{path}` ({tags[0][0]}: {tags[0][1]})" if tags else f"`{path}` ({model.__name__})"
 
 
-def model_sections(model: type[BaseModel], path: str, title: str, doc: str,
-                   seen: dict[type, str] | None = None) -> list[Section]:
+def model_sections(
+    model: type[BaseModel], path: str, title: str, doc: str, seen: dict[type, str] | None = None
+) -> list[Section]:
     """The sections of ``model`` at ``path`` and, depth-first, of every model nested in it.
 
     A model met a second time (``finetune.data`` is a ``data`` section) is one row that refers to the first.
@@ -168,8 +172,9 @@ def _field_row(dotted: str, info: FieldInfo, seen: dict[type, str], nested: list
     if get_origin(tp) is dict and _is_model(get_args(tp)[1]):
         value_model = get_args(tp)[1]
         type_text = f"map[string, section `{dotted}.<key>`]"
-        nested += model_sections(value_model, f"{dotted}.<key>", f"`{dotted}.<key>`",
-                                 first_paragraph(value_model.__doc__), seen)
+        nested += model_sections(
+            value_model, f"{dotted}.<key>", f"`{dotted}.<key>`", first_paragraph(value_model.__doc__), seen
+        )
     return [f"`{dotted}`", type_text, field_default_text(info), description]
 
 

@@ -8,8 +8,9 @@ Notation follows Ho et al. (2020): ``beta_t``, ``alpha_t = 1 - beta_t``, ``abar_
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 
@@ -38,7 +39,7 @@ class NoiseSchedule:
         return {"name": self.name, "betas": self.betas.clone()}
 
     @classmethod
-    def from_state_dict(cls, state: dict) -> "NoiseSchedule":
+    def from_state_dict(cls, state: dict) -> NoiseSchedule:
         return cls(betas=state["betas"].to(torch.float64), name=state["name"])
 
 
@@ -50,6 +51,7 @@ def linear_schedule(num_timesteps: int = 1000, beta_start: float = 1e-4, beta_en
 
 def cosine_schedule(num_timesteps: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> NoiseSchedule:
     """Nichol & Dhariwal (2021) eq. 17: ``abar(t) = cos^2(((t/T + s) / (1 + s)) pi/2)``, betas clipped at max_beta."""
+
     def abar(u: float) -> float:
         return math.cos((u + s) / (1 + s) * math.pi / 2) ** 2
 
@@ -172,7 +174,9 @@ class DDPMSampler(_ScheduleSampler):
         beta = 1 - abar / abar_prev
         x0, _ = self._predict_x0(model_output, t, sample)
         # posterior mean (Ho et al. eq. 7)
-        mean = (math.sqrt(abar_prev) * beta / (1 - abar)) * x0 + (math.sqrt(1 - beta) * (1 - abar_prev) / (1 - abar)) * sample
+        mean = (math.sqrt(abar_prev) * beta / (1 - abar)) * x0 + (
+            math.sqrt(1 - beta) * (1 - abar_prev) / (1 - abar)
+        ) * sample
         if t == 0 or self._prev(t) < 0:
             return mean
         return mean + math.sqrt(self.posterior_variance(t)) * self._noise_like(sample, generator)
@@ -201,8 +205,14 @@ class DDIMSampler(_ScheduleSampler):
     clipped ``x0`` and ``x_t``. The two agree whenever clipping changes nothing (or ``clip_sample=False``).
     """
 
-    def __init__(self, schedule: NoiseSchedule, eta: float = 0.0, clip_sample: bool = True,
-                 spacing: str = "trailing", eps_after_clip: str = "raw"):
+    def __init__(
+        self,
+        schedule: NoiseSchedule,
+        eta: float = 0.0,
+        clip_sample: bool = True,
+        spacing: str = "trailing",
+        eps_after_clip: str = "raw",
+    ):
         super().__init__(schedule, clip_sample)
         if eta < 0:
             raise ValueError(f"eta must be >= 0, got {eta}")

@@ -95,8 +95,8 @@ def forward_flops_breakdown(config: UViTConfig, kept_patches: int, span_patches:
     d, a, m, n = c.embed_dim, _attention_width(c), int(c.embed_dim * c.mlp_ratio), c.num_patches
     pixels_per_patch = c.patch_size**2 * c.in_chans
     tokens = block_tokens(c, kept_patches, span_patches)  # per block
-    backbone = tokens[c.mixer_depth:len(tokens) - c.decoder_depth - c.fusion_depth]
-    out_tokens = backbone[len(backbone) - c.depth // 2:]  # the out-blocks fuse the long skips
+    backbone = tokens[c.mixer_depth : len(tokens) - c.decoder_depth - c.fusion_depth]
+    out_tokens = backbone[len(backbone) - c.depth // 2 :]  # the out-blocks fuse the long skips
     head_tokens = 1 + (n if c.decoder_depth or c.fusion_depth else kept_patches)
     return {
         "patch_embed": 2 * n * d * pixels_per_patch,
@@ -124,8 +124,9 @@ def forward_flops(config: UViTConfig, kept_patches: int, span_patches: int | Non
     return sum(forward_flops_breakdown(config, kept_patches, span_patches).values())
 
 
-def backward_flops(config: UViTConfig, kept_patches: int, recompute_attention: bool = False,
-                   span_patches: int | None = None) -> int:
+def backward_flops(
+    config: UViTConfig, kept_patches: int, recompute_attention: bool = False, span_patches: int | None = None
+) -> int:
     """FLOPs of the backward pass autograd runs after :func:`forward_flops` (one image), exactly.
 
     Every matmul costs twice its forward (the input gradient and the weight gradient), except the patch embedding

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -63,7 +63,7 @@ class MaskStrategy(BaseModel):
         knobs = [n for n in type(self).model_fields if n != "strategy"]
         if len(args) > len(knobs):
             raise TypeError(f"{type(self).__name__} takes at most {len(knobs)} positional arguments ({knobs})")
-        super().__init__(**dict(zip(knobs, args)), **kwargs)
+        super().__init__(**dict(zip(knobs, args, strict=False)), **kwargs)
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
@@ -77,8 +77,9 @@ class MaskStrategy(BaseModel):
         """Number of visible patches K on a ``grid x grid`` patch grid (raises ValueError if impossible)."""
         raise NotImplementedError
 
-    def sample(self, batch_size: int, grid: int, generator: torch.Generator, device: torch.device | str = "cpu"
-               ) -> torch.Tensor:
+    def sample(
+        self, batch_size: int, grid: int, generator: torch.Generator, device: torch.device | str = "cpu"
+    ) -> torch.Tensor:
         """Sorted keep-indices ``(batch_size, K)``, int64, one fresh mask per sample."""
         raise NotImplementedError
 
@@ -105,8 +106,9 @@ class MaskStrategy(BaseModel):
         kept = self.keep_count(grid)
         return TokenCounts(kept, kept)
 
-    def loss(self, model, x_t: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, keep: torch.Tensor,
-             patch_size: int) -> torch.Tensor:
+    def loss(
+        self, model, x_t: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, keep: torch.Tensor, patch_size: int
+    ) -> torch.Tensor:
         """The loss of one masked batch: MaskDM's L_mdsm, eps-MSE on the visible patches.
 
         ``model``: the U-ViT or a wrapper of it (DDP, ``torch.compile``); x_t, noise: (B, C, H, W); t: (B,);
@@ -131,12 +133,20 @@ class MaskStrategy(BaseModel):
         """The mask's columns of ``trials.parquet`` (dtypes: string, float64, Int64, Int64): the strategy, its
         nominal rate (NaN without one), its block size and crop size (None unless they are its knobs)."""
         rate = getattr(self, "rate", None)
-        return {"mask_strategy": self.name, "mask_rate": math.nan if rate is None else float(rate),
-                "mask_block_size": None, "mask_crop_size": None}
+        return {
+            "mask_strategy": self.name,
+            "mask_rate": math.nan if rate is None else float(rate),
+            "mask_block_size": None,
+            "mask_crop_size": None,
+        }
 
 
-BASELINE_MASK_COLUMNS: dict[str, Any] = {"mask_strategy": None, "mask_rate": math.nan, "mask_block_size": None,
-                                         "mask_crop_size": None}
+BASELINE_MASK_COLUMNS: dict[str, Any] = {
+    "mask_strategy": None,
+    "mask_rate": math.nan,
+    "mask_block_size": None,
+    "mask_crop_size": None,
+}
 """The mask columns of a baseline trial (no pre-training, so no mask)."""
 
 RATE_DESCRIPTION = "Nominal mask rate in [0, 1): the fraction of patches dropped."
@@ -148,6 +158,7 @@ def _random_subset(batch_size: int, population: int, count: int, generator: torc
     argsort of uniform noise gives a uniform random permutation per row, all rows in one kernel.
     """
     import torch  # lazily: see the module docstring
+
     noise = torch.rand(batch_size, population, generator=generator, device=device)  # (B, population)
     return noise.argsort(dim=1)[:, :count]  # (B, count)
 
@@ -172,8 +183,9 @@ class BlockMask(MaskStrategy):
     """Block-wise masking: ``int(rate * N) // block_size**2`` random blocks of patches are dropped."""
 
     strategy: Literal["block"] = Field("block", description="Masking strategy: random square blocks of patches.")
-    rate: float = Field(0.9, ge=0.0, lt=1.0, description="Nominal mask rate in [0, 1); the effective rate is floored "
-                        "to whole blocks.")
+    rate: float = Field(
+        0.9, ge=0.0, lt=1.0, description="Nominal mask rate in [0, 1); the effective rate is floored to whole blocks."
+    )
     block_size: int = Field(2, ge=1, description="Block side in patches; must divide the patch grid.")
     plain_network: ClassVar[bool] = True
 
@@ -194,6 +206,7 @@ class BlockMask(MaskStrategy):
 
     def sample(self, batch_size: int, grid: int, generator: torch.Generator, device="cpu") -> torch.Tensor:
         import torch  # lazily: see the module docstring
+
         b, side = self.block_size, self._blocks_per_side(grid)
         kept_blocks = side * side - self.masked_blocks(grid)
         blocks = _random_subset(batch_size, side * side, kept_blocks, generator, device)  # (B, kb)
@@ -231,6 +244,7 @@ class CropMask(MaskStrategy):
 
     def sample(self, batch_size: int, grid: int, generator: torch.Generator, device="cpu") -> torch.Tensor:
         import torch  # lazily: see the module docstring
+
         c = self.crop_size
         self.keep_count(grid)
         corner = torch.randint(0, grid - c + 1, (batch_size, 2), generator=generator, device=device)  # (B, 2)

@@ -31,8 +31,8 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 from timm.layers import Attention, Mlp, trunc_normal_
+from torch import nn
 
 from .patches import gather_tokens, unpatchify
 from .presets import MODEL_PRESETS, UViTConfig, resolve_model_config  # noqa: F401 (the model's own names too)
@@ -84,6 +84,8 @@ class UViT(nn.Module):
     ``forward(x_t, t, keep_idx)`` sees nothing but the noisy image, the integer timestep and which patches are kept.
     """
 
+    fusion_mask_token: torch.Tensor  # a buffer (SPRINT's fusion), registered when the network has a fusion
+
     def __init__(self, config: UViTConfig, block_layer: type[nn.Module] = UViTBlock):
         super().__init__()
         if config.img_size % config.patch_size:
@@ -111,8 +113,8 @@ class UViT(nn.Module):
         self.fusion_blocks = nn.ModuleList([block_layer(**block) for _ in range(c.fusion_depth)])
         if c.fusion_depth:
             self.fusion = nn.Linear(2 * d, d)
-            self.register_buffer("fusion_mask_token", torch.zeros(1, 1, d))
-            nn.init.normal_(self.fusion_mask_token, std=0.02)  # SPRINT's init; the buffer is never trained
+            token = nn.init.normal_(torch.zeros(1, 1, d), std=0.02)  # SPRINT's init; the buffer is never trained
+            self.register_buffer("fusion_mask_token", token)
         self.norm = nn.LayerNorm(d)
         self.head = nn.Linear(d, c.patch_size**2 * c.in_chans)
         self.final_layer = nn.Conv2d(c.in_chans, c.in_chans, 3, padding=1) if c.final_conv else nn.Identity()
@@ -129,8 +131,13 @@ class UViT(nn.Module):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, keep_idx: torch.Tensor | None = None,
-                route_idx: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        keep_idx: torch.Tensor | None = None,
+        route_idx: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Predict eps.
 
         x_t: (B, C, H, W) noisy images; t: (B,) integer timesteps; keep_idx: (B, K) sorted visible patch indices, or

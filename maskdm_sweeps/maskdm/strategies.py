@@ -30,7 +30,8 @@ All of them draw which patches are kept (or, for routing, which go through the s
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Mapping, Union
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import Field
 
@@ -39,16 +40,32 @@ from .masking import BASELINE_MASK_COLUMNS, BlockMask, CropMask, MaskStrategy, P
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["BASELINE_MASK_COLUMNS", "STRATEGIES", "DeferredMasking", "MaskConfig", "MaskDiT", "Sprint", "TokenCounts",
-           "TokenRouting", "build_strategy", "maskdit_loss", "network_overrides", "strategy_from_columns",
-           "token_counts", "training_loss"]
+__all__ = [
+    "BASELINE_MASK_COLUMNS",
+    "STRATEGIES",
+    "DeferredMasking",
+    "MaskConfig",
+    "MaskDiT",
+    "Sprint",
+    "TokenCounts",
+    "TokenRouting",
+    "build_strategy",
+    "maskdit_loss",
+    "network_overrides",
+    "strategy_from_columns",
+    "token_counts",
+    "training_loss",
+]
 
 
 class _PatchDrawn(MaskStrategy):
     """What the newer strategies share: MaskDM's patch-wise draw at ``rate``."""
 
+    if TYPE_CHECKING:
+        rate: float  # each subclass declares it as a field, with its own default and description
+
     def _patches(self) -> PatchMask:
-        return PatchMask(self.rate)
+        return PatchMask(rate=self.rate)
 
     def keep_count(self, grid: int) -> int:
         return self._patches().keep_count(grid)
@@ -57,8 +74,9 @@ class _PatchDrawn(MaskStrategy):
         return self._patches().sample(batch_size, grid, generator, device)
 
 
-def _every_patch_loss(model, x_t: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, patch_size: int,
-                      **how) -> torch.Tensor:
+def _every_patch_loss(
+    model, x_t: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, patch_size: int, **how
+) -> torch.Tensor:
     """eps-MSE on every patch of a network that predicts every position ((B, N, p*p*C) or (B, C, H, W))."""
     from .diffusion import mdsm_loss
 
@@ -72,17 +90,23 @@ class MaskDiT(_PatchDrawn):
     tuning")."""
 
     strategy: Literal["maskdit"] = Field("maskdit", description="Masking strategy: MaskDiT's encoder-decoder.")
-    rate: float = Field(0.5, ge=0.0, lt=1.0, description="Fraction of patches dropped before the backbone (the "
-                        "paper: 0.5).")
+    rate: float = Field(
+        0.5, ge=0.0, lt=1.0, description="Fraction of patches dropped before the backbone (the paper: 0.5)."
+    )
     decoder_depth: int = Field(2, ge=1, le=64, description="Transformer blocks of the decoder, on every position.")
-    mae_coef: float = Field(0.1, ge=0.0, description="Weight of the MAE term: the masked patches' MSE against the "
-                            "noisy input normalised per patch (the paper: 0.1; 0 leaves MaskDM's loss).")
+    mae_coef: float = Field(
+        0.1,
+        ge=0.0,
+        description="Weight of the MAE term: the masked patches' MSE against the "
+        "noisy input normalised per patch (the paper: 0.1; 0 leaves MaskDM's loss).",
+    )
 
     def network(self) -> dict[str, int]:
         return {"decoder_depth": self.decoder_depth}
 
-    def loss(self, model, x_t: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, keep: torch.Tensor,
-             patch_size: int) -> torch.Tensor:
+    def loss(
+        self, model, x_t: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, keep: torch.Tensor, patch_size: int
+    ) -> torch.Tensor:
         pred = model(x_t, t, keep)  # (B, N, p*p*C): every position
         return maskdit_loss(pred, noise, x_t, keep, patch_size, self.mae_coef)
 
@@ -93,8 +117,9 @@ class DeferredMasking(_PatchDrawn):
     of the network for fine-tuning."""
 
     strategy: Literal["deferred"] = Field("deferred", description="Masking strategy: a patch-mixer, then the drop.")
-    rate: float = Field(0.75, ge=0.0, lt=1.0, description="Fraction of patches dropped after the mixer (the "
-                        "paper: 0.75).")
+    rate: float = Field(
+        0.75, ge=0.0, lt=1.0, description="Fraction of patches dropped after the mixer (the paper: 0.75)."
+    )
     mixer_depth: int = Field(2, ge=1, le=64, description="Transformer blocks of the patch-mixer, on every token.")
 
     def network(self) -> dict[str, int]:
@@ -105,13 +130,23 @@ class TokenRouting(_PatchDrawn):
     """Token routing (TREAD, Krause et al., ICCV 2025): a random share of the patch tokens skips the middle of the
     backbone and is put back after it; nothing leaves the loss and no parameters are added."""
 
-    strategy: Literal["routing"] = Field("routing", description="Masking strategy: tokens routed past the middle "
-                                         "blocks.")
-    rate: float = Field(0.5, ge=0.0, lt=1.0, description="Selection rate: the fraction of patch tokens that skip "
-                        "the routed span (the paper: 0.5).")
-    route_from: int = Field(1, ge=0, le=64, description="The routed span: in-blocks from this index on, the "
-                            "mid-block and the out-blocks that mirror them (0: every block; depth // 2: the "
-                            "mid-block alone).")
+    strategy: Literal["routing"] = Field(
+        "routing", description="Masking strategy: tokens routed past the middle blocks."
+    )
+    rate: float = Field(
+        0.5,
+        ge=0.0,
+        lt=1.0,
+        description="Selection rate: the fraction of patch tokens that skip the routed span (the paper: 0.5).",
+    )
+    route_from: int = Field(
+        1,
+        ge=0,
+        le=64,
+        description="The routed span: in-blocks from this index on, the "
+        "mid-block and the out-blocks that mirror them (0: every block; depth // 2: the "
+        "mid-block alone).",
+    )
 
     def network(self) -> dict[str, int]:
         return {"route_from": self.route_from}
@@ -119,14 +154,17 @@ class TokenRouting(_PatchDrawn):
     def check_fits(self, grid: int, depth: int, preset: str) -> None:
         super().check_fits(grid, depth, preset)
         if self.route_from > depth // 2:
-            raise ValueError(f"route_from {self.route_from} is past the {depth // 2} in-blocks of {preset} "
-                             f"(depth {depth}); use 0 to {depth // 2}")
+            raise ValueError(
+                f"route_from {self.route_from} is past the {depth // 2} in-blocks of {preset} "
+                f"(depth {depth}); use 0 to {depth // 2}"
+            )
 
     def tokens(self, grid: int) -> TokenCounts:
         return TokenCounts(grid * grid, self.keep_count(grid))
 
-    def loss(self, model, x_t: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, keep: torch.Tensor,
-             patch_size: int) -> torch.Tensor:
+    def loss(
+        self, model, x_t: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, keep: torch.Tensor, patch_size: int
+    ) -> torch.Tensor:
         return _every_patch_loss(model, x_t, t, noise, patch_size, route_idx=keep)  # (B, C, H, W) vs all the noise
 
 
@@ -137,28 +175,38 @@ class Sprint(_PatchDrawn):
     decoder on every position; loss on every patch. Encoder, fusion and decoder stay part of the network for
     fine-tuning and sampling, which run the same network on every token."""
 
-    strategy: Literal["sprint"] = Field("sprint", description="Masking strategy: SPRINT's sparse-dense residual "
-                                        "fusion.")
-    rate: float = Field(0.75, ge=0.0, lt=1.0, description="Fraction of patches dropped before the backbone (the "
-                        "paper: 0.75).")
-    encoder_depth: int = Field(2, ge=1, le=64, description="Dense encoder blocks on every token before the drop (the "
-                               "paper: 2).")
-    decoder_depth: int = Field(2, ge=1, le=64, description="Decoder blocks on every position after the fusion (the "
-                               "paper: 2).")
+    strategy: Literal["sprint"] = Field(
+        "sprint", description="Masking strategy: SPRINT's sparse-dense residual fusion."
+    )
+    rate: float = Field(
+        0.75, ge=0.0, lt=1.0, description="Fraction of patches dropped before the backbone (the paper: 0.75)."
+    )
+    encoder_depth: int = Field(
+        2, ge=1, le=64, description="Dense encoder blocks on every token before the drop (the paper: 2)."
+    )
+    decoder_depth: int = Field(
+        2, ge=1, le=64, description="Decoder blocks on every position after the fusion (the paper: 2)."
+    )
 
     def network(self) -> dict[str, int]:
         return {"mixer_depth": self.encoder_depth, "fusion_depth": self.decoder_depth}
 
-    def loss(self, model, x_t: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, keep: torch.Tensor,
-             patch_size: int) -> torch.Tensor:
+    def loss(
+        self, model, x_t: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, keep: torch.Tensor, patch_size: int
+    ) -> torch.Tensor:
         return _every_patch_loss(model, x_t, t, noise, patch_size, keep_idx=keep)  # (B, N, p*p*C) vs all the noise
 
 
-STRATEGIES: dict[str, type[MaskStrategy]] = {cls.name: cls for cls in (PatchMask, BlockMask, CropMask, MaskDiT,
-                                                                        DeferredMasking, TokenRouting, Sprint)}
+STRATEGIES: dict[str, type[MaskStrategy]] = {
+    cls.name: cls for cls in (PatchMask, BlockMask, CropMask, MaskDiT, DeferredMasking, TokenRouting, Sprint)
+}
 """Registry: every ``mask.strategy`` a spec may name, mapped to its class."""
 
-MaskConfig = Annotated[Union[tuple(STRATEGIES.values())], Field(discriminator="strategy")]
+if TYPE_CHECKING:
+    MaskConfig = MaskStrategy  # what every member of the union below is, for the type checker
+else:
+    # built from the registry, so it is not spelled as `A | B | ...` (which the type checker could read)
+    MaskConfig = Annotated[Union[tuple(STRATEGIES.values())], Field(discriminator="strategy")]  # noqa: UP007
 """The spec's ``mask`` section: one of the registered strategies, chosen by its ``strategy`` tag."""
 
 
@@ -174,8 +222,11 @@ def build_strategy(strategy: str, **params) -> MaskStrategy:
 def strategy_from_columns(columns: Mapping[str, Any]) -> MaskStrategy | None:
     """The strategy of a ``trials.parquet`` row's mask columns (``mask_strategy``, ``mask_rate``, ...; a missing
     value as None or NaN); None for the baseline, an unknown strategy or columns that do not make a valid one."""
-    knobs = {key[len("mask_"):]: value for key, value in columns.items()
-             if key.startswith("mask_") and value is not None and value == value}  # NaN != NaN
+    knobs = {
+        key[len("mask_") :]: value
+        for key, value in columns.items()
+        if key.startswith("mask_") and value is not None and value == value
+    }  # NaN != NaN
     name = knobs.pop("strategy", None)
     cls = STRATEGIES.get(name) if isinstance(name, str) else None
     if cls is None:
@@ -196,8 +247,15 @@ def token_counts(strategy: MaskStrategy, grid: int) -> TokenCounts:
     return strategy.tokens(grid)
 
 
-def training_loss(strategy: MaskStrategy | None, model, x_t: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
-                  keep: torch.Tensor | None, patch_size: int) -> torch.Tensor:
+def training_loss(
+    strategy: MaskStrategy | None,
+    model,
+    x_t: torch.Tensor,
+    t: torch.Tensor,
+    noise: torch.Tensor,
+    keep: torch.Tensor | None,
+    patch_size: int,
+) -> torch.Tensor:
     """The loss of one masked (``keep``: (B, K) from ``strategy.sample``) or unmasked (``keep`` None) batch.
 
     ``model``: the U-ViT or a wrapper of it (DDP, ``torch.compile``), called as the U-ViT.
@@ -209,8 +267,9 @@ def training_loss(strategy: MaskStrategy | None, model, x_t: torch.Tensor, t: to
     return mdsm_loss(model(x_t, t, keep), noise, patch_size, keep)  # plain DSM
 
 
-def maskdit_loss(pred: torch.Tensor, noise: torch.Tensor, x_t: torch.Tensor, keep: torch.Tensor, patch_size: int,
-                 mae_coef: float) -> torch.Tensor:
+def maskdit_loss(
+    pred: torch.Tensor, noise: torch.Tensor, x_t: torch.Tensor, keep: torch.Tensor, patch_size: int, mae_coef: float
+) -> torch.Tensor:
     """MaskDiT's loss: eps-MSE on the visible patches + ``mae_coef`` x the MAE term on the masked ones.
 
     pred: (B, N, p*p*C) the network's output at every position; noise, x_t: (B, C, H, W); keep: (B, K). The MAE

@@ -12,9 +12,23 @@ from .frechet import FeatureStats, StatsAccumulator, frechet_distance
 from .inception import FIDWeightsNotFound, InceptionBackend, fid_inception_architecture, resolve_inception_weights
 
 __all__ = [
-    "FID_BACKENDS", "DigitsClassifierBackend", "FeatureBackend", "FIDWeightsNotFound", "InceptionBackend",
-    "build_fid_backend", "digits_classifier_accuracy", "feature_flops_per_image", "RECOGNISABLE_CONFIDENCE",
-    "fid_inception_architecture", "resolve_inception_weights",
-    "FIDProtocol", "fid", "reference_stats", "reference_stats_path", "stats_of_images", "FeatureStats",
-    "StatsAccumulator", "frechet_distance",
+    "FID_BACKENDS",
+    "RECOGNISABLE_CONFIDENCE",
+    "DigitsClassifierBackend",
+    "FIDProtocol",
+    "FIDWeightsNotFound",
+    "FeatureBackend",
+    "FeatureStats",
+    "InceptionBackend",
+    "StatsAccumulator",
+    "build_fid_backend",
+    "digits_classifier_accuracy",
+    "feature_flops_per_image",
+    "fid",
+    "fid_inception_architecture",
+    "frechet_distance",
+    "reference_stats",
+    "reference_stats_path",
+    "resolve_inception_weights",
+    "stats_of_images",
 ]

@@ -13,8 +13,9 @@ backends do not import this module: they satisfy :class:`FeatureBackend` by shap
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 
@@ -46,8 +47,9 @@ def feature_flops_per_image(name: str) -> int:
     return int(FID_BACKENDS[name].flops_per_image)  # type: ignore[attr-defined]
 
 
-def build_fid_backend(name: str, weights: Path | str | None = None,
-                      device: str | torch.device = "cpu") -> FeatureBackend:
+def build_fid_backend(
+    name: str, weights: Path | str | None = None, device: str | torch.device = "cpu"
+) -> FeatureBackend:
     """The backend registered as ``name`` (``weights``: a file to load instead of the default)."""
     if name not in FID_BACKENDS:
         raise ValueError(f"unknown FID backend {name!r}; choose one of {sorted(FID_BACKENDS)}")

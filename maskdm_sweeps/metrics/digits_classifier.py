@@ -97,8 +97,12 @@ def digits_split() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tens
     x = torch.from_numpy(bunch.images).float().unsqueeze(1) / 8.0 - 1.0  # (1797, 1, 8, 8)
     x = F.interpolate(x, size=(DIGITS_SIZE, DIGITS_SIZE), mode="bilinear", align_corners=False)
     y = torch.from_numpy(bunch.target).long()
-    train, test = train_test_split(np.arange(len(y)), test_size=DIGITS_RECIPE["test_fraction"],
-                                   random_state=DIGITS_RECIPE["split_seed"], stratify=bunch.target)
+    train, test = train_test_split(
+        np.arange(len(y)),
+        test_size=DIGITS_RECIPE["test_fraction"],
+        random_state=DIGITS_RECIPE["split_seed"],
+        stratify=bunch.target,
+    )
     train, test = torch.from_numpy(train), torch.from_numpy(test)
     return x[train], y[train], x[test], y[test]
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable
 
 import torch
 
@@ -20,8 +20,9 @@ from .backend import FeatureBackend
 from .frechet import FeatureStats, StatsAccumulator, frechet_distance
 
 
-def stats_of_images(images: torch.Tensor | Iterable[torch.Tensor], backend: FeatureBackend,
-                    batch_size: int = 256) -> FeatureStats:
+def stats_of_images(
+    images: torch.Tensor | Iterable[torch.Tensor], backend: FeatureBackend, batch_size: int = 256
+) -> FeatureStats:
     """Feature statistics of images: one tensor ``(N, C, H, W)`` or an iterable of ``(B, C, H, W)`` batches.
 
     Float images are in [-1, 1]; uint8 images (0..255) are converted with ``x / 127.5 - 1``. An iterable lets a
@@ -53,15 +54,21 @@ def reference_key(dataset_key: str, backend: FeatureBackend, images_shape: tuple
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def reference_stats_path(dataset_key: str, backend: FeatureBackend, images_shape: tuple[int, ...],
-                         cache_dir: Path | None = None) -> Path:
+def reference_stats_path(
+    dataset_key: str, backend: FeatureBackend, images_shape: tuple[int, ...], cache_dir: Path | None = None
+) -> Path:
     """Where :func:`reference_stats` keeps these statistics: ``<cache>/fid_stats/<backend>-<key>.npz``."""
     root = cache_dir if cache_dir is not None else default_cache_dir()
     return root / "fid_stats" / f"{backend.name}-{reference_key(dataset_key, backend, images_shape)}.npz"
 
 
-def reference_stats(images_uint8: torch.Tensor, dataset_key: str, backend: FeatureBackend,
-                    cache_dir: Path | None = None, batch_size: int = 256) -> FeatureStats:
+def reference_stats(
+    images_uint8: torch.Tensor,
+    dataset_key: str,
+    backend: FeatureBackend,
+    cache_dir: Path | None = None,
+    batch_size: int = 256,
+) -> FeatureStats:
     """Statistics of the real images ``(N, C, H, W)`` uint8, computed once and then read from the cache.
 
     ``dataset_key`` names the data (e.g. ``"digits:train:16"``): it is trusted, not hashed from pixels, because
@@ -73,8 +80,15 @@ def reference_stats(images_uint8: torch.Tensor, dataset_key: str, backend: Featu
     if path.is_file():
         return FeatureStats.load(path)
     stats = stats_of_images(images_uint8, backend, batch_size)
-    stats.save(path, meta={"dataset_key": dataset_key, "backend": backend.name, "identity": backend.identity,
-                           "shape": "x".join(map(str, images_uint8.shape))})
+    stats.save(
+        path,
+        meta={
+            "dataset_key": dataset_key,
+            "backend": backend.name,
+            "identity": backend.identity,
+            "shape": "x".join(map(str, images_uint8.shape)),
+        },
+    )
     return stats
 
 

@@ -73,8 +73,9 @@ class FeatureStats:
     @classmethod
     def load(cls, path: Path) -> FeatureStats:
         with np.load(Path(path), allow_pickle=False) as data:
-            return cls(mean=data["mean"].astype(np.float64), cov=data["cov"].astype(np.float64),
-                       count=int(data["count"]))
+            return cls(
+                mean=data["mean"].astype(np.float64), cov=data["cov"].astype(np.float64), count=int(data["count"])
+            )
 
 
 class StatsAccumulator:

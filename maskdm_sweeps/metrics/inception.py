@@ -158,10 +158,25 @@ class PytorchFIDPool3(nn.Module):
         super().__init__()
         i: Any = inception  # torchvision's Inception3 (untyped): its blocks are attributes
         self.blocks = nn.Sequential(
-            i.Conv2d_1a_3x3, i.Conv2d_2a_3x3, i.Conv2d_2b_3x3, nn.MaxPool2d(kernel_size=3, stride=2),
-            i.Conv2d_3b_1x1, i.Conv2d_4a_3x3, nn.MaxPool2d(kernel_size=3, stride=2),
-            i.Mixed_5b, i.Mixed_5c, i.Mixed_5d, i.Mixed_6a, i.Mixed_6b, i.Mixed_6c, i.Mixed_6d, i.Mixed_6e,
-            i.Mixed_7a, i.Mixed_7b, i.Mixed_7c, nn.AdaptiveAvgPool2d(output_size=(1, 1)),
+            i.Conv2d_1a_3x3,
+            i.Conv2d_2a_3x3,
+            i.Conv2d_2b_3x3,
+            nn.MaxPool2d(kernel_size=3, stride=2),
+            i.Conv2d_3b_1x1,
+            i.Conv2d_4a_3x3,
+            nn.MaxPool2d(kernel_size=3, stride=2),
+            i.Mixed_5b,
+            i.Mixed_5c,
+            i.Mixed_5d,
+            i.Mixed_6a,
+            i.Mixed_6b,
+            i.Mixed_6c,
+            i.Mixed_6d,
+            i.Mixed_6e,
+            i.Mixed_7a,
+            i.Mixed_7b,
+            i.Mixed_7c,
+            nn.AdaptiveAvgPool2d(output_size=(1, 1)),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ the 256 levels a saved PNG would hold (samples and the uint8 reference set then 
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

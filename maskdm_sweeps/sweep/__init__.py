@@ -9,8 +9,14 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-_HOME = {"read_events": "events", "SweepOutcome": "outcome", "init_ray": "ray_setup", "run_sweep": "runner",
-         "ClusterTooSmall": "ray_setup", "SweepStorageError": "failures"}
+_HOME = {
+    "read_events": "events",
+    "SweepOutcome": "outcome",
+    "init_ray": "ray_setup",
+    "run_sweep": "runner",
+    "ClusterTooSmall": "ray_setup",
+    "SweepStorageError": "failures",
+}
 
 __all__ = list(_HOME)
 
@@ -18,7 +24,8 @@ if TYPE_CHECKING:
     from .events import read_events as read_events
     from .failures import SweepStorageError as SweepStorageError
     from .outcome import SweepOutcome as SweepOutcome
-    from .ray_setup import ClusterTooSmall as ClusterTooSmall, init_ray as init_ray
+    from .ray_setup import ClusterTooSmall as ClusterTooSmall
+    from .ray_setup import init_ray as init_ray
     from .runner import run_sweep as run_sweep
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..sweepspec.expand import SweepPlan, TrialPlan, set_dotted
 from ..trainer import Reporter

@@ -62,8 +62,11 @@ def images_per_second(config: TrialConfig, effective_rate: float) -> float:
         return float(np.interp(effective_rate, rates, [table[r] for r in rates]))
     ref = "uvit-s2-cifar32"
     mc = config.model_config_resolved()
-    per_image = flops_per_image(mc, effective_rate) if measured else \
-        train_flops_per_step(config, "pretrain") / config.pretrain.batch_size
+    per_image = (
+        flops_per_image(mc, effective_rate)
+        if measured
+        else train_flops_per_step(config, "pretrain") / config.pretrain.batch_size
+    )
     speedup = flops_per_image(MODEL_PRESETS[ref], 0.0) / per_image
     # small or heavily masked steps are launch-bound on a GPU: fewer FLOPs buy at most 2x (measured: 10x -> 1.7x)
     return REFERENCE_IMAGES_PER_SECOND[ref][0.0] * min(speedup, 2.0)

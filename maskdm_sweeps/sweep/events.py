@@ -23,4 +23,4 @@ def read_events(sweep_dir: Path, since_invocation: int | None = None) -> list[di
     if since_invocation is None:
         return events
     starts = [i for i, e in enumerate(events) if e.get("event") == "invocation" and e.get("number") == since_invocation]
-    return events[starts[-1]:] if starts else []
+    return events[starts[-1] :] if starts else []

@@ -85,20 +85,28 @@ def invocation_events(sweep_dir: Path) -> list[dict]:
     """The events of the newest ``run``/``resume`` of the sweep (the one running, in a trial process)."""
     events = read_events(sweep_dir)
     starts = [i for i, e in enumerate(events) if e.get("event") == "invocation"]
-    return events[starts[-1]:] if starts else events
+    return events[starts[-1] :] if starts else events
 
 
 def earlier_final_failure(sweep_dir: Path, stage: str, key: str) -> dict | None:
     """The ``stage_error`` event of stage run ``key`` marked ``final`` in this invocation, or None."""
-    return next((e for e in reversed(invocation_events(sweep_dir)) if e.get("event") == "stage_error"
-                 and e.get("final") and e.get("stage") == stage and e.get("key") == key), None)
+    return next(
+        (
+            e
+            for e in reversed(invocation_events(sweep_dir))
+            if e.get("event") == "stage_error" and e.get("final") and e.get("stage") == stage and e.get("key") == key
+        ),
+        None,
+    )
 
 
 def stage_storage_failure(sweep_dir: Path, since: int) -> str | None:
     """``"<file>: <reason>"`` for the first stage run that found the disk full among the events after the first
     ``since`` (those of the driver asking), or None."""
-    event = next((e for e in read_events(sweep_dir)[since:] if e.get("event") == "stage_error"
-                  and e.get("final") == "storage"), None)
+    event = next(
+        (e for e in read_events(sweep_dir)[since:] if e.get("event") == "stage_error" and e.get("final") == "storage"),
+        None,
+    )
     return f"{event['path']}: {event.get('reason') or 'No space left on device'}" if event else None
 
 

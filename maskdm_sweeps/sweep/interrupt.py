@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 from typing import Any
-import sys
-from pathlib import Path
 
 from ..layout import SweepDir
 from ..trainer import NullReporter
@@ -49,7 +49,7 @@ class InterruptHandler:
         self.requested = False
         self._previous: Callable[[int, FrameType | None], Any] | int | None = None  # signal.signal returned it
 
-    def __enter__(self) -> "InterruptHandler":
+    def __enter__(self) -> InterruptHandler:
         os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # read by Tuner.fit in this process: ours stays installed
         self._previous = signal.signal(signal.SIGINT, self._on_sigint)
         return self
@@ -63,5 +63,8 @@ class InterruptHandler:
             raise KeyboardInterrupt
         self.requested = True
         self.layout.stop_request.write_text(str(os.getpid()))
-        print("\nstopping: each running stage stops after its next checkpoint (Ctrl-C again to stop at once)",
-              file=sys.stderr, flush=True)
+        print(
+            "\nstopping: each running stage stops after its next checkpoint (Ctrl-C again to stop at once)",
+            file=sys.stderr,
+            flush=True,
+        )

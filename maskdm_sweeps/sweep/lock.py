@@ -33,8 +33,10 @@ class DriverLock:
         except BlockingIOError:
             holder = _holder(self.path)
             self._file.close()
-            raise SweepLocked(f"{layout.path} is being run by another maskdm-sweep driver ({holder}); wait for it "
-                              "to finish or stop it (Ctrl-C), then `maskdm-sweep resume` it") from None
+            raise SweepLocked(
+                f"{layout.path} is being run by another maskdm-sweep driver ({holder}); wait for it "
+                "to finish or stop it (Ctrl-C), then `maskdm-sweep resume` it"
+            ) from None
         self._file.seek(0)
         self._file.truncate()
         json.dump({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}, self._file)
@@ -45,7 +47,7 @@ class DriverLock:
             fcntl.flock(self._file, fcntl.LOCK_UN)
             self._file.close()
 
-    def __enter__(self) -> "DriverLock":
+    def __enter__(self) -> DriverLock:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -68,7 +70,7 @@ class LineLock:
         run.path.mkdir(parents=True, exist_ok=True)
         self._file = open(run.train_lock, "a+")  # noqa: SIM115 (held open for the lock: closed by __exit__)
 
-    def __enter__(self) -> "LineLock":
+    def __enter__(self) -> LineLock:
         fcntl.flock(self._file, fcntl.LOCK_EX)  # blocking; the OS releases it when a holder dies
         return self
 

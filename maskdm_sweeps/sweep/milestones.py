@@ -24,10 +24,11 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Literal
+from typing import TYPE_CHECKING, Literal
 
 from ..files import write_json
 from ..layout import StageRun, SweepDir, step_of
@@ -36,6 +37,7 @@ from ..trainer.checkpoint import list_checkpoints
 
 if TYPE_CHECKING:
     from ..sweepspec.expand import SweepPlan
+
 
 @dataclass(frozen=True)
 class LineState:
@@ -50,8 +52,8 @@ class LineState:
     kept: tuple[int, ...]
 
     @classmethod
-    def read(cls, line: Line) -> "LineState":
-        steps = [step_of(p) for p in list_checkpoints(line.checkpoints)]
+    def read(cls, line: Line) -> LineState:
+        steps = [step for step in map(step_of, list_checkpoints(line.checkpoints)) if step is not None]
         kept = tuple(line.kept())
         return cls(line.name, line.path, max(steps + list(kept), default=0), kept)
 
@@ -98,8 +100,9 @@ def read_lines(layout: SweepDir, key: str) -> list[LineState]:
     return [LineState.read(line) for line in lines_of(layout, key)]
 
 
-def plan_lines(layout: SweepDir, key: str, asked: list[int],
-               lines: list[LineState] | None = None) -> tuple[list[LineJob], dict[int, Serving]]:
+def plan_lines(
+    layout: SweepDir, key: str, asked: list[int], lines: list[LineState] | None = None
+) -> tuple[list[LineJob], dict[int, Serving]]:
     """The jobs that serve every length in ``asked`` of pre-training ``key``, and how each length is served.
 
     Lengths are taken shortest first; each is served by whichever costs the fewest new steps: a kept milestone (0);
@@ -139,8 +142,20 @@ def _cheapest_job(layout: SweepDir, key: str, length: int, lines: list[LineState
     below = [(step, line.name) for line in lines for step in line.kept if step < length]
     start, parent = max(below) if below else (0, MAIN)
     name = branch_name(start, length)
-    options.append((length - start, 2, LineJob(key, name, line_named(layout, key, name).path, start, start,
-                                               branch_from=(parent, start) if start else None)))
+    options.append(
+        (
+            length - start,
+            2,
+            LineJob(
+                key,
+                name,
+                line_named(layout, key, name).path,
+                start,
+                start,
+                branch_from=(parent, start) if start else None,
+            ),
+        )
+    )
     return min(options, key=lambda o: (o[0], o[1]))[2]
 
 
@@ -152,7 +167,7 @@ class Asking:
         token = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.files = [layout.pretrain(key).ask(n, token) for n in sorted(set(lengths))]
 
-    def __enter__(self) -> "Asking":
+    def __enter__(self) -> Asking:
         for path in self.files:
             path.parent.mkdir(parents=True, exist_ok=True)
             write_json(path, {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()})
@@ -186,7 +201,7 @@ class KeptLengths:
         return self.planned | self.main.asked_steps()
 
 
-def asks_of(plan: "SweepPlan") -> ExitStack:
+def asks_of(plan: SweepPlan) -> ExitStack:
     """The lengths of shared pre-trainings that ``plan`` needs and no line keeps yet, asked for as long as the
     returned stack is open: a sweep started beside this one that trains one of those runs keeps them on its way,
     instead of this sweep branching off the run afterwards."""

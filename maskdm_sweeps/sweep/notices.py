@@ -10,9 +10,9 @@ sweeps). In a trial process, :func:`capture_notices` turns every such warning of
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from ..layout import NOTICE_EVENT
 from .events import append_event
@@ -29,8 +29,14 @@ class NoticeHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            append_event(self.sweep_dir, NOTICE_EVENT, unit=self.unit, level=record.levelname,
-                         logger=record.name, message=record.getMessage())
+            append_event(
+                self.sweep_dir,
+                NOTICE_EVENT,
+                unit=self.unit,
+                level=record.levelname,
+                logger=record.name,
+                message=record.getMessage(),
+            )
         except Exception:  # a notice must never break training (a full disk says so elsewhere)
             self.handleError(record)
 

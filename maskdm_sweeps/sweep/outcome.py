@@ -38,14 +38,16 @@ def settle(plan: SweepPlan, outcome: SweepOutcome, invocation: int) -> None:
     """Fill in what the invocation ``invocation`` ended with, read from the sweep directory once its phases ended:
     the finished and stopped trials, the stage runs a Ctrl-C interrupted, the notices, and the results files."""
     sweep_dir = plan.sweep_dir
-    started = {e["trial_id"] for e in read_events(sweep_dir)
-               if e["event"] == "stage_start" and e["stage"] == "finetune"}
+    started = {
+        e["trial_id"] for e in read_events(sweep_dir) if e["event"] == "stage_start" and e["stage"] == "finetune"
+    }
     if plan.spec.sweep.search.method == "grid":  # a grid's trials are its plan's (an older directory may hold others)
         started &= {t.trial_id for t in plan.trials}
     outcome.finished = sorted(t for t in started | {t.trial_id for t in plan.trials} if plan.trial_finished(t))
     outcome.stopped = sorted(t for t in started if not plan.trial_finished(t) and t not in outcome.failed)
-    outcome.interrupted = [e for e in read_events(sweep_dir, since_invocation=invocation)
-                           if e["event"] == "stage_interrupted"]
+    outcome.interrupted = [
+        e for e in read_events(sweep_dir, since_invocation=invocation) if e["event"] == "stage_interrupted"
+    ]
     outcome.notices = _notices_since(plan, invocation)
     outcome.artifacts = _write_results(plan)
 
@@ -70,7 +72,8 @@ def _write_results(plan: SweepPlan) -> dict[str, Path]:
 
 def headline_metrics(plan: SweepPlan) -> dict[str, float]:
     """The speed-ups of the sweep's report, for its MLflow parent run."""
-    from ..results import headline, headline_metrics as speedups, load
+    from ..results import headline, load
+    from ..results import headline_metrics as speedups
 
     trials, curves = load(plan.sweep_dir)
     return speedups(headline(plan.sweep_dir, trials, curves)[0])

@@ -150,8 +150,9 @@ def suggest_for_trial(config: TrialConfig, card_memory_gib: float = DEFAULT_CARD
     return suggest_packing(trial_loads(config), card_memory_gib)
 
 
-def suggest_for_configs(configs: list[TrialConfig],
-                        card_memory_gib: float = DEFAULT_CARD_MEMORY_GIB) -> PackingSuggestion:
+def suggest_for_configs(
+    configs: list[TrialConfig], card_memory_gib: float = DEFAULT_CARD_MEMORY_GIB
+) -> PackingSuggestion:
     """Trials per GPU for a sweep's trials, which all run under the spec's one ``resources.gpus``."""
     return suggest_packing([load for c in configs for load in trial_loads(c)], card_memory_gib)
 

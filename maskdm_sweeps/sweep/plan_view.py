@@ -13,10 +13,16 @@ from ..sweepspec.expand import SweepPlan
 from ..sweepspec.identity import pretrain_length_shared, with_pretrain_steps
 from ..trainer.compute import TERA, stage_flops
 from ..trainer.config import Stage, TrialConfig
-from .milestones import LineJob, LineState, Serving, plan_lines, read_lines
 from .estimate import REFERENCE_GPU, parameter_count, stage_eval_gpu_hours, stage_gpu_hours
-from .packing import (GIB, MEASURED_PACKING_GPU, MEMORY_HEADROOM, suggest_for_configs, trials_per_gpu_of,
-                      trials_the_work_allows)
+from .milestones import LineJob, LineState, Serving, plan_lines, read_lines
+from .packing import (
+    GIB,
+    MEASURED_PACKING_GPU,
+    MEMORY_HEADROOM,
+    suggest_for_configs,
+    trials_per_gpu_of,
+    trials_the_work_allows,
+)
 
 
 @dataclass(frozen=True)
@@ -87,8 +93,12 @@ def stage_cost(plan: SweepPlan, config: TrialConfig, stage: Stage) -> StageCost:
     steps = (config.pretrain if stage == "pretrain" else config.finetune).steps
     train, evaluation = stage_flops(config, stage, steps)
     rate = config.effective_mask_rate if stage == "pretrain" else 0.0
-    return StageCost(train, evaluation, stage_gpu_hours(config, stage, rate) * _gpus(plan),
-                     stage_eval_gpu_hours(config, stage) * _eval_gpus(plan))
+    return StageCost(
+        train,
+        evaluation,
+        stage_gpu_hours(config, stage, rate) * _gpus(plan),
+        stage_eval_gpu_hours(config, stage) * _eval_gpus(plan),
+    )
 
 
 def line_cost(plan: SweepPlan, job: LineJob) -> StageCost:
@@ -102,8 +112,12 @@ def pretrain_jobs(plan: SweepPlan) -> dict[str, tuple[list[LineJob], dict[int, S
 
 
 def _add(costs: list[StageCost]) -> StageCost:
-    return StageCost(sum(c.train_flops for c in costs), sum(c.eval_flops for c in costs),
-                     sum(c.train_gpu_hours for c in costs), sum(c.eval_gpu_hours for c in costs))
+    return StageCost(
+        sum(c.train_flops for c in costs),
+        sum(c.eval_flops for c in costs),
+        sum(c.train_gpu_hours for c in costs),
+        sum(c.eval_gpu_hours for c in costs),
+    )
 
 
 def totals(plan: SweepPlan, jobs: dict[str, tuple[list[LineJob], dict[int, Serving]]] | None = None) -> PlanTotals:
@@ -117,13 +131,20 @@ def totals(plan: SweepPlan, jobs: dict[str, tuple[list[LineJob], dict[int, Servi
     asked = [t for t in plan.trials if t.pretrain_key]
     reused = sum(1 for key_jobs, _ in jobs.values() if not key_jobs)
     costs = _add(pre_costs + ft_costs)
-    return PlanTotals(len(plan.trials), len(plan.pretrains), reused, steps,
-                      train_gpu_hours=costs.train_gpu_hours, eval_gpu_hours=costs.eval_gpu_hours,
-                      train_flops=costs.train_flops, eval_flops=costs.eval_flops,
-                      pretrain_steps_asked=sum(t.config.pretrain.steps for t in asked),
-                      pretrain_steps_to_train=pre_steps,
-                      pretrain_asked=_add([stage_cost(plan, t.config, "pretrain") for t in asked]),
-                      pretrain_to_train=_add(pre_costs))
+    return PlanTotals(
+        len(plan.trials),
+        len(plan.pretrains),
+        reused,
+        steps,
+        train_gpu_hours=costs.train_gpu_hours,
+        eval_gpu_hours=costs.eval_gpu_hours,
+        train_flops=costs.train_flops,
+        eval_flops=costs.eval_flops,
+        pretrain_steps_asked=sum(t.config.pretrain.steps for t in asked),
+        pretrain_steps_to_train=pre_steps,
+        pretrain_asked=_add([stage_cost(plan, t.config, "pretrain") for t in asked]),
+        pretrain_to_train=_add(pre_costs),
+    )
 
 
 def format_tflops(flops: int) -> str:
@@ -150,22 +171,31 @@ def packing_line(plan: SweepPlan) -> str | None:
     if 0 < gpus < 1:
         k = trials_per_gpu_of(gpus)
         if k <= s.fit_in_memory:
-            return (f"packing: resources.gpus {gpus:g} puts {k} trials on a GPU; they fit in memory "
-                    f"({each:.1f} GiB each, {MEMORY_HEADROOM:.0%} of the card's {card:g} GiB holds {s.fit_in_memory})")
+            return (
+                f"packing: resources.gpus {gpus:g} puts {k} trials on a GPU; they fit in memory "
+                f"({each:.1f} GiB each, {MEMORY_HEADROOM:.0%} of the card's {card:g} GiB holds {s.fit_in_memory})"
+            )
         fix = f"use resources.gpus: {1 / s.fit_in_memory:.3g}" if s.fit_in_memory else "not even one fits"
-        return (f"[yellow]warning:[/] packing: resources.gpus {gpus:g} puts {k} trials on a GPU, {k} x {each:.1f} "
-                f"GiB exceeds {MEMORY_HEADROOM:.0%} of the card's {card:g} GiB; {fix} (benchmarks/README.md)")
+        return (
+            f"[yellow]warning:[/] packing: resources.gpus {gpus:g} puts {k} trials on a GPU, {k} x {each:.1f} "
+            f"GiB exceeds {MEMORY_HEADROOM:.0%} of the card's {card:g} GiB; {fix} (benchmarks/README.md)"
+        )
     if s.trials_per_gpu == 1:
         if gpus == 0:
             return None  # a CPU spec whose trials would fill a GPU anyway: nothing to suggest
-        why = ("their step fills a GPU" if trials_the_work_allows(s.flops_per_step) == 1 else
-               f"{each:.1f} GiB each leaves no room for a second in {card:g} GiB")
+        why = (
+            "their step fills a GPU"
+            if trials_the_work_allows(s.flops_per_step) == 1
+            else f"{each:.1f} GiB each leaves no room for a second in {card:g} GiB"
+        )
         return f"packing: none, one trial per GPU ({gflop:,.1f} GFLOP per step; {why})"
     where = "on GPUs, " if gpus == 0 else ""
-    return (f"packing: {where}these trials are small ({gflop:,.1f} GFLOP per step); {s.trials_per_gpu} per GPU "
-            f"(resources.gpus: {s.gpus_per_trial:g}) fit in memory ({each:.1f} GiB each) and gave "
-            f"{s.measured_speedup:.1f}x the throughput of one alone on an {MEASURED_PACKING_GPU} "
-            f"(benchmarks/README.md)")
+    return (
+        f"packing: {where}these trials are small ({gflop:,.1f} GFLOP per step); {s.trials_per_gpu} per GPU "
+        f"(resources.gpus: {s.gpus_per_trial:g}) fit in memory ({each:.1f} GiB each) and gave "
+        f"{s.measured_speedup:.1f}x the throughput of one alone on an {MEASURED_PACKING_GPU} "
+        f"(benchmarks/README.md)"
+    )
 
 
 def _length_line(n: int, serving: Serving, jobs: list[LineJob], lines: dict[str, LineState]) -> str:
@@ -176,8 +206,10 @@ def _length_line(n: int, serving: Serving, jobs: list[LineJob], lines: dict[str,
     job = next(j for j in jobs if j.unit == serving.unit)
     main = lines[MAIN]
     if job.branch_from is not None or (job.line != MAIN and job.line not in lines):
-        passed = (f"no checkpoint at {n:,}: the run is at step {main.head:,} (kept: "
-                  f"{', '.join(f'{k:,}' for k in main.kept) or 'none'}); ")
+        passed = (
+            f"no checkpoint at {n:,}: the run is at step {main.head:,} (kept: "
+            f"{', '.join(f'{k:,}' for k in main.kept) or 'none'}); "
+        )
         start = f"from the kept {job.start:,}" if job.start else "from scratch"
         return f"[yellow]{passed}a branch trains it {start}[/] ({n - job.start:,} steps)"
     if job.start:
@@ -194,9 +226,11 @@ def _pretraining_tree(plan: SweepPlan, jobs: dict[str, tuple[list[LineJob], dict
         mask = " ".join(f"{k}={v}" for k, v in c.mask.model_dump().items())
         train = sum(j.steps_to_train for j in key_jobs)
         shared = "" if pretrain_length_shared(c) else " [yellow](lr decays to the end: each length its own run)[/]"
-        node = tree.add(f"{key}  {mask} (effective {c.effective_mask_rate:.1%}), batch {c.pretrain.batch_size}, "
-                        f"seed {c.seed}: {train:,} steps to train "
-                        f"({format_tflops(sum(line_cost(plan, j).train_flops for j in key_jobs))} TFLOPs){shared}")
+        node = tree.add(
+            f"{key}  {mask} (effective {c.effective_mask_rate:.1%}), batch {c.pretrain.batch_size}, "
+            f"seed {c.seed}: {train:,} steps to train "
+            f"({format_tflops(sum(line_cost(plan, j).train_flops for j in key_jobs))} TFLOPs){shared}"
+        )
         lines = {line.name: line for line in read_lines(plan.layout, key)}
         by_length: dict[int, list[str]] = {}
         for tid, n in pre.lengths.items():
@@ -218,10 +252,12 @@ def _sharing_line(tot: PlanTotals) -> str | None:
     saved = tot.pretrain_steps_asked - tot.pretrain_steps_to_train
     if saved == 0:
         return f"pre-training: {tot.pretrain_steps_to_train:,} steps to train (no length shares a run or is kept)"
-    return (f"pre-training: {tot.pretrain_steps_to_train:,} steps to train for {tot.pretrain_steps_asked:,} asked "
-            f"(each trial its own length); sharing runs by prefix and reusing kept lengths saves {saved:,} steps, "
-            f"{format_tflops(asked.train_flops - train.train_flops)} training TFLOPs, about "
-            f"{asked.train_gpu_hours - train.train_gpu_hours:.2f} GPU-hours")
+    return (
+        f"pre-training: {tot.pretrain_steps_to_train:,} steps to train for {tot.pretrain_steps_asked:,} asked "
+        f"(each trial its own length); sharing runs by prefix and reusing kept lengths saves {saved:,} steps, "
+        f"{format_tflops(asked.train_flops - train.train_flops)} training TFLOPs, about "
+        f"{asked.train_gpu_hours - train.train_gpu_hours:.2f} GPU-hours"
+    )
 
 
 def parameter_counts(plan: SweepPlan) -> dict[tuple[str, str], int]:
@@ -229,7 +265,7 @@ def parameter_counts(plan: SweepPlan) -> dict[tuple[str, str], int]:
     strategy adds (a MaskDiT decoder, a patch-mixer) stays in the network through fine-tuning."""
     counts: dict[tuple[str, str], int] = {}
     for t in plan.trials:
-        strategy = "none" if t.is_baseline else t.config.mask.strategy
+        strategy = "none" if t.is_baseline else t.config.mask.name
         counts.setdefault((t.config.model.preset, strategy), parameter_count(t.config.model_config_resolved()))
     return counts
 
@@ -247,19 +283,38 @@ def print_plan(plan: SweepPlan, console: Console | None = None) -> PlanTotals:
     console = console or output_console()
     jobs = pretrain_jobs(plan)
     trial_table = Table(title=f"{plan.spec.name}: trials", title_justify="left")
-    for col in ("trial", "arm", "starts from (pre-training @ steps)", "fine-tune steps", "TFLOPs train / eval", "status"):
+    for col in (
+        "trial",
+        "arm",
+        "starts from (pre-training @ steps)",
+        "fine-tune steps",
+        "TFLOPs train / eval",
+        "status",
+    ):
         trial_table.add_column(col)
     labels = plan.short_labels()
     for t in plan.trials:
         done = plan.trial_finished(t.trial_id)
         start = f"{t.pretrain_key} @ {t.config.pretrain.steps:,}" if t.pretrain_key else "none (baseline)"
-        trial_table.add_row(t.trial_id, labels[t.trial_id], start, str(t.config.finetune.steps),
-                            _cost_cell(stage_cost(plan, t.config, "finetune")), "[green]finished" if done else "to run")
+        trial_table.add_row(
+            t.trial_id,
+            labels[t.trial_id],
+            start,
+            str(t.config.finetune.steps),
+            _cost_cell(stage_cost(plan, t.config, "finetune")),
+            "[green]finished" if done else "to run",
+        )
     if plan.pretrains:
         console.print(_pretraining_tree(plan, jobs))
     console.print(trial_table)
-    missing = sorted({str(d.path) for t in plan.trials for d in (t.config.data, t.config.finetune.data)
-                      if d is not None and d.path is not None and not d.path.exists()})
+    missing = sorted(
+        {
+            str(d.path)
+            for t in plan.trials
+            for d in (t.config.data, t.config.finetune.data)
+            if d is not None and d.path is not None and not d.path.exists()
+        }
+    )
     for path in missing:
         console.print(f"[yellow]note:[/] data path {path} does not exist here (`validate` and `run` require it)")
     tot = totals(plan, jobs)
@@ -284,7 +339,8 @@ def print_plan(plan: SweepPlan, console: Console | None = None) -> PlanTotals:
             f"each trial trains on {r.workers} data-parallel workers ({r.gpus:g} GPUs and {r.cpus:g} CPUs each); "
             f"batch sizes are global: {', '.join(f'{b} = {r.workers} x {b // r.workers}' for b in batches)} images "
             f"per step; GPU-hours count all {r.trial_gpus:g} GPUs of a trial, whose training wall time is about "
-            f"1/{r.workers} of one GPU's (ideal scaling); evaluation runs on one worker while the others wait")
+            f"1/{r.workers} of one GPU's (ideal scaling); evaluation runs on one worker while the others wait"
+        )
     line = packing_line(plan)
     if line:
         console.print(line)
@@ -301,36 +357,69 @@ def plan_json(plan: SweepPlan) -> dict:
     for key, pre in plan.pretrains.items():
         key_jobs, serving = jobs[key]
         c = pre.config
-        pretrainings.append({
-            "key": key, "label": plan.pretrain_label(key), "mask": c.mask.model_dump(mode="json"),
-            "effective_mask_rate": c.effective_mask_rate, "batch_size": c.pretrain.batch_size, "seed": c.seed,
-            "length_shared": pretrain_length_shared(c),
-            "steps_to_train": sum(j.steps_to_train for j in key_jobs),
-            "train_tflops_to_train": sum(line_cost(plan, j).train_flops for j in key_jobs) / TERA,
-            "lengths": [{"steps": n, "how": serving[n].how, "line": serving[n].line, "from_step": serving[n].from_step,
-                         "trials": sorted(t for t, m in pre.lengths.items() if m == n)} for n in pre.asked],
-        })
+        pretrainings.append(
+            {
+                "key": key,
+                "label": plan.pretrain_label(key),
+                "mask": c.mask.model_dump(mode="json"),
+                "effective_mask_rate": c.effective_mask_rate,
+                "batch_size": c.pretrain.batch_size,
+                "seed": c.seed,
+                "length_shared": pretrain_length_shared(c),
+                "steps_to_train": sum(j.steps_to_train for j in key_jobs),
+                "train_tflops_to_train": sum(line_cost(plan, j).train_flops for j in key_jobs) / TERA,
+                "lengths": [
+                    {
+                        "steps": n,
+                        "how": serving[n].how,
+                        "line": serving[n].line,
+                        "from_step": serving[n].from_step,
+                        "trials": sorted(t for t, m in pre.lengths.items() if m == n),
+                    }
+                    for n in pre.asked
+                ],
+            }
+        )
     trials = []
     for t in plan.trials:
         cost = stage_cost(plan, t.config, "finetune")
-        trials.append({
-            "trial_id": t.trial_id, "label": t.label, "short_label": labels[t.trial_id],
-            "assignments": t.assignments,
-            "starts_from": {"pretrain_key": t.pretrain_key, "steps": t.config.pretrain.steps} if t.pretrain_key
-            else None,
-            "finetune_steps": t.config.finetune.steps, "finetune_train_tflops": cost.train_flops / TERA,
-            "finetune_eval_tflops": cost.eval_flops / TERA,
-            "status": "finished" if plan.trial_finished(t.trial_id) else "to run",
-        })
+        trials.append(
+            {
+                "trial_id": t.trial_id,
+                "label": t.label,
+                "short_label": labels[t.trial_id],
+                "assignments": t.assignments,
+                "starts_from": {"pretrain_key": t.pretrain_key, "steps": t.config.pretrain.steps}
+                if t.pretrain_key
+                else None,
+                "finetune_steps": t.config.finetune.steps,
+                "finetune_train_tflops": cost.train_flops / TERA,
+                "finetune_eval_tflops": cost.eval_flops / TERA,
+                "status": "finished" if plan.trial_finished(t.trial_id) else "to run",
+            }
+        )
     return {
-        "sweep": plan.spec.name, "spec_hash": plan.spec_hash, "pretrainings": pretrainings, "trials": trials,
-        "totals": {"trials": tot.trials, "pretrainings": tot.pretrainings, "pretrainings_reused": tot.pretrainings_reused,
-                   "steps": tot.steps, "train_tflops": tot.train_tflops, "eval_tflops": tot.eval_tflops,
-                   "gpu_hours": tot.gpu_hours, "train_gpu_hours": tot.train_gpu_hours,
-                   "eval_gpu_hours": tot.eval_gpu_hours, "reference_gpu": REFERENCE_GPU,
-                   "pretrain_steps_asked": tot.pretrain_steps_asked,
-                   "pretrain_steps_to_train": tot.pretrain_steps_to_train},
-        "parameters": [{"preset": preset, "strategy": strategy, "parameters": n}
-                       for (preset, strategy), n in parameter_counts(plan).items()],
+        "sweep": plan.spec.name,
+        "spec_hash": plan.spec_hash,
+        "pretrainings": pretrainings,
+        "trials": trials,
+        "totals": {
+            "trials": tot.trials,
+            "pretrainings": tot.pretrainings,
+            "pretrainings_reused": tot.pretrainings_reused,
+            "steps": tot.steps,
+            "train_tflops": tot.train_tflops,
+            "eval_tflops": tot.eval_tflops,
+            "gpu_hours": tot.gpu_hours,
+            "train_gpu_hours": tot.train_gpu_hours,
+            "eval_gpu_hours": tot.eval_gpu_hours,
+            "reference_gpu": REFERENCE_GPU,
+            "pretrain_steps_asked": tot.pretrain_steps_asked,
+            "pretrain_steps_to_train": tot.pretrain_steps_to_train,
+        },
+        "parameters": [
+            {"preset": preset, "strategy": strategy, "parameters": n}
+            for (preset, strategy), n in parameter_counts(plan).items()
+        ],
         "packing": packing_line(plan),
     }

@@ -20,10 +20,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ray import tune
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
-from ray import tune
 
 from ..layout import NOTICE_EVENT
 from .notices import notice_line
@@ -84,7 +84,7 @@ class SweepProgress:
                 chunk = f.read()
         except OSError:
             return []
-        whole = chunk[:chunk.rfind(b"\n") + 1]  # a line being written stays for the next poll
+        whole = chunk[: chunk.rfind(b"\n") + 1]  # a line being written stays for the next poll
         self.offset += len(whole)
         out = []
         for line in whole.decode(errors="replace").splitlines():
@@ -108,10 +108,16 @@ class SweepProgress:
             return None
         ident = (stage, key)
         if kind == "stage_start":
-            run = StageRunState(stage, key, self._label(stage, key), int(e.get("from_step", 0)),
-                                int(e.get("to_step", 0)), int(e.get("from_step", 0)),
-                                flops_per_step=self.flops_per_step.get((stage, str(e.get("trial_id"))), 0.0),
-                                eval_flops=self.eval_flops.get((stage, str(e.get("trial_id"))), 0.0))
+            run = StageRunState(
+                stage,
+                key,
+                self._label(stage, key),
+                int(e.get("from_step", 0)),
+                int(e.get("to_step", 0)),
+                int(e.get("from_step", 0)),
+                flops_per_step=self.flops_per_step.get((stage, str(e.get("trial_id"))), 0.0),
+                eval_flops=self.eval_flops.get((stage, str(e.get("trial_id"))), 0.0),
+            )
             self.runs[ident] = run
             if stage == "finetune":  # the plan counted the whole fine-tuning; its steps before from_step are done
                 self.work_flops -= run.from_step * run.flops_per_step
@@ -165,9 +171,10 @@ class SweepProgress:
         """Compute done by this invocation: each stage run's steps since it (re)started x its FLOPs per step, plus
         the evaluations it reported."""
         train = sum((r.step - r.from_step) * r.flops_per_step for r in self.runs.values())
-        evaluation = sum(r.eval_flops if r.status == "done" else
-                         self.eval_flops_done.get(k, 0.0) - self.eval_flops_first.get(k, 0.0)
-                         for k, r in self.runs.items())
+        evaluation = sum(
+            r.eval_flops if r.status == "done" else self.eval_flops_done.get(k, 0.0) - self.eval_flops_first.get(k, 0.0)
+            for k, r in self.runs.items()
+        )
         return train + evaluation
 
     def eta_seconds(self, now: float | None = None) -> float | None:
@@ -192,10 +199,12 @@ class SweepProgress:
         eta = self.eta_seconds(now)
         done = self.flops_done()
         left = "ETA measuring" if eta is None else f"ETA {format_seconds(eta)}"
-        return (f"status {time.strftime('%H:%M:%S', time.localtime(now or time.time()))} · {c['running']} running, "
-                f"{c['done']} done, {c['failed']} failed · {self.images_per_second():,.0f} img/s · {left} "
-                f"({done / 1e12:.3g} of {self.work_flops / 1e12:.3g} TFLOPs done, "
-                f"{format_seconds((now or time.time()) - self.started)} elapsed)")
+        return (
+            f"status {time.strftime('%H:%M:%S', time.localtime(now or time.time()))} · {c['running']} running, "
+            f"{c['done']} done, {c['failed']} failed · {self.images_per_second():,.0f} img/s · {left} "
+            f"({done / 1e12:.3g} of {self.work_flops / 1e12:.3g} TFLOPs done, "
+            f"{format_seconds((now or time.time()) - self.started)} elapsed)"
+        )
 
 
 def format_seconds(seconds: float) -> str:
@@ -271,8 +280,9 @@ class LiveTable(_Follows):
     """On a terminal: the stage runs as a live table (step of how many, loss, FID, status) under a title with the
     ETA. ``stop_request``: the sweep's Ctrl-C marker (a stage that ends while it exists shows as ``stopped``)."""
 
-    def __init__(self, title: str, progress: SweepProgress, console: Console | None = None,
-                 stop_request: Path | None = None):
+    def __init__(
+        self, title: str, progress: SweepProgress, console: Console | None = None, stop_request: Path | None = None
+    ):
         self.title, self.progress, self.stop_request = title, progress, stop_request
         self.console = console
         self.live: Live | None = None
@@ -289,8 +299,9 @@ class LiveTable(_Follows):
         for run in self.progress.runs.values():
             share = f" {run.step / run.to_step:4.0%}" if run.to_step else ""
             status = {"done": "done", "failed": "[red]failed", "stopped": "[yellow]stopped"}.get(run.status, "running")
-            table.add_row(run.label, run.stage, f"{run.step:,}/{run.to_step:,}{share}", _fmt(run.loss), _fmt(run.fid),
-                          status)
+            table.add_row(
+                run.label, run.stage, f"{run.step:,}/{run.to_step:,}{share}", _fmt(run.loss), _fmt(run.fid), status
+            )
         return table
 
     def update(self) -> None:
@@ -332,8 +343,14 @@ def sweep_progress(plan) -> SweepProgress:
         pre = tot.pretrain_to_train
         pretraining = float(pre.train_flops + pre.eval_flops) if pre else 0.0
         work = pretraining + (work - pretraining) * search.num_samples
-    return SweepProgress(plan.layout.events, work, plan.short_labels(),
-                         {key: plan.pretrain_label(key) for key in plan.pretrains}, flops, evaluation)
+    return SweepProgress(
+        plan.layout.events,
+        work,
+        plan.short_labels(),
+        {key: plan.pretrain_label(key) for key in plan.pretrains},
+        flops,
+        evaluation,
+    )
 
 
 def progress_callbacks(ctx, title: str) -> list:

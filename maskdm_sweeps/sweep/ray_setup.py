@@ -25,8 +25,13 @@ def init_ray(address: str | None = None) -> None:
         return
     env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
     env["RAY_AUTH_MODE"] = "disabled"
-    ray.init(address=address or os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=False,
-             configure_logging=False, runtime_env={"env_vars": env})
+    ray.init(
+        address=address or os.environ.get("RAY_ADDRESS"),
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+        runtime_env={"env_vars": env},
+    )
 
 
 class ClusterTooSmall(ValueError):
@@ -39,12 +44,16 @@ def check_resources(plan: SweepPlan) -> None:
 
     r, total = plan.spec.resources, ray.cluster_resources()
     if r.gpus > 0 and total.get("GPU", 0) == 0:
-        raise ClusterTooSmall(f"resources.gpus is {r.gpus} but the Ray cluster has no GPU; run with --smoke for a "
-                              "CPU run, or --set resources.gpus=0")
+        raise ClusterTooSmall(
+            f"resources.gpus is {r.gpus} but the Ray cluster has no GPU; run with --smoke for a "
+            "CPU run, or --set resources.gpus=0"
+        )
     if r.trial_gpus > total.get("GPU", 0) or r.trial_cpus > total.get("CPU", 0):
         workers = f" ({r.workers} workers of {r.cpus} CPUs and {r.gpus} GPUs)" if r.workers > 1 else ""
-        raise ClusterTooSmall(f"a trial asks for {r.trial_cpus} CPUs and {r.trial_gpus} GPUs{workers}; the cluster "
-                              f"has {total.get('CPU', 0)} CPUs and {total.get('GPU', 0)} GPUs")
+        raise ClusterTooSmall(
+            f"a trial asks for {r.trial_cpus} CPUs and {r.trial_gpus} GPUs{workers}; the cluster "
+            f"has {total.get('CPU', 0)} CPUs and {total.get('GPU', 0)} GPUs"
+        )
 
 
 def trial_resources(plan: SweepPlan) -> dict[str, float]:

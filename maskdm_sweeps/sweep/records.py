@@ -21,9 +21,11 @@ def save_resolved_spec(plan: SweepPlan) -> Path:
     plan.sweep_dir.mkdir(parents=True, exist_ok=True)
     data = spec_content(plan.spec.model_dump(mode="json"))
     path = plan.layout.resolved_spec
-    path.write_text(f"# resolved spec of sweep {plan.spec.name} (hash {plan.spec_hash}, recorded in {PLAN_FILE})\n"
-                    f"# {LOCATION_FIELD}: the folder above this sweep directory, wherever it is\n"
-                    + yaml.safe_dump(data, sort_keys=False))
+    path.write_text(
+        f"# resolved spec of sweep {plan.spec.name} (hash {plan.spec_hash}, recorded in {PLAN_FILE})\n"
+        f"# {LOCATION_FIELD}: the folder above this sweep directory, wherever it is\n"
+        + yaml.safe_dump(data, sort_keys=False)
+    )
     write_json(plan.layout.plan_file, plan_summary(plan))
     return path
 
@@ -31,11 +33,23 @@ def save_resolved_spec(plan: SweepPlan) -> Path:
 def plan_summary(plan: SweepPlan) -> dict[str, Any]:
     """What ``plan.json`` holds: the spec's hash, the trials and the shared pre-trainings."""
     return {
-        "sweep": plan.spec.name, "spec_hash": plan.spec_hash, "spec_hash_of": SPEC_HASH_OF,
-        "trials": [{"trial_id": t.trial_id, "label": t.label, "assignments": t.assignments,
-                    "pretrain_key": t.pretrain_key, "pretrain_steps": t.config.pretrain.steps} for t in plan.trials],
-        "pretrains": {k: {"trial_ids": p.trial_ids, "lengths": p.lengths, "reused": plan.pretrain_finished(k)}
-                      for k, p in plan.pretrains.items()},
+        "sweep": plan.spec.name,
+        "spec_hash": plan.spec_hash,
+        "spec_hash_of": SPEC_HASH_OF,
+        "trials": [
+            {
+                "trial_id": t.trial_id,
+                "label": t.label,
+                "assignments": t.assignments,
+                "pretrain_key": t.pretrain_key,
+                "pretrain_steps": t.config.pretrain.steps,
+            }
+            for t in plan.trials
+        ],
+        "pretrains": {
+            k: {"trial_ids": p.trial_ids, "lengths": p.lengths, "reused": plan.pretrain_finished(k)}
+            for k, p in plan.pretrains.items()
+        },
     }
 
 

@@ -9,8 +9,8 @@ readable one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..files import write_json
 from ..lines import unit_key
@@ -33,9 +33,14 @@ from .trainable import first_phase_trainable, trial_trainable
 from .tune_phase import grid, phase_errors, run_phase, scheduler, search_space, searcher
 
 
-def run_sweep(plan: SweepPlan, address: str | None = None, resume: bool = False, track: bool = True,
-              reporters: Callable[[TrialPlan, str, Path, int], list[Reporter]] | None = None,
-              status_every: float = STATUS_EVERY_SECONDS) -> SweepOutcome:
+def run_sweep(
+    plan: SweepPlan,
+    address: str | None = None,
+    resume: bool = False,
+    track: bool = True,
+    reporters: Callable[[TrialPlan, str, Path, int], list[Reporter]] | None = None,
+    status_every: float = STATUS_EVERY_SECONDS,
+) -> SweepOutcome:
     """Run (or resume) every unfinished stage run of ``plan``; returns what finished and what failed.
 
     ``track``: record a parent MLflow run for this invocation and a nested child run per stage run.
@@ -56,9 +61,14 @@ def run_sweep(plan: SweepPlan, address: str | None = None, resume: bool = False,
     return outcome
 
 
-def _run_locked(plan: SweepPlan, address: str | None, resume: bool, track: bool,
-                reporters: Callable[[TrialPlan, str, Path, int], list[Reporter]] | None,
-                status_every: float = STATUS_EVERY_SECONDS) -> SweepOutcome:
+def _run_locked(
+    plan: SweepPlan,
+    address: str | None,
+    resume: bool,
+    track: bool,
+    reporters: Callable[[TrialPlan, str, Path, int], list[Reporter]] | None,
+    status_every: float = STATUS_EVERY_SECONDS,
+) -> SweepOutcome:
     init_ray(address)
     check_resources(plan)
     save_resolved_spec(plan)
@@ -94,8 +104,9 @@ def _run_locked(plan: SweepPlan, address: str | None, resume: bool, track: bool,
     return outcome
 
 
-def _run_phases(plan: SweepPlan, ctx: SweepContext, outcome: SweepOutcome, last: dict, experiments: dict,
-                stop: InterruptHandler) -> None:
+def _run_phases(
+    plan: SweepPlan, ctx: SweepContext, outcome: SweepOutcome, last: dict, experiments: dict, stop: InterruptHandler
+) -> None:
     """Phase 1 (shared pre-trainings, with the baselines beside them) and phase 2 (the trials); a stop request
     (the first Ctrl-C) ends after the phase that was running."""
     search = plan.spec.sweep.search
@@ -104,16 +115,23 @@ def _run_phases(plan: SweepPlan, ctx: SweepContext, outcome: SweepOutcome, last:
         outcome.reused = [t.trial_id for t in plan.trials if plan.trial_finished(t.trial_id)]
 
     # one unit per line of a pre-training run to train (the main line, or a branch): see sweep/milestones.py
-    pending_pretrains = [job.unit for key, pre in plan.pretrains.items()
-                         for job in plan_lines(plan.layout, key, pre.asked)[0]] if not pretrain_inside else []
+    pending_pretrains = (
+        [job.unit for key, pre in plan.pretrains.items() for job in plan_lines(plan.layout, key, pre.asked)[0]]
+        if not pretrain_inside
+        else []
+    )
     # Trials without a pre-training (the baseline) run beside the pre-trainings, unless a search or a scheduler
     # needs every trial in one Tune run.
-    alongside = [t.trial_id for t in plan.trials if not t.pretrain_key and not plan.trial_finished(t.trial_id)] \
-        if pending_pretrains and search.method == "grid" and plan.spec.sweep.scheduler.type == "none" else []
+    alongside = (
+        [t.trial_id for t in plan.trials if not t.pretrain_key and not plan.trial_finished(t.trial_id)]
+        if pending_pretrains and search.method == "grid" and plan.spec.sweep.scheduler.type == "none"
+        else []
+    )
     if pending_pretrains:
         # a grid needs no Tune state to resume: the pending units are listed afresh, each resumes its checkpoint
-        results = run_phase(experiments["pretrain"], first_phase_trainable,
-                            {"unit": grid(pending_pretrains + alongside)}, ctx, None)
+        results = run_phase(
+            experiments["pretrain"], first_phase_trainable, {"unit": grid(pending_pretrains + alongside)}, ctx, None
+        )
         outcome.failed.update(phase_errors(results, "unit"))
     if stop.requested:
         outcome.killed = True
@@ -145,7 +163,8 @@ def _run_phases(plan: SweepPlan, ctx: SweepContext, outcome: SweepOutcome, last:
     if space is not None and todo:
         # a search resumes its searcher's state (the trials it proposed); a grid lists the unfinished trials afresh
         resume_path = plan.layout.tune / last["trials"] if "trials" in last and search.method != "grid" else None
-        results = run_phase(experiments["trials"], trial_trainable, space, ctx, resume_path, samples,
-                            searcher(plan), scheduler(plan))
+        results = run_phase(
+            experiments["trials"], trial_trainable, space, ctx, resume_path, samples, searcher(plan), scheduler(plan)
+        )
         outcome.failed.update(phase_errors(results, "trial_id"))
     outcome.killed = stop.requested

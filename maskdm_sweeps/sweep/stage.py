@@ -7,8 +7,8 @@ its own ``report``).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Container
 from pathlib import Path
-from typing import Callable, Container
 
 from ray import tune
 
@@ -30,8 +30,9 @@ class TuneReporter(NullReporter):
 
     def metrics(self, step: int, values: dict[str, float]) -> None:
         self.latest.update(values)
-        self.report({**self.latest, "step": step, "stage": self.stage, "maskdm_trial": self.trial_id,
-                     "maskdm_key": self.key})  # the stage run: the trial id, or a pre-training line's unit
+        self.report(
+            {**self.latest, "step": step, "stage": self.stage, "maskdm_trial": self.trial_id, "maskdm_key": self.key}
+        )  # the stage run: the trial id, or a pre-training line's unit
 
 
 def stage_cost(resources, result: StageResult) -> dict[str, float]:
@@ -39,15 +40,26 @@ def stage_cost(resources, result: StageResult) -> dict[str, float]:
     spec's billing rule (``ResourcesConfig.gpus_billed`` / ``devices_billed``), as ``trials.parquet`` counts them;
     and its compute in TFLOPs (training and evaluation apart), counted from the config by the trainer."""
     wall_seconds = result.wall_seconds
-    return {"cost/wall_seconds": wall_seconds,
-            "cost/device_hours": wall_seconds * resources.devices_billed / 3600.0,
-            "cost/gpu_hours": wall_seconds * resources.gpus_billed / 3600.0,
-            "cost/train_tflops": result.train_tflops, "cost/eval_tflops": result.eval_tflops}
+    return {
+        "cost/wall_seconds": wall_seconds,
+        "cost/device_hours": wall_seconds * resources.devices_billed / 3600.0,
+        "cost/gpu_hours": wall_seconds * resources.gpus_billed / 3600.0,
+        "cost/train_tflops": result.train_tflops,
+        "cost/eval_tflops": result.eval_tflops,
+    }
 
 
-def train_stage(ctx: SweepContext, trial: TrialPlan, stage: str, stage_dir: Path, init: Path | None, rank: int = 0,
-                report: Callable[[dict], None] | None = None, milestones: Container[int] = (),
-                key: str = "") -> StageResult:
+def train_stage(
+    ctx: SweepContext,
+    trial: TrialPlan,
+    stage: str,
+    stage_dir: Path,
+    init: Path | None,
+    rank: int = 0,
+    report: Callable[[dict], None] | None = None,
+    milestones: Container[int] = (),
+    key: str = "",
+) -> StageResult:
     """One rank's part of a stage run through the shared trainer (rank 0 of one: the whole run).
 
     Every rank reports to the context's ``rank_reporters`` first (see :func:`~maskdm_sweeps.sweep.run_sweep`), then
@@ -64,8 +76,9 @@ def train_stage(ctx: SweepContext, trial: TrialPlan, stage: str, stage_dir: Path
             reporters += ctx.extra_reporters(trial, stage, stage_dir)
         reporters.append(StopRequestReporter(ctx.plan.layout, stage))  # last: the others see the checkpoint first
     try:
-        result = fit(trial.config, stage, stage_dir, MultiReporter(*reporters), init_checkpoint=init,
-                     milestones=milestones)
+        result = fit(
+            trial.config, stage, stage_dir, MultiReporter(*reporters), init_checkpoint=init, milestones=milestones
+        )
     except StageInterrupted:
         finish_reporters(reporters, "KILLED")
         raise

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Container, Iterable
 from contextlib import suppress
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Container, Iterable
+from typing import Any
 
 from ..files import read_json, write_json
 from ..layout import StageRun
@@ -21,8 +22,15 @@ from ..lines import Line, keeping_line, line_named, main_line, unit_key
 from ..sweepspec.expand import TrialPlan
 from ..sweepspec.identity import with_pretrain_steps
 from ..trainer import TrainingDiverged, load_latest_checkpoint
-from ..trainer.checkpoint import (SET_ASIDE_SUFFIX, UnusableState, checkpoint_path, keep_state, recorded_sha256,
-                                  set_aside, verify_state)
+from ..trainer.checkpoint import (
+    SET_ASIDE_SUFFIX,
+    UnusableState,
+    checkpoint_path,
+    keep_state,
+    recorded_sha256,
+    set_aside,
+    verify_state,
+)
 from .context import SweepContext
 from .events import append_event
 from .failures import NotRetried, earlier_final_failure, final_fields
@@ -36,8 +44,15 @@ from .workers import StageJob, run_stage_on_workers
 log = logging.getLogger(__name__)
 
 
-def run_stage(ctx: SweepContext, trial: TrialPlan, stage: str, stage_dir: Path, init: Path | None,
-              key: str, milestones: tuple[int, ...] = ()) -> Path:
+def run_stage(
+    ctx: SweepContext,
+    trial: TrialPlan,
+    stage: str,
+    stage_dir: Path,
+    init: Path | None,
+    key: str,
+    milestones: tuple[int, ...] = (),
+) -> Path:
     """Run (or resume, or skip when finished) one stage run; returns its final checkpoint.
 
     One worker trains in this process; several (``resources.workers > 1``) in a Ray Train group (see ``workers``).
@@ -51,19 +66,31 @@ def run_stage(ctx: SweepContext, trial: TrialPlan, stage: str, stage_dir: Path, 
     """
     run = StageRun(stage_dir)
     done = read_json(run.result) if run.finished() else None
-    if done is not None and (stage == "finetune" or (done["steps"] >= trial.config.pretrain.steps
-                                                     and set(milestones) <= set(run.milestone_steps()))):
+    if done is not None and (
+        stage == "finetune"
+        or (done["steps"] >= trial.config.pretrain.steps and set(milestones) <= set(run.milestone_steps()))
+    ):
         return run.result_checkpoint(done)
     if run.diverged.exists():  # training is deterministic: a retry would diverge at the same step
         raise TrainingDiverged((read_json(run.diverged) or {}).get("error", "the loss diverged"))
     sweep_dir = ctx.plan.sweep_dir
     earlier = earlier_final_failure(sweep_dir, stage, key)
     if earlier is not None:  # Tune's retry of a stage that met unusable data or a full disk: it would again
-        raise NotRetried(f"{earlier.get('error')} (not retried: it failed so earlier in this run, and a retry cannot fix that)")
+        raise NotRetried(
+            f"{earlier.get('error')} (not retried: it failed so earlier in this run, and a retry cannot fix that)"
+        )
     resumed = load_latest_checkpoint(run.checkpoints)
-    append_event(sweep_dir, "stage_start", stage=stage, trial_id=trial.trial_id, key=key,
-                 from_step=resumed[0]["step"] if resumed else 0, pid=os.getpid(),
-                 to_step=getattr(trial.config, stage).steps, **({"milestones": list(milestones)} if milestones else {}))
+    append_event(
+        sweep_dir,
+        "stage_start",
+        stage=stage,
+        trial_id=trial.trial_id,
+        key=key,
+        from_step=resumed[0]["step"] if resumed else 0,
+        pid=os.getpid(),
+        to_step=getattr(trial.config, stage).steps,
+        **({"milestones": list(milestones)} if milestones else {}),
+    )
     keeps: Container[int] = milestones
     if stage == "pretrain" and trial.pretrain_key is not None:
         keeps = KeptLengths(main_line(ctx.plan.layout, trial.pretrain_key), milestones)
@@ -81,8 +108,15 @@ def run_stage(ctx: SweepContext, trial: TrialPlan, stage: str, stage_dir: Path, 
         if isinstance(err, TrainingDiverged):
             write_json(run.diverged, {"error": str(err)})
         with suppress(OSError):  # on a full disk the event may not fit either: the stage's own error is raised
-            append_event(sweep_dir, "stage_error", stage=stage, trial_id=trial.trial_id, key=key,
-                         error=f"{type(err).__name__}: {err}"[:500], **final_fields(err, stage_dir))
+            append_event(
+                sweep_dir,
+                "stage_error",
+                stage=stage,
+                trial_id=trial.trial_id,
+                key=key,
+                error=f"{type(err).__name__}: {err}"[:500],
+                **final_fields(err, stage_dir),
+            )
         raise
     _stage_done(ctx, trial, stage, key, result)
     return run.result_checkpoint(result)
@@ -91,9 +125,18 @@ def run_stage(ctx: SweepContext, trial: TrialPlan, stage: str, stage_dir: Path, 
 def _stage_done(ctx: SweepContext, trial: TrialPlan, stage: str, key: str, result: dict) -> None:
     import ray
 
-    append_event(ctx.plan.sweep_dir, "stage_done", stage=stage, trial_id=trial.trial_id, key=key,
-                 steps=result["steps"], fid=result["fid"], node_id=ray.get_runtime_context().get_node_id(),
-                 stopped_early=result["stopped_early"], workers=result.get("workers", 1))
+    append_event(
+        ctx.plan.sweep_dir,
+        "stage_done",
+        stage=stage,
+        trial_id=trial.trial_id,
+        key=key,
+        steps=result["steps"],
+        fid=result["fid"],
+        node_id=ray.get_runtime_context().get_node_id(),
+        stopped_early=result["stopped_early"],
+        workers=result.get("workers", 1),
+    )
 
 
 def first_phase_trainable(params: dict[str, Any], ctx: SweepContext) -> None:
@@ -129,11 +172,12 @@ def serve_pretraining(ctx: SweepContext, trial: TrialPlan, asked: Iterable[int] 
     # asked first: a process training the line now keeps this length on its way, so the wait below ends served
     with Asking(layout, key, [length]):
         while not _intact(keeping_line(layout, key, length), length):
-            job = _job_serving(layout, key, length, asked)
+            job = _job_serving(layout, key, length, lengths)
             if job is None:
                 continue  # kept meanwhile (checked above)
-            if job.branch_from is not None and not _intact(line_named(layout, key, job.branch_from[0]),
-                                                           job.branch_from[1]):
+            if job.branch_from is not None and not _intact(
+                line_named(layout, key, job.branch_from[0]), job.branch_from[1]
+            ):
                 continue  # the state it would start from was corrupt: set aside, plan again
             with LineLock(StageRun(job.path)):  # blocks while another process trains this line
                 again = _job_serving(layout, key, length, lengths)
@@ -170,8 +214,14 @@ def _intact(line: Line | None, step: int) -> bool:
         except UnusableState as bad:
             if bad.bad_bytes:
                 set_aside(path)
-                log.warning("pre-training milestone %s is unusable: %s; set aside as %s%s, step %d is trained again",
-                            path, bad.problem, path.name, SET_ASIDE_SUFFIX, step)
+                log.warning(
+                    "pre-training milestone %s is unusable: %s; set aside as %s%s, step %d is trained again",
+                    path,
+                    bad.problem,
+                    path.name,
+                    SET_ASIDE_SUFFIX,
+                    step,
+                )
             return False
 
 
@@ -198,7 +248,7 @@ def start_branch(layout, job: LineJob) -> None:
     branch.start_from(parent, step)
 
 
-class _stops_quietly:  # noqa: N801 (used like a function: ``with _stops_quietly():``)
+class _stops_quietly:
     """A stage stopped on request ends its Tune trial normally: no error, so no retry (``resume`` continues it).
 
     A ``StopIteration`` is turned into an error: Ray's runner thread takes it for a normal end and drops the trial's
@@ -230,6 +280,8 @@ def trial_trainable(params: dict[str, Any], ctx: SweepContext) -> None:
             shared = plan.pretrains.get(trial.pretrain_key)
             init = serve_pretraining(ctx, trial, shared.asked if shared else ())
             # the state it starts from, by the digest of its bytes (the fine-tuning checks the file against it)
-            write_json(layout.manifest(trial.trial_id), {**manifest, "pretrain_checkpoint": str(init),
-                                                          "pretrain_sha256": recorded_sha256(init)})
+            write_json(
+                layout.manifest(trial.trial_id),
+                {**manifest, "pretrain_checkpoint": str(init), "pretrain_sha256": recorded_sha256(init)},
+            )
         run_stage(ctx, trial, "finetune", layout.finetune(trial.trial_id).path, init, trial.trial_id)

@@ -35,8 +35,14 @@ def scheduler(plan: SweepPlan):
 
     # ASHA stops any trial that reaches max_t: one past the last step lets the survivors finish (and save) themselves
     max_t = max(t.config.finetune.steps for t in plan.trials) + 1
-    return ASHAScheduler(time_attr="step", metric=s.metric, mode=s.mode, max_t=max_t,
-                         grace_period=min(s.grace_period, max_t), reduction_factor=s.reduction_factor)
+    return ASHAScheduler(
+        time_attr="step",
+        metric=s.metric,
+        mode=s.mode,
+        max_t=max_t,
+        grace_period=min(s.grace_period, max_t),
+        reduction_factor=s.reduction_factor,
+    )
 
 
 def searcher(plan: SweepPlan):
@@ -46,8 +52,9 @@ def searcher(plan: SweepPlan):
         import optuna
         from ray.tune.search.optuna import OptunaSearch
 
-        return OptunaSearch(metric=search.metric, mode=search.mode,
-                            sampler=optuna.samplers.TPESampler(seed=search.seed))
+        return OptunaSearch(
+            metric=search.metric, mode=search.mode, sampler=optuna.samplers.TPESampler(seed=search.seed)
+        )
     if search.method == "random":
         from ray.tune.search import BasicVariantGenerator
 
@@ -62,8 +69,16 @@ def grid(values: list[str]):
     return tune.grid_search(values)
 
 
-def run_phase(name: str, trainable, param_space: dict, ctx: SweepContext, resume_path: Path | None,
-              num_samples: int = 1, search=None, schedule=None):
+def run_phase(
+    name: str,
+    trainable,
+    param_space: dict,
+    ctx: SweepContext,
+    resume_path: Path | None,
+    num_samples: int = 1,
+    search=None,
+    schedule=None,
+):
     """Run one phase as the Tune experiment ``name`` under the sweep's ``tune/`` (restored from ``resume_path`` when
     it can be); returns Tune's result grid."""
     from ray import tune
@@ -75,10 +90,15 @@ def run_phase(name: str, trainable, param_space: dict, ctx: SweepContext, resume
         tuner = tune.Tuner(
             fn,
             param_space=param_space,
-            tune_config=tune.TuneConfig(num_samples=num_samples, search_alg=search, scheduler=schedule,
-                                        max_concurrent_trials=max_concurrent_trials(ctx.plan)),
+            tune_config=tune.TuneConfig(
+                num_samples=num_samples,
+                search_alg=search,
+                scheduler=schedule,
+                max_concurrent_trials=max_concurrent_trials(ctx.plan),
+            ),
             run_config=tune.RunConfig(
-                name=name, storage_path=str(ctx.plan.layout.tune),
+                name=name,
+                storage_path=str(ctx.plan.layout.tune),
                 failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
                 callbacks=progress_callbacks(ctx, f"{spec.name}: {name}"),
                 verbose=0,
@@ -97,8 +117,11 @@ def _restored(resume_path: Path | None, fn):
     try:
         return tune.Tuner.restore(str(resume_path), fn, resume_unfinished=True, resume_errored=True)
     except Exception as err:  # a half-written experiment state: lose the searcher's memory, not the sweep
-        print(f"note: Ray Tune's state at {resume_path} is unreadable ({type(err).__name__}); starting the phase "
-              "afresh (finished stage runs are kept)", file=sys.stderr)
+        print(
+            f"note: Ray Tune's state at {resume_path} is unreadable ({type(err).__name__}); starting the phase "
+            "afresh (finished stage runs are kept)",
+            file=sys.stderr,
+        )
         return None
 
 

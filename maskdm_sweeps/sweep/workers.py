@@ -86,9 +86,25 @@ def _stage_worker(config: dict) -> None:
         torch.cuda.set_device(ray.train.torch.get_device())  # "cuda" below then means this worker's GPU
     if rank == 0:
         newest = list_checkpoints(StageRun(job.stage_dir).checkpoints)
-        append_event(ctx.plan.sweep_dir, "worker_group_start", stage=stage, trial_id=trial.trial_id, key=job.key,
-                     workers=ctx.plan.spec.resources.workers, pid=os.getpid(),
-                     newest_checkpoint=newest[-1].name if newest else None)
+        append_event(
+            ctx.plan.sweep_dir,
+            "worker_group_start",
+            stage=stage,
+            trial_id=trial.trial_id,
+            key=job.key,
+            workers=ctx.plan.spec.resources.workers,
+            pid=os.getpid(),
+            newest_checkpoint=newest[-1].name if newest else None,
+        )
     with capture_notices(ctx.plan.sweep_dir, job.key if rank == 0 else f"{job.key} (rank {rank})"):
-        train_stage(ctx, trial, stage, job.stage_dir, job.init, rank, report=ray.train.report,
-                    milestones=job.milestones, key=job.key)
+        train_stage(
+            ctx,
+            trial,
+            stage,
+            job.stage_dir,
+            job.init,
+            rank,
+            report=ray.train.report,
+            milestones=job.milestones,
+            key=job.key,
+        )

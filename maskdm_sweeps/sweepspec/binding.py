@@ -10,7 +10,7 @@ spec edited by hand (:func:`load_sweep_dir`); ``run --replace`` moves the old di
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +34,14 @@ class SpecChanged(SweepDirError):
             shown.append(f"  ... and {len(changes) - SHOWN_CHANGES} more")
         super().__init__(
             f"{sweep_dir} holds sweep {name} run with another spec (hash {old}); this one (hash {new}) changes:\n"
-            + "\n".join(shown) + "\n"
+            + "\n".join(shown)
+            + "\n"
             f"Running it there would mix the trials of both specs in one report. Either\n"
             f"  - give it a new name, e.g. --set name={name}-2 (shared pre-trainings are reused), or another "
             "output_dir, or\n"
             f"  - run it with --replace: {sweep_dir} is moved aside to {name}.replaced-<UTC time>/ beside it, and "
-            "this spec starts afresh there (nothing is deleted; shared pre-trainings are reused)")
+            "this spec starts afresh there (nothing is deleted; shared pre-trainings are reused)"
+        )
 
 
 class NotASweepDir(SweepDirError):
@@ -55,9 +57,14 @@ def spec_changes(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, A
     in the old spec's order; lists compare whole, values as their JSON (``1`` is not ``1.0``, as in the hash)."""
     if isinstance(old, dict) and isinstance(new, dict):
         keys = list(old) + [k for k in new if k not in old]
-        return [change for key in keys
-                for change in spec_changes(old.get(key, ABSENT), new.get(key, ABSENT), f"{prefix}{key}.")]
-    same = old is not ABSENT and new is not ABSENT and json.dumps(old, sort_keys=True) == json.dumps(new, sort_keys=True)
+        return [
+            change
+            for key in keys
+            for change in spec_changes(old.get(key, ABSENT), new.get(key, ABSENT), f"{prefix}{key}.")
+        ]
+    same = (
+        old is not ABSENT and new is not ABSENT and json.dumps(old, sort_keys=True) == json.dumps(new, sort_keys=True)
+    )
     return [] if same else [(prefix.rstrip("."), old, new)]
 
 
@@ -69,8 +76,10 @@ def read_bound_spec(sweep: SweepDir) -> dict:
     try:
         data, _, _ = read_mapping(sweep.resolved_spec)
     except SpecError as err:
-        raise SweepDirError(f"{sweep.resolved_spec} cannot be read, so what {sweep.path} holds is unknown:\n{err}\n"
-                            "Run under a new name, or with --replace to move the directory aside") from None
+        raise SweepDirError(
+            f"{sweep.resolved_spec} cannot be read, so what {sweep.path} holds is unknown:\n{err}\n"
+            "Run under a new name, or with --replace to move the directory aside"
+        ) from None
     verify_spec_hash(sweep, data)
     return data
 
@@ -79,8 +88,9 @@ def _resolved(sweep: SweepDir, data: dict) -> dict:
     """A held spec as this version resolves it (its defaults filled in, as a new spec's are), or as it is written
     when it no longer validates."""
     try:
-        spec = validate(SweepSpec, {**data, "output_dir": str(sweep.root)}, {}, str(sweep.resolved_spec),
-                        check_paths=False)
+        spec = validate(
+            SweepSpec, {**data, "output_dir": str(sweep.root)}, {}, str(sweep.resolved_spec), check_paths=False
+        )
     except SpecError:
         return data
     return spec.model_dump(mode="json")
@@ -96,8 +106,9 @@ def check_binding(plan: SweepPlan) -> None:
     if spec_hash(held) == plan.spec_hash:
         return
     new = plan.spec.model_dump(mode="json")
-    raise SpecChanged(sweep.path, plan.spec.name, spec_changes(spec_content(held), spec_content(new)),
-                      spec_hash(held), plan.spec_hash)
+    raise SpecChanged(
+        sweep.path, plan.spec.name, spec_changes(spec_content(held), spec_content(new)), spec_hash(held), plan.spec_hash
+    )
 
 
 def load_sweep_dir(sweep_dir: Path, check_paths: bool = True) -> SweepPlan:
@@ -113,8 +124,10 @@ def load_sweep_dir(sweep_dir: Path, check_paths: bool = True) -> SweepPlan:
     data, lines, _ = read_mapping(sweep.resolved_spec)
     verify_spec_hash(sweep, data)
     if data.get("name") != sweep.name:
-        raise NotASweepDir(f"{sweep_dir} holds sweep {data.get('name')!r}: a sweep directory keeps its sweep's name "
-                           f"(rename it back to {data.get('name')})")
+        raise NotASweepDir(
+            f"{sweep_dir} holds sweep {data.get('name')!r}: a sweep directory keeps its sweep's name "
+            f"(rename it back to {data.get('name')})"
+        )
     located = {**data, "output_dir": str(sweep.root)}  # a location written by an older version is ignored
     return plan_of(located, lines, str(sweep.resolved_spec), check_paths=check_paths)
 
@@ -122,7 +135,7 @@ def load_sweep_dir(sweep_dir: Path, check_paths: bool = True) -> SweepPlan:
 def move_aside(sweep: SweepDir, now: datetime | None = None) -> Path:
     """Rename a sweep directory to ``<name>.replaced-<UTC time>`` beside it; returns the new path. Its shared
     pre-trainings stay in the results root's ``_pretrain/``, where the next sweep finds them."""
-    stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
     target, n = sweep.replaced(stamp), 1
     while target.exists():  # two replacements within a second
         target, n = sweep.replaced(f"{stamp}-{n}"), n + 1

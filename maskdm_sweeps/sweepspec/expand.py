@@ -10,9 +10,9 @@ from __future__ import annotations
 import copy
 import itertools
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -23,12 +23,20 @@ from ..naming import distinct, short_label
 from ..spec_hash import spec_hash
 from ..trainer.compute import train_flops_per_step
 from ..trainer.config import TrialConfig
-from .identity import (BASELINE_IGNORED_SECTIONS, affects_pretraining, arm_of, mask_columns, mask_section,
-                       pretrain_key, pretrain_length_shared, trial_id, trial_label)
+from .identity import (
+    BASELINE_IGNORED_SECTIONS,
+    affects_pretraining,
+    arm_of,
+    mask_columns,
+    mask_section,
+    pretrain_key,
+    pretrain_length_shared,
+    trial_id,
+    trial_label,
+)
 from .loading import Problem, SpecError, problems_from_validation, read_mapping, validate
 from .schema import SweepSpec
 from .smoke import smoke_spec
-
 
 
 @dataclass(frozen=True)
@@ -40,7 +48,7 @@ class TrialPlan:
     pretrain_key: str | None  # None for the baseline
 
     @classmethod
-    def of(cls, config: TrialConfig, assignments: dict[str, Any]) -> "TrialPlan":
+    def of(cls, config: TrialConfig, assignments: dict[str, Any]) -> TrialPlan:
         """The trial of a resolved config: its id and pre-training key from the config's stage hashes."""
         return cls(trial_id(config), trial_label(assignments), assignments, config, pretrain_key(config))
 
@@ -65,11 +73,21 @@ class TrialPlan:
         (``resources``: the spec's), and its resolved config."""
         mask = mask_section(self.config)
         return {
-            "trial_id": self.trial_id, "label": self.label, "short_label": self.short_label, "arm": arm_of(mask),
-            "mask_columns": mask_columns(mask), "assignments": self.assignments, "spec_hash": spec_hash,
-            "pretrain_key": self.pretrain_key, "effective_mask_rate": self.config.effective_mask_rate,
-            "resources": {"device": resources.device, "workers": resources.workers,
-                          "gpus_billed": resources.gpus_billed, "devices_billed": resources.devices_billed},
+            "trial_id": self.trial_id,
+            "label": self.label,
+            "short_label": self.short_label,
+            "arm": arm_of(mask),
+            "mask_columns": mask_columns(mask),
+            "assignments": self.assignments,
+            "spec_hash": spec_hash,
+            "pretrain_key": self.pretrain_key,
+            "effective_mask_rate": self.config.effective_mask_rate,
+            "resources": {
+                "device": resources.device,
+                "workers": resources.workers,
+                "gpus_billed": resources.gpus_billed,
+                "devices_billed": resources.devices_billed,
+            },
             "config": self.config.model_dump(mode="json"),
         }
 
@@ -87,7 +105,6 @@ class PretrainPlan:
     def asked(self) -> list[int]:
         """The lengths asked for, ascending, each once."""
         return sorted(set(self.lengths.values()))
-
 
 
 @dataclass
@@ -122,8 +139,11 @@ class SweepPlan:
         it (its length aside when the run serves several)."""
         pre = self.pretrains[key]
         first = next(t for t in self.trials if t.trial_id == pre.trial_ids[0])
-        shaping = {k: v for k, v in first.assignments.items()
-                   if affects_pretraining(k) and not (k == "pretrain.steps" and pretrain_length_shared(pre.config))}
+        shaping = {
+            k: v
+            for k, v in first.assignments.items()
+            if affects_pretraining(k) and not (k == "pretrain.steps" and pretrain_length_shared(pre.config))
+        }
         return "pretrain " + short_label(shaping, pre.config.mask.model_dump(), pre.config.seed)
 
     def pretrain_finished(self, key: str) -> bool:
@@ -181,7 +201,7 @@ def grid_points(spec: SweepSpec) -> list[dict[str, Any]]:
     if s.baseline:
         baselines = []
         for p in points:
-            kept = {k: v for k, v in p.items() if k.split('.')[0] not in BASELINE_IGNORED_SECTIONS}
+            kept = {k: v for k, v in p.items() if k.split(".")[0] not in BASELINE_IGNORED_SECTIONS}
             baselines.append({"baseline": True, **kept})
         points += baselines
     return points
@@ -193,8 +213,9 @@ def _check_keys(spec: SweepSpec, lines: dict, source: str) -> None:
         for key in getattr(spec.sweep, section):
             if not is_known_key(key):
                 path: tuple[str, ...] = ("sweep", section, key)
-                problems.append(Problem(".".join(path), "unknown trial-config field (check the spelling)",
-                                        lines.get(path), source))
+                problems.append(
+                    Problem(".".join(path), "unknown trial-config field (check the spelling)", lines.get(path), source)
+                )
     for key in spec.sweep.search.space:
         if not is_known_key(key):
             path = ("sweep", "search", "space", key)
@@ -219,8 +240,14 @@ def _culprit(problem: Problem, assignments: dict[str, Any]) -> str:
     return related[0] if related else next(iter(assignments), "seed")
 
 
-def resolve_trial(spec: SweepSpec, point: dict[str, Any], lines: dict, source: str,
-                  check_paths: bool = True, baseline_finetune_steps: int | None = None) -> TrialPlan:
+def resolve_trial(
+    spec: SweepSpec,
+    point: dict[str, Any],
+    lines: dict,
+    source: str,
+    check_paths: bool = True,
+    baseline_finetune_steps: int | None = None,
+) -> TrialPlan:
     """One grid point -> a validated trial; errors point at the axis that produced the bad value.
 
     ``baseline_finetune_steps``: the fine-tuning length of a baseline point (an equal-compute baseline's).
@@ -240,8 +267,14 @@ def resolve_trial(spec: SweepSpec, point: dict[str, Any], lines: dict, source: s
         for p in problems_from_validation(err, data, {}, source):
             axis_path, line = _axis_line(_culprit(p, assignments), spec, lines)
             value = assignments.get(axis_path[-1]) if axis_path[1] in ("axes", "zip") else point.get("seed")
-            problems.append(Problem(".".join(axis_path), f"value {value!r} gives an invalid trial: "
-                                    f"{p.path or 'config'}: {p.message}", line, source))
+            problems.append(
+                Problem(
+                    ".".join(axis_path),
+                    f"value {value!r} gives an invalid trial: {p.path or 'config'}: {p.message}",
+                    line,
+                    source,
+                )
+            )
         raise SpecError(problems) from None
     if point.get("baseline"):
         assignments = {"baseline": True, **assignments}
@@ -258,6 +291,7 @@ def _shares_baseline_settings(trial: TrialPlan, point: dict[str, Any]) -> bool:
 def equal_compute_steps(spec: SweepSpec, point: dict[str, Any], arms: list[TrialPlan]) -> int | None:
     """Fine-tuning steps that give a baseline point the training FLOPs of its most expensive arm (its whole
     pre-training plus its fine-tuning), rounded up; None (keep ``finetune.steps``) when it has no masked arm."""
+
     def cost(config: TrialConfig) -> int:
         return sum(getattr(config, stage).steps * train_flops_per_step(config, stage) for stage in config.stages())
 
@@ -284,15 +318,23 @@ def _check_batches_split(spec: SweepSpec, trials: list[TrialPlan], lines: dict, 
             else:
                 path = ("base", stage, "batch_size")
                 line = lines.get(path) or lines.get(("resources", "workers"))
-            problems.setdefault(".".join(path), Problem(
-                ".".join(path), f"{key} {batch} does not split evenly over resources.workers = {workers}: the batch "
-                f"is the global batch of all workers; use a multiple of {workers}", line, source))
+            problems.setdefault(
+                ".".join(path),
+                Problem(
+                    ".".join(path),
+                    f"{key} {batch} does not split evenly over resources.workers = {workers}: the batch "
+                    f"is the global batch of all workers; use a multiple of {workers}",
+                    line,
+                    source,
+                ),
+            )
     if problems:
         raise SpecError(list(problems.values()))
 
 
-def build_plan(spec: SweepSpec, lines: dict | None = None, source: str = "", spec_hash: str = "",
-               check_paths: bool = True) -> SweepPlan:
+def build_plan(
+    spec: SweepSpec, lines: dict | None = None, source: str = "", spec_hash: str = "", check_paths: bool = True
+) -> SweepPlan:
     """Expand a validated spec into trials and shared pre-trainings; raises :class:`SpecError` on bad axes."""
     lines = lines or {}
     _check_keys(spec, lines, source)

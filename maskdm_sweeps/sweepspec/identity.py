@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from ..naming import mask_arm_name
 
@@ -88,6 +89,7 @@ def trial_label(assignments: Mapping[str, Any]) -> str:
     Sections print as ``k=v/k=v``; sampled floats with 3 significant digits (``finetune.lr=0.000123``). It is the
     ``label`` of ``trials.parquet``, of ``plan.json`` and of the trial's MLflow run (tag ``label``).
     """
+
     def short(v):
         if isinstance(v, dict):
             return "/".join(f"{k}={x}" for k, x in v.items())

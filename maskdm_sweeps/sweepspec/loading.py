@@ -7,9 +7,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import yaml
@@ -86,8 +86,13 @@ def _expanded_size_and_depth(node: yaml.Node) -> tuple[int, int]:
         current, children_done = stack.pop()
         if id(current) in memo:
             continue
-        children = ([v for kv in current.value for v in kv] if isinstance(current, yaml.MappingNode)
-                    else list(current.value) if isinstance(current, yaml.SequenceNode) else [])
+        children = (
+            [v for kv in current.value for v in kv]
+            if isinstance(current, yaml.MappingNode)
+            else list(current.value)
+            if isinstance(current, yaml.SequenceNode)
+            else []
+        )
         if children_done or not children:
             size = 1 + sum(memo.get(id(c), (0, 0))[0] for c in children)
             depth = 1 + max((memo.get(id(c), (0, 0))[1] for c in children), default=0)
@@ -164,13 +169,17 @@ def _yaml_path(loc: tuple, data: Any) -> tuple:
     """Turn a pydantic error location into a path through the YAML data (dropping union tags like 'patch')."""
     path, node = [], data
     for part in loc:
-        if isinstance(node, dict) and part in node:
+        if (isinstance(node, dict) and part in node) or (
+            isinstance(node, list) and isinstance(part, int) and part < len(node)
+        ):
             path.append(part)
             node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
-            path.append(part)
-            node = node[part]
-        elif isinstance(node, (dict, list)) and isinstance(part, str) and "[" not in part and part not in ("function-after",):
+        elif (
+            isinstance(node, (dict, list))
+            and isinstance(part, str)
+            and "[" not in part
+            and part not in ("function-after",)
+        ):
             # a tagged-union member name or a missing key: keep missing keys (they are the field), skip union tags
             if isinstance(node, dict) and node.get("strategy") == part:
                 continue
@@ -188,8 +197,9 @@ def _line_for(path: tuple, lines: dict[tuple, int]) -> int | None:
     return None
 
 
-def problems_from_validation(err: ValidationError, data: Any, lines: dict, source: str, touched=frozenset(),
-                             prefix: tuple = ()) -> list[Problem]:
+def problems_from_validation(
+    err: ValidationError, data: Any, lines: dict, source: str, touched=frozenset(), prefix: tuple = ()
+) -> list[Problem]:
     problems = []
     for e in err.errors():
         path = prefix + _yaml_path(tuple(e["loc"]), data)

@@ -28,7 +28,7 @@ class Distribution(_Strict):
     values: list[Any] | None = Field(None, description="The options of a 'choice'.")
 
     @model_validator(mode="after")
-    def _bounds(self) -> "Distribution":
+    def _bounds(self) -> Distribution:
         if self.type == "choice":
             if not self.values:
                 raise ValueError("a 'choice' needs a non-empty values list")
@@ -43,8 +43,9 @@ class SearchConfig(_Strict):
     """How trials are chosen: the full grid, random samples, or Optuna's TPE."""
 
     method: Literal["grid", "random", "optuna"] = Field(
-        "grid", description="grid: every combination of the axes; random: num_samples draws from space (times the "
-        "grid); optuna: num_samples trials proposed by a seeded TPE sampler (no grid axes)."
+        "grid",
+        description="grid: every combination of the axes; random: num_samples draws from space (times the "
+        "grid); optuna: num_samples trials proposed by a seeded TPE sampler (no grid axes).",
     )
     num_samples: int = Field(1, ge=1, description="Trials drawn by random or optuna search.")
     seed: int = Field(0, description="Seed of the random or TPE sampler.")
@@ -55,7 +56,7 @@ class SearchConfig(_Strict):
     )
 
     @model_validator(mode="after")
-    def _space_matches_method(self) -> "SearchConfig":
+    def _space_matches_method(self) -> SearchConfig:
         if self.method == "grid" and self.space:
             raise ValueError("a search space needs method 'random' or 'optuna' (grid search uses sweep.axes)")
         if self.method != "grid" and not self.space:
@@ -77,20 +78,23 @@ class SweepConfig(_Strict):
     """The axes of the question: a grid over dotted keys, zipped lists, seeds and the no-pre-training baseline."""
 
     axes: dict[str, list[Any]] = Field(
-        {}, description="Grid axes: a dotted trial-config key (mask.rate, finetune.steps) or a whole section "
-        "(mask) mapped to its values; every combination becomes a trial."
+        {},
+        description="Grid axes: a dotted trial-config key (mask.rate, finetune.steps) or a whole section "
+        "(mask) mapped to its values; every combination becomes a trial.",
     )
     zip: dict[str, list[Any]] = Field(
-        {}, description="Keys varied together (lists of equal length), e.g. pretrain.steps and finetune.steps "
-        "pairs at a fixed total; together they form one more grid axis."
+        {},
+        description="Keys varied together (lists of equal length), e.g. pretrain.steps and finetune.steps "
+        "pairs at a fixed total; together they form one more grid axis.",
     )
     seeds: list[int] = Field([0], description="Seeds; each combination is run once per seed.")
     baseline: bool | Literal["equal_steps", "equal_compute"] = Field(
-        False, description="Add the DDPM baseline (no pre-training, pretrain.steps = 0) for every combination "
+        False,
+        description="Add the DDPM baseline (no pre-training, pretrain.steps = 0) for every combination "
         "of the axes that do not concern pre-training. true or 'equal_steps': the baseline fine-tunes for "
         "finetune.steps, as the arms do; 'equal_compute': it trains for as many steps as give it the training "
         "FLOPs of the most expensive arm (pre-training and fine-tuning), so its FID-vs-compute curve spans the "
-        "whole compute axis (`plan` shows the steps)."
+        "whole compute axis (`plan` shows the steps).",
     )
     search: SearchConfig = Field(default_factory=SearchConfig, description="Grid, random or Optuna search.")
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig, description="Early stopping.")
@@ -111,7 +115,7 @@ class SweepConfig(_Strict):
         return seeds
 
     @model_validator(mode="after")
-    def _consistent(self) -> "SweepConfig":
+    def _consistent(self) -> SweepConfig:
         lengths = {len(v) for v in self.zip.values()}
         if len(lengths) > 1:
             raise ValueError(f"zip lists must have equal lengths, got {sorted(lengths)}")
@@ -131,22 +135,37 @@ class SweepConfig(_Strict):
 class ResourcesConfig(_Strict):
     """What each trial gets, and how many run at once."""
 
-    workers: int = Field(1, ge=1, description="Data-parallel workers per trial (Ray Train, PyTorch DDP: NCCL on "
-                         "GPUs, gloo on CPUs). The batch sizes stay global (split evenly over the workers, so they "
-                         "must divide by it); gpus and cpus are per worker.")
-    gpus: float = Field(1.0, ge=0, description="GPUs per trial (per worker when workers > 1: whole GPUs); "
-                        "fractions pack several trials on one GPU.")
+    workers: int = Field(
+        1,
+        ge=1,
+        description="Data-parallel workers per trial (Ray Train, PyTorch DDP: NCCL on "
+        "GPUs, gloo on CPUs). The batch sizes stay global (split evenly over the workers, so they "
+        "must divide by it); gpus and cpus are per worker.",
+    )
+    gpus: float = Field(
+        1.0,
+        ge=0,
+        description="GPUs per trial (per worker when workers > 1: whole GPUs); "
+        "fractions pack several trials on one GPU.",
+    )
     cpus: float = Field(1.0, gt=0, description="CPU cores per trial (per worker when workers > 1).")
-    max_concurrent_trials: int = Field(0, ge=0, description="Upper bound on trials running at once (0: as "
-                                       "many as the resources allow).")
-    max_failures: int = Field(1, ge=0, description="Retries of a trial whose process fails, each from its last "
-                              "checkpoint (with workers > 1: also restarts of the worker group after a worker dies).")
+    max_concurrent_trials: int = Field(
+        0, ge=0, description="Upper bound on trials running at once (0: as many as the resources allow)."
+    )
+    max_failures: int = Field(
+        1,
+        ge=0,
+        description="Retries of a trial whose process fails, each from its last "
+        "checkpoint (with workers > 1: also restarts of the worker group after a worker dies).",
+    )
 
     @model_validator(mode="after")
-    def _whole_gpus_per_worker(self) -> "ResourcesConfig":
+    def _whole_gpus_per_worker(self) -> ResourcesConfig:
         if self.workers > 1 and self.gpus != int(self.gpus):
-            raise ValueError(f"gpus must be a whole number when workers > 1 (got {self.gpus}): NCCL cannot place "
-                             "two ranks of one trial on one GPU; pack single-worker trials instead")
+            raise ValueError(
+                f"gpus must be a whole number when workers > 1 (got {self.gpus}): NCCL cannot place "
+                "two ranks of one trial on one GPU; pack single-worker trials instead"
+            )
         return self
 
     @property
@@ -179,8 +198,11 @@ class ResourcesConfig(_Strict):
 class TrackingConfig(_Strict):
     """Where runs are recorded."""
 
-    mlflow_uri: str | None = Field(None, description="MLflow tracking URI; default sqlite:///<output_dir>/mlflow.db "
-                                   "(absolute). An http:// server works the same.")
+    mlflow_uri: str | None = Field(
+        None,
+        description="MLflow tracking URI; default sqlite:///<output_dir>/mlflow.db "
+        "(absolute). An http:// server works the same.",
+    )
     experiment: str | None = Field(None, description="MLflow experiment name; default: the sweep name.")
 
 
@@ -188,11 +210,17 @@ class ReportConfig(_Strict):
     """How the report measures the speed-up of masked pre-training."""
 
     target_fid: float | list[float] | None = Field(
-        None, description="FID(s) at which the speed-up is measured: the training compute an arm needs to first "
+        None,
+        description="FID(s) at which the speed-up is measured: the training compute an arm needs to first "
         "reach the target against the baseline's. Default: the baseline's final mean FID (the method's measure).",
     )
-    confidence: float = Field(0.9, gt=0, lt=1, description="Coverage of the bootstrap interval of the speed-up "
-                              "(resampling the seeds of an arm and of the baseline).")
+    confidence: float = Field(
+        0.9,
+        gt=0,
+        lt=1,
+        description="Coverage of the bootstrap interval of the speed-up "
+        "(resampling the seeds of an arm and of the baseline).",
+    )
     bootstrap_samples: int = Field(2000, ge=100, description="Bootstrap resamples for that interval.")
 
     @field_validator("target_fid")
@@ -218,8 +246,12 @@ class SweepSpec(_Strict):
 
     name: str = Field(..., description="Sweep name: results go to <output_dir>/<name>/ (letters, digits, _ and -).")
     description: str = Field("", description="The question the sweep asks, for the report.")
-    output_dir: Path = Field(Path("results"), validate_default=True, description="Results root (the MLflow store "
-                             "and shared pre-trainings live here too), relative to where the command runs.")
+    output_dir: Path = Field(
+        Path("results"),
+        validate_default=True,
+        description="Results root (the MLflow store "
+        "and shared pre-trainings live here too), relative to where the command runs.",
+    )
     base: TrialConfig = Field(..., description="The trial config every trial starts from.")
     sweep: SweepConfig = Field(default_factory=SweepConfig, description="What varies.")
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig, description="Resources per trial.")

@@ -74,8 +74,10 @@ def _digits_like(data: dict | None, image_size: int) -> dict:
 
 def _scale(values: list, largest_smoke: int) -> list:
     top = max((v for v in values if isinstance(v, (int, float))), default=0)
-    return [v if not isinstance(v, (int, float)) or v == 0 or top == 0 else max(1, round(v / top * largest_smoke))
-            for v in values]
+    return [
+        v if not isinstance(v, (int, float)) or v == 0 or top == 0 else max(1, round(v / top * largest_smoke))
+        for v in values
+    ]
 
 
 def smoke_spec(raw: dict[str, Any]) -> dict[str, Any]:
@@ -102,7 +104,11 @@ def smoke_spec(raw: dict[str, Any]) -> dict[str, Any]:
     base["eval"] = {
         **{k: v for k, v in eval_cfg.items() if k in ("sampler", "eta", "weights", "stages")},
         "every_steps": SMOKE_FINETUNE_STEPS // 2 if eval_cfg.get("every_steps") else 0,
-        "num_samples": 64, "batch_size": 64, "sampling_steps": 10, "grid_size": 16, "backend": "digits-classifier",
+        "num_samples": 64,
+        "batch_size": 64,
+        "sampling_steps": 10,
+        "grid_size": 16,
+        "backend": "digits-classifier",
     }
     base["runtime"] = {"device": "cpu", "log_every_steps": 5, "checkpoint_every_steps": 10}
     sweep = spec.get("sweep") or {}

@@ -30,11 +30,19 @@ BATCH = 200  # metrics per log_batch call (MLflow accepts up to 1000)
 RUN_KEY_TAG = "run_key"  # the create record's key: finds a run whose creator died before it wrote mlflow_run.json
 
 
-def create_record(experiment: str, run_name: str, tags: dict[str, str], params: dict[str, str],
-                  parent_dir: Path | None = None) -> dict:
+def create_record(
+    experiment: str, run_name: str, tags: dict[str, str], params: dict[str, str], parent_dir: Path | None = None
+) -> dict:
     """The record that makes (or re-attaches) a run: the experiment by name, the parent by its run directory."""
-    return {"op": "create", "experiment": experiment, "parent_dir": str(parent_dir) if parent_dir else None,
-            "run_name": run_name, "tags": tags, "params": params, "key": uuid.uuid4().hex}
+    return {
+        "op": "create",
+        "experiment": experiment,
+        "parent_dir": str(parent_dir) if parent_dir else None,
+        "run_name": run_name,
+        "tags": tags,
+        "params": params,
+        "key": uuid.uuid4().hex,
+    }
 
 
 class RunBuffer:
@@ -52,15 +60,17 @@ class RunBuffer:
         else:
             assert results_root is not None, "a run directory that sends needs the results root too"
             self.dir.mkdir(parents=True, exist_ok=True)
-            write_json(self.dir / MLFLOW_TARGET_FILE, {**portable_target(uri, self.dir),
-                                                      "results_root": relative_path(results_root, self.dir)})
+            write_json(
+                self.dir / MLFLOW_TARGET_FILE,
+                {**portable_target(uri, self.dir), "results_root": relative_path(results_root, self.dir)},
+            )
         self.uri, self.results_root = uri, Path(results_root)
         self.run_id: str | None = self.stored_run_id()
         self.held: dict[str, set[int]] | None = None  # metric key -> the steps MLflow holds (read once at attach)
         self.failing = False  # the last send failed: the outage was reported
 
     @classmethod
-    def existing(cls, run_dir: Path) -> "RunBuffer | None":
+    def existing(cls, run_dir: Path) -> RunBuffer | None:
         """The run directory ``run_dir`` read back, or None when it holds no ``mlflow_target.json``."""
         return cls(run_dir) if isinstance(read_json(Path(run_dir) / MLFLOW_TARGET_FILE), dict) else None
 
@@ -105,8 +115,12 @@ class RunBuffer:
             self.failing = False
         except _Partial as err:  # an unreachable server: training goes on, records wait on disk
             if not self.failing:  # once per outage, not at every checkpoint
-                log.warning("MLflow unreachable at %s (%s); records stay buffered in %s until it is back",
-                            self.uri, err, self.buffer)
+                log.warning(
+                    "MLflow unreachable at %s (%s); records stay buffered in %s until it is back",
+                    self.uri,
+                    err,
+                    self.buffer,
+                )
             self.failing, sent = True, err.sent
         remaining = records[sent:]
         if remaining:

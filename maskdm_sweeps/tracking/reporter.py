@@ -23,8 +23,18 @@ class MlflowReporter(NullReporter):
     """The reporter of one stage run: its run in experiment ``experiment``, nested under the parent run kept in
     ``parent_dir`` (both made when first sent, wherever they are missing)."""
 
-    def __init__(self, uri: str, results_root: Path, experiment: str, stage_dir: Path, run_name: str,
-                 parent_dir: Path | None, tags: dict[str, str], params: dict, flush_every: int = 50):
+    def __init__(
+        self,
+        uri: str,
+        results_root: Path,
+        experiment: str,
+        stage_dir: Path,
+        run_name: str,
+        parent_dir: Path | None,
+        tags: dict[str, str],
+        params: dict,
+        flush_every: int = 50,
+    ):
         self.run = RunBuffer(stage_dir, uri, results_root)
         self.flush_every = flush_every
         self.unsent_metrics = 0  # metric records appended since the last send
@@ -72,7 +82,8 @@ class MlflowReporter(NullReporter):
 def sync_buffers(root: Path) -> dict[Path, int]:
     """Replay every run directory's buffer under ``root``, the sweeps' parent runs first (they make the experiment
     and the parent that the stage runs nest under); returns the records left per run directory."""
-    run_dirs = sorted((p.parent for p in Path(root).rglob(MLFLOW_BUFFER_FILE)),
-                      key=lambda d: (not is_parent_run_dir(d), str(d)))
+    run_dirs = sorted(
+        (p.parent for p in Path(root).rglob(MLFLOW_BUFFER_FILE)), key=lambda d: (not is_parent_run_dir(d), str(d))
+    )
     runs = [run for run in map(RunBuffer.existing, run_dirs) if run is not None]  # each knows where it goes
     return {run.dir: run.flush() for run in runs}

@@ -44,8 +44,14 @@ class SweepTracking:
         # `arm` and `label` mean what they mean in trials.parquet: the arm (``patch r=0.5``) and the trial's label
         # (its axis values); a pre-training serves several trials, so it has an arm but no trial label
         tags = {
-            "sweep": self.sweep, "spec_hash": self.spec_hash, "git_commit": self.commit, "trial_id": trial.trial_id,
-            "stage": stage, "seed": str(cfg.seed), "arm": trial.arm, "pretrain_key": trial.pretrain_key or "",
+            "sweep": self.sweep,
+            "spec_hash": self.spec_hash,
+            "git_commit": self.commit,
+            "trial_id": trial.trial_id,
+            "stage": stage,
+            "seed": str(cfg.seed),
+            "arm": trial.arm,
+            "pretrain_key": trial.pretrain_key or "",
             "mask_strategy": "none" if trial.is_baseline else mask["strategy"],
             "mask_rate": "0" if trial.is_baseline else str(mask.get("rate", "")),
             **({"label": trial.label} if stage == "finetune" else {}),
@@ -62,8 +68,18 @@ class SweepTracking:
             if pre_run:
                 tags["pretrain_run_id"] = pre_run["run_id"]
         name = self._run_name(trial, stage, line)
-        return [MlflowReporter(self.uri, Path(self.results_root), self.experiment, stage_dir, name,
-                               Path(self.parent_dir), tags, cfg.model_dump(mode="json"))]
+        return [
+            MlflowReporter(
+                self.uri,
+                Path(self.results_root),
+                self.experiment,
+                stage_dir,
+                name,
+                Path(self.parent_dir),
+                tags,
+                cfg.model_dump(mode="json"),
+            )
+        ]
 
     def _run_name(self, trial, stage: str, line: str | None) -> str:
         """What the runs table shows: the trial's short label (``patch r=0.5 · ema · s0``) or the pre-training's
@@ -85,18 +101,40 @@ def start_sweep_tracking(plan, invocation: int, resume: bool) -> SweepTracking:
     commit = git_commit()
     _close_abandoned_parents(plan.layout, invocation, uri, name, root)
     parent = RunBuffer(plan.layout.parent_run(invocation), uri, root)
-    parent.enqueue(create_record(name, f"{spec.name} #{invocation}{' (resume)' if resume else ''}",
-                                 {"sweep": spec.name, "spec_hash": plan.spec_hash, "git_commit": commit,
-                                  "invocation": str(invocation), "kind": "sweep"}, {}))
+    parent.enqueue(
+        create_record(
+            name,
+            f"{spec.name} #{invocation}{' (resume)' if resume else ''}",
+            {
+                "sweep": spec.name,
+                "spec_hash": plan.spec_hash,
+                "git_commit": commit,
+                "invocation": str(invocation),
+                "kind": "sweep",
+            },
+            {},
+        )
+    )
     for file in (RESOLVED_SPEC, PLAN_FILE):
         if (plan.sweep_dir / file).exists():
             parent.enqueue_artifact(plan.sweep_dir / file, copy=True)
     if parent.flush():  # training must not wait for a tracking server
-        log.warning("MLflow is unreachable at %s: the sweep's runs are buffered; `maskdm-sweep sync %s` sends them",
-                    uri, root)
-    return SweepTracking(uri, str(root), name, str(parent.dir), parent.run_id, spec.name, plan.spec_hash, commit,
-                         str(plan.store_dir), plan.short_labels(),
-                         {key: plan.pretrain_label(key) for key in plan.pretrains})
+        log.warning(
+            "MLflow is unreachable at %s: the sweep's runs are buffered; `maskdm-sweep sync %s` sends them", uri, root
+        )
+    return SweepTracking(
+        uri,
+        str(root),
+        name,
+        str(parent.dir),
+        parent.run_id,
+        spec.name,
+        plan.spec_hash,
+        commit,
+        str(plan.store_dir),
+        plan.short_labels(),
+        {key: plan.pretrain_label(key) for key in plan.pretrains},
+    )
 
 
 def _close_abandoned_parents(layout: SweepDir, invocation: int, uri: str, experiment: str, root: Path) -> None:
@@ -129,14 +167,18 @@ def _kill_running_parents(c, experiment: str, sweep: str) -> None:
     found = c.get_experiment_by_name(experiment)
     if found is None:
         return
-    runs = c.search_runs([found.experiment_id], filter_string=f"tags.kind = 'sweep' and tags.sweep = '{sweep}' and "
-                         "attributes.status = 'RUNNING'", max_results=1000)
+    runs = c.search_runs(
+        [found.experiment_id],
+        filter_string=f"tags.kind = 'sweep' and tags.sweep = '{sweep}' and attributes.status = 'RUNNING'",
+        max_results=1000,
+    )
     for run in runs:
         c.set_terminated(run.info.run_id, status="KILLED")
 
 
-def finish_sweep_tracking(tracking: SweepTracking, status: str, artifacts: Iterable[Path] = (),
-                          metrics: dict[str, float] | None = None) -> None:
+def finish_sweep_tracking(
+    tracking: SweepTracking, status: str, artifacts: Iterable[Path] = (), metrics: dict[str, float] | None = None
+) -> None:
     """Attach the results files and the sweep's answer (``metrics``, e.g. ``speedup/<arm>``) to the parent run and
     close it with ``status`` (``FINISHED``, ``FAILED`` or ``KILLED``); buffered when MLflow is away."""
     parent = RunBuffer(Path(tracking.parent_dir))
@@ -147,5 +189,10 @@ def finish_sweep_tracking(tracking: SweepTracking, status: str, artifacts: Itera
         parent.enqueue_artifact(Path(path), "plots" if Path(path).suffix == ".png" else None, copy=True)
     parent.enqueue({"op": "end", "status": status})
     if parent.flush():
-        log.warning("MLflow is unreachable at %s: the parent run's results stay buffered in %s; "
-                    "`maskdm-sweep sync %s` sends them", tracking.uri, parent.dir, tracking.results_root)
+        log.warning(
+            "MLflow is unreachable at %s: the parent run's results stay buffered in %s; "
+            "`maskdm-sweep sync %s` sends them",
+            tracking.uri,
+            parent.dir,
+            tracking.results_root,
+        )

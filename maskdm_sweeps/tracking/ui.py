@@ -57,8 +57,18 @@ def runs_page(port: int, experiment_id: str | None) -> str:
 def start_server(uri: str, port: int) -> subprocess.Popen:
     """``mlflow ui`` on ``uri`` in a session of its own: one worker and no job runner (two processes and about
     0.5 GB instead of fifteen and about 3 GB)."""
-    cmd = [str(Path(sys.executable).with_name("mlflow")), "ui", "--backend-store-uri", uri, "--host", HOST,
-           "--port", str(port), "--workers", "1"]
+    cmd = [
+        str(Path(sys.executable).with_name("mlflow")),
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     return subprocess.Popen(cmd, env=env, start_new_session=True)
 

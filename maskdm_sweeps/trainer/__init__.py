@@ -6,8 +6,14 @@ from .._lazy import lazy_exports
 _EXPORTS = {
     "checkpoint": ["CheckpointError", "list_checkpoints", "load_latest_checkpoint", "save_checkpoint"],
     "config": [
-        "DiffusionConfig", "EMAConfig", "EvalConfig", "FinetuneConfig", "ModelConfig", "PretrainConfig",
-        "RuntimeConfig", "TrialConfig"
+        "DiffusionConfig",
+        "EMAConfig",
+        "EvalConfig",
+        "FinetuneConfig",
+        "ModelConfig",
+        "PretrainConfig",
+        "RuntimeConfig",
+        "TrialConfig",
     ],
     "ema": ["EMA", "ema_decay"],
     "loop": ["StageResult", "TrainingDiverged", "fit"],

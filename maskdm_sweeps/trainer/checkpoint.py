@@ -21,8 +21,9 @@ import io
 import logging
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Callable, cast
+from typing import IO, cast
 
 import torch
 
@@ -219,8 +220,12 @@ def load_latest_checkpoint(directory: Path, map_location="cpu") -> tuple[dict, P
                 set_aside(path)
             else:
                 unreadable += 1
-            log.warning("checkpoint %s is unusable: %s; %strying the previous one", path, bad.problem,
-                        f"set aside as {path.name}{SET_ASIDE_SUFFIX}; " if bad.bad_bytes else "")
+            log.warning(
+                "checkpoint %s is unusable: %s; %strying the previous one",
+                path,
+                bad.problem,
+                f"set aside as {path.name}{SET_ASIDE_SUFFIX}; " if bad.bad_bytes else "",
+            )
     if unreadable:
         raise CheckpointError(f"none of the {len(candidates)} checkpoints in {directory} could be read")
     return None
@@ -248,8 +253,10 @@ def _mismatch(record: dict, size: int, digest: str) -> str | None:
     if written is not None and size != written:
         return f"{size} bytes, {written} were written"
     if digest != record["sha256"]:
-        return (f"sha256 {digest[:12]}... is not the {record['sha256'][:12]}... recorded when it was written "
-                "(its bytes changed)")
+        return (
+            f"sha256 {digest[:12]}... is not the {record['sha256'][:12]}... recorded when it was written "
+            "(its bytes changed)"
+        )
     return None
 
 

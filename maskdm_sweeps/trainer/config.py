@@ -40,10 +40,12 @@ class ModelConfig(_Strict):
     preset: str = Field("uvit-s2-cifar32", description=f"Model preset, one of: {', '.join(MODEL_PRESETS)}.")
     patch_size: int | None = Field(None, ge=1, description="Override the preset's patch size (pixels).")
     time_mlp: bool = Field(False, description="U-ViT's optional MLP on the time embedding (MaskDM uses none).")
-    final_conv: bool = Field(False, description="U-ViT's final 3x3 conv (not in MaskDM; unusable while tokens are dropped).")
+    final_conv: bool = Field(
+        False, description="U-ViT's final 3x3 conv (not in MaskDM; unusable while tokens are dropped)."
+    )
 
     @model_validator(mode="after")
-    def _known_preset(self) -> "ModelConfig":
+    def _known_preset(self) -> ModelConfig:
         if self.preset not in MODEL_PRESETS:
             raise ValueError(f"unknown model preset {self.preset!r}; choose one of {sorted(MODEL_PRESETS)}")
         return self
@@ -52,7 +54,9 @@ class ModelConfig(_Strict):
 class DiffusionConfig(_Strict):
     """The discrete DDPM forward process, shared by pre-training, fine-tuning and sampling."""
 
-    schedule: Literal["linear", "cosine"] = Field("linear", description="Beta schedule: linear (1e-4..0.02) or cosine (s=0.008).")
+    schedule: Literal["linear", "cosine"] = Field(
+        "linear", description="Beta schedule: linear (1e-4..0.02) or cosine (s=0.008)."
+    )
     num_timesteps: int = Field(1000, ge=2, description="T, the number of diffusion steps.")
 
 
@@ -63,11 +67,14 @@ class _StageConfig(_Strict):
     lr: float = Field(2e-4, gt=0, description="Peak learning rate (reached at the end of warmup).")
     warmup_steps: int = Field(0, ge=0, le=MAX_STEPS, description="Linear LR warmup from 0 over this many steps.")
     lr_decay: Literal["none", "cosine", "linear"] = Field(
-        "none", description="After warmup: 'none' keeps the peak rate (MaskDM's schedule), 'cosine' or 'linear' decay "
+        "none",
+        description="After warmup: 'none' keeps the peak rate (MaskDM's schedule), 'cosine' or 'linear' decay "
         "it to 0 at the stage's last step. A decay makes the first steps depend on the stage's length, so "
         "pre-trainings of different lengths are then trained apart instead of sharing one run.",
     )
-    grad_clip: float | None = Field(None, gt=0, description="Clip the global gradient norm to this value (None: no clipping).")
+    grad_clip: float | None = Field(
+        None, gt=0, description="Clip the global gradient norm to this value (None: no clipping)."
+    )
     betas: tuple[float, float] = Field((0.99, 0.99), description="AdamW betas (the official configs use 0.99, 0.99).")
     weight_decay: float = Field(0.03, ge=0, description="AdamW weight decay, on all parameters.")
 
@@ -81,11 +88,14 @@ class PretrainConfig(_StageConfig):
 class FinetuneConfig(_StageConfig):
     """Denoising fine-tuning (DSM, all patches visible); from scratch when there is no pre-training: the DDPM baseline."""  # noqa: E501 (the JSON schema's description: one line)
 
-    steps: int = Field(1000, ge=1, le=MAX_STEPS, description="Optimizer steps of fine-tuning (of training, for the baseline).")
+    steps: int = Field(
+        1000, ge=1, le=MAX_STEPS, description="Optimizer steps of fine-tuning (of training, for the baseline)."
+    )
     init_from: Literal["online", "ema"] = Field("online", description="Which pre-trained weights to start from.")
     data: DataConfig | None = Field(
-        None, description="Fine-tune on other data than pre-training (transfer; same resolution and channels). "
-        "None: the trial's data."
+        None,
+        description="Fine-tune on other data than pre-training (transfer; same resolution and channels). "
+        "None: the trial's data.",
     )
 
 
@@ -103,13 +113,17 @@ class EMAConfig(_Strict):
 class EvalConfig(_Strict):
     """Periodic evaluation: samples, a PNG grid and FID, with the protocol recorded beside every number."""
 
-    every_steps: int = Field(0, ge=0, le=MAX_STEPS, description="Evaluate every this many steps (0: only at the end of a stage).")
+    every_steps: int = Field(
+        0, ge=0, le=MAX_STEPS, description="Evaluate every this many steps (0: only at the end of a stage)."
+    )
     stages: list[Stage] = Field(["finetune"], description="Stages that are evaluated.")
     num_samples: int = Field(10_000, ge=0, description="Samples per FID (0 disables FID; the grid is still drawn).")
     batch_size: int = Field(500, ge=1, description="Sampling batch size.")
     sampler: Literal["ddim", "ddpm"] = Field("ddim", description="Reverse process used for sampling.")
     sampling_steps: int = Field(250, ge=1, le=100_000, description="Denoiser evaluations per sample.")
-    eta: float = Field(1.0, ge=0, description="DDIM eta (1: stochastic as in the official evaluation; 0: deterministic).")
+    eta: float = Field(
+        1.0, ge=0, description="DDIM eta (1: stochastic as in the official evaluation; 0: deterministic)."
+    )
     timestep_spacing: Literal["trailing", "leading"] = Field(
         "trailing",
         description="DDIM timesteps: 'trailing' (the official MaskDM evaluation: int(linspace(-1, T-1, steps+1)) "
@@ -127,10 +141,14 @@ class EvalConfig(_Strict):
         description="FID features: 'inception' (TF Inception-v3 pool3, the number papers quote) or "
         "'digits-classifier' (in-domain features for the digits data; not comparable to Inception FID).",
     )
-    fid_weights: Path | None = Field(None, description="Inception weights file (TorchScript or pytorch-fid state dict).")
+    fid_weights: Path | None = Field(
+        None, description="Inception weights file (TorchScript or pytorch-fid state dict)."
+    )
     grid_size: int = Field(64, ge=1, description="Images in the PNG sample grid.")
     fid_repeats: int = Field(
-        1, ge=1, description="FIDs computed at a stage's final evaluation, each from its own sampling noise; with 2 "
+        1,
+        ge=1,
+        description="FIDs computed at a stage's final evaluation, each from its own sampling noise; with 2 "
         "or more their standard deviation is reported as eval/fid_noise_std (the evaluation noise: how much one "
         "model's FID moves between sampling seeds). The reported eval/fid is always the first (fixed-noise) one.",
     )
@@ -141,7 +159,7 @@ class EvalConfig(_Strict):
         return None if path is None else path.expanduser().absolute()  # trial processes run elsewhere
 
     @model_validator(mode="after")
-    def _check(self) -> "EvalConfig":
+    def _check(self) -> EvalConfig:
         if self.num_samples == 1:
             raise ValueError("num_samples must be 0 (no FID) or at least 2 (a covariance needs two samples)")
         if self.backend == "inception" and self.num_samples > 0:
@@ -160,9 +178,13 @@ class RuntimeConfig(_Strict):
     )
     compile: bool = Field(False, description="torch.compile the model (static shapes: K is fixed per stage).")
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = Field(
-        "default", description="torch.compile mode when compile is on: 'reduce-overhead' replays the forward and "
-        "backward as CUDA graphs, which pays most at high mask rates, where a step is launch-bound (CUDA only).")
-    log_every_steps: int = Field(50, ge=1, description="Report train/* metrics every this many steps (each report syncs).")
+        "default",
+        description="torch.compile mode when compile is on: 'reduce-overhead' replays the forward and "
+        "backward as CUDA graphs, which pays most at high mask rates, where a step is launch-bound (CUDA only).",
+    )
+    log_every_steps: int = Field(
+        50, ge=1, description="Report train/* metrics every this many steps (each report syncs)."
+    )
     checkpoint_every_steps: int = Field(1000, ge=1, description="Write a checkpoint every this many steps.")
     keep_checkpoints: int = Field(2, ge=1, description="How many most recent checkpoints to keep.")
 
@@ -182,14 +204,19 @@ class TrialConfig(_Strict):
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="Device, precision, logging cadence.")
 
     @model_validator(mode="after")
-    def _finetune_data_matches(self) -> "TrialConfig":
+    def _finetune_data_matches(self) -> TrialConfig:
         other = self.finetune.data
-        if other is not None and (other.image_size, other.name == "digits") != (self.data.image_size, self.data.name == "digits"):
-            raise ValueError("finetune.data must have the resolution and channels of data (the same network trains on both)")
+        if other is not None and (other.image_size, other.name == "digits") != (
+            self.data.image_size,
+            self.data.name == "digits",
+        ):
+            raise ValueError(
+                "finetune.data must have the resolution and channels of data (the same network trains on both)"
+            )
         return self
 
     @model_validator(mode="after")
-    def _mask_fits_the_grid(self) -> "TrialConfig":
+    def _mask_fits_the_grid(self) -> TrialConfig:
         grid = self.model_config_resolved().grid
         if self.pretrain.steps > 0:
             try:
@@ -221,8 +248,12 @@ class TrialConfig(_Strict):
         """The U-ViT of this trial: the preset, fitted to the data, with the parts its masking strategy adds (a
         MaskDiT decoder, a patch-mixer, SPRINT's encoder, fusion and decoder) when it pre-trains; the baseline is the
         plain U-ViT."""
-        overrides = {"img_size": self.image_size, "in_chans": self.channels, "time_mlp": self.model.time_mlp,
-                     "final_conv": self.model.final_conv}
+        overrides = {
+            "img_size": self.image_size,
+            "in_chans": self.channels,
+            "time_mlp": self.model.time_mlp,
+            "final_conv": self.model.final_conv,
+        }
         if self.pretrain.steps > 0:
             overrides.update(self.mask.network())
         if self.model.patch_size:

@@ -11,8 +11,15 @@ import torch
 
 from ..layout import step_file
 from ..maskdm import SAMPLERS, NoiseSchedule, UViT, sample_images
-from ..metrics import (RECOGNISABLE_CONFIDENCE, FeatureStats, FIDProtocol, StatsAccumulator, build_fid_backend,
-                       frechet_distance, reference_stats)
+from ..metrics import (
+    RECOGNISABLE_CONFIDENCE,
+    FeatureStats,
+    FIDProtocol,
+    StatsAccumulator,
+    build_fid_backend,
+    frechet_distance,
+    reference_stats,
+)
 
 EVAL_NOISE_SEED = 20_231_109  # the same starting noise at every evaluation: curves compare weights, not luck
 
@@ -38,8 +45,14 @@ def save_image_grid(images: torch.Tensor, path: Path, nrow: int = 8, upscale: in
     return path
 
 
-def build_sampler(name: str, schedule: NoiseSchedule, steps: int, eta: float, timestep_spacing: str = "trailing",
-                  eps_after_clip: str = "raw"):
+def build_sampler(
+    name: str,
+    schedule: NoiseSchedule,
+    steps: int,
+    eta: float,
+    timestep_spacing: str = "trailing",
+    eps_after_clip: str = "raw",
+):
     """The ``eval.sampler`` over ``steps`` timesteps; ``eta``, the spacing and the eps rule apply to DDIM only."""
     if name == "ddim":
         sampler = SAMPLERS[name](schedule, eta=eta, spacing=timestep_spacing, eps_after_clip=eps_after_clip)
@@ -57,21 +70,32 @@ class Evaluator:
     (tests pass "eager" to check the wiring without inductor's minutes of C++ compilation on a CPU).
     """
 
-    def __init__(self, config, data, device: torch.device, amp_dtype: torch.dtype | None,
-                 compile_backend: str = "inductor"):
+    def __init__(
+        self, config, data, device: torch.device, amp_dtype: torch.dtype | None, compile_backend: str = "inductor"
+    ):
         self.cfg, self.data, self.device, self.amp_dtype = config.eval, data, device, amp_dtype
         self.compile_mode = config.runtime.compile_mode if config.runtime.compile else None
         self.compile_backend = compile_backend
         self._compiled: tuple[UViT, torch.nn.Module] | None = None  # (network, its compiled forward)
         self.shape = (data.channels, data.image_size, data.image_size)
-        self.backend = build_fid_backend(self.cfg.backend, self.cfg.fid_weights, device) if self.cfg.num_samples else None
+        self.backend = (
+            build_fid_backend(self.cfg.backend, self.cfg.fid_weights, device) if self.cfg.num_samples else None
+        )
         self._reference: FeatureStats | None = None
         self._floor: float | None = None
-        self.protocol = None if self.backend is None else FIDProtocol(
-            num_samples=self.cfg.num_samples, sampler=self.cfg.sampler, sampling_steps=self.cfg.sampling_steps,
-            eta=self.cfg.eta if self.cfg.sampler == "ddim" else 1.0, weights=self.cfg.weights,
-            reference=f"{data.name}:{data.key}", backend=self.cfg.backend,
-            **self.sampler_rule(self.cfg),
+        self.protocol = (
+            None
+            if self.backend is None
+            else FIDProtocol(
+                num_samples=self.cfg.num_samples,
+                sampler=self.cfg.sampler,
+                sampling_steps=self.cfg.sampling_steps,
+                eta=self.cfg.eta if self.cfg.sampler == "ddim" else 1.0,
+                weights=self.cfg.weights,
+                reference=f"{data.name}:{data.key}",
+                backend=self.cfg.backend,
+                **self.sampler_rule(self.cfg),
+            )
         )
 
     @staticmethod
@@ -121,7 +145,9 @@ class Evaluator:
         return eps
 
     @torch.no_grad()
-    def evaluate(self, net: UViT, schedule: NoiseSchedule, step: int, out_dir: Path, final: bool = False) -> EvalOutcome:
+    def evaluate(
+        self, net: UViT, schedule: NoiseSchedule, step: int, out_dir: Path, final: bool = False
+    ) -> EvalOutcome:
         """Sample, draw the grid and score: ``eval/fid``; with the digits classifier ``eval/recognisable`` (the
         fraction of samples it puts in one class with confidence >= 0.9); at the ``final`` evaluation also
         ``eval/fid_floor`` and, with ``fid_repeats`` >= 2, ``eval/fid_noise_std``."""
@@ -132,8 +158,10 @@ class Evaluator:
         if final and self.backend is not None:
             extra["eval/fid_floor"] = self.fid_floor()
             if c.fid_repeats > 1:
-                repeats = [fid] + [self._sample_and_score(net, schedule, EVAL_NOISE_SEED + k, grid=False)[0]
-                                   for k in range(1, c.fid_repeats)]
+                repeats = [fid] + [
+                    self._sample_and_score(net, schedule, EVAL_NOISE_SEED + k, grid=False)[0]
+                    for k in range(1, c.fid_repeats)
+                ]
                 extra["eval/fid_noise_std"] = float(torch.tensor(repeats, dtype=torch.float64).std())
         net.train(was_training)
         assert grid is not None  # the grid's images were drawn (grid_size >= 1)
@@ -141,8 +169,9 @@ class Evaluator:
         grid_path = save_image_grid(grid, Path(out_dir) / step_file(step, ".png"), upscale=upscale)
         return EvalOutcome(step=step, fid=fid, grid_path=grid_path, extra=extra)
 
-    def _sample_and_score(self, net: UViT, schedule: NoiseSchedule, noise_seed: int, grid: bool = True
-                          ) -> tuple[float | None, dict[str, float], torch.Tensor | None]:
+    def _sample_and_score(
+        self, net: UViT, schedule: NoiseSchedule, noise_seed: int, grid: bool = True
+    ) -> tuple[float | None, dict[str, float], torch.Tensor | None]:
         """``(fid, extra metrics, grid images)`` of one sampling pass from the noise of ``noise_seed``."""
         c = self.cfg
         sampler = build_sampler(c.sampler, schedule, c.sampling_steps, c.eta, c.timestep_spacing, c.eps_after_clip)
@@ -176,8 +205,11 @@ class Evaluator:
         if self._floor is None:
             images, n = self.data.images, self.cfg.num_samples
             gen = torch.Generator().manual_seed(EVAL_NOISE_SEED)
-            index = (torch.randperm(images.shape[0], generator=gen)[:n] if n <= images.shape[0]
-                     else torch.randint(images.shape[0], (n,), generator=gen))
+            index = (
+                torch.randperm(images.shape[0], generator=gen)[:n]
+                if n <= images.shape[0]
+                else torch.randint(images.shape[0], (n,), generator=gen)
+            )
             backend = self.backend
             assert backend is not None  # the floor is asked for only when scoring
             stats = StatsAccumulator(backend.dims)

@@ -14,9 +14,9 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Container
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Container
 
 import torch
 
@@ -24,14 +24,20 @@ from ..data import ImageBatches, load_dataset
 from ..files import write_json
 from ..layout import StageRun, relative_path
 from ..maskdm import UViT, build_schedule, training_loss
-from .checkpoint import (checkpoint_path, keep_state, load_checkpoint, load_latest_checkpoint, read_state,
-                         save_checkpoint)
+from .checkpoint import (
+    checkpoint_path,
+    keep_state,
+    load_checkpoint,
+    load_latest_checkpoint,
+    read_state,
+    save_checkpoint,
+)
 from .compute import TERA, stage_flops, stage_tflops, train_flops_per_step
 from .config import Stage, TrialConfig
 from .device import autocast_dtype, resolve_device
-from .lr_schedule import learning_rate
 from .ema import EMA
 from .evaluation import Evaluator
+from .lr_schedule import learning_rate
 from .parallel import DataParallel, check_replicas
 from .reporter import NullReporter, Reporter
 
@@ -90,14 +96,23 @@ def fit(
     while the run trains); a run that resumes from a checkpoint older than ``config``'s length extends itself.
     """
     parallel = parallel or DataParallel.from_process_group()
-    run = _StageRun(config, stage, Path(workdir).resolve(), reporter or NullReporter(), init_checkpoint, parallel,
-                    milestones)
+    run = _StageRun(
+        config, stage, Path(workdir).resolve(), reporter or NullReporter(), init_checkpoint, parallel, milestones
+    )
     return run.run()
 
 
 class _StageRun:
-    def __init__(self, config: TrialConfig, stage: Stage, workdir: Path, reporter: Reporter, init_checkpoint,
-                 parallel: DataParallel, milestones: Container[int] = ()):
+    def __init__(
+        self,
+        config: TrialConfig,
+        stage: Stage,
+        workdir: Path,
+        reporter: Reporter,
+        init_checkpoint,
+        parallel: DataParallel,
+        milestones: Container[int] = (),
+    ):
         self.config, self.stage, self.workdir, self.reporter = config, stage, workdir, reporter
         self.milestones = milestones
         self.files = StageRun(workdir)
@@ -125,17 +140,20 @@ class _StageRun:
         self.model = UViT(self.model_cfg).to(self.device)
         self.ema = EMA(self.model, config.ema.decay, config.ema.warmup)
         s = self.stage_cfg
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self._lr(0), betas=s.betas,
-                                           weight_decay=s.weight_decay, fused=True)  # one kernel group per step
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=self._lr(0), betas=s.betas, weight_decay=s.weight_decay, fused=True
+        )  # one kernel group per step
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.graphed = config.runtime.compile and config.runtime.compile_mode == "reduce-overhead"
         ddp = parallel.wrap(self.model, self.device)  # gradients averaged over ranks; self.model stays the module
-        self.train_model = (torch.compile(ddp, mode=config.runtime.compile_mode, dynamic=False)
-                            if config.runtime.compile else ddp)
+        self.train_model = (
+            torch.compile(ddp, mode=config.runtime.compile_mode, dynamic=False) if config.runtime.compile else ddp
+        )
         self.flops_per_step = train_flops_per_step(config, stage)  # exact and fixed: the running total is linear
         self.evaluates = stage in config.eval.stages
-        self.evaluator = Evaluator(config, data, self.device, self.amp_dtype) \
-            if self.evaluates and parallel.is_main else None
+        self.evaluator = (
+            Evaluator(config, data, self.device, self.amp_dtype) if self.evaluates and parallel.is_main else None
+        )
         self.step = 0
         self.fid_last: float | None = None
         self.fid_best: float | None = None
@@ -171,8 +189,12 @@ class _StageRun:
             "rng": rng,
             "config": self.config.model_dump(mode="json"),
             "schedule": self.schedule.state_dict(),
-            "progress": {"fid_last": self.fid_last, "fid_best": self.fid_best, "loss_last": self.loss_last,
-                         "wall_seconds": self.wall_seconds()},
+            "progress": {
+                "fid_last": self.fid_last,
+                "fid_best": self.fid_best,
+                "loss_last": self.loss_last,
+                "wall_seconds": self.wall_seconds(),
+            },
             "init_checkpoint": self.init_checkpoint,
             "init_sha256": self.init_sha256,
         }
@@ -202,8 +224,9 @@ class _StageRun:
         compared (returns their checksums; None when alone)."""
         checksums = check_replicas(self.model, self.parallel) if self.parallel.enabled else None
         if self.parallel.is_main:
-            path = save_checkpoint(self.state_dict(), self.files.checkpoints, self.step,
-                                   keep=self.config.runtime.keep_checkpoints)
+            path = save_checkpoint(
+                self.state_dict(), self.files.checkpoints, self.step, keep=self.config.runtime.keep_checkpoints
+            )
             if self.step in self.milestones:
                 self._keep_milestone(path)
             self.reporter.checkpoint(self.step, path)
@@ -213,9 +236,17 @@ class _StageRun:
         """The state at this step, out of the rotation: a copy of the checkpoint, checked against its digest as it
         is copied, with its record (its digest and what reaching it cost; a milestone counts once both exist)."""
         train, evaluation = stage_flops(self.config, self.stage, self.step)
-        keep_state(checkpoint, self.files.milestone(self.step), {
-            "step": self.step, "wall_seconds": self.wall_seconds(), "train_tflops": train / TERA,
-            "eval_tflops": evaluation / TERA, "loss": self.loss_last})
+        keep_state(
+            checkpoint,
+            self.files.milestone(self.step),
+            {
+                "step": self.step,
+                "wall_seconds": self.wall_seconds(),
+                "train_tflops": train / TERA,
+                "eval_tflops": evaluation / TERA,
+                "loss": self.loss_last,
+            },
+        )
 
     # ------------------------------------------------------------------------------------------ training
     def train_step(self) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -229,8 +260,9 @@ class _StageRun:
         x0 = self.batches.batch(B, self.data_gen, rows)  # (b, C, H, W) in [-1, 1]
         t = torch.randint(0, self.schedule.num_timesteps, (B,), generator=self.noise_gen, device=dev)[rows]  # (b,)
         noise = torch.randn((B, *x0.shape[1:]), generator=self.noise_gen, device=dev)[rows]  # (b, C, H, W)
-        keep = None if self.mask is None else \
-            self.mask.sample(B, self.model_cfg.grid, self.noise_gen, dev)[rows]  # (b, K)
+        keep = (
+            None if self.mask is None else self.mask.sample(B, self.model_cfg.grid, self.noise_gen, dev)[rows]
+        )  # (b, K)
         xt = self._add_noise(x0, noise, t)  # (b, C, H, W)
         with self._autocast():  # the strategy's forward and loss (maskdm.strategies): MDSM for MaskDM's masks
             loss = training_loss(self.mask, self.train_model, xt, t, noise, keep, self.model_cfg.patch_size)
@@ -275,8 +307,10 @@ class _StageRun:
         if resumed is not None:
             self.load_state_dict(resumed)
             if self.step > s.steps:
-                raise ValueError(f"{self.stage}: {self.files.checkpoints} holds step {self.step}, past the "
-                                 f"{s.steps} steps asked for; a shorter run needs its own directory")
+                raise ValueError(
+                    f"{self.stage}: {self.files.checkpoints} holds step {self.step}, past the "
+                    f"{s.steps} steps asked for; a shorter run needs its own directory"
+                )
             if main and self.step in self.milestones and self.step not in self.files.milestone_steps():
                 self._keep_milestone(checkpoint_path(self.files.checkpoints, self.step))  # killed, or set aside
         else:
@@ -317,16 +351,27 @@ class _StageRun:
                 break
         cost = stage_tflops(self.config, self.stage, self.step)
         result = StageResult(
-            stage=self.stage, steps=self.step, loss_final=self.loss_last, fid=self.fid_last, fid_best=self.fid_best,
-            effective_mask_rate=self.effective_rate, wall_seconds=self.wall_seconds(),
-            checkpoint=str(checkpoint_path(self.files.checkpoints, self.step)), stopped_early=stopped,
-            workers=self.parallel.world_size, train_tflops=cost["cost/train_tflops"],
-            eval_tflops=cost["cost/eval_tflops"], replica_checksums=checksums, init_sha256=self.init_sha256,
+            stage=self.stage,
+            steps=self.step,
+            loss_final=self.loss_last,
+            fid=self.fid_last,
+            fid_best=self.fid_best,
+            effective_mask_rate=self.effective_rate,
+            wall_seconds=self.wall_seconds(),
+            checkpoint=str(checkpoint_path(self.files.checkpoints, self.step)),
+            stopped_early=stopped,
+            workers=self.parallel.world_size,
+            train_tflops=cost["cost/train_tflops"],
+            eval_tflops=cost["cost/eval_tflops"],
+            replica_checksums=checksums,
+            init_sha256=self.init_sha256,
         )
         if main:
             # last: the stage run is finished from here on; its checkpoint relative to it, so that the run can move
-            write_json(self.files.result, {**result.to_json(),
-                                           "checkpoint": relative_path(Path(result.checkpoint), self.files.path)})
+            write_json(
+                self.files.result,
+                {**result.to_json(), "checkpoint": relative_path(Path(result.checkpoint), self.files.path)},
+            )
         return result
 
     def _load_resume_state(self) -> dict | None:
@@ -357,9 +402,14 @@ class _StageRun:
     def _report_params(self) -> None:
         params: dict[str, str | int | float] = {"effective_mask_rate": self.effective_rate, "stage": self.stage}
         if self.parallel.enabled:  # the seeds are the same on every rank: each takes its rows of one global draw
-            params.update({"workers": self.parallel.world_size, "batch_per_worker": self.rows.stop - self.rows.start,
-                           "seed_data": stage_seed(self.config.seed, self.stage, 1),
-                           "seed_noise_and_masks": stage_seed(self.config.seed, self.stage, 2)})
+            params.update(
+                {
+                    "workers": self.parallel.world_size,
+                    "batch_per_worker": self.rows.stop - self.rows.start,
+                    "seed_data": stage_seed(self.config.seed, self.stage, 1),
+                    "seed_noise_and_masks": stage_seed(self.config.seed, self.stage, 2),
+                }
+            )
         if self.init_sha256:  # which pre-trained state this stage started from, by the digest of its bytes
             params.update({"init_checkpoint": self.init_checkpoint, "init_sha256": self.init_sha256})
         if self.evaluator and self.evaluator.protocol:
@@ -374,26 +424,40 @@ class _StageRun:
                 f"(lr {self.stage_cfg.lr}, precision {self.config.runtime.precision}); the stage is stopped"
             )
         self.loss_last = loss
-        self.reporter.metrics(self.step, {
-            "train/loss": loss,
-            "train/grad_norm": self._grad_norm(),
-            "train/lr": self.optimizer.param_groups[0]["lr"],
-            "train/images_per_second": images_per_second,
-            "train/effective_mask_rate": self.effective_rate,
-            "cost/train_tflops": self.step * self.flops_per_step / TERA,
-        })
+        self.reporter.metrics(
+            self.step,
+            {
+                "train/loss": loss,
+                "train/grad_norm": self._grad_norm(),
+                "train/lr": self.optimizer.param_groups[0]["lr"],
+                "train/images_per_second": images_per_second,
+                "train/effective_mask_rate": self.effective_rate,
+                "cost/train_tflops": self.step * self.flops_per_step / TERA,
+            },
+        )
 
     def _evaluate(self) -> None:
         """Rank 0 samples and scores (the weights are the same everywhere); every rank reports its FID."""
         outcome = None
         if self.evaluator is not None:
             net = self.ema.model if self.config.eval.weights == "ema" else self.model
-            outcome = self.evaluator.evaluate(net, self.schedule, self.step, self.files.samples,
-                                              final=self.step == self.stage_cfg.steps)
+            outcome = self.evaluator.evaluate(
+                net, self.schedule, self.step, self.files.samples, final=self.step == self.stage_cfg.steps
+            )
             self.reporter.artifact(self.step, outcome.grid_path)
-        fid, extra = self.parallel.broadcast(None if outcome is None else (outcome.fid, outcome.extra)) or (None, dict[str, float]())
+        fid, extra = self.parallel.broadcast(None if outcome is None else (outcome.fid, outcome.extra)) or (
+            None,
+            dict[str, float](),
+        )
         if fid is not None:
             self.fid_last = fid
             self.fid_best = fid if self.fid_best is None else min(self.fid_best, fid)
-            self.reporter.metrics(self.step, {"eval/fid": fid, "eval/fid_best": self.fid_best, **extra,
-                                              **stage_tflops(self.config, self.stage, self.step)})
+            self.reporter.metrics(
+                self.step,
+                {
+                    "eval/fid": fid,
+                    "eval/fid_best": self.fid_best,
+                    **extra,
+                    **stage_tflops(self.config, self.stage, self.step),
+                },
+            )

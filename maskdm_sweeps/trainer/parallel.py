@@ -42,7 +42,7 @@ class DataParallel:
     world_size: int = 1
 
     @classmethod
-    def from_process_group(cls) -> "DataParallel":
+    def from_process_group(cls) -> DataParallel:
         """The group ``torch.distributed`` was initialised with; a lone process when it was not."""
         if dist.is_available() and dist.is_initialized():
             return cls(dist.get_rank(), dist.get_world_size())
