@@ -16,7 +16,7 @@ import yaml
 from maskdm_sweeps.maskdm import MODEL_PRESETS, forward_flops, train_flops_per_image
 from maskdm_sweeps.metrics import feature_flops_per_image
 from maskdm_sweeps.sweep.estimate import REFERENCE_IMAGES_PER_SECOND, stage_gpu_hours
-from maskdm_sweeps.sweep.plan_view import totals
+from maskdm_sweeps.sweep.plan_cost import totals
 from maskdm_sweeps.sweepspec import load_spec
 from maskdm_sweeps.sweepspec.expand import SweepPlan
 from maskdm_sweeps.sweepspec.identity import with_pretrain_steps

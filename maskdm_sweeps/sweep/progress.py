@@ -329,7 +329,7 @@ def _fmt(value) -> str:
 def sweep_progress(plan) -> SweepProgress:
     """What the progress display starts from: the compute left (``plan``'s totals), labels, FLOPs per step."""
     from ..trainer.compute import stage_flops, train_flops_per_step
-    from .plan_view import totals
+    from .plan_cost import totals
 
     tot = totals(plan)
     flops, evaluation = {}, {}
