@@ -30,7 +30,6 @@ from bench_common import (
     write_json,
 )
 from maskdm_sweeps.maskdm import MODEL_PRESETS, UViT, mdsm_loss, resolve_model_config
-from maskdm_sweeps.trainer.config import build_mask_from_config
 
 
 def matmul_ceiling(device: torch.device, quick: bool) -> dict:
@@ -130,7 +129,7 @@ def section_trainer(args, device: torch.device, workdir: Path, result: dict) -> 
     for mode, batch, rate in plan:
         cfg = trial_config(args.preset, data, batch, rate, args.steps, device.type, mode)
         mc = cfg.model_config_resolved()
-        keep = build_mask_from_config(cfg.mask).keep_count(mc.grid)  # what the trainer's mask keeps
+        keep = cfg.mask.keep_count(mc.grid)  # what the trainer's mask keeps
         row = {
             "mode": mode,
             "batch": batch,

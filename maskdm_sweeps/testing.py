@@ -21,6 +21,16 @@ def _merge(base: dict, overrides: dict) -> dict:
     return out
 
 
+TINY_NETWORK_STRATEGIES: list[dict[str, Any]] = [
+    {"strategy": "maskdit", "rate": 0.5, "decoder_depth": 1},
+    {"strategy": "deferred", "rate": 0.75, "mixer_depth": 1},
+    {"strategy": "routing", "rate": 0.5, "route_from": 0},
+    {"strategy": "sprint", "rate": 0.75, "encoder_depth": 1, "decoder_depth": 1},
+]
+"""A ``mask`` section for each strategy that changes the network or the loss, with the smallest network parts: the
+strategies the learning and two-worker tests train."""
+
+
 def tiny_sweep_spec(
     name: str, output_dir: str | Path, sweep: dict | None = None, resources: dict | None = None, **base: Any
 ) -> dict:

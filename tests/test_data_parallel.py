@@ -17,7 +17,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from maskdm_sweeps.layout import StageRun
-from maskdm_sweeps.testing import tiny_trial_config
+from maskdm_sweeps.testing import TINY_NETWORK_STRATEGIES, tiny_trial_config
 from maskdm_sweeps.trainer import JsonlReporter, fit, load_latest_checkpoint, read_jsonl_metrics
 from maskdm_sweeps.trainer.config import TrialConfig
 from maskdm_sweeps.trainer.parallel import BatchDoesNotDivide, DataParallel, ReplicasDiverged, check_replicas
@@ -184,13 +184,8 @@ def _train_both_stages(rank: int, world: int, port: int, config_json: str, workd
 
 @pytest.mark.parametrize(
     "mask",
-    [
-        {"strategy": "maskdit", "rate": 0.5, "decoder_depth": 1},
-        {"strategy": "deferred", "rate": 0.75, "mixer_depth": 1},
-        {"strategy": "routing", "rate": 0.5, "route_from": 0},
-        {"strategy": "sprint", "rate": 0.75, "encoder_depth": 1, "decoder_depth": 1},
-    ],
-    ids=["maskdit", "deferred", "routing", "sprint"],
+    TINY_NETWORK_STRATEGIES,
+    ids=[section["strategy"] for section in TINY_NETWORK_STRATEGIES],
 )
 def test_each_masking_strategy_trains_both_stages_on_two_workers_in_sync(mask, tmp_path):
     # a MaskDiT decoder's mask token is unused once nothing is masked: DDP still needs its gradient every step

@@ -20,7 +20,6 @@ from maskdm_sweeps.sweep.plan_cost import totals
 from maskdm_sweeps.sweepspec import load_spec
 from maskdm_sweeps.sweepspec.expand import SweepPlan
 from maskdm_sweeps.sweepspec.identity import with_pretrain_steps
-from maskdm_sweeps.trainer.config import build_mask_from_config
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 SCRIPT = Path(sys.executable).with_name("maskdm-sweep")
@@ -72,7 +71,7 @@ def _expected_train_flops(plan: SweepPlan) -> int:
     for pre in plan.pretrains.values():
         c = pre.config
         mc = c.model_config_resolved()
-        kept = build_mask_from_config(c.mask).keep_count(mc.grid)
+        kept = c.mask.keep_count(mc.grid)
         flops += max(pre.lengths.values()) * c.pretrain.batch_size * train_flops_per_image(mc, kept)
     for t in plan.trials:
         c = t.config

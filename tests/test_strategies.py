@@ -29,7 +29,7 @@ from maskdm_sweeps.maskdm import (
     token_counts,
     training_loss,
 )
-from maskdm_sweeps.testing import flop_counter_cpu_attention, tiny_trial_config
+from maskdm_sweeps.testing import TINY_NETWORK_STRATEGIES, flop_counter_cpu_attention, tiny_trial_config
 from maskdm_sweeps.trainer import JsonlReporter, fit, read_jsonl_metrics
 
 BASE = replace(MODEL_PRESETS["uvit-digits"], img_size=8)  # 4 x 4 patches of 2 x 2, depth 5: 2 in-blocks
@@ -274,13 +274,8 @@ def test_routing_counts_the_span_on_fewer_tokens_and_the_added_parts_on_all():
 # ------------------------------------------------------------------------------------------------ learning
 @pytest.mark.parametrize(
     "mask",
-    [
-        {"strategy": "maskdit", "rate": 0.5, "decoder_depth": 1},
-        {"strategy": "deferred", "rate": 0.75, "mixer_depth": 1},
-        {"strategy": "routing", "rate": 0.5, "route_from": 0},
-        {"strategy": "sprint", "rate": 0.75, "encoder_depth": 1, "decoder_depth": 1},
-    ],
-    ids=["maskdit", "deferred", "routing", "sprint"],
+    TINY_NETWORK_STRATEGIES,
+    ids=[section["strategy"] for section in TINY_NETWORK_STRATEGIES],
 )
 def test_a_tiny_model_learns_with_each_strategy(mask, tmp_path, monkeypatch):
     monkeypatch.setenv("MASKDM_CACHE", str(tmp_path / "cache"))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from ..maskdm import eval_flops_per_image, train_flops_per_image
 from ..maskdm.strategies import TokenCounts, token_counts
-from .config import Stage, TrialConfig, build_mask_from_config
+from .config import Stage, TrialConfig
 
 TERA = 1e12
 
@@ -28,7 +28,7 @@ def stage_tokens(config: TrialConfig, stage: Stage) -> TokenCounts:
     a routed span's), every patch in fine-tuning."""
     mc = config.model_config_resolved()
     if stage == "pretrain":
-        return token_counts(build_mask_from_config(config.mask), mc.grid)
+        return token_counts(config.mask, mc.grid)
     return TokenCounts(mc.num_patches, mc.num_patches)
 
 

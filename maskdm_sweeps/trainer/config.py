@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from ..data.config import DataConfig
 from ..maskdm import MODEL_PRESETS, UViTConfig, effective_mask_rate, resolve_model_config
-from ..maskdm.masking import MaskStrategy, PatchMask
+from ..maskdm.masking import PatchMask
 from ..maskdm.strategies import MaskConfig
 
 STAGES = ("pretrain", "finetune")
@@ -25,12 +25,6 @@ MAX_STEPS = 10**9
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # finite numbers only
-
-
-def build_mask_from_config(mask: MaskStrategy) -> MaskStrategy:
-    """The strategy of a ``mask`` section: the section itself (each strategy is its own spec section, see
-    ``maskdm.strategies``); kept for the callers that still ask for it."""
-    return mask
 
 
 # ----------------------------------------------------------------------------------------------------------- model
