@@ -58,6 +58,7 @@ TUNE_DIR = "tune"
 RESOLVED_SPEC = "spec.resolved.yaml"
 PLAN_FILE = "plan.json"
 INVOCATIONS_FILE = "invocations.json"
+ROUNDS_FILE = "rounds.json"  # an adaptive sweep's rounds: seeds per arm, verdicts, arms stopped as behind
 EVENTS_FILE = "events.jsonl"
 NOTICE_EVENT = "notice"  # an events.jsonl record of a warning a trial process logged: shown to the user, reported
 TRIAL_MANIFEST = "trial.json"
@@ -66,6 +67,7 @@ FINETUNE_DIR = "finetune"
 STAGE_CONFIG = "config.json"
 STAGE_METRICS = "metrics.jsonl"
 STAGE_RESULT = "result.json"
+STOPPED_BEHIND = "stopped_behind.json"  # a fine-tuning paused because its arm was clearly behind the baseline
 CHECKPOINTS_DIR = "checkpoints"
 MILESTONES_DIR = "milestones"  # a pre-training's states at the lengths trials asked for: never rotated away
 BRANCHES_DIR = "branches"
@@ -217,6 +219,11 @@ class StageRun:
     def finished(self) -> bool:
         return self.result.exists()
 
+    @property
+    def stopped_behind(self) -> Path:
+        """Written when a fine-tuning is paused as clearly behind the baseline (it keeps its checkpoints)."""
+        return self.path / STOPPED_BEHIND
+
 
 @dataclass(frozen=True)
 class SweepDir:
@@ -295,6 +302,10 @@ class SweepDir:
     @property
     def invocations(self) -> Path:
         return self.path / INVOCATIONS_FILE
+
+    @property
+    def rounds(self) -> Path:
+        return self.path / ROUNDS_FILE
 
     @property
     def events(self) -> Path:

@@ -13,14 +13,21 @@ from .files import read_json
 from .layout import PLAN_FILE, RESOLVED_SPEC, SweepDir, SweepDirError
 
 LOCATION_FIELD = "output_dir"
-"""Where a sweep directory is, not what it holds: the one field of a resolved spec its hash leaves out."""
-SPEC_HASH_OF = f"{RESOLVED_SPEC} without its {LOCATION_FIELD}"
+"""Where a sweep directory is, not what it holds: a field of a resolved spec its hash leaves out."""
+BUDGET_FIELD = ("sweep", "budget")
+"""What a sweep may spend, not what it asks: left out of the hash too, so a budget can be raised and the sweep
+resumed (arms stopped as behind then continue)."""
+SPEC_HASH_OF = f"{RESOLVED_SPEC} without its {LOCATION_FIELD} and {'.'.join(BUDGET_FIELD)}"
 """What ``plan.json``'s ``spec_hash`` is the hash of (recorded beside it: directories written before lack it)."""
 
 
 def spec_content(resolved: dict) -> dict:
-    """A resolved spec (plain data) without its location: what binds a sweep directory."""
-    return {k: v for k, v in resolved.items() if k != LOCATION_FIELD}
+    """A resolved spec (plain data) without its location and budget: what binds a sweep directory."""
+    content = {k: v for k, v in resolved.items() if k != LOCATION_FIELD}
+    section, field = BUDGET_FIELD
+    if isinstance(content.get(section), dict):
+        content[section] = {k: v for k, v in content[section].items() if k != field}
+    return content
 
 
 def spec_hash(resolved: dict) -> str:

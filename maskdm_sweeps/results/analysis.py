@@ -6,6 +6,7 @@ FID statistics use finished trials only (a stopped or failed trial's last FID is
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
@@ -194,6 +195,25 @@ def _matching_baseline(trials: pd.DataFrame, row: pd.Series, keys: list[str]) ->
     return base
 
 
+def arm_pairs(trials: pd.DataFrame, curves: pd.DataFrame) -> Iterator[tuple[str, pd.DataFrame, pd.DataFrame, pd.DataFrame]]:
+    """Every masked arm (in the report's order) with its matching baseline: ``(label, arm trials, baseline trials,
+    FID points of both)``. Finished trials that counted their FLOPs only; arms without a baseline are left out."""
+    done = finished(trials)
+    done = done[done["finetune_tflops"].notna() & done["pretrain_tflops"].notna()]  # older runs counted no FLOPs
+    if not len(done) or not (done["arm"] == "baseline").any():
+        return
+    keys = group_keys(trials)[1:]
+    labels = arm_labels(done)
+    pts = fid_points(done, curves).merge(pd.DataFrame({"trial_id": done["trial_id"], "label": labels}), on="trial_id")
+    order = [a for a in arm_order(done) if a != "baseline"]
+    for label in dict.fromkeys(labels[done["arm"].isin(order)].sort_values(key=lambda s: s.map(
+            lambda x: order.index(x.split(" · ")[0])), kind="stable")):
+        members = done[labels == label]
+        base = _matching_baseline(done, members.iloc[0], keys)
+        if len(base):
+            yield label, members, base, pts[pts["trial_id"].isin(set(members["trial_id"]) | set(base["trial_id"]))]
+
+
 def speedup_table(trials: pd.DataFrame, curves: pd.DataFrame, targets: list[float] | None = None,
                   confidence: float = 0.9, resamples: int = 2000, seed: int = 0) -> pd.DataFrame:
     """Per masked arm and target FID: the training TFLOPs its seeds' mean FID curve needs to first reach the target,
@@ -204,22 +224,9 @@ def speedup_table(trials: pd.DataFrame, curves: pd.DataFrame, targets: list[floa
     """
     from .speedup import SPEEDUP_COLUMNS, Curves, arm_speedup
 
-    done = finished(trials)
-    done = done[done["finetune_tflops"].notna() & done["pretrain_tflops"].notna()]  # older runs counted no FLOPs
-    if not len(done) or not (done["arm"] == "baseline").any():
-        return pd.DataFrame(columns=SPEEDUP_COLUMNS)
-    keys = group_keys(trials)[1:]
-    labels = arm_labels(done)
-    pts = fid_points(done, curves).merge(pd.DataFrame({"trial_id": done["trial_id"], "label": labels}), on="trial_id")
     rows = []
-    order = [a for a in arm_order(done) if a != "baseline"]
-    for label in dict.fromkeys(labels[done["arm"].isin(order)].sort_values(key=lambda s: s.map(
-            lambda x: order.index(x.split(" · ")[0])), kind="stable")):
-        members = done[labels == label]
-        base = _matching_baseline(done, members.iloc[0], keys)
-        if not len(base):
-            continue
-        arm_curves = Curves.of(pts[pts["label"] == label])
+    for label, members, base, pts in arm_pairs(trials, curves):
+        arm_curves = Curves.of(pts[pts["trial_id"].isin(members["trial_id"])])
         base_curves = Curves.of(pts[pts["trial_id"].isin(base["trial_id"])])
         chosen = targets if targets else [float(base["fid"].mean())]
         for target in chosen:

@@ -188,8 +188,8 @@ def _outcome_columns(manifest: dict, ft: _Stage, errors: dict[str, str], pretrai
     else:
         if trial_id in errors or (pretrain_key and pretrain_key in pretrain_errors):
             status = "failed"
-        elif scheduler not in ("none", None):
-            status = "stopped"  # an early-stopping scheduler ends trials without an error
+        elif scheduler not in ("none", None) or ft.run.stopped_behind.exists():
+            status = "stopped"  # an early-stopping scheduler (or stop_behind) ends trials without an error
         else:
             status = "incomplete"  # killed, still running or not resumed: the files cannot tell
         fid = last.get("eval/fid", (0, math.nan))[1]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ..files import write_json
 from ..lines import unit_key
@@ -90,7 +91,12 @@ def _run_locked(
     outcome = SweepOutcome(sweep_dir)
     try:
         with InterruptHandler(plan.layout) as stop:
-            _run_phases(plan, ctx, outcome, last, experiments, stop)
+            if plan.spec.sweep.rounds is not None:  # seeds until decided: rounds of the two phases
+                from .adaptive import run_adaptive
+
+                run_adaptive(plan, ctx, outcome, experiments, stop, _run_phases)
+            else:
+                _run_phases(plan, ctx, outcome, last, experiments, stop)
     except KeyboardInterrupt:  # the second Ctrl-C: stop the trials where they are
         import ray
 
@@ -105,10 +111,16 @@ def _run_locked(
 
 
 def _run_phases(
-    plan: SweepPlan, ctx: SweepContext, outcome: SweepOutcome, last: dict, experiments: dict, stop: InterruptHandler
+    plan: SweepPlan,
+    ctx: SweepContext,
+    outcome: SweepOutcome,
+    last: dict,
+    experiments: dict,
+    stop: InterruptHandler,
+    stopper: Any = None,
 ) -> None:
-    """Phase 1 (shared pre-trainings, with the baselines beside them) and phase 2 (the trials); a stop request
-    (the first Ctrl-C) ends after the phase that was running."""
+    """Phase 1 (shared pre-trainings, with the baselines beside them) and phase 2 (the trials, watched by
+    ``stopper``: a Tune stopper or None); a stop request (the first Ctrl-C) ends after the phase that was running."""
     search = plan.spec.sweep.search
     pretrain_inside = any(affects_pretraining(k) for k in search.space)
     if search.method == "grid":
@@ -164,7 +176,15 @@ def _run_phases(
         # a search resumes its searcher's state (the trials it proposed); a grid lists the unfinished trials afresh
         resume_path = plan.layout.tune / last["trials"] if "trials" in last and search.method != "grid" else None
         results = run_phase(
-            experiments["trials"], trial_trainable, space, ctx, resume_path, samples, searcher(plan), scheduler(plan)
+            experiments["trials"],
+            trial_trainable,
+            space,
+            ctx,
+            resume_path,
+            samples,
+            searcher(plan),
+            scheduler(plan),
+            stopper,
         )
         outcome.failed.update(phase_errors(results, "trial_id"))
     outcome.killed = stop.requested

@@ -30,6 +30,8 @@ class TuneReporter(NullReporter):
 
     def metrics(self, step: int, values: dict[str, float]) -> None:
         self.latest.update(values)
+        if "eval/fid" in values:  # the step of the FID the report carries (later reports repeat the latest one)
+            self.latest["eval/step"] = step
         self.report(
             {**self.latest, "step": step, "stage": self.stage, "maskdm_trial": self.trial_id, "maskdm_key": self.key}
         )  # the stage run: the trial id, or a pre-training line's unit

@@ -78,9 +78,11 @@ def run_phase(
     num_samples: int = 1,
     search=None,
     schedule=None,
+    stopper=None,
 ):
     """Run one phase as the Tune experiment ``name`` under the sweep's ``tune/`` (restored from ``resume_path`` when
-    it can be); returns Tune's result grid."""
+    it can be), its trials watched by ``stopper`` (a Tune stopper, e.g. ``behind.BehindStopper``); returns Tune's
+    result grid."""
     from ray import tune
 
     spec = ctx.plan.spec
@@ -101,6 +103,7 @@ def run_phase(
                 storage_path=str(ctx.plan.layout.tune),
                 failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
                 callbacks=progress_callbacks(ctx, f"{spec.name}: {name}"),
+                stop=stopper,
                 verbose=0,
             ),
         )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import itertools
 import typing
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,6 +158,24 @@ class SweepPlan:
     def trial_finished(self, trial_id: str) -> bool:
         return self.layout.finetune(trial_id).finished()
 
+    def subset(self, trial_ids: Iterable[str]) -> SweepPlan:
+        """The same sweep with only ``trial_ids`` (in plan order) and the pre-trainings they need: one round of
+        seeds of an adaptive sweep."""
+        keep = set(trial_ids)
+        trials = [t for t in self.trials if t.trial_id in keep]
+        return SweepPlan(self.spec, trials, pretrains_of(trials), self.spec_hash)
+
+
+def pretrains_of(trials: Sequence[TrialPlan]) -> dict[str, PretrainPlan]:
+    """The pre-training runs ``trials`` need, each with the trials it feeds and the lengths they ask for."""
+    pretrains: dict[str, PretrainPlan] = {}
+    for trial in trials:
+        if trial.pretrain_key:
+            pre = pretrains.setdefault(trial.pretrain_key, PretrainPlan(trial.pretrain_key, trial.config))
+            pre.trial_ids.append(trial.trial_id)
+            pre.lengths[trial.trial_id] = trial.config.pretrain.steps
+    return pretrains
+
 
 # ----------------------------------------------------------------------------------------------------- keys
 def _models_in(annotation) -> list[type[BaseModel]]:
@@ -196,7 +214,7 @@ def grid_points(spec: SweepSpec) -> list[dict[str, Any]]:
     if s.zip:
         n = len(next(iter(s.zip.values())))
         dims.append([{key: values[i] for key, values in s.zip.items()} for i in range(n)])
-    dims.append([{"seed": seed} for seed in s.seeds])
+    dims.append([{"seed": seed} for seed in s.seed_values])
     points = [dict(kv for part in combo for kv in part.items()) for combo in itertools.product(*dims)]
     if s.baseline:
         baselines = []
@@ -352,12 +370,7 @@ def build_plan(
             steps = equal_compute_steps(spec, point, arms)
             trial = resolve_trial(spec, point, lines, source, check_paths, baseline_finetune_steps=steps)
             trials.setdefault(trial.trial_id, trial)
-    pretrains: dict[str, PretrainPlan] = {}
-    for trial in trials.values():
-        if trial.pretrain_key:
-            pre = pretrains.setdefault(trial.pretrain_key, PretrainPlan(trial.pretrain_key, trial.config))
-            pre.trial_ids.append(trial.trial_id)
-            pre.lengths[trial.trial_id] = trial.config.pretrain.steps
+    pretrains = pretrains_of(list(trials.values()))
     if not trials:
         raise SpecError([Problem("sweep", "the sweep expands to no trials", lines.get(("sweep",)), source)])
     _check_batches_split(spec, list(trials.values()), lines, source)

@@ -74,6 +74,43 @@ class SchedulerConfig(_Strict):
     reduction_factor: float = Field(2.0, gt=1, description="Keep 1/reduction_factor of the trials at each rung.")
 
 
+class SeedRounds(_Strict):
+    """Seeds added round by round only where a verdict is still open (see docs/method.md, "Seeds until decided")."""
+
+    min: int = Field(2, ge=2, description="Seeds every arm and the baseline run in the first round (seeds 0..min-1).")
+    max: int = Field(8, ge=2, description="The most seeds any arm or baseline gets (seeds 0..max-1).")
+    until: Literal["decided"] = Field(
+        "decided",
+        description="decided: after each round, every arm whose speed-up verdict is still open gets one more seed "
+        "(and its baseline one, when the baseline's spread is what keeps the verdict open), until every verdict is "
+        "decided, hopeless to decide by max (futile), or at max. The interval keeps report.confidence over all the "
+        "rounds' looks (alpha spending).",
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SeedRounds:
+        if self.max < self.min:
+            raise ValueError(f"max ({self.max}) must be at least min ({self.min})")
+        return self
+
+
+class BudgetConfig(_Strict):
+    """The most compute a sweep may spend; changing it does not change the sweep's identity (raise it and resume)."""
+
+    tflops: float | None = Field(
+        None, gt=0, description="Training plus evaluation TFLOPs (exact counts from the configs), all trials."
+    )
+    device_hours: float | None = Field(
+        None, gt=0, description="Estimated device-hours on the reference GPU (the plan's per-trial estimates)."
+    )
+
+    @model_validator(mode="after")
+    def _one(self) -> BudgetConfig:
+        if (self.tflops is None) == (self.device_hours is None):
+            raise ValueError("give exactly one of tflops or device_hours")
+        return self
+
+
 class SweepConfig(_Strict):
     """The axes of the question: a grid over dotted keys, zipped lists, seeds and the no-pre-training baseline."""
 
@@ -87,7 +124,24 @@ class SweepConfig(_Strict):
         description="Keys varied together (lists of equal length), e.g. pretrain.steps and finetune.steps "
         "pairs at a fixed total; together they form one more grid axis.",
     )
-    seeds: list[int] = Field([0], description="Seeds; each combination is run once per seed.")
+    seeds: list[int] | SeedRounds = Field(
+        [0],
+        description="Seeds: a list (each combination is run once per seed), or {min, max, until: decided}: seeds "
+        "added round by round only to arms whose verdict against the baseline is still open.",
+    )
+    stop_behind: bool = Field(
+        False,
+        description="Stop an arm's trials at an evaluation once the arm is clearly behind the baseline at equal "
+        "training compute (every seed worse than every baseline seed, and the means apart by more than twice the "
+        "evaluation noise; at least 2 seeds). Stopped trials keep their checkpoints: a later run with a larger "
+        "budget continues them. Needs seeds {min, max} and an equal_compute baseline.",
+    )
+    budget: BudgetConfig | None = Field(
+        None,
+        description="The most the sweep may spend: it never starts a seed that would take it past the budget, "
+        "adds seeds to the most open verdicts first, and the report names the verdicts left open. Needs seeds "
+        "{min, max}.",
+    )
     baseline: bool | Literal["equal_steps", "equal_compute"] = Field(
         False,
         description="Add the DDPM baseline (no pre-training, pretrain.steps = 0) for every combination "
@@ -109,10 +163,20 @@ class SweepConfig(_Strict):
 
     @field_validator("seeds")
     @classmethod
-    def _unique_seeds(cls, seeds: list[int]) -> list[int]:
-        if not seeds or len(set(seeds)) != len(seeds):
+    def _unique_seeds(cls, seeds: list[int] | SeedRounds) -> list[int] | SeedRounds:
+        if isinstance(seeds, list) and (not seeds or len(set(seeds)) != len(seeds)):
             raise ValueError("seeds must be a non-empty list without repeats")
         return seeds
+
+    @property
+    def rounds(self) -> SeedRounds | None:
+        """The seed rounds of an adaptive sweep, or None for a fixed list of seeds."""
+        return self.seeds if isinstance(self.seeds, SeedRounds) else None
+
+    @property
+    def seed_values(self) -> list[int]:
+        """Every seed a trial can have: the list, or 0..max-1 of seed rounds (the most the sweep can run)."""
+        return list(range(self.seeds.max)) if isinstance(self.seeds, SeedRounds) else self.seeds
 
     @model_validator(mode="after")
     def _consistent(self) -> SweepConfig:
@@ -120,16 +184,29 @@ class SweepConfig(_Strict):
         if len(lengths) > 1:
             raise ValueError(f"zip lists must have equal lengths, got {sorted(lengths)}")
         keys = list(self.axes) + list(self.zip) + list(self.search.space) + (["seed"] if self.seeds != [0] else [])
+        self._check_adaptive()
         for key in set(keys):
             clashes = [k for k in keys if k == key or k.startswith(key + ".") or key.startswith(k + ".")]
             if len(clashes) > 1:
                 raise ValueError(f"duplicate axes: {sorted(set(clashes))} set the same field more than once")
-        if self.search.method == "optuna" and (self.axes or self.zip or len(self.seeds) > 1 or self.baseline):
+        if self.search.method == "optuna" and (self.axes or self.zip or len(self.seed_values) > 1 or self.baseline):
             raise ValueError(
                 "an optuna search cannot be mixed with grid axes (axes, zip, several seeds, baseline): run one "
                 "spec per grid point, or use method 'random', which combines samples with the grid"
             )
         return self
+
+    def _check_adaptive(self) -> None:
+        if self.rounds is None:
+            if self.stop_behind or self.budget is not None:
+                raise ValueError("stop_behind and budget need seeds {min, max, until: decided}")
+            return
+        if not self.baseline:
+            raise ValueError("seeds {min, max} decide each arm against the baseline: set baseline")
+        if self.search.method != "grid" or self.scheduler.type != "none":
+            raise ValueError("seeds {min, max} need a grid search and no scheduler (they stop arms by their own rule)")
+        if self.stop_behind and self.baseline != "equal_compute":
+            raise ValueError("stop_behind compares at equal compute: it needs baseline: equal_compute")
 
 
 class ResourcesConfig(_Strict):
