@@ -174,6 +174,14 @@ def _number(value: Any) -> float:
     return float(value) if isinstance(value, int | float) and not math.isnan(value) else 0.0
 
 
+def costs(plan: SweepPlan, state: RoundsState, fixed: bool = False) -> dict[str, float]:
+    """The design's cost so far (trials stopped as behind at their share), or with ``fixed`` the fixed design's
+    (every arm and baseline at ``max`` seeds, in full): ``{"tflops", "device_hours"}``, for the report."""
+    if fixed:
+        return {unit: design_cost(plan, plan.trials, unit) for unit in ("tflops", "device_hours")}
+    return {unit: state.cost(plan, unit=unit) for unit in ("tflops", "device_hours")}
+
+
 def check_first_round(plan: SweepPlan, state: RoundsState) -> None:
     """Raise :class:`BudgetTooSmall` before anything starts when the current design alone exceeds the budget."""
     budget = budget_of(plan)
@@ -222,6 +230,8 @@ def run_rounds(
                 "added": added,
                 "left_open_by_budget": left_open,
                 "stopped": sorted(state.active_stops()),
+                "cost": costs(plan, state),
+                "fixed_cost": costs(plan, state, fixed=True),
             }
         )
         append_event(plan.sweep_dir, "round", number=number, added=added, left_open_by_budget=left_open)
