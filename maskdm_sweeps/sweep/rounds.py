@@ -37,7 +37,9 @@ def seed_rule(plan: SweepPlan) -> SeedRule:
     """The spec's rule: its seeds' min and max and the report's confidence."""
     rounds = plan.spec.sweep.rounds
     assert rounds is not None, "not an adaptive sweep"
-    return SeedRule(min_seeds=rounds.min, max_seeds=rounds.max, confidence=plan.spec.report.confidence)
+    return SeedRule(
+        min_seeds=rounds.min, max_seeds=rounds.max, confidence=plan.spec.report.confidence, futility=rounds.futility
+    )
 
 
 # ------------------------------------------------------------------------------------------------------ cost

@@ -87,6 +87,14 @@ class SeedRounds(_Strict):
         "rounds' looks (alpha spending).",
     )
 
+    futility: float = Field(
+        0.2,
+        ge=0,
+        lt=1,
+        description="Stop adding seeds to an arm when the chance of deciding its verdict by max seeds (conditional "
+        "power at the current estimate) is below this; 0: never (seeds go on to max while open).",
+    )
+
     @model_validator(mode="after")
     def _ordered(self) -> SeedRounds:
         if self.max < self.min:
