@@ -25,13 +25,25 @@ from maskdm_sweeps.sweepspec.expand import load_spec
 from maskdm_sweeps.testing import tiny_sweep_spec
 
 SWEEP = Path(sys.executable).parent / "maskdm-sweep"
-EVAL = {"num_samples": 32, "batch_size": 32, "every_steps": 10, "sampler": "ddim", "sampling_steps": 5,
-        "backend": "digits-classifier"}
+EVAL = {
+    "num_samples": 32,
+    "batch_size": 32,
+    "every_steps": 10,
+    "sampler": "ddim",
+    "sampling_steps": 5,
+    "backend": "digits-classifier",
+}
 
 
 def write_spec(tmp_path: Path, name: str, sweep: dict, **base) -> Path:
-    spec = tiny_sweep_spec(name, tmp_path / "results", {"axes": {"mask.rate": [0.5]}, "baseline": "equal_compute",
-                                                         **sweep}, resources={"cpus": 0.5}, eval=EVAL, **base)
+    spec = tiny_sweep_spec(
+        name,
+        tmp_path / "results",
+        {"axes": {"mask.rate": [0.5]}, "baseline": "equal_compute", **sweep},
+        resources={"cpus": 0.5},
+        eval=EVAL,
+        **base,
+    )
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
@@ -119,8 +131,13 @@ def test_mlflow_holds_one_child_run_per_stage_run_across_rounds(rounds_sweep):
     exp = client.get_experiment_by_name(plan.spec.name)
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     children = [r for r in runs if r.data.tags.get("kind") != "sweep"]
-    per_stage = [(r.data.tags.get("stage"), r.data.tags.get("trial_id") if r.data.tags.get("stage") == "finetune"
-                  else r.data.tags.get("pretrain_key")) for r in children]
+    per_stage = [
+        (
+            r.data.tags.get("stage"),
+            r.data.tags.get("trial_id") if r.data.tags.get("stage") == "finetune" else r.data.tags.get("pretrain_key"),
+        )
+        for r in children
+    ]
     assert len(per_stage) == len(set(per_stage))
     finetunes = {tid for stage, tid in per_stage if stage == "finetune"}
     assert finetunes == {p.name for p in (plan.sweep_dir / "trials").iterdir() if p.is_dir()}
@@ -144,9 +161,13 @@ def test_an_arm_clearly_behind_is_stopped_on_all_its_seeds_and_continues_when_th
     more than twice the noise; the stop is recorded with its budget, and a raised budget continues the arm."""
     from maskdm_sweeps.sweep.behind import BehindStopper
 
-    path = write_spec(tmp_path, "behind", {"seeds": {"min": 2, "max": 2}, "stop_behind": True,
-                                           "budget": {"tflops": 1.0}},
-                      pretrain={"steps": 10, "batch_size": 8}, finetune={"steps": 40, "batch_size": 8})
+    path = write_spec(
+        tmp_path,
+        "behind",
+        {"seeds": {"min": 2, "max": 2}, "stop_behind": True, "budget": {"tflops": 1.0}},
+        pretrain={"steps": 10, "batch_size": 8},
+        finetune={"steps": 40, "batch_size": 8},
+    )
     plan = load_spec(path)
     state = RoundsState.load_or_start(plan)
     design = state.design(plan)
@@ -191,9 +212,10 @@ def test_a_driver_killed_between_rounds_resumes_the_rounds_without_retraining(tm
     path = write_spec(tmp_path, "killed", {"seeds": {"min": 2, "max": 3, "futility": 0}})
     sweep = SweepDir(tmp_path / "results", "killed")
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "MASKDM_CACHE": str(tmp_path / "cache")}
-    log = open(tmp_path / "run.log", "w")  # noqa: SIM115 (the child writes to it)
-    driver = subprocess.Popen([str(SWEEP), "run", str(path)], stdout=log, stderr=subprocess.STDOUT, env=env,
-                              start_new_session=True)
+    log = open(tmp_path / "run.log", "w")
+    driver = subprocess.Popen(
+        [str(SWEEP), "run", str(path)], stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
     deadline = time.monotonic() + 600
     while not (read_json(sweep.rounds) or {}).get("rounds"):
         assert driver.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
@@ -202,8 +224,7 @@ def test_a_driver_killed_between_rounds_resumes_the_rounds_without_retraining(tm
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait(timeout=60)
     first = read_json(sweep.rounds)
-    out = subprocess.run([str(SWEEP), "resume", str(sweep.path)], capture_output=True, text=True, env=env,
-                         timeout=900)
+    out = subprocess.run([str(SWEEP), "resume", str(sweep.path)], capture_output=True, text=True, env=env, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     final = read_json(sweep.rounds)
     assert [r["round"] for r in final["rounds"]] == list(range(1, len(final["rounds"]) + 1))
