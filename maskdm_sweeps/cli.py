@@ -97,10 +97,11 @@ def _execute(plan, address: str | None, resume: bool, status_every: float = 60.0
     from .layout import SweepDirError
     from .sweep import ClusterTooSmall, SweepStorageError, run_sweep
     from .sweep.lock import SweepLocked
+    from .sweep.rounds import BudgetTooSmall
 
     try:
         outcome = run_sweep(plan, address=address, resume=resume, status_every=status_every)
-    except (ClusterTooSmall, SweepLocked, SweepDirError) as err:
+    except (ClusterTooSmall, SweepLocked, SweepDirError, BudgetTooSmall) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except SweepStorageError as err:

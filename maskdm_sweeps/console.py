@@ -118,6 +118,10 @@ def print_results_summary(sweep_dir: Path, paths: dict[str, Path], tracking_uri:
         _, sentences = headline(sweep_dir, *load(sweep_dir))
         for sentence in sentences:  # plain print: a log file keeps whole sentences
             print(f"speed-up: {sentence}")
+        from .results.adaptive_report import summary_lines
+
+        for line in summary_lines(sweep_dir):  # an adaptive sweep's verdicts, seeds, rounds and compute
+            print(line)
     # plain print: paths must stay copyable, not wrapped to the terminal width
     for name, path in sorted(paths.items(), key=lambda kv: (kv[1].suffix != ".parquet", kv[1].suffix, str(kv[1]))):
         print(f"  {name.replace('plot_', 'plot: '):<24} {path}")
@@ -129,7 +133,7 @@ def print_results_summary(sweep_dir: Path, paths: dict[str, Path], tracking_uri:
 
 def results_json(sweep_dir: Path, paths: dict[str, Path]) -> dict:
     """What ``report`` prints, as data (``report --json``): FID by arm over seeds, the speed-ups with their
-    sentences, and the files written."""
+    sentences, an adaptive sweep's arms (``seeds_until_decided``), and the files written."""
     import json
 
     import pandas as pd
@@ -151,4 +155,7 @@ def results_json(sweep_dir: Path, paths: dict[str, Path]) -> dict:
         table, sentences = headline(sweep_dir, trials, curves)
         out["speedup"] = json.loads(pd.DataFrame(table).to_json(orient="records"))
         out["speedup_sentences"] = sentences
+    from .results.adaptive_report import rounds_json
+
+    out["seeds_until_decided"] = rounds_json(sweep_dir)  # an adaptive sweep's arms; empty otherwise
     return out

@@ -6,6 +6,7 @@ strategy's (:meth:`maskdm_sweeps.maskdm.masking.MaskStrategy.arm`).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -81,3 +82,9 @@ def distinct(labels: Mapping[str, str]) -> dict[str, str]:
     for label in labels.values():
         seen[label] = seen.get(label, 0) + 1
     return {ident: label if seen[label] == 1 else f"{label}{SEPARATOR}{ident[:8]}" for ident, label in labels.items()}
+
+
+def mlflow_key(name: str) -> str:
+    """A name (an arm, ``patch r=0.5``) made safe for an MLflow metric or tag key: every character MLflow refuses
+    in keys (anything but letters, digits, ``_``, ``-``, ``.``, space and ``/``) becomes ``_``."""
+    return re.sub(r"[^0-9A-Za-z_\-. /]", "_", name)

@@ -21,7 +21,11 @@ TRIAL_COLUMN_DOCS: dict[str, tuple[str, str]] = {
     "arm": ("", "`baseline`, `patch r=0.5`, `block b=4 r=0.9` or `crop c=11`: the seeds of one arm average"),
     "label": ("", "the trial's axis values as text, e.g. `mask.rate=0.5 seed=1`"),
     "stage": ("", "`finetune`: a row describes the trial's last stage"),
-    "status": ("", "`finished`, `stopped` (early stopping), `failed` or `incomplete` (killed, running, not resumed)"),
+    "status": (
+        "",
+        "`finished`, `stopped` (early stopping, or an arm behind: `sweep.stop_behind`), `failed` or `incomplete` "
+        "(killed, running, not resumed)",
+    ),
     "error": ("", "why a failed trial failed (the last line of Ray Tune's error.txt); null otherwise"),
     "mask_strategy": ("", f"{_choices(list(STRATEGIES))}; null for the baseline"),
     "mask_rate": ("fraction", f"nominal mask rate of pre-training; NaN for the baseline and for {_choices(_RATELESS)}"),

@@ -4,9 +4,7 @@ equal compute in device-hours, the best trial)."""
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
@@ -15,35 +13,12 @@ from .analysis import (arm_labels, clearly_lower, comparison_table, compute_unit
 from ..files import read_json
 from ..layout import SweepDir, read_notices
 from .collect import load, read_spec
+from ..naming import mlflow_key
+from .adaptive_report import rounds_section, seeds_not_asked
 from .columns import STATUSES
+from .markdown import cell as _cell
+from .markdown import markdown_table
 from .membership import trials_outside_plan
-
-
-# ------------------------------------------------------------------------------------------------- markdown
-def _cell(value: Any, fmt: str) -> str:
-    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return format(value, fmt)
-    return str(value).replace("|", "\\|").replace("\n", " ")
-
-
-def markdown_table(df: pd.DataFrame, floatfmt: str | dict[str, str] = ".2f", index: bool = False) -> str:
-    """A GitHub-flavoured markdown table (numbers right-aligned); NaN and nulls print as an en dash."""
-    if index:
-        df = df.reset_index()
-    fmts = floatfmt if isinstance(floatfmt, dict) else {}
-    default = ".2f" if isinstance(floatfmt, dict) else floatfmt
-    header = [str(c) for c in df.columns]
-    body = [[_cell(v.item() if hasattr(v, "item") else v, fmts.get(c, default)) for c, v in zip(df.columns, row)]
-            for row in df.itertuples(index=False, name=None)]
-    numeric = [pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]) for c in df.columns]
-    lines = ["| " + " | ".join(header) + " |",
-             "| " + " | ".join("---:" if n else "---" for n in numeric) + " |"]
-    lines += ["| " + " | ".join(row) + " |" for row in body]
-    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------------- sections
@@ -261,7 +236,7 @@ def headline_metrics(table: pd.DataFrame) -> dict[str, float]:
     metrics: dict[str, float] = {}
     first = table["target_fid"].iloc[0] if len(table) else None
     for _, row in table.iterrows():
-        name = re.sub(r"[^0-9A-Za-z_\-. /]", "_", str(row["arm"]))
+        name = mlflow_key(str(row["arm"]))
         if row["target_fid"] != first:
             name += f"@{row['target_fid']:g}"
         for key, col in (("speedup", "speedup"), ("speedup_low", "speedup_low"), ("speedup_high", "speedup_high"),
@@ -345,7 +320,8 @@ def _not_finished(sweep_dir: Path, trials: pd.DataFrame) -> list[str]:
                   markdown_table(rest[["trial_id", "arm", "label", "status", "steps_done", "finetune_steps",
                                        "error"]]), ""]
     plan = read_json(SweepDir.of(sweep_dir).plan_file) or {}
-    missing = [t for t in plan.get("trials", []) if t.get("trial_id") not in set(trials["trial_id"])]
+    unasked = seeds_not_asked(sweep_dir)  # an adaptive sweep's seeds beyond what its rounds asked for
+    missing = [t for t in plan.get("trials", []) if t.get("trial_id") not in set(trials["trial_id"]) | unasked]
     if missing:
         lines += [f"{len(missing)} planned trials never started (no `trials/<id>/finetune/`): "
                   + ", ".join(f"`{t['trial_id']}` ({t.get('label', '')})" for t in missing) + ".", ""]
@@ -361,8 +337,8 @@ def render_report(sweep_dir: Path, trials: pd.DataFrame, curves: pd.DataFrame) -
     spec = read_spec(sweep_dir)
     lines = _header(sweep_dir, spec, trials) + _notices(sweep_dir, trials)
     if len(trials):
-        lines += (_speedup(trials, curves, spec) + _by_arm(trials) + _vs_baseline(trials, curves)
-                  + _equal_compute(trials, curves) + _best(trials))
+        lines += (rounds_section(sweep_dir, trials, spec) + _speedup(trials, curves, spec) + _by_arm(trials)
+                  + _vs_baseline(trials, curves) + _equal_compute(trials, curves) + _best(trials))
     lines += _not_finished(sweep_dir, trials)
     plots = SweepDir.of(sweep_dir).plots
     pngs = sorted(plots.glob("*.png")) if plots.is_dir() else []

@@ -8,6 +8,9 @@ spend, so the stated confidence holds over all the rounds (docs/method.md, "Seed
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import pandas as pd
 
 from .analysis import arm_pairs
@@ -30,6 +33,12 @@ LOOK_COLUMNS = [
     "trial_ids",
     "baseline_ids",
 ]
+
+
+def seed_group(assignments: dict[str, Any]) -> str:
+    """An arm (or a baseline) with every swept setting but the seed, as text: what an adaptive sweep adds seeds to
+    and ``rounds.json`` keys its seeds by (e.g. ``{"mask.rate": 0.5}``, ``{"baseline": true}``)."""
+    return json.dumps({k: v for k, v in assignments.items() if k != "seed"}, sort_keys=True, default=str)
 
 
 def arm_look(arm: Curves, baseline: Curves, target: float, rule: SeedRule) -> Look:

@@ -76,11 +76,11 @@ class BehindStopper(Stopper):
         self.base_curves: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
         by_id = {t.trial_id: t for t in plan.trials}
         for tid, pts in points.groupby("trial_id"):
-            t = by_id.get(str(tid))
-            if t is not None and t.is_baseline:
+            base = by_id.get(str(tid))
+            if base is not None and base.is_baseline:
                 pts = pts.sort_values("tflops")
                 curve = (pts["tflops"].to_numpy(float), pts["fid"].to_numpy(float))
-                self.base_curves.setdefault(group_of(t), []).append(curve)
+                self.base_curves.setdefault(group_of(base), []).append(curve)
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
         tid = result.get("maskdm_trial")

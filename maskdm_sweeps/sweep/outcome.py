@@ -71,9 +71,20 @@ def _write_results(plan: SweepPlan) -> dict[str, Path]:
 
 
 def headline_metrics(plan: SweepPlan) -> dict[str, float]:
-    """The speed-ups of the sweep's report, for its MLflow parent run."""
+    """The speed-ups of the sweep's report, for its MLflow parent run, and an adaptive sweep's seeds per arm and
+    compute against the fixed design (``rounds/<arm>/seeds``, ``rounds/<arm>/baseline_seeds``,
+    ``rounds/compute_vs_fixed``)."""
     from ..results import headline, load
     from ..results import headline_metrics as speedups
+    from ..results.adaptive_report import rounds_answer
 
     trials, curves = load(plan.sweep_dir)
-    return speedups(headline(plan.sweep_dir, trials, curves)[0])
+    return {**speedups(headline(plan.sweep_dir, trials, curves)[0]), **rounds_answer(plan.sweep_dir)[0]}
+
+
+def headline_tags(plan: SweepPlan) -> dict[str, str]:
+    """Tags of the sweep's MLflow parent run: an adaptive sweep's verdict per arm (``verdict/<arm>``, e.g.
+    ``faster``, ``slower (stopped at 0.5 TFLOPs)``); none for a fixed list of seeds."""
+    from ..results.adaptive_report import rounds_answer
+
+    return rounds_answer(plan.sweep_dir)[1]

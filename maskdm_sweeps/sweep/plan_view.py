@@ -153,6 +153,50 @@ def _parameter_line(plan: SweepPlan) -> str:
     return "parameters: " + "; ".join(f"{preset}: {', '.join(parts)}" for preset, parts in by_preset.items())
 
 
+def adaptive_costs(plan: SweepPlan) -> dict | None:
+    """An adaptive spec's compute from nothing (``rounds.design_cost``: training and evaluation, each pre-training
+    once): the least, every arm and baseline at ``min`` seeds (every verdict decided at the first look), and the
+    most, all at ``max`` (the plan's trials); in TFLOPs and estimated device-hours, with the budget. None for a
+    fixed list of seeds."""
+    rounds = plan.spec.sweep.rounds
+    if rounds is None:
+        return None
+    from .rounds import RoundsState, budget_of, design_cost, group_of
+
+    least = RoundsState(dict.fromkeys({group_of(t) for t in plan.trials}, rounds.min)).design(plan)
+    costs: dict = {"min_seeds": rounds.min, "max_seeds": rounds.max}
+    for unit in ("tflops", "device_hours"):
+        costs[f"least_{unit}"] = design_cost(plan, least, unit)
+        costs[f"most_{unit}"] = design_cost(plan, plan.trials, unit)
+    budget = budget_of(plan)
+    costs["budget"] = None if budget is None else {"amount": budget[0], "unit": budget[1]}
+    return costs
+
+
+def _rounds_lines(plan: SweepPlan) -> list[str]:
+    """What an adaptive spec may cost, between its first round and every seed, and its budget."""
+    c = adaptive_costs(plan)
+    if c is None:
+        return []
+    lines = [
+        f"seeds until decided: least {format_tflops(int(c['least_tflops'] * TERA))} TFLOPs (about "
+        f"{c['least_device_hours']:.3g} device-hours) if every verdict is decided after {c['min_seeds']} seeds; most "
+        f"{format_tflops(int(c['most_tflops'] * TERA))} TFLOPs ({c['most_device_hours']:.3g} device-hours) with "
+        f"every arm and baseline at {c['max_seeds']} seeds (training and evaluation from nothing, each pre-training "
+        "once)"
+    ]
+    if c["budget"] is not None:
+        amount, unit = c["budget"]["amount"], c["budget"]["unit"]
+        name = "TFLOPs" if unit == "tflops" else "device-hours"
+        lines.append(
+            f"budget: {amount:g} {name} (sweep.budget.{unit}): no seed starts that would take the sweep past it, "
+            "the verdicts closest to decided get seeds first"
+        )
+        if amount < c[f"least_{unit}"]:
+            lines.append("[yellow]warning:[/] the budget is less than the first round needs: `run` refuses it")
+    return lines
+
+
 def print_plan(plan: SweepPlan, console: Console | None = None) -> PlanTotals:
     from ..console import output_console
 
@@ -204,6 +248,8 @@ def print_plan(plan: SweepPlan, console: Console | None = None) -> PlanTotals:
         f"{REFERENCE_GPU} ({tot.train_gpu_hours:.2f} training + {tot.eval_gpu_hours:.2f} evaluation, estimated from "
         f"reference throughput)"
     )
+    for rounds_line in _rounds_lines(plan):
+        console.print(rounds_line)
     console.print(_parameter_line(plan))
     sharing = _sharing_line(tot)
     if sharing:
@@ -225,7 +271,8 @@ def print_plan(plan: SweepPlan, console: Console | None = None) -> PlanTotals:
 
 def plan_json(plan: SweepPlan) -> dict:
     """What ``plan`` prints, as data (``plan --json``): the pre-training runs with how each length is served and the
-    trials that start there, every trial with its cost, the totals, parameters and the packing advice."""
+    trials that start there, every trial with its cost, the totals, parameters, the packing advice and an adaptive
+    spec's least and most cost (``seeds_until_decided``)."""
     jobs = pretrain_jobs(plan)
     tot = totals(plan, jobs)
     labels = plan.short_labels()
@@ -298,4 +345,5 @@ def plan_json(plan: SweepPlan) -> dict:
             for (preset, strategy), n in parameter_counts(plan).items()
         ],
         "packing": packing_line(plan),
+        "seeds_until_decided": adaptive_costs(plan),  # None for a fixed list of seeds
     }

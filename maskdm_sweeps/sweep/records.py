@@ -10,16 +10,17 @@ import yaml
 
 from ..files import read_json, write_json
 from ..layout import PLAN_FILE
-from ..spec_hash import LOCATION_FIELD, SPEC_HASH_OF, spec_content
+from ..spec_hash import LOCATION_FIELD, SPEC_HASH_OF
 from ..sweepspec.expand import SweepPlan
 
 
 def save_resolved_spec(plan: SweepPlan) -> Path:
     """The spec as it ran (overrides and --smoke applied), without its location: what ``resume`` reloads where the
     directory is then; ``plan.json`` beside it records its hash (the sweep directory's binding, see
-    :mod:`~maskdm_sweeps.sweepspec.binding`)."""
+    :mod:`~maskdm_sweeps.sweepspec.binding`). ``sweep.budget`` stays in the file (``resume`` keeps to it), though
+    not in the hash."""
     plan.sweep_dir.mkdir(parents=True, exist_ok=True)
-    data = spec_content(plan.spec.model_dump(mode="json"))
+    data = {k: v for k, v in plan.spec.model_dump(mode="json").items() if k != LOCATION_FIELD}
     path = plan.layout.resolved_spec
     path.write_text(
         f"# resolved spec of sweep {plan.spec.name} (hash {plan.spec_hash}, recorded in {PLAN_FILE})\n"

@@ -10,7 +10,6 @@ A new seed is an ordinary trial of the plan (the plan holds every seed up to ``m
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -18,6 +17,7 @@ from typing import Any
 
 from ..files import read_json, write_json
 from ..results.sequential import SeedRule
+from ..results.verdicts import seed_group
 from ..sweepspec.expand import SweepPlan, TrialPlan
 from ..trainer.compute import TERA
 from .events import append_event
@@ -30,7 +30,7 @@ class BudgetTooSmall(ValueError):
 
 def group_of(trial: TrialPlan) -> str:
     """An arm (or a baseline) with every swept setting but the seed: what seeds are added to."""
-    return json.dumps({k: v for k, v in trial.assignments.items() if k != "seed"}, sort_keys=True, default=str)
+    return seed_group(trial.assignments)
 
 
 def seed_rule(plan: SweepPlan) -> SeedRule:
@@ -197,6 +197,21 @@ def check_first_round(plan: SweepPlan, state: RoundsState) -> None:
         )
 
 
+def reopen_for_budget(plan: SweepPlan, state: RoundsState) -> dict[str, int]:
+    """Rounds the budget ended go on when it was raised since: the last look's open verdicts get the seeds the
+    budget now allows (recorded as that round's ``added``), and the rounds continue. Returns the seeds added (none
+    while the budget still stops them, or when the rounds did not end by the budget)."""
+    if state.ended != "budget" or not state.rounds:
+        return {}
+    last = state.rounds[-1]
+    seeds, left_open = choose_seeds(plan, state, last["looks"])
+    added = {g: n - state.seeds[g] for g, n in seeds.items() if n != state.seeds[g]}
+    if added:
+        last["added"], last["left_open_by_budget"] = added, left_open
+        state.seeds, state.ended = seeds, None
+    return added
+
+
 def run_rounds(
     plan: SweepPlan,
     run_round: Callable[[SweepPlan, int, RoundsState], bool],
@@ -214,6 +229,9 @@ def run_rounds(
     if continued:
         state.ended = None
         append_event(plan.sweep_dir, "rounds_continued", groups=continued)
+    reopened = reopen_for_budget(plan, state)
+    if reopened:
+        append_event(plan.sweep_dir, "rounds_reopened", added=reopened)
     check_first_round(plan, state)
     state.save(plan)
     while state.ended is None:

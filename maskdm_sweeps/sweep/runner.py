@@ -25,7 +25,7 @@ from .events import append_event
 from .interrupt import InterruptHandler
 from .lock import DriverLock
 from .milestones import asks_of, plan_lines
-from .outcome import SweepOutcome, headline_metrics, settle
+from .outcome import SweepOutcome, headline_metrics, headline_tags, settle
 from .progress import STATUS_EVERY_SECONDS, sweep_progress
 from .ray_setup import check_resources, init_ray
 from .records import invocations, record_invocation, save_resolved_spec
@@ -50,11 +50,16 @@ def run_sweep(
     the trial's process (picklable: it travels to the trials), e.g. :func:`maskdm_sweeps.testing.crash_once`.
 
     Raises :class:`~maskdm_sweeps.sweep.lock.SweepLocked` before anything starts when another driver runs the sweep,
-    :class:`~maskdm_sweeps.sweepspec.binding.SpecChanged` when its directory holds another spec, and
+    :class:`~maskdm_sweeps.sweepspec.binding.SpecChanged` when its directory holds another spec,
+    :class:`~maskdm_sweeps.sweep.rounds.BudgetTooSmall` when ``sweep.budget`` cannot pay for the first round, and
     :class:`~maskdm_sweeps.sweep.failures.SweepStorageError` naming the file that could not be written when the
     disk filled up (the driver's, or a stage's). Ray's and Tune's own messages go to ``<sweep>/driver.log``.
     """
     check_binding(plan)  # before the lock: nothing is written into a directory bound to another spec
+    if plan.spec.sweep.rounds is not None:  # a budget smaller than the first round: refused before Ray starts
+        from .rounds import RoundsState, check_first_round
+
+        check_first_round(plan, RoundsState.load_or_start(plan))
     with DriverLock(plan.layout), asks_of(plan), storage_failures_named(plan):
         init_ray(address)  # before Ray's messages are sent to driver.log: ray.init clears its logger's handlers
         with ray_messages_to(plan.layout.driver_log):
@@ -106,7 +111,8 @@ def _run_locked(
     if tracking:
         from ..tracking import finish_sweep_tracking
 
-        finish_sweep_tracking(tracking, outcome.status, list(outcome.artifacts.values()), headline_metrics(plan))
+        artifacts = list(outcome.artifacts.values())
+        finish_sweep_tracking(tracking, outcome.status, artifacts, headline_metrics(plan), headline_tags(plan))
     return outcome
 
 

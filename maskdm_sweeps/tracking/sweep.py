@@ -177,13 +177,20 @@ def _kill_running_parents(c, experiment: str, sweep: str) -> None:
 
 
 def finish_sweep_tracking(
-    tracking: SweepTracking, status: str, artifacts: Iterable[Path] = (), metrics: dict[str, float] | None = None
+    tracking: SweepTracking,
+    status: str,
+    artifacts: Iterable[Path] = (),
+    metrics: dict[str, float] | None = None,
+    tags: dict[str, str] | None = None,
 ) -> None:
-    """Attach the results files and the sweep's answer (``metrics``, e.g. ``speedup/<arm>``) to the parent run and
-    close it with ``status`` (``FINISHED``, ``FAILED`` or ``KILLED``); buffered when MLflow is away."""
+    """Attach the results files and the sweep's answer (``metrics``, e.g. ``speedup/<arm>``; ``tags``, e.g. an
+    adaptive sweep's ``verdict/<arm>``) to the parent run and close it with ``status`` (``FINISHED``, ``FAILED`` or
+    ``KILLED``); buffered when MLflow is away."""
     parent = RunBuffer(Path(tracking.parent_dir))
     if metrics:
         parent.enqueue_metrics(0, metrics)
+    if tags:
+        parent.enqueue({"op": "tags", "values": tags})
     for path in artifacts:
         # copied now: a later invocation rewrites report.md and the tables before a `sync` would send them
         parent.enqueue_artifact(Path(path), "plots" if Path(path).suffix == ".png" else None, copy=True)
