@@ -196,8 +196,14 @@ def test_schema_rejects_a_misspelt_field(validator, where, key):
 
 
 # ------------------------------------------------------------------------------------------------- the README
-ORDER = ["Two commands", "What the quickstart answers", "A spec in short", "Fewer seeds where the answer is already clear",
-         "Looking at a sweep", "Documentation"]
+ORDER = [
+    "Two commands",
+    "What the quickstart answers",
+    "A spec in short",
+    "Fewer seeds where the answer is already clear",
+    "Looking at a sweep",
+    "Documentation",
+]
 README_MAX_LINES = 250  # a front door: the reference lives in docs/
 LINKED = [
     "docs/specs.md",
