@@ -24,6 +24,8 @@ SHIPPED = {
     "lr_search.yaml",
     "methods.yaml",
     "quickstart.yaml",
+    "quickstart_adaptive.yaml",
+    "adaptive.yaml",
 }
 
 
