@@ -36,14 +36,10 @@ EVAL = {
 
 
 def write_spec(tmp_path: Path, name: str, sweep: dict, **base) -> Path:
-    spec = tiny_sweep_spec(
-        name,
-        tmp_path / "results",
-        {"axes": {"mask.rate": [0.5]}, "baseline": "equal_compute", **sweep},
-        resources={"cpus": 0.5},
-        eval=EVAL,
-        **base,
-    )
+    """A tiny adaptive spec: one mask rate against an equal-compute baseline, FID every 10 steps."""
+    evaluation = {**EVAL, **base.pop("eval", {})}
+    axes = {"axes": {"mask.rate": [0.5]}, "baseline": "equal_compute", **sweep}
+    spec = tiny_sweep_spec(name, tmp_path / "results", axes, resources={"cpus": 0.5}, eval=evaluation, **base)
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
@@ -180,7 +176,10 @@ def test_an_arm_clearly_behind_is_stopped_on_all_its_seeds_and_continues_when_th
 
     stopper = BehindStopper(plan, state, design, points, noise_std=1.0, round_number=1)
     assert not stopper(arm[0].trial_id, result(arm[0], 10, 200.0))  # one seed's value never stops an arm
-    assert stopper(arm[1].trial_id, result(arm[1], 10, 190.0))  # both seeds worse than every baseline seed
+    # both seeds worse than every baseline seed: decided now, each trial stopped at its first report after the rung
+    # (when the rung's checkpoint is on disk)
+    assert not stopper(arm[1].trial_id, result(arm[1], 10, 190.0))
+    assert stopper(arm[1].trial_id, {**result(arm[1], 11, 190.0), "eval/step": 10})
     assert stopper(arm[0].trial_id, {**result(arm[0], 12, 200.0), "eval/step": 10})  # its other seed follows
     [(group, stop)] = state.active_stops().items()
     assert stop["budget"] == 1.0 and stop["step"] == 10 and set(stop["steps"]) == {t.trial_id for t in arm}
@@ -205,6 +204,45 @@ def test_an_arm_clearly_behind_is_stopped_on_all_its_seeds_and_continues_when_th
     again = BehindStopper(raised, state, design, points, noise_std=1.0, round_number=2)
     again(arm[0].trial_id, result(arm[0], 20, 200.0))
     assert not again(arm[1].trial_id, result(arm[1], 20, 200.0))
+    assert not again(arm[1].trial_id, {**result(arm[1], 21, 200.0), "eval/step": 20})
+
+
+@pytest.mark.slow
+def test_an_arm_behind_in_a_real_sweep_stops_and_resumes_from_its_checkpoint_when_the_budget_is_raised(
+    tmp_path, ray_session
+):
+    # the arm's pre-training learns nothing (lr 1e-9) yet costs 600 steps: at equal compute the baseline (U-ViT of
+    # the quickstart, FID 220 -> 130 over its 512 steps) has trained about 7x longer at the arm's first evaluation
+    path = write_spec(
+        tmp_path,
+        "behind",
+        {"seeds": {"min": 2, "max": 2}, "stop_behind": True, "budget": {"tflops": 3.0}},
+        model={"preset": "uvit-digits"},
+        diffusion={"schedule": "cosine"},
+        pretrain={"steps": 600, "batch_size": 32, "lr": 1e-9, "warmup_steps": 0},
+        finetune={"steps": 200, "batch_size": 32, "lr": 3e-3, "warmup_steps": 20, "betas": [0.9, 0.999]},
+        eval={"num_samples": 200, "batch_size": 200, "every_steps": 50, "sampling_steps": 10},
+        runtime={"device": "cpu", "log_every_steps": 10, "checkpoint_every_steps": 50},
+    )
+    plan = load_spec(path)
+    assert run_sweep(plan, track=False).exit_code == 0
+    state = RoundsState.load_or_start(plan)
+    [(group, stop)] = state.active_stops().items()
+    arm = [t for t in plan.trials if group_of(t) == group]
+    assert stop["step"] < arm[0].config.finetune.steps and stop["budget"] == 3.0
+    for t in arm:
+        assert not plan.trial_finished(t.trial_id) and plan.layout.finetune(t.trial_id).stopped_behind.exists()
+    assert "slower (stopped at" in plan.layout.report.read_text()
+    n_events = len(events(plan.layout))
+
+    raised = load_spec(path, overrides=["sweep.budget.tflops=4.0"])
+    assert run_sweep(raised, track=False).exit_code == 0
+    later = events(plan.layout)[n_events:]
+    starts = {e["key"]: e["from_step"] for e in later if e["event"] == "stage_start"}
+    assert set(starts) == {t.trial_id for t in arm}  # nothing else ran again: no pre-training, no baseline
+    for t in arm:
+        assert starts[t.trial_id] >= stop["step"]  # from its checkpoint at the rung (or later), not from scratch
+        assert plan.trial_finished(t.trial_id) and not plan.layout.finetune(t.trial_id).stopped_behind.exists()
 
 
 @pytest.mark.slow

@@ -49,12 +49,13 @@ def run_adaptive(
     stop: InterruptHandler,
     run_phases: RunPhases,
 ) -> RoundsState:
-    """Run the rounds, each as ``run_phases(subset, ctx, outcome, {}, names, stop, stopper)`` under Tune experiment
+    """Run the rounds, each as ``run_phases(subset, ctx, outcome, {}, names, stop, make_stopper)`` under Tune experiment
     names suffixed with the round (``trials-1-r2``)."""
 
     def run_round(subset: SweepPlan, number: int, state: RoundsState) -> bool:
         names = {kind: f"{name}-r{number}" for kind, name in experiments.items()}
-        stopper = behind_stopper(plan, state, subset, number) if plan.spec.sweep.stop_behind else None
+        # made after phase 1, which trains the round's baselines: the stopper compares with their curves
+        stopper = (lambda: behind_stopper(plan, state, subset, number)) if plan.spec.sweep.stop_behind else None
         ctx.progress = sweep_progress(subset)
         run_phases(subset, ctx, outcome, {}, names, stop, stopper)
         return not stop.requested and not outcome.killed

@@ -87,31 +87,31 @@ class BehindStopper(Stopper):
         if result.get("stage") != "finetune" or tid not in self.trials or self.trials[tid].is_baseline:
             return False
         group = group_of(self.trials[tid])
-        if group in self.state.active_stops():
-            return True
-        if "eval/step" in result and "eval/fid" in result:
+        if "eval/step" in result and "eval/fid" in result and group not in self.state.active_stops():
             self.fid.setdefault(tid, {})[int(result["eval/step"])] = float(result["eval/fid"])
-            if self._behind(group, int(result["eval/step"])):
-                return True
-        return False
+            self._check(group, int(result["eval/step"]))
+        stop = self.state.active_stops().get(group)
+        # stopped at its first report after the rung: by then the rung's checkpoint is on disk (a trial stopped at
+        # the rung's own report could die before saving it, and its continuation would retrain those steps)
+        return stop is not None and int(result.get("step", 0)) > stop["step"]
 
     def stop_all(self) -> bool:
         return False
 
-    def _behind(self, group: str, step: int) -> bool:
+    def _check(self, group: str, step: int) -> None:
+        """Stop ``group`` when, at evaluation ``step``, every seed of it is clearly behind the baseline."""
         if self.state.stopped.get(group, {}).get("continued"):
-            return False  # continued by a raised budget: the user asked for its whole curve
+            return  # continued by a raised budget: the user asked for its whole curve
         members = self.members.get(group, [])
         fids = [self.fid.get(m, {}).get(step) for m in members]
         if len(members) < 2 or any(f is None for f in fids):
-            return False
+            return
         compute = float(np.mean([training_tflops_at(self.trials[m], step) for m in members]))
         curves = self.base_curves.get(self.base_group.get(group, ""), [])
         base = [float(np.interp(compute, c, f)) for c, f in curves if c[0] <= compute <= c[-1]]
         if len(base) < 2 or not clearly_lower(np.array(base), np.array(fids, dtype=float), self.noise):
-            return False
+            return
         self._stop(group, step, compute, members)
-        return True
 
     def _stop(self, group: str, step: int, compute: float, members: list[str]) -> None:
         budget = budget_of(self.plan)

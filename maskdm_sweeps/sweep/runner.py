@@ -123,10 +123,11 @@ def _run_phases(
     last: dict,
     experiments: dict,
     stop: InterruptHandler,
-    stopper: Any = None,
+    make_stopper: Callable[[], Any] | None = None,
 ) -> None:
-    """Phase 1 (shared pre-trainings, with the baselines beside them) and phase 2 (the trials, watched by
-    ``stopper``: a Tune stopper or None); a stop request (the first Ctrl-C) ends after the phase that was running."""
+    """Phase 1 (shared pre-trainings, with the baselines beside them) and phase 2 (the trials, watched by the Tune
+    stopper ``make_stopper()`` makes once phase 1 is done, or by none); a stop request (the first Ctrl-C) ends after
+    the phase that was running."""
     search = plan.spec.sweep.search
     pretrain_inside = any(affects_pretraining(k) for k in search.space)
     if search.method == "grid":
@@ -190,7 +191,7 @@ def _run_phases(
             samples,
             searcher(plan),
             scheduler(plan),
-            stopper,
+            make_stopper() if make_stopper else None,
         )
         outcome.failed.update(phase_errors(results, "trial_id"))
     outcome.killed = stop.requested
